@@ -1,0 +1,407 @@
+/*
+ * magicpig.h — the whole public C API of libmagicpig.
+ *
+ * libmagicpig runs Llama-architecture models for long-context serving: a CPU backend
+ * (OpenMP, vectorised for the build machine) and, where a GPU exists, a CUDA backend.
+ * The KV cache of a session and MagicPIG's LSH index live in host memory; the CPU
+ * computes importance-weighted sampled attention over the keys that collide with the
+ * query (see docs: magicpig.md).
+ *
+ * Conventions (architecture.md §5):
+ *  - Every fallible function returns an int32_t status (MP_OK = 0, > 0 non-fatal, < 0
+ *    error) and takes a caller-owned `char *err, size_t err_cap` that receives a
+ *    NUL-terminated message ("file.cpp:123: what went wrong") when the status is not
+ *    MP_OK. `err` may be NULL. No thread-local last error, no exit(), no abort(), no
+ *    printing to stdout.
+ *  - Handles are opaque. Every *_create has a *_free; *_free(NULL) is a no-op.
+ *  - Parameter structs start with a `size` field (set by the *_default_params function)
+ *    so that fields can be added at the end without breaking callers.
+ *  - Threading: calls on one handle are never concurrent. A session belongs to the
+ *    engine that created it: calls taking an engine and its sessions count as calls on
+ *    the engine. Different engines may be used from different threads.
+ *  - Long loops poll `abort_flag` (an int32 in caller memory, may be NULL) between
+ *    layers or chunks; a non-zero value makes the call return MP_ABORTED, with the
+ *    state documented per function.
+ *  - Sizes are size_t / int64_t, counts int32_t.
+ *  - Shapes are written outermost first: q[n][H][d] is n·H·d contiguous values.
+ */
+#ifndef MAGICPIG_H
+#define MAGICPIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(MP_BUILDING_LIBRARY)
+#define MP_API __attribute__((visibility("default")))
+#else
+#define MP_API
+#endif
+
+/* Bumped whenever a signature or a struct layout below changes. */
+#define MP_ABI_VERSION 1
+
+/* ------------------------------------------------------------------------------------
+ * status codes
+ * ---------------------------------------------------------------------------------- */
+enum mp_status {
+  MP_OK = 0,
+  MP_ABORTED = 1,            /* abort_flag was set; see the function for the state left */
+  MP_ERR_INVALID = -1,       /* bad argument; nothing changed */
+  MP_ERR_OOM = -2,           /* host or device allocation failed; nothing changed */
+  MP_ERR_CUDA = -3,          /* a CUDA call failed; the handle is still usable */
+  MP_ERR_CUDA_FATAL = -4,    /* sticky CUDA error: the context is lost, free the engine */
+  MP_ERR_NO_DEVICE = -5,     /* a GPU was asked for and none is usable */
+  MP_ERR_IO = -6,            /* file read/write failed */
+  MP_ERR_UNSUPPORTED = -7,   /* valid request this build or model cannot do */
+  MP_ERR_STATE = -8,         /* call not valid in the handle's current state */
+  MP_ERR_CORRUPT = -9,       /* a snapshot failed its checksum or format check */
+  MP_ERR_INTERNAL = -10,     /* a bug: please report the message */
+};
+
+enum mp_dtype {
+  MP_DTYPE_F32 = 0,
+  MP_DTYPE_F16 = 1,
+  MP_DTYPE_BF16 = 2,
+};
+
+enum mp_backend {
+  MP_BACKEND_AUTO = 0, /* CUDA when a device is usable, else CPU */
+  MP_BACKEND_CPU = 1,
+  MP_BACKEND_CUDA = 2,
+};
+
+/* ------------------------------------------------------------------------------------
+ * library
+ * ---------------------------------------------------------------------------------- */
+
+/* MP_ABI_VERSION of the built library. */
+MP_API int32_t mp_abi_version(void);
+
+/* Number of usable CUDA devices: 0 for a CPU-only build or when no device/driver is
+ * present. Never fails. */
+MP_API int32_t mp_device_count(void);
+
+/* Static NUL-terminated description of the build ("cpu+avx512bf16 cuda=sm_90 cublas=1"). */
+MP_API const char *mp_build_info(void);
+
+/* OpenMP threads used by CPU work from now on (n <= 0: all cores). Returns the count in
+ * effect. */
+MP_API int32_t mp_set_num_threads(int32_t n);
+MP_API int32_t mp_get_num_threads(void);
+
+/* sizeof() of a public struct by its name ("mp_engine_params"), 0 if unknown. Lets
+ * bindings check their struct layouts. */
+MP_API size_t mp_struct_size(const char *name);
+
+/* ------------------------------------------------------------------------------------
+ * model configuration
+ * ---------------------------------------------------------------------------------- */
+
+enum mp_rope_style {
+  MP_ROPE_INTERLEAVED = 0, /* rotate pairs (x[2i], x[2i+1]): GGUF / llama2.c files */
+  MP_ROPE_HALF = 1,        /* rotate (x[i], x[i+d/2]): Hugging Face files */
+};
+
+enum mp_rope_scaling {
+  MP_ROPE_SCALING_NONE = 0,
+  MP_ROPE_SCALING_LLAMA3 = 1, /* rope_type "llama3": factor, low/high_freq_factor, orig ctx */
+};
+
+typedef struct mp_rope_params {
+  float theta;                        /* base, e.g. 10000 or 500000 */
+  int32_t style;                      /* enum mp_rope_style */
+  int32_t scaling;                    /* enum mp_rope_scaling */
+  float factor;                       /* llama3: 8 */
+  float low_freq_factor;              /* llama3: 1 */
+  float high_freq_factor;             /* llama3: 4 */
+  int32_t original_max_position;      /* llama3: 8192 */
+} mp_rope_params;
+
+typedef struct mp_model_config {
+  size_t size;              /* sizeof(mp_model_config) */
+  int32_t n_layers;
+  int32_t dim;              /* hidden size */
+  int32_t n_heads;          /* query heads */
+  int32_t n_kv_heads;       /* key/value heads (GQA: n_heads % n_kv_heads == 0) */
+  int32_t head_dim;         /* usually dim / n_heads */
+  int32_t ffn_dim;          /* SwiGLU intermediate size */
+  int32_t vocab_size;
+  int32_t max_context;      /* positions the model was trained for (0: unlimited) */
+  float rms_eps;
+  int32_t tied_embeddings;  /* 1: the LM head is the token embedding */
+  mp_rope_params rope;
+} mp_model_config;
+
+/* Tensor kinds for mp_engine_load_tensor. Matrices are [out][in] row-major (Hugging Face
+ * and GGUF both store them so). Per-layer kinds take `layer`, global ones ignore it. */
+enum mp_tensor_kind {
+  MP_TENSOR_TOKEN_EMBD = 0, /* [vocab][dim] */
+  MP_TENSOR_OUTPUT_NORM = 1,/* [dim] */
+  MP_TENSOR_OUTPUT = 2,     /* [vocab][dim]; absent when tied */
+  MP_TENSOR_ATTN_NORM = 3,  /* [dim] */
+  MP_TENSOR_WQ = 4,         /* [n_heads*head_dim][dim] */
+  MP_TENSOR_WK = 5,         /* [n_kv_heads*head_dim][dim] */
+  MP_TENSOR_WV = 6,         /* [n_kv_heads*head_dim][dim] */
+  MP_TENSOR_WO = 7,         /* [dim][n_heads*head_dim] */
+  MP_TENSOR_FFN_NORM = 8,   /* [dim] */
+  MP_TENSOR_W_GATE = 9,     /* [ffn][dim]   (w1, gate_proj) */
+  MP_TENSOR_W_DOWN = 10,    /* [dim][ffn]   (w2, down_proj) */
+  MP_TENSOR_W_UP = 11,      /* [ffn][dim]   (w3, up_proj) */
+  MP_TENSOR_KIND_COUNT = 12,
+};
+
+/* ------------------------------------------------------------------------------------
+ * engine: one model's weights on one backend
+ * ---------------------------------------------------------------------------------- */
+
+typedef struct mp_engine mp_engine;
+
+typedef struct mp_engine_params {
+  size_t size;               /* sizeof(mp_engine_params) */
+  mp_model_config model;
+  int32_t backend;           /* enum mp_backend; default AUTO */
+  int32_t device;            /* CUDA device ordinal; default 0 */
+  int32_t weight_dtype;      /* storage: default F32 on CPU, BF16 on CUDA */
+  int32_t kv_dtype;          /* host KV storage: default F32 on CPU, BF16 on CUDA */
+  int64_t gpu_memory_budget; /* bytes the engine may take on the GPU; 0 = no limit */
+  int32_t max_batch;         /* most sequences in one mp_decode_step; default 16 */
+  int32_t prefill_chunk;     /* tokens per prefill chunk; default 512 CPU, 8192 CUDA */
+} mp_engine_params;
+
+MP_API void mp_engine_default_params(mp_engine_params *p);
+
+/* Creates an engine with unloaded weights. Load every tensor with mp_engine_load_tensor
+ * (or mp_engine_init_random), then call mp_engine_finalize. */
+MP_API int32_t mp_engine_create(const mp_engine_params *p, mp_engine **out, char *err,
+                                size_t err_cap);
+MP_API void mp_engine_free(mp_engine *e);
+
+/* Copies one tensor (given in src_dtype, F32/F16/BF16) into the engine, converting to
+ * the engine's weight dtype. `shape` must match the kind's shape for the model config.
+ * On error the engine is unchanged. */
+MP_API int32_t mp_engine_load_tensor(mp_engine *e, int32_t kind, int32_t layer,
+                                     int32_t src_dtype, const int64_t *shape, int32_t ndim,
+                                     const void *data, size_t nbytes, char *err,
+                                     size_t err_cap);
+
+/* Same, reading `nbytes` at `offset` of the file at `path` (no copy through the caller). */
+MP_API int32_t mp_engine_load_tensor_file(mp_engine *e, int32_t kind, int32_t layer,
+                                          int32_t src_dtype, const int64_t *shape,
+                                          int32_t ndim, const char *path, uint64_t offset,
+                                          uint64_t nbytes, char *err, size_t err_cap);
+
+/* Fills every tensor with seeded random values (normal, std `scale`; norms = 1),
+ * generated on the engine's device. For benchmarks of a model shape. */
+MP_API int32_t mp_engine_init_random(mp_engine *e, uint64_t seed, float scale, char *err,
+                                     size_t err_cap);
+
+/* Checks that every tensor is present and prepares the backend (upload, workspaces).
+ * MP_ERR_STATE names the first missing tensor. */
+MP_API int32_t mp_engine_finalize(mp_engine *e, char *err, size_t err_cap);
+
+typedef struct mp_engine_info {
+  size_t size;               /* sizeof(mp_engine_info), set by the caller */
+  int32_t backend;           /* enum mp_backend actually used */
+  int32_t device;
+  int32_t weight_dtype;
+  int32_t kv_dtype;
+  int64_t weight_bytes;
+  int64_t gpu_bytes_in_use;  /* 0 on CPU */
+  int64_t gpu_bytes_peak;
+  int64_t gpu_bytes_total;   /* device memory; 0 on CPU */
+  char device_name[64];
+} mp_engine_info;
+
+MP_API int32_t mp_engine_get_info(const mp_engine *e, mp_engine_info *out);
+
+/* ------------------------------------------------------------------------------------
+ * attention policies
+ * ---------------------------------------------------------------------------------- */
+
+enum mp_attention_method {
+  MP_ATTN_DENSE = 0,    /* exact attention over every key */
+  MP_ATTN_MAGICPIG = 1, /* LSH sampling over the indexed keys, exact over sink/local */
+  MP_ATTN_TOPK = 2,     /* exact top `budget` fraction of the softmax */
+  MP_ATTN_QUEST = 3,    /* pages of `page_size` keys ranked by min/max bounds */
+  MP_ATTN_ORACLE = 4,   /* `budget`·n draws from the exact softmax */
+};
+
+#define MP_MAX_LAYERS 256
+
+typedef struct mp_attention_params {
+  size_t size;               /* sizeof(mp_attention_params) */
+  int32_t method;            /* enum mp_attention_method; default MAGICPIG */
+  int32_t lsh_k;             /* bits per table, 1..16; default 10 */
+  int32_t lsh_l;             /* tables; default 150 */
+  int32_t sinks;             /* first tokens always attended exactly; default 4 */
+  int32_t window;            /* last prompt tokens attended exactly; default 64 */
+  int32_t gen_buffer;        /* local tokens beyond `window` before they are flushed
+                                into the index; default 256 */
+  float eps;                 /* ℓ = s/√d − ln(u + eps); default 1e-4 */
+  float budget;              /* TOPK/QUEST/ORACLE fraction of offloaded keys; default 0.02 */
+  int32_t page_size;         /* QUEST page; default 16 */
+  uint64_t seed;             /* LSH hyperplanes / oracle draws; default 0x5eed */
+  int32_t n_dense_layers;    /* -1: default {0, n_layers/2}; else the count in dense_layers */
+  int32_t dense_layers[16];  /* layers kept dense (exact attention), n_dense_layers of them */
+} mp_attention_params;
+
+MP_API void mp_attention_default_params(mp_attention_params *p);
+
+/* ------------------------------------------------------------------------------------
+ * sessions: one sequence's KV cache (host memory) and LSH index
+ * ---------------------------------------------------------------------------------- */
+
+typedef struct mp_session mp_session;
+
+typedef struct mp_session_params {
+  size_t size;               /* sizeof(mp_session_params) */
+  mp_attention_params attention;
+  int64_t reserve_tokens;    /* capacity to allocate up front; grows on demand */
+} mp_session_params;
+
+MP_API void mp_session_default_params(mp_session_params *p);
+
+MP_API int32_t mp_session_create(mp_engine *e, const mp_session_params *p,
+                                 mp_session **out, char *err, size_t err_cap);
+MP_API void mp_session_free(mp_session *s);
+
+/* Appends n tokens with dense exact attention (chunked, layer by layer), writing their K
+ * and V into the session. If `logits` is non-NULL it receives the logits [vocab] of the
+ * last token. On MP_ABORTED or an error the session is rolled back to its length before
+ * the call. */
+MP_API int32_t mp_session_prefill(mp_engine *e, mp_session *s, const int32_t *tokens,
+                                  int32_t n, float *logits, const int32_t *abort_flag,
+                                  char *err, size_t err_cap);
+
+/* Ends a turn: for MAGICPIG, indexes every token but the sinks and the last `window`
+ * (centering keys on the first commit); a no-op for other methods. */
+MP_API int32_t mp_session_commit(mp_engine *e, mp_session *s, char *err, size_t err_cap);
+
+/* Drops tokens after the first n (n >= the indexed length, see mp_session_info). Used to
+ * undo a forked turn. */
+MP_API int32_t mp_session_truncate(mp_engine *e, mp_session *s, int64_t n, char *err,
+                                   size_t err_cap);
+
+/* Per-step statistics, accumulated per session. */
+typedef struct mp_session_info {
+  size_t size;               /* sizeof(mp_session_info), set by the caller */
+  int64_t n_tokens;          /* tokens in the KV cache */
+  int64_t n_indexed;         /* tokens covered by the LSH index (MAGICPIG) */
+  int64_t host_kv_bytes;     /* host bytes held for K, V (and key norms) */
+  int64_t host_index_bytes;  /* host bytes held for the LSH index */
+  int64_t gpu_bytes;         /* device bytes held for this session */
+  double keys_attended;      /* Σ over sparse layers, heads, steps of keys attended
+                                in the offloaded region */
+  double keys_offloaded;     /* Σ of the offloaded region's size over the same */
+  int32_t method;
+  int32_t lsh_k, lsh_l;
+  uint64_t seed;
+} mp_session_info;
+
+MP_API int32_t mp_session_get_info(const mp_session *s, mp_session_info *out);
+
+/* Decode one token for each of n sessions (distinct handles of one engine): appends
+ * tokens[i] to sessions[i] and writes the logits of the new position to
+ * logits[i][vocab]. Attention follows each session's policy. On error or MP_ABORTED no
+ * session changed. */
+MP_API int32_t mp_decode_step(mp_engine *e, mp_session *const *sessions, int32_t n,
+                              const int32_t *tokens, float *logits,
+                              const int32_t *abort_flag, char *err, size_t err_cap);
+
+/* Snapshots: a checksummed file written to `path`.tmp, fsynced and renamed. */
+MP_API int32_t mp_session_save(const mp_engine *e, const mp_session *s, const char *path,
+                               char *err, size_t err_cap);
+/* Restores a snapshot; MP_ERR_CORRUPT when the checksum or format fails (nothing loaded),
+ * MP_ERR_INVALID when it was made for another model shape. */
+MP_API int32_t mp_session_load(mp_engine *e, const char *path, mp_session **out, char *err,
+                               size_t err_cap);
+
+/* ------------------------------------------------------------------------------------
+ * sampling
+ * ---------------------------------------------------------------------------------- */
+
+typedef struct mp_sampling_params {
+  size_t size;         /* sizeof(mp_sampling_params) */
+  float temperature;   /* 0: greedy (first maximum wins) */
+  int32_t top_k;       /* 0: off */
+  float top_p;         /* 1: off */
+  int32_t n_logprobs;  /* top alternatives to report, 0..20 */
+} mp_sampling_params;
+
+MP_API void mp_sampling_default_params(mp_sampling_params *p);
+
+/* Picks a token from logits[vocab]. `rng_state` (caller-owned, seeded by the caller) is
+ * advanced. Writes the token, its log-probability under the unmodified distribution
+ * (log-softmax of the logits), and the n_logprobs most likely tokens with theirs
+ * (top_ids/top_logprobs may be NULL when n_logprobs is 0). */
+MP_API int32_t mp_sample(const float *logits, int32_t vocab, const mp_sampling_params *p,
+                         uint64_t *rng_state, int32_t *token, float *logprob,
+                         int32_t *top_ids, float *top_logprobs, char *err, size_t err_cap);
+
+/* ------------------------------------------------------------------------------------
+ * single ops, for tests and benchmarks. `backend` is MP_BACKEND_CPU or MP_BACKEND_CUDA;
+ * all pointers are host memory (the CUDA variant copies in and out). Float tensors are
+ * F32 unless a dtype argument says otherwise.
+ * ---------------------------------------------------------------------------------- */
+
+/* out[n][dim] = table[tokens[i]] */
+MP_API int32_t mp_op_embedding(int32_t backend, int32_t dtype, const void *table,
+                               int32_t vocab, int32_t dim, const int32_t *tokens, int32_t n,
+                               float *out, char *err, size_t err_cap);
+
+/* out[n][dim] = x / sqrt(mean(x²) + eps) * w */
+MP_API int32_t mp_op_rmsnorm(int32_t backend, const float *x, const float *w, int32_t n,
+                             int32_t dim, float eps, float *out, char *err, size_t err_cap);
+
+/* In place on x[n][heads][head_dim], token i at positions[i]. */
+MP_API int32_t mp_op_rope(int32_t backend, float *x, int32_t n, int32_t heads,
+                          int32_t head_dim, const int32_t *positions,
+                          const mp_rope_params *rope, char *err, size_t err_cap);
+
+/* y[n][out] = x[n][in] · W[out][in]^T, W in `wdtype`, accumulation in F32. */
+MP_API int32_t mp_op_matmul(int32_t backend, int32_t wdtype, const void *w, const float *x,
+                            int32_t n, int32_t in, int32_t out, float *y, char *err,
+                            size_t err_cap);
+
+/* Causal GQA attention. q[n][H][d]; k, v [T][Hkv][d] in kv_dtype; query i sits at
+ * position q_pos0 + i and attends keys 0..q_pos0+i (all T when q_pos0 + i >= T - 1).
+ * out[n][H][d]; lse2[n][H] (base-2 log-sum-exp of the scaled scores, may be NULL).
+ * Scale 1/sqrt(d). */
+MP_API int32_t mp_op_attention(int32_t backend, int32_t kv_dtype, const float *q,
+                               const void *k, const void *v, int32_t n, int32_t T,
+                               int32_t H, int32_t Hkv, int32_t d, int32_t q_pos0, float *out,
+                               float *lse2, char *err, size_t err_cap);
+
+/* out[n][ffn] = silu(gate) * up */
+MP_API int32_t mp_op_swiglu(int32_t backend, const float *gate, const float *up, int64_t n,
+                            float *out, char *err, size_t err_cap);
+
+/* Merge two partial attentions by their base-2 log-sum-exps:
+ * o = (2^a·o1 + 2^b·o2) / (2^a + 2^b), lse = log2(2^a + 2^b); rows[n][d]. A −∞ side
+ * contributes nothing (both −∞: zero output, −∞ lse). */
+MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
+                           const float *o2, const float *lse2, int32_t n, int32_t d,
+                           float *out, float *lse_out, char *err, size_t err_cap);
+
+/* ------------------------------------------------------------------------------------
+ * MagicPIG: LSH index, retrieval and sampled attention (magicpig.md §4–8)
+ * ---------------------------------------------------------------------------------- */
+
+/* R[d][K·L] ~ N(0, 1) from `seed` (deterministic, same on every backend). */
+MP_API int32_t mp_lsh_projection(uint64_t seed, int32_t d, int32_t K, int32_t L, float *R,
+                                 char *err, size_t err_cap);
+
+/* codes[n][L] (uint16): bit j of table t = [x·R[:, t·K + j] > 0], integer-exact. */
+MP_API int32_t mp_lsh_hash(int32_t backend, const float *R, const float *x, int32_t n,
+                           int32_t d, int32_t K, int32_t L, uint16_t *codes, char *err,
+                           size_t err_cap);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MAGICPIG_H */

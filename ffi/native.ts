@@ -1,0 +1,415 @@
+/**
+ * Typed wrappers over libmagicpig: statuses become {@link MagicpigError}s carrying the C
+ * message, long calls are nonblocking and serialised per handle, and every buffer handed
+ * to a nonblocking call stays referenced until the call settles.
+ *
+ * @example
+ * ```ts
+ * import { Engine, deviceCount } from "./native.ts";
+ * console.log(deviceCount());
+ * ```
+ *
+ * @module
+ */
+import { lib } from "./lib.ts";
+import { type FieldValue } from "./_struct.ts";
+import * as L from "./layouts.ts";
+
+// ------------------------------------------------------------
+// enums (mirrors of magicpig.h)
+
+/** enum mp_status */
+export const Status = {
+  OK: 0,
+  ABORTED: 1,
+  INVALID: -1,
+  OOM: -2,
+  CUDA: -3,
+  CUDA_FATAL: -4,
+  NO_DEVICE: -5,
+  IO: -6,
+  UNSUPPORTED: -7,
+  STATE: -8,
+  CORRUPT: -9,
+  INTERNAL: -10,
+} as const;
+
+/** enum mp_dtype */
+export const DType = { F32: 0, F16: 1, BF16: 2 } as const;
+/** A dtype code. */
+export type DTypeCode = (typeof DType)[keyof typeof DType];
+
+/** enum mp_backend */
+export const Backend = { AUTO: 0, CPU: 1, CUDA: 2 } as const;
+
+/** enum mp_rope_style */
+export const RopeStyle = { INTERLEAVED: 0, HALF: 1 } as const;
+
+/** enum mp_rope_scaling */
+export const RopeScaling = { NONE: 0, LLAMA3: 1 } as const;
+
+/** enum mp_tensor_kind */
+export const TensorKind = {
+  TOKEN_EMBD: 0,
+  OUTPUT_NORM: 1,
+  OUTPUT: 2,
+  ATTN_NORM: 3,
+  WQ: 4,
+  WK: 5,
+  WV: 6,
+  WO: 7,
+  FFN_NORM: 8,
+  W_GATE: 9,
+  W_DOWN: 10,
+  W_UP: 11,
+} as const;
+
+/** enum mp_attention_method */
+export const AttentionMethod = { DENSE: 0, MAGICPIG: 1, TOPK: 2, QUEST: 3, ORACLE: 4 } as const;
+
+// ------------------------------------------------------------
+// errors
+
+/** Names of the status codes, for messages and `MagicpigError.code`. */
+export type StatusName =
+  | "aborted"
+  | "invalid_argument"
+  | "out_of_memory"
+  | "cuda_error"
+  | "cuda_fatal"
+  | "no_device"
+  | "io_error"
+  | "unsupported"
+  | "invalid_state"
+  | "corrupt"
+  | "internal";
+
+const statusNames: Record<number, StatusName> = {
+  [Status.ABORTED]: "aborted",
+  [Status.INVALID]: "invalid_argument",
+  [Status.OOM]: "out_of_memory",
+  [Status.CUDA]: "cuda_error",
+  [Status.CUDA_FATAL]: "cuda_fatal",
+  [Status.NO_DEVICE]: "no_device",
+  [Status.IO]: "io_error",
+  [Status.UNSUPPORTED]: "unsupported",
+  [Status.STATE]: "invalid_state",
+  [Status.CORRUPT]: "corrupt",
+  [Status.INTERNAL]: "internal",
+};
+
+/** A non-OK status from the native library, with its message. */
+export class MagicpigError extends Error {
+  /** The C status code (enum mp_status). */
+  readonly status: number;
+  /** The status as a name. */
+  readonly code: StatusName;
+  constructor(status: number, message: string) {
+    super(message);
+    this.name = "MagicpigError";
+    this.status = status;
+    this.code = statusNames[status] ?? "internal";
+  }
+}
+
+const ERR_CAP = 1024;
+
+/** A fresh caller-owned error buffer (one per call: nonblocking calls run concurrently). */
+export function errorBuffer(): Uint8Array<ArrayBuffer> {
+  return new Uint8Array(ERR_CAP);
+}
+
+/** Throws a {@link MagicpigError} unless `status` is OK; `what` prefixes the message. */
+export function unwrap(status: number, err: Uint8Array, what: string): void {
+  if (status === Status.OK) return;
+  const end = err.indexOf(0);
+  const msg = new TextDecoder().decode(err.subarray(0, end < 0 ? err.length : end));
+  throw new MagicpigError(status, `${what}: ${msg || statusNames[status] || `status ${status}`}`);
+}
+
+/** A NUL-terminated UTF-8 copy of `s`, for `const char *` parameters. */
+export function cstr(s: string): Uint8Array<ArrayBuffer> {
+  const bytes = new TextEncoder().encode(s);
+  const out = new Uint8Array(bytes.length + 1);
+  out.set(bytes);
+  return out;
+}
+
+/** Reads a NUL-terminated C string the library owns. */
+export function readCString(p: Deno.PointerValue): string {
+  if (p === null) return "";
+  return new Deno.UnsafePointerView(p).getCString();
+}
+
+/** Bytes of any typed array, for `void *` / `float *` parameters. */
+export function bytesOf(a: ArrayBufferView<ArrayBuffer>): Uint8Array<ArrayBuffer> {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+}
+
+/**
+ * Runs async tasks one at a time, in order: calls on one native handle are never
+ * concurrent (magicpig.h's threading rule).
+ */
+export class SerialQueue {
+  #tail: Promise<unknown> = Promise.resolve();
+
+  /** Runs `task` after every task queued before it has settled. */
+  run<T>(task: () => Promise<T>): Promise<T> {
+    const result = this.#tail.then(task, task);
+    this.#tail = result.then(() => undefined, () => undefined);
+    return result;
+  }
+}
+
+// ------------------------------------------------------------
+// library
+
+/** MP_ABI_VERSION of the loaded library. */
+export function abiVersion(): number {
+  return lib().mp_abi_version();
+}
+
+/** Usable CUDA devices (0: CPU only). */
+export function deviceCount(): number {
+  return lib().mp_device_count();
+}
+
+/** The library's build description. */
+export function buildInfo(): string {
+  return readCString(lib().mp_build_info());
+}
+
+/** Sets the CPU thread count (n <= 0: all cores); returns the count in effect. */
+export function setThreads(n: number): number {
+  return lib().mp_set_num_threads(n);
+}
+
+/** The CPU thread count in effect. */
+export function getThreads(): number {
+  return lib().mp_get_num_threads();
+}
+
+/** sizeof() of a public struct, by name (0 if unknown). */
+export function structSize(name: string): number {
+  return Number(lib().mp_struct_size(cstr(name)));
+}
+
+// ------------------------------------------------------------
+// engine
+
+/** Model shape and numerics (mp_model_config without `size`). */
+export interface ModelConfig {
+  n_layers: number;
+  dim: number;
+  n_heads: number;
+  n_kv_heads: number;
+  head_dim: number;
+  ffn_dim: number;
+  vocab_size: number;
+  max_context: number;
+  rms_eps: number;
+  tied_embeddings: boolean;
+  rope: {
+    theta: number;
+    style: number;
+    scaling: number;
+    factor: number;
+    low_freq_factor: number;
+    high_freq_factor: number;
+    original_max_position: number;
+  };
+}
+
+/** Options of {@link Engine.create}; unset fields take the library's defaults. */
+export interface EngineOptions {
+  backend?: number;
+  device?: number;
+  weightDtype?: number;
+  kvDtype?: number;
+  gpuMemoryBudget?: bigint;
+  maxBatch?: number;
+  prefillChunk?: number;
+}
+
+/** What {@link Engine.info} reports. */
+export interface EngineInfo {
+  backend: number;
+  device: number;
+  weightDtype: number;
+  kvDtype: number;
+  weightBytes: bigint;
+  gpuBytesInUse: bigint;
+  gpuBytesPeak: bigint;
+  gpuBytesTotal: bigint;
+  deviceName: string;
+}
+
+const engineRegistry = new FinalizationRegistry<Deno.PointerValue>((p) => {
+  if (p !== null) lib().mp_engine_free(p);
+});
+
+/** One model's weights on one backend (mp_engine). Close it, or use `using`. */
+export class Engine {
+  #ptr: Deno.PointerValue;
+  /** Serialises every call on this engine and its sessions. */
+  readonly queue = new SerialQueue();
+  readonly config: ModelConfig;
+
+  private constructor(ptr: Deno.PointerValue, config: ModelConfig) {
+    this.#ptr = ptr;
+    this.config = config;
+    engineRegistry.register(this, ptr, this);
+  }
+
+  /** Creates an engine with unloaded weights. */
+  static create(config: ModelConfig, options: EngineOptions = {}): Engine {
+    const defaults = new Uint8Array(L.engineParams.size);
+    lib().mp_engine_default_params(defaults);
+    const params: Record<string, FieldValue> = {
+      model: {
+        size: BigInt(L.modelConfig.size),
+        ...config,
+        tied_embeddings: config.tied_embeddings ? 1 : 0,
+      } as unknown as Record<string, FieldValue>,
+    };
+    if (options.backend !== undefined) params.backend = options.backend;
+    if (options.device !== undefined) params.device = options.device;
+    if (options.weightDtype !== undefined) params.weight_dtype = options.weightDtype;
+    if (options.kvDtype !== undefined) params.kv_dtype = options.kvDtype;
+    if (options.gpuMemoryBudget !== undefined) params.gpu_memory_budget = options.gpuMemoryBudget;
+    if (options.maxBatch !== undefined) params.max_batch = options.maxBatch;
+    if (options.prefillChunk !== undefined) params.prefill_chunk = options.prefillChunk;
+    const buf = L.engineParams.encode(params, defaults);
+    const out = new BigUint64Array(1);
+    const err = errorBuffer();
+    unwrap(
+      lib().mp_engine_create(buf, bytesOf(out), err, BigInt(err.length)),
+      err,
+      "Cannot create the engine",
+    );
+    return new Engine(Deno.UnsafePointer.create(out[0]), config);
+  }
+
+  /** The native handle; throws once closed. */
+  get pointer(): Deno.PointerObject {
+    if (this.#ptr === null) throw new Error("Engine is closed");
+    return this.#ptr;
+  }
+
+  /** Copies one tensor from memory into the engine. */
+  loadTensor(
+    kind: number,
+    layer: number,
+    srcDtype: number,
+    shape: readonly number[],
+    data: ArrayBufferView<ArrayBuffer>,
+  ): void {
+    const err = errorBuffer();
+    const s = new BigInt64Array(shape.map((x) => BigInt(x)));
+    unwrap(
+      lib().mp_engine_load_tensor(
+        this.pointer,
+        kind,
+        layer,
+        srcDtype,
+        bytesOf(s),
+        shape.length,
+        bytesOf(data),
+        BigInt(data.byteLength),
+        err,
+        BigInt(err.length),
+      ),
+      err,
+      `Cannot load tensor kind ${kind} of layer ${layer}`,
+    );
+  }
+
+  /** Loads one tensor by reading `nbytes` at `offset` of a file, off the main thread. */
+  loadTensorFile(
+    kind: number,
+    layer: number,
+    srcDtype: number,
+    shape: readonly number[],
+    path: string,
+    offset: number | bigint,
+    nbytes: number | bigint,
+  ): Promise<void> {
+    return this.queue.run(async () => {
+      const err = errorBuffer();
+      const s = new BigInt64Array(shape.map((x) => BigInt(x)));
+      const p = cstr(path);
+      const status = await lib().mp_engine_load_tensor_file_async(
+        this.pointer,
+        kind,
+        layer,
+        srcDtype,
+        bytesOf(s),
+        shape.length,
+        p,
+        BigInt(offset),
+        BigInt(nbytes),
+        err,
+        BigInt(err.length),
+      );
+      unwrap(status, err, `Cannot load tensor kind ${kind} of layer ${layer} from "${path}"`);
+    });
+  }
+
+  /** Fills every weight with seeded random values (benchmarks). */
+  initRandom(seed: bigint, scale: number): Promise<void> {
+    return this.queue.run(async () => {
+      const err = errorBuffer();
+      const status = await lib().mp_engine_init_random_async(
+        this.pointer,
+        seed,
+        scale,
+        err,
+        BigInt(err.length),
+      );
+      unwrap(status, err, "Cannot initialise random weights");
+    });
+  }
+
+  /** Checks every tensor is loaded and prepares the backend. */
+  finalize(): Promise<void> {
+    return this.queue.run(async () => {
+      const err = errorBuffer();
+      const status = await lib().mp_engine_finalize_async(this.pointer, err, BigInt(err.length));
+      unwrap(status, err, "Cannot finalize the engine");
+    });
+  }
+
+  /** Backend, memory and device facts. */
+  info(): EngineInfo {
+    const buf = L.engineInfo.encode({ size: BigInt(L.engineInfo.size) });
+    const status = lib().mp_engine_get_info(this.pointer, buf);
+    unwrap(status, new Uint8Array(1), "Cannot read the engine info");
+    const v = L.engineInfo.decode(buf);
+    return {
+      backend: v.backend as number,
+      device: v.device as number,
+      weightDtype: v.weight_dtype as number,
+      kvDtype: v.kv_dtype as number,
+      weightBytes: v.weight_bytes as bigint,
+      gpuBytesInUse: v.gpu_bytes_in_use as bigint,
+      gpuBytesPeak: v.gpu_bytes_peak as bigint,
+      gpuBytesTotal: v.gpu_bytes_total as bigint,
+      deviceName: v.device_name as string,
+    };
+  }
+
+  /** Frees the engine once every queued call has settled. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#ptr === null) return;
+    await this.queue.run(() => Promise.resolve());
+    if (this.#ptr === null) return;
+    const p = this.#ptr;
+    this.#ptr = null;
+    engineRegistry.unregister(this);
+    lib().mp_engine_free(p);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
