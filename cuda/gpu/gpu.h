@@ -1,7 +1,10 @@
 // gpu.h — the host-side interface of the CUDA backend, callable from C++ code that is
 // compiled without nvcc. In a CPU-only build (no MP_HAVE_CUDA) every function here has
-// an inline fallback: no devices, and anything that needs one fails with
-// MP_ERR_NO_DEVICE.
+// an inline fallback: no devices, and anything that needs one throws MP_ERR_NO_DEVICE.
+//
+// The op_* functions back the mp_op_* entry points with backend = MP_BACKEND_CUDA: they
+// take host pointers, copy inputs to the device, run the kernel on the current device's
+// stream, copy results back and synchronise. They throw mp::Error on failure.
 #pragma once
 
 #include <cstdint>
@@ -13,8 +16,41 @@ namespace mp::gpu {
 #ifdef MP_HAVE_CUDA
 // Usable CUDA devices (0 when the driver or device is missing). Never throws.
 int device_count();
+
+void op_embedding(int32_t dtype, const void *table, int vocab, int dim, const int32_t *tokens,
+                  int n, float *out);
+void op_rmsnorm(const float *x, const float *w, int n, int dim, float eps, float *out);
+void op_rope(float *x, int n, int heads, int head_dim, const int32_t *positions,
+             const mp_rope_params *rope);
+void op_matmul(int32_t wdtype, const void *w, const float *x, int n, int in, int out,
+               float *y);
+void op_attention(int32_t kv_dtype, const float *q, const void *k, const void *v, int n, int T,
+                  int H, int Hkv, int d, int q_pos0, float *out, float *lse2);
+void op_swiglu(const float *gate, const float *up, int64_t n, float *out);
+void op_merge(const float *o1, const float *lse1, const float *o2, const float *lse2, int n,
+              int d, float *out, float *lse_out);
+void lsh_hash(const float *R, const float *x, int n, int d, int K, int L, uint16_t *codes);
 #else
 inline int device_count() { return 0; }
+
+#define MP_GPU_UNAVAILABLE(...) \
+  { MP_FAIL(MP_ERR_NO_DEVICE, "this build has no CUDA backend (nvcc was not found at build time)"); }
+inline void op_embedding(int32_t, const void *, int, int, const int32_t *, int, float *)
+    MP_GPU_UNAVAILABLE()
+inline void op_rmsnorm(const float *, const float *, int, int, float, float *)
+    MP_GPU_UNAVAILABLE()
+inline void op_rope(float *, int, int, int, const int32_t *, const mp_rope_params *)
+    MP_GPU_UNAVAILABLE()
+inline void op_matmul(int32_t, const void *, const float *, int, int, int, float *)
+    MP_GPU_UNAVAILABLE()
+inline void op_attention(int32_t, const float *, const void *, const void *, int, int, int,
+                         int, int, int, float *, float *) MP_GPU_UNAVAILABLE()
+inline void op_swiglu(const float *, const float *, int64_t, float *) MP_GPU_UNAVAILABLE()
+inline void op_merge(const float *, const float *, const float *, const float *, int, int,
+                     float *, float *) MP_GPU_UNAVAILABLE()
+inline void lsh_hash(const float *, const float *, int, int, int, int, uint16_t *)
+    MP_GPU_UNAVAILABLE()
+#undef MP_GPU_UNAVAILABLE
 #endif
 
 }  // namespace mp::gpu
