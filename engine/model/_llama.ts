@@ -76,11 +76,19 @@ export interface TensorLoad {
   nbytes: number;
 }
 
-/** Uploads `loads` into `engine`, in order, through the native file reader. */
+/**
+ * Uploads `loads` into `engine` through the native file reader (queued in order on the
+ * engine). A failure names the tensor.
+ */
 export async function uploadTensors(engine: Engine, loads: readonly TensorLoad[]): Promise<void> {
   await Promise.all(
     loads.map((t) =>
       engine.loadTensorFile(t.kind, t.layer, t.dtype, t.shape, t.path, t.offset, t.nbytes)
+        .catch((e) => {
+          throw new Error(`tensor "${t.name}": ${e instanceof Error ? e.message : e}`, {
+            cause: e,
+          });
+        })
     ),
   );
 }
