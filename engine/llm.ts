@@ -24,7 +24,7 @@ import { type GenerateRequest, type RequestStream, Scheduler } from "./scheduler
 
 /** The parts of a {@link LoadedModel} the facade needs. */
 export type ServedModel =
-  & Pick<LoadedModel, "id" | "path" | "format" | "tokenizer" | "chatTemplate">
+  & Pick<LoadedModel, "id" | "path" | "format" | "tokenizer" | "chatTemplate" | "eosIds">
   & { readonly config: Pick<LoadedModel["config"], "n_layers" | "vocab_size" | "max_context"> }
   & { close?(): Promise<void> };
 
@@ -64,7 +64,7 @@ export class LLM {
     this.#model = model;
     const tok = model.tokenizer;
     this.scheduler = new Scheduler(backend, {
-      eosIds: tok?.eosIds ?? [],
+      eosIds: model.eosIds ?? tok?.eosIds ?? [],
       decode: tok ? (ids) => tok.decode(ids, { skipSpecialTokens: true }) : null,
       maxRunning: options.maxRunning,
     });

@@ -247,7 +247,7 @@ export interface SchedulerOptions {
 interface Request {
   readonly id: string;
   status: RequestStatus;
-  readonly prompt: Int32Array;
+  readonly prompt: Int32Array<ArrayBuffer>;
   readonly maxTokens: number;
   readonly sample: { temperature: number; topK: number; topP: number; nLogprobs: number };
   readonly stopIds: Set<number>;
@@ -255,10 +255,10 @@ interface Request {
   readonly pinned: boolean;
   readonly commit: boolean;
   readonly deadline: number;
-  readonly rng: BigUint64Array;
+  readonly rng: BigUint64Array<ArrayBuffer>;
   readonly detok: IncrementalDetokenizer | null;
   readonly channel: Channel<SchedulerEvent>;
-  readonly abortFlag: Int32Array;
+  readonly abortFlag: Int32Array<ArrayBuffer>;
   readonly arrival: number;
   session: BackendSession | null;
   statsAtStart: SessionStats | null;
@@ -277,8 +277,8 @@ type Plan =
 
 type Outcome =
   | { kind: "idle" }
-  | { kind: "prefill"; req: Request; end: number; logits: Float32Array | null }
-  | { kind: "decode"; reqs: Request[]; logits: Float32Array }
+  | { kind: "prefill"; req: Request; end: number; logits: Float32Array<ArrayBuffer> | null }
+  | { kind: "decode"; reqs: Request[]; logits: Float32Array<ArrayBuffer> }
   | { kind: "failed"; reqs: Request[]; error: EngineError };
 
 function splitmix64(x: bigint): bigint {
@@ -289,7 +289,7 @@ function splitmix64(x: bigint): bigint {
   return (z ^ (z >> 31n)) & M;
 }
 
-function seedState(seed: number | bigint | undefined): BigUint64Array {
+function seedState(seed: number | bigint | undefined): BigUint64Array<ArrayBuffer> {
   const state = new BigUint64Array(1);
   if (seed === undefined) {
     crypto.getRandomValues(state);
@@ -330,7 +330,7 @@ export class Scheduler {
   #loop: Promise<void>;
   #lastWasPrefill = false;
   #stepAbort = new Int32Array(1);
-  #decodeLogits: Float32Array;
+  #decodeLogits: Float32Array<ArrayBuffer>;
   #history: FinishedSummary[] = [];
   #stats: SchedulerStats = {
     waiting: 0,
@@ -724,7 +724,7 @@ export class Scheduler {
   }
 
   /** Samples one token for `req` from `logits`, emits it, and finishes the request if done. */
-  async #accept(req: Request, logits: Float32Array): Promise<void> {
+  async #accept(req: Request, logits: Float32Array<ArrayBuffer>): Promise<void> {
     let picked: SampleResult;
     try {
       picked = this.#backend.sample(logits, req.sample, req.rng);
