@@ -112,9 +112,8 @@ std::shared_ptr<Engine> make_engine(const mp_engine_params &p);
 
 // Validates a model configuration (message names the field).
 void validate_model_config(const mp_model_config &c);
-
-// inv_freq[i] = theta^(-2i/d), then Llama-3 scaling (HF `_compute_llama3_parameters`).
-std::vector<double> rope_inv_freq(const mp_rope_params &rope, int32_t head_dim);
+// Validates RoPE parameters; messages name the field as "<prefix>.theta".
+void validate_rope(const mp_rope_params &r, const char *prefix);
 
 }  // namespace mp
 

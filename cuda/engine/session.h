@@ -133,6 +133,19 @@ class Session {
   double keys_attended_ = 0, keys_offloaded_ = 0;
 };
 
+// ------------------------------------------------------------
+// the public operations on sessions (argument checks, rollback, then the engine's backend)
+
+// mp_session_prefill: MP_OK or MP_ABORTED; on abort or throw the session is rolled back.
+int32_t session_prefill(Session &s, const int32_t *tokens, int32_t n, float *logits,
+                        const int32_t *abort);
+// mp_decode_step: MP_OK (every length + 1) or MP_ABORTED / throw (no length changed).
+int32_t decode_step(Engine &e, Session *const *sessions, int32_t n, const int32_t *tokens,
+                    float *logits, const int32_t *abort);
+void session_truncate(Session &s, int64_t n);
+void session_commit(Session &s);
+void session_info(const Session &s, mp_session_info *out);  // every field but size
+
 // Throws MP_ERR_INVALID naming the field ("attention.lsh_k") unless p is valid for engine e.
 // Resolves n_dense_layers = -1 into the default set.
 mp_session_params validate_session_params(const Engine &e, const mp_session_params &p);

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "common/common.h"
@@ -102,7 +103,7 @@ class SnapshotReader {
   const std::string &path() const { return path_; }
 
  private:
-  friend mp_session *load_session(Engine &, const std::string &);
+  friend mp_session *load_session(const std::shared_ptr<Engine> &, const std::string &);
   // Header bytes (not in a section).
   void read_raw(void *data, size_t n);
   // Next section header; false at the trailer.
@@ -116,6 +117,6 @@ class SnapshotReader {
 
 // mp_session_save / mp_session_load.
 void save_session(const Engine &e, const Session &s, const std::string &path);
-mp_session *load_session(Engine &e, const std::string &path);
+mp_session *load_session(const std::shared_ptr<Engine> &e, const std::string &path);
 
 }  // namespace mp
