@@ -70,7 +70,11 @@ async function run(
       return await chain[i](r, ctx, (next?: Request) => dispatch(i + 1, next ?? r));
     } catch (e) {
       const err = toHttpError(e);
-      if (err.status >= 500) ctx.log.error("request failed", { error: err.message });
+      if (err.status >= 500) {
+        // Overload and deadlines are expected under load; anything else is a failure.
+        const level = err.status === 503 || err.status === 504 ? "warn" : "error";
+        ctx.log.log(level, "request failed", { status: err.status, error: err.message });
+      }
       return err.toResponse();
     }
   };

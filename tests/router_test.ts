@@ -5,8 +5,9 @@
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./_std.ts";
 import { Router } from "../routes/_router.ts";
 import { bodyLimit, jsonBody, requestId, requestLog } from "../routes/_middleware.ts";
-import { HttpError } from "../routes/_http_error.ts";
-import { EngineError } from "../engine/errors.ts";
+import { EngineError, toEngineError } from "../engine/errors.ts";
+import { MagicpigError, Status } from "../ffi/native.ts";
+import { HttpError, toHttpError } from "../routes/_http_error.ts";
 import { Logger } from "../engine/log.ts";
 import { DONE, sseResponse } from "../routes/_sse.ts";
 
@@ -140,4 +141,17 @@ Deno.test("sseResponse() writes data: lines and ends with [DONE]", async () => {
       `data: {"a":1}\n\ndata: {"b":"two\\nlines"}\n\ndata: [DONE]\n\n`,
     );
   });
+});
+
+Deno.test("toHttpError() maps native out-of-memory to 503 and other native errors to 500", () => {
+  const oom = toHttpError(toEngineError(new MagicpigError(Status.OOM, "x.cpp:1: 2 GiB"), "Decode"));
+  assertEquals(oom.status, 503);
+  assertStringIncludes(oom.message, "x.cpp:1: 2 GiB");
+  const bug = toHttpError(
+    toEngineError(new MagicpigError(Status.INTERNAL, "y.cpp:2: bad"), "Decode"),
+  );
+  assertEquals(bug.status, 500);
+  assertEquals(bug.toJSON().error.type, "server_error");
+  assertEquals(toHttpError(new EngineError("conflict", "busy")).status, 409);
+  assertEquals(toHttpError(new EngineError("not_found", "no session")).status, 404);
 });
