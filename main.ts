@@ -32,6 +32,14 @@ export async function main(args: readonly string[]): Promise<number> {
   }
   const config = parsed.config;
   const log = new Logger({ level: config.logLevel });
+  // A stray rejection must not take the server (and every running request) down.
+  globalThis.addEventListener("unhandledrejection", (e) => {
+    e.preventDefault();
+    const r = e.reason;
+    log.error("unhandled rejection", {
+      error: r instanceof Error ? r.stack ?? r.message : String(r),
+    });
+  });
   const server = await startServer({
     port: config.port,
     host: config.host,

@@ -187,6 +187,7 @@ export async function respond(
         tokens.push(ev);
         text += ev.text;
       } else if (ev.type === "finish") {
+        logFinish(options.ctx, ev);
         const err = finishError(ev);
         if (err) throw err;
         text += ev.text;
@@ -195,30 +196,51 @@ export async function respond(
     }
     throw new HttpError(500, "The request ended without a result");
   }
+  // Wait for the request to start (its first prefill chunk) before sending headers, so a
+  // request that cannot start (no memory for its session) gets a real HTTP status.
+  const events = stream[Symbol.asyncIterator]();
+  const head = await events.next();
+  if (!head.done && head.value.type === "finish") {
+    logFinish(options.ctx, head.value);
+    const err = finishError(head.value);
+    if (err) throw err;
+  }
   async function* chunks(): AsyncGenerator<unknown> {
     let offset = 0;
     const first = shape.firstChunk?.();
     if (first) yield first;
-    for await (const ev of stream) {
-      if (ev.type === "token") {
-        const chunk = shape.tokenChunk(ev, offset);
-        offset += options.tokenTextLength(ev.id);
-        if (chunk) yield chunk;
-      } else if (ev.type === "finish") {
-        const err = finishError(ev);
-        if (err) {
-          if (ev.reason !== "abort" || ev.error) yield err.toJSON();
-        } else {
-          for (const c of shape.finishChunks(ev)) yield c;
+    try {
+      for (let r = head; !r.done; r = await events.next()) {
+        const ev = r.value;
+        if (ev.type === "token") {
+          const chunk = shape.tokenChunk(ev, offset);
+          offset += options.tokenTextLength(ev.id);
+          if (chunk) yield chunk;
+        } else if (ev.type === "finish") {
+          if (r !== head) logFinish(options.ctx, ev);
+          const err = finishError(ev);
+          if (err) {
+            // Nobody reads the stream of a client that went away.
+            if (ev.reason !== "abort" || ev.error) yield err.toJSON();
+          } else {
+            for (const c of shape.finishChunks(ev)) yield c;
+          }
         }
-        options.ctx.log.info("generation finished", {
-          reason: ev.reason,
-          prompt_tokens: ev.usage.promptTokens,
-          completion_tokens: ev.usage.completionTokens,
-        });
       }
+    } finally {
+      // Leaving early (the client went away) aborts the request.
+      await events.return?.();
     }
     yield DONE;
   }
   return sseResponse(chunks(), { headers });
+}
+
+function logFinish(ctx: RequestContext, ev: FinishEvent): void {
+  ctx.log.info("generation finished", {
+    reason: ev.reason,
+    prompt_tokens: ev.usage.promptTokens,
+    completion_tokens: ev.usage.completionTokens,
+    ...(ev.error ? { error: ev.error.message } : {}),
+  });
 }

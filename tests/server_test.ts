@@ -396,6 +396,22 @@ Deno.test({
         },
       );
 
+      await t.step("a Cancel-After deadline ends a request with 504", async () => {
+        const res = await post(
+          server,
+          "/v1/completions",
+          { prompt: [1], max_tokens: 1000, temperature: 0 },
+          { "cancel-after": "5ms" },
+        );
+        assertEquals(res.status, 504);
+        assertEquals(res.json.error.code, "deadline_exceeded");
+        const bad = await post(server, "/v1/completions", { prompt: [1] }, {
+          "cancel-after": "soon",
+        });
+        assertEquals(bad.status, 400);
+        assertEquals(bad.json.error.param, "Cancel-After");
+      });
+
       await t.step("usage reports the attention method and keys fraction", async () => {
         const { json } = await post(server, "/v1/completions", {
           prompt: [1, 403],
@@ -582,5 +598,35 @@ Deno.test({
       const err = new TextDecoder().decode(await new Response(child.stderr).arrayBuffer());
       assertEquals(status.code, 0, `exit status; stderr: ${err}`);
     }
+  },
+});
+
+Deno.test({
+  name: "Server.shutdown() ends running streams, frees their sessions and stops listening",
+  ignore: skip !== null,
+  async fn() {
+    const server = await startServer({
+      port: 0,
+      host: "127.0.0.1",
+      log: silent,
+      drainTimeoutMs: 20,
+      open: (log) => openLLM({ model: gguf, threads: 2 }, log),
+    });
+    const llm = await server.ready;
+    const res = await fetch(`${server.url}/v1/completions`, {
+      method: "POST",
+      body: JSON.stringify({ prompt: [1], max_tokens: 1500, temperature: 0, stream: true }),
+    });
+    const body = res.text();
+    await new Promise((r) => setTimeout(r, 20));
+    await server.shutdown();
+    const blocks = (await body).split("\n\n").filter((b) => b);
+    assertEquals(blocks[blocks.length - 1], "data: [DONE]");
+    const last = JSON.parse(blocks[blocks.length - 2].slice(6));
+    assertEquals(last.error?.code, "unavailable", JSON.stringify(last));
+    assertStringIncludes(last.error.message, "shutting down");
+    assertEquals(llm.scheduler.stats.running + llm.scheduler.stats.waiting, 0);
+    assertEquals(llm.scheduler.stats.finished.abort, 1);
+    assertEquals(await fetch(`${server.url}/health`).then(() => "open", () => "closed"), "closed");
   },
 });
