@@ -132,6 +132,10 @@ export class Fields {
   unsupported(name: string, accepted: (v: unknown) => boolean, why: string): void {
     const v = this.body[name];
     if (v === undefined || v === null || accepted(v)) return;
-    throw this.invalid(name, `Unsupported "${name}" ${show(v)}: ${why}`, "unsupported_parameter");
+    throw this.invalid(
+      name,
+      `Unsupported value ${show(v)} for "${name}": ${why}`,
+      "unsupported_parameter",
+    );
   }
 }
