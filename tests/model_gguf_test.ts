@@ -1,3 +1,4 @@
+import { tempDir } from "./_tmp.ts";
 import {
   assert,
   assertAlmostEquals,
@@ -22,7 +23,7 @@ const skip = skipReason("GGUF model tests");
 const stories = sharedModels ? `${sharedModels}/stories260K/stories260K.gguf` : "";
 
 async function tempFile(bytes: Uint8Array, name = "model.gguf"): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix: "mp-gguf-" });
+  const dir = await tempDir();
   const path = `${dir}/${name}`;
   await Deno.writeFile(path, bytes);
   return path;

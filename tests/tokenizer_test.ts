@@ -1,4 +1,5 @@
 import { assert, assertEquals, assertThrows } from "./_std.ts";
+import { tempDir } from "./_tmp.ts";
 import { sharedModels, skipReason } from "./_util.ts";
 import { llamaSpmVocab } from "./_vocab_fixture.ts";
 import { readGguf } from "../engine/model/gguf.ts";
@@ -118,7 +119,7 @@ Deno.test("SpmTokenizer follows add_bos_token, add_eos_token and add_space_prefi
       ["tokenizer.ggml.add_eos_token", { type: "bool", value: eos }],
       ["tokenizer.ggml.add_space_prefix", { type: "bool", value: space }],
     ], []);
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const make = async (bos: boolean, eos: boolean, space: boolean) => {
     await Deno.writeFile(`${dir}/v.gguf`, kv(bos, eos, space));
     return SpmTokenizer.fromGguf(await readGguf(`${dir}/v.gguf`))!;
@@ -208,7 +209,7 @@ Deno.test("JinjaChatTemplate passes add_generation_prompt and reports template e
 });
 
 Deno.test("JinjaChatTemplate.fromGguf() uses tokenizer.chat_template with the vocab's BOS", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   await Deno.writeFile(
     `${dir}/t.gguf`,
     ggufBytes([
