@@ -232,3 +232,49 @@ Deno.test("JinjaChatTemplate.fromGguf() uses tokenizer.chat_template with the vo
   );
   assertEquals(t.includesBos, true);
 });
+
+Deno.test({
+  name: "HfTokenizer.fromGguf() rebuilds a Llama-3 GGUF BPE vocabulary that passes the vectors",
+  ignore: skip !== null,
+  fn: async () => {
+    // a vocabulary-only GGUF in the shape llama.cpp's converter writes for Llama 3
+    const json = JSON.parse(await Deno.readTextFile(`${llama3Dir}tokenizer.json`));
+    const tokens: string[] = [];
+    const types: number[] = [];
+    for (const [t, id] of Object.entries(json.model.vocab as Record<string, number>)) {
+      tokens[id] = t;
+      types[id] = 1;
+    }
+    for (const a of json.added_tokens as { id: number; content: string }[]) {
+      tokens[a.id] = a.content;
+      types[a.id] = 3;
+    }
+    const dir = await tempDir();
+    await Deno.writeFile(
+      `${dir}/llama3-vocab.gguf`,
+      ggufBytes([
+        ["general.architecture", { type: "string", value: "llama" }],
+        ["tokenizer.ggml.model", { type: "string", value: "gpt2" }],
+        ["tokenizer.ggml.pre", { type: "string", value: "llama-bpe" }],
+        ["tokenizer.ggml.tokens", { type: "array", of: "string", value: tokens }],
+        ["tokenizer.ggml.token_type", { type: "array", of: "i32", value: types }],
+        ["tokenizer.ggml.merges", { type: "array", of: "string", value: json.model.merges }],
+        ["tokenizer.ggml.bos_token_id", { type: "u32", value: 128000 }],
+        ["tokenizer.ggml.eos_token_id", { type: "u32", value: 128009 }],
+        ["tokenizer.ggml.add_bos_token", { type: "bool", value: true }],
+      ], []),
+    );
+    const file = await readGguf(`${dir}/llama3-vocab.gguf`);
+    assertEquals((file.metadata.get("tokenizer.ggml.merges") as string[]).length, 280147);
+    const tok = HfTokenizer.fromGguf(file);
+    assertEquals(tok.vocabSize, 128256);
+    const cases = readVectors("ggml-vocab-llama-bpe.gguf");
+    const failed = cases.filter((c) =>
+      JSON.stringify(tok.encode(c.text, { addSpecialTokens: false })) !== JSON.stringify(c.ids)
+    );
+    assertEquals(failed.map((c) => c.text), []);
+    assertEquals(tok.encode("Hello"), [128000, 9906]);
+    assertEquals(tok.eosIds, [128009, 128001]);
+    assertEquals(tok.decode([128000, 9906, 1917, 128009]), "Hello world");
+  },
+});

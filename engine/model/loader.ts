@@ -134,9 +134,11 @@ async function parseGguf(
     loads,
     eosIds,
     text: () => {
-      let tokenizer: SpmTokenizer | null = null;
+      let tokenizer: Tokenizer | null = null;
       try {
-        tokenizer = SpmTokenizer.fromGguf(file);
+        tokenizer = m.string("tokenizer.ggml.model") === "gpt2"
+          ? HfTokenizer.fromGguf(file)
+          : SpmTokenizer.fromGguf(file);
       } catch (e) {
         log(`${e instanceof Error ? e.message : e}; serving token-id prompts only`);
       }
