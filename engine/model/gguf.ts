@@ -507,7 +507,9 @@ export function ggufLlamaConfig(file: GgufFile, name: string = file.path): Model
   }
   const tokens = m.strings("tokenizer.ggml.tokens");
   const embd = file.tensors.find((t) => t.name === "token_embd.weight");
-  const vocab = m.number(k("vocab_size"), tokens?.length ?? embd?.dims[1] ?? 0);
+  // the embedding rows are what the engine needs (the loader warns when the tokenizer has
+  // more tokens than that)
+  const vocab = embd?.dims[1] ?? m.number(k("vocab_size"), tokens?.length ?? 0);
   const config: ModelConfig = {
     n_layers: m.number(k("block_count")),
     dim,
