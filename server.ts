@@ -19,6 +19,7 @@
 import type { LLM } from "./engine/llm.ts";
 import { Logger } from "./engine/log.ts";
 import { openLLM, type OpenOptions } from "./engine/load.ts";
+import { Metrics } from "./engine/metrics.ts";
 import { type AppState, createApp } from "./routes/app.ts";
 
 /** Options of {@link startServer}. */
@@ -33,8 +34,13 @@ export interface ServerOptions extends OpenOptions {
   drainTimeoutMs?: number;
   /** Logger (default: JSON lines on stdout at info level). */
   log?: Logger;
-  /** Opens the model instead of {@link openLLM} (tests: a model variant). */
-  open?: (log: Logger) => Promise<LLM>;
+  /**
+   * Opens the model instead of {@link openLLM} (tests: a model variant); pass `metrics` on to
+   * `openLLM` so that `/metrics` shows the model's request and session metrics.
+   */
+  open?: (log: Logger, metrics: Metrics) => Promise<LLM>;
+  /** API keys accepted as `Authorization: Bearer`; none: an open server (logged as a warning). */
+  apiKeys?: readonly string[];
 }
 
 /** A running server. */
@@ -53,12 +59,21 @@ export interface Server {
 /** Starts listening and loads the model in the background. */
 export async function startServer(options: ServerOptions = {}): Promise<Server> {
   const log = options.log ?? new Logger();
+  const metrics = options.metrics ?? new Metrics();
+  const apiKeys = options.apiKeys ?? [];
   const state: AppState = {
     phase: "loading",
     llm: null,
     log,
     maxBodyBytes: options.maxBodyBytes ?? 16 * 1024 * 1024,
+    apiKeys,
+    metrics,
   };
+  if (apiKeys.length === 0) {
+    log.warn("no API keys configured: the server is open and every caller shares one owner", {
+      hint: "use --api-key, --api-key-file or MAGICPIG_API_KEYS",
+    });
+  }
   const app = createApp(state);
   const { promise: listening, resolve: onListen } = Promise.withResolvers<Deno.NetAddr>();
   const http = Deno.serve({
@@ -78,10 +93,10 @@ export async function startServer(options: ServerOptions = {}): Promise<Server> 
   const url = `http://${host.includes(":") ? `[${host}]` : host}:${addr.port}`;
   log.info("listening", { url, host: addr.hostname, port: addr.port });
 
-  const open = options.open ?? ((l: Logger) => openLLM(options, l));
+  const open = options.open ?? ((l: Logger, m: Metrics) => openLLM({ ...options, metrics: m }, l));
   const ready = (async () => {
     try {
-      const llm = await open(log);
+      const llm = await open(log, metrics);
       if (state.phase === "stopping") {
         await llm.close();
         throw new Error("The server was stopped while the model loaded");

@@ -5,6 +5,13 @@
  * `stream_options.include_usage`, vLLM's `return_tokens_as_token_ids`, and the
  * `attention` extension.
  *
+ * Sessions: with `session_id` (or on `/v1/sessions/{id}/chat/completions`) `messages` are
+ * the conversation's new turns (or the whole conversation, whose known prefix is then
+ * skipped; an empty array asks for the assistant's reply to the conversation so far). They
+ * are rendered so that the session's text plus the new text equals rendering the whole
+ * conversation (see `engine/sessions.ts`); the answer joins the session unless
+ * `fork: true`.
+ *
  * @example
  * ```sh
  * curl localhost:8080/v1/chat/completions -H 'content-type: application/json' \
@@ -15,7 +22,7 @@
  */
 import type { LLM } from "../engine/llm.ts";
 import type { ChatMessage } from "../engine/model/types.ts";
-import type { TokenEvent } from "../engine/scheduler.ts";
+import type { RequestStream, TokenEvent } from "../engine/scheduler.ts";
 import {
   checkModel,
   deadlineFrom,
@@ -29,6 +36,7 @@ import {
 } from "./_openai.ts";
 import type { Handler } from "./_router.ts";
 import { Fields } from "./_validate.ts";
+import { sessionMessages, sessionTarget, startTurn } from "./sessions.ts";
 
 const roles = new Set(["system", "developer", "user", "assistant", "tool"]);
 
@@ -118,18 +126,10 @@ export function chatCompletions(getLLM: () => LLM): Handler {
       (v) => typeof v === "object" && v !== null && (v as { type?: unknown }).type === "text",
       "only the text response format is supported",
     );
-    const messages = parseMessages(f);
-    const { ids } = llm.renderChat(messages, {
-      addGenerationPrompt: f.boolean("add_generation_prompt") ?? true,
-    });
+    const target = sessionTarget(f, ctx);
+    const messages = target ? sessionMessages(f) : parseMessages(f);
     const maxParam = f.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-    const maxTokens = resolveMaxTokens(
-      llm,
-      ids.length,
-      f.number(maxParam, { min: 1, integer: true }),
-      { prompt: "messages", maxTokens: maxParam },
-      null,
-    );
+    const requestedMax = f.number(maxParam, { min: 1, integer: true });
     const wantLogprobs = f.boolean("logprobs") ?? false;
     const topLogprobs = f.number("top_logprobs", { min: 0, max: 20, integer: true });
     if (topLogprobs !== undefined && !wantLogprobs) {
@@ -143,14 +143,41 @@ export function chatCompletions(getLLM: () => LLM): Handler {
     const includeUsage = streamOptions?.include_usage === true;
     const asIds = f.boolean("return_tokens_as_token_ids") ?? false;
     const sampling = samplingRequest(f, llm, wantLogprobs ? topLogprobs ?? 0 : 0);
-    const handle = llm.generate({
-      ...sampling,
-      id: ctx.requestId,
-      promptIds: ids,
-      maxTokens,
-      signal: req.signal,
-      deadline: deadlineFrom(req),
-    });
+    const deadline = deadlineFrom(req);
+    let handle: RequestStream;
+    if (target) {
+      const { attention: _, ...rest } = sampling;
+      handle = await startTurn(llm, ctx, target.id, {
+        ...rest,
+        id: ctx.requestId,
+        messages,
+        maxTokens: requestedMax,
+        defaultMaxTokens: null,
+        maxTokensParam: maxParam,
+        fork: target.fork,
+        signal: req.signal,
+        deadline,
+      });
+    } else {
+      const { ids } = llm.renderChat(messages, {
+        addGenerationPrompt: f.boolean("add_generation_prompt") ?? true,
+      });
+      const maxTokens = resolveMaxTokens(
+        llm,
+        ids.length,
+        requestedMax,
+        { prompt: "messages", maxTokens: maxParam },
+        null,
+      );
+      handle = llm.generate({
+        ...sampling,
+        id: ctx.requestId,
+        promptIds: ids,
+        maxTokens,
+        signal: req.signal,
+        deadline,
+      });
+    }
 
     const id = `chatcmpl-${ctx.requestId}`;
     const created = Math.floor(Date.now() / 1000);
