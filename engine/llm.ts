@@ -140,10 +140,16 @@ export class LLM {
     }
   }
 
-  /** Text of `ids` (special tokens skipped). */
-  detokenize(ids: readonly number[], param = "tokens"): string {
+  /** Text of `ids` (special tokens skipped unless `skipSpecialTokens` is false). */
+  detokenize(
+    ids: readonly number[],
+    param = "tokens",
+    options: { skipSpecialTokens?: boolean } = {},
+  ): string {
     this.checkIds(ids, param);
-    return this.#tokenizer(param).decode(ids, { skipSpecialTokens: true });
+    return this.#tokenizer(param).decode(ids, {
+      skipSpecialTokens: options.skipSpecialTokens ?? true,
+    });
   }
 
   /** The text of one token as logprobs show it ("token_id:N" without a tokenizer). */
@@ -170,6 +176,17 @@ export class LLM {
     const text = this.renderChatText(messages, options);
     const ids = tok.encode(text, { addSpecialTokens: !this.#model.chatTemplate!.includesBos });
     return { text, ids };
+  }
+
+  /**
+   * Tokenizes text rendered by the chat template (or a prefix of it) the way
+   * {@link LLM.renderChat} does: BOS added only when the template does not write it.
+   */
+  encodeChatText(text: string, param = "messages"): number[] {
+    const tok = this.#tokenizer(param);
+    return tok.encode(text, {
+      addSpecialTokens: !(this.#model.chatTemplate?.includesBos ?? false),
+    });
   }
 
   /** Renders chat messages with the model's template, without tokenizing. */

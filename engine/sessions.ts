@@ -41,16 +41,19 @@
  * counted (`magicpig:session_snapshots_corrupt_total`) and moved aside (`*.corrupt`),
  * never loaded. The file format is in `_session_files.ts`.
  *
- * **Chat sessions.** The session holds exactly the tokens the model saw and produced. A
- * follow-up's messages are rendered so that the text appended equals what rendering the
- * whole conversation would add: `render(history + new, generation prompt)` minus
- * `render(history)`, preceded by whatever closes the previous assistant turn that is not
- * yet in the cache (e.g. `<|eot_id|>` when the answer stopped by length, nothing when the
- * model produced it). The closing text is found by rendering the history with a sentinel
- * assistant message, so templates that trim or wrap contents work too. Templates that
- * rewrite earlier messages when new ones arrive are refused (`template_not_incremental`).
- * A raw completions turn on a chat session ends the chat state: later chat turns render
- * their messages as a new conversation appended to the session (without a second BOS).
+ * **Chat sessions.** The session holds exactly the tokens the model saw and produced. Its
+ * prefix is the *stable* part of the conversation's rendering: `render(history)` for most
+ * templates, cut before the assistant header's role for templates that add that header
+ * whatever `add_generation_prompt` says (the original Llama-3 template). A follow-up's
+ * messages append `render(history + new, generation prompt)` minus that prefix, preceded
+ * by whatever closes the previous assistant turn and is not in the cache yet (the
+ * template's `<|eot_id|>` when the answer stopped by length; nothing when the model
+ * produced it), so the session's text equals rendering the whole conversation at once.
+ * The closing text is found by rendering the history with a sentinel assistant message,
+ * so templates that trim or wrap contents work too. Templates that rewrite earlier
+ * messages when new ones arrive are refused (`template_not_incremental`). A raw
+ * completions turn on a chat session ends the chat state: later chat turns render their
+ * messages as a new conversation appended to the session (without a second BOS).
  *
  * @example
  * ```ts
@@ -290,6 +293,7 @@ interface Reservation {
 }
 
 const SENTINEL = "\u27e6magicpig-reply-sentinel\u27e7";
+const PROBE = "\u27e6magicpig-next-message\u27e7";
 
 function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
@@ -435,7 +439,7 @@ export class SessionManager {
       if (req.messages.length === 0) {
         throw new EngineError("invalid_request", `Invalid "messages": it is empty`, "messages");
       }
-      ids = llm.renderChat(req.messages, { addGenerationPrompt: false }).ids;
+      ids = llm.encodeChatText(this.#stablePrefix(req.messages));
       kind = "chat";
       chat = { messages: req.messages.map((m) => ({ ...m })), pending: "" };
     } else if (req.text !== undefined) {
@@ -577,6 +581,7 @@ export class SessionManager {
   /** Writes the caller's session to the session folder now. */
   async save(owner: string, id: string): Promise<SessionInfo> {
     this.#checkOpen();
+    const e = this.#find(owner, id);
     if (!this.#dir) {
       throw new EngineError(
         "invalid_request",
@@ -585,7 +590,6 @@ export class SessionManager {
         "session_dir_not_configured",
       );
     }
-    const e = this.#find(owner, id);
     await this.#acquire(e, "save");
     try {
       if (e.session && e.dirty) await this.#snapshot(e, "request");
@@ -972,7 +976,7 @@ export class SessionManager {
     }
     let ids: number[];
     if (history.length > 0) {
-      const base = llm.renderChatText(history, { addGenerationPrompt: false });
+      const base = this.#stablePrefix(history);
       const full = llm.renderChatText([...history, ...messages], { addGenerationPrompt: true });
       if (!full.startsWith(base)) {
         throw new EngineError(
@@ -1007,6 +1011,23 @@ export class SessionManager {
       );
     }
     return { ids, chat: { newMessages: messages } };
+  }
+
+  /**
+   * The part of a conversation's rendering that stays the same whatever comes next: the
+   * common prefix of `render(messages)` and `render(messages + [a user message], generation
+   * prompt)`. For most templates it is `render(messages)`; for templates that always add the
+   * assistant header (the original Llama-3 one) it stops before the header's role.
+   */
+  #stablePrefix(messages: readonly ChatMessage[]): string {
+    const a = this.#llm.renderChatText(messages, { addGenerationPrompt: false });
+    const b = this.#llm.renderChatText([...messages, { role: "user", content: PROBE }], {
+      addGenerationPrompt: true,
+    });
+    const n = Math.min(a.length, b.length);
+    let i = 0;
+    while (i < n && a.charCodeAt(i) === b.charCodeAt(i)) i++;
+    return a.slice(0, i);
   }
 
   /** Commits a finished turn, or rolls it back (fork, abort, error). */
@@ -1053,10 +1074,7 @@ export class SessionManager {
     e.lastUsedAt = Date.now();
     if (chat) {
       const history = [...(e.chat?.messages ?? []), ...chat.newMessages];
-      const probe = this.#llm.renderChatText(
-        [...history, { role: "assistant", content: SENTINEL }],
-        { addGenerationPrompt: false },
-      );
+      const probe = this.#stablePrefix([...history, { role: "assistant", content: SENTINEL }]);
       const at = probe.lastIndexOf(SENTINEL);
       let closing = at < 0 ? "" : probe.slice(at + SENTINEL.length);
       const last = out[out.length - 1];
@@ -1093,10 +1111,12 @@ export class SessionManager {
     if (m.nTokens > 0 && m.gpuBytes > 0) this.#gpuPerToken = m.gpuBytes / m.nTokens;
   }
 
+  /** Host bytes of a new session with room for `tokens` (the cache rounds up to 2^k >= 64). */
   #hostEstimate(tokens: number, method: AttentionMethod): number {
-    return Math.ceil(
-      tokens * this.#store.kvBytesPerToken * (1 + (this.#indexRatio.get(method) ?? 0)),
-    );
+    let capacity = 64;
+    while (capacity < tokens) capacity *= 2;
+    const per = this.#store.kvBytesPerToken;
+    return Math.ceil(capacity * per + tokens * per * (this.#indexRatio.get(method) ?? 0));
   }
 
   /** Extra host bytes a resident session needs to grow by `more` tokens. */
@@ -1105,7 +1125,10 @@ export class SessionManager {
     const per = this.#store.kvBytesPerToken;
     const capacity = per > 0 ? Math.floor(m.hostKvBytes / per) : 0;
     const after = m.nTokens + more;
-    const kvAfter = after > capacity ? Math.max(2 * capacity, after) * per : m.hostKvBytes;
+    // The native cache doubles its capacity until the tokens fit.
+    let grown = Math.max(capacity, 1);
+    while (grown < after) grown *= 2;
+    const kvAfter = after > capacity ? grown * per : m.hostKvBytes;
     const ratio = this.#indexRatio.get(e.attention.method) ?? 0;
     return Math.max(0, kvAfter - m.hostKvBytes) + Math.ceil(more * per * ratio);
   }

@@ -2,7 +2,8 @@
  * `POST /v1/chat/completions` in OpenAI's shape: `messages` rendered with the model's own
  * chat template, `max_completion_tokens` (or `max_tokens`), `temperature`, `top_p`,
  * `top_k`, `seed`, `stop`, `logprobs: true` with `top_logprobs: N`, `stream` with
- * `stream_options.include_usage`, vLLM's `return_tokens_as_token_ids`, and the
+ * `stream_options.include_usage`, vLLM's `return_tokens_as_token_ids` and
+ * `return_token_ids` (non-streamed: `choices[0].token_ids` and `prompt_token_ids`), and the
  * `attention` extension.
  *
  * Sessions: with `session_id` (or on `/v1/sessions/{id}/chat/completions`) `messages` are
@@ -142,12 +143,14 @@ export function chatCompletions(getLLM: () => LLM): Handler {
     }
     const includeUsage = streamOptions?.include_usage === true;
     const asIds = f.boolean("return_tokens_as_token_ids") ?? false;
+    const withIds = f.boolean("return_token_ids") ?? false;
     const sampling = samplingRequest(f, llm, wantLogprobs ? topLogprobs ?? 0 : 0);
     const deadline = deadlineFrom(req);
     let handle: RequestStream;
+    let promptTokenIds: readonly number[];
     if (target) {
       const { attention: _, ...rest } = sampling;
-      handle = await startTurn(llm, ctx, target.id, {
+      const turn = await startTurn(llm, ctx, target.id, {
         ...rest,
         id: ctx.requestId,
         messages,
@@ -158,6 +161,8 @@ export function chatCompletions(getLLM: () => LLM): Handler {
         signal: req.signal,
         deadline,
       });
+      handle = turn;
+      promptTokenIds = turn.promptIds;
     } else {
       const { ids } = llm.renderChat(messages, {
         addGenerationPrompt: f.boolean("add_generation_prompt") ?? true,
@@ -177,6 +182,7 @@ export function chatCompletions(getLLM: () => LLM): Handler {
         signal: req.signal,
         deadline,
       });
+      promptTokenIds = ids;
     }
 
     const id = `chatcmpl-${ctx.requestId}`;
@@ -236,8 +242,10 @@ export function chatCompletions(getLLM: () => LLM): Handler {
               ? { content: tokens.map((t) => contentLogprob(llm, t, asIds)) }
               : null,
             finish_reason: finishReason(ev),
+            ...(withIds ? { token_ids: ev.outputIds } : {}),
           }],
           usage: usageJson(ev.usage),
+          ...(withIds ? { prompt_token_ids: promptTokenIds } : {}),
         };
       },
     };
