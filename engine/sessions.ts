@@ -496,6 +496,7 @@ export class SessionManager {
       }
       if (!finish || finish.reason !== "length") throw failedPrefill(finish);
       prefillSeconds = (performance.now() - t0) / 1000;
+      if (this.#closing) throw new EngineError("unavailable", "The server is shutting down");
     } catch (e) {
       room.release();
       await session?.close().catch(() => {});
