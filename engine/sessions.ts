@@ -218,7 +218,10 @@ export interface SessionManagerOptions {
   retryAfterSeconds?: number;
   /** How often expired sessions are swept (default 1000 ms). */
   sweepIntervalMs?: number;
-  /** Spare tokens reserved at create so that follow-ups do not regrow the cache (default 256). */
+  /**
+   * Spare tokens reserved at create beyond the prompt (default 0: the native cache already
+   * rounds its capacity up to a power of two).
+   */
   reserveHeadroom?: number;
   log?: Logger;
   metrics?: Metrics;
@@ -366,7 +369,7 @@ export class SessionManager {
     this.#defaultTtl = options.defaultTtlSeconds ?? 3600;
     this.#maxTtl = options.maxTtlSeconds ?? 7 * 24 * 3600;
     this.#retryAfter = options.retryAfterSeconds ?? 2;
-    this.#headroom = options.reserveHeadroom ?? 256;
+    this.#headroom = options.reserveHeadroom ?? 0;
     this.#log = options.log ?? new Logger({ level: "silent" });
     this.#m = registerMetrics(options.metrics ?? new Metrics(), this);
     const interval = options.sweepIntervalMs ?? 1000;
@@ -378,6 +381,11 @@ export class SessionManager {
   /** The snapshot folder, if any. */
   get dir(): string | null {
     return this.#dir?.path ?? null;
+  }
+
+  /** Host KV bytes per token of the served model (all layers, K and V). */
+  get kvBytesPerToken(): number {
+    return this.#store.kvBytesPerToken;
   }
 
   /** TTL bounds, for validation messages. */

@@ -733,11 +733,18 @@ Deno.test({
       // A client that goes away: its turn is aborted within a step and rolled back, and an
       // immediate follow-up is served on the session as it was.
       await turn.stop();
+      // The server learns of the disconnect when the connection closes; from then on the
+      // turn ends within one step.
+      let aborted = llm.scheduler.finished(turn.id);
+      for (let i = 0; i < 250 && !aborted; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        aborted = llm.scheduler.finished(turn.id);
+      }
+      assertEquals(aborted?.reason, "abort");
+      assertLess(aborted!.finishedAtStep - aborted!.abortRequestedAtStep!, 2);
+      assertLess(aborted!.completionTokens, 2000);
       const next = await a.turn(s.id, " and", { max_tokens: 3 });
       assertEquals(next.usage.prompt_tokens_details.cached_tokens, s.tokens);
-      const aborted = llm.scheduler.finished(turn.id);
-      assertEquals(aborted?.reason, "abort");
-      assertLess(aborted!.completionTokens, 2000);
       assertEquals(
         await metricValue(server, KEY_A, 'magicpig:session_turns_total{outcome="rollback"}'),
         1,
@@ -760,11 +767,11 @@ Deno.test({
     }
 
     // 429: the budget holds one session growing through a long turn, and nothing else. A
-    // short prompt + 256 spare tokens round up to 512 cache rows; the 2000-token turn grows
-    // them to 2048; another session needs 512 more.
-    const perToken = budget / 512;
+    // short prompt takes the cache's smallest capacity (64 rows); the 2000-token turn grows
+    // it to 2048 rows; another session needs 64 more.
+    const perRow = budget / 64;
     const tight = await demo({
-      sessions: { hostMemoryBudget: Math.floor(perToken * (2048 + 300)), retryAfterSeconds: 3 },
+      sessions: { hostMemoryBudget: Math.floor(perRow * (2048 + 32)), retryAfterSeconds: 3 },
     });
     const c = client(tight, KEY_A);
     try {
