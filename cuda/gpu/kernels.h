@@ -7,7 +7,8 @@
 //
 // One file per concept implements each group below (embedding.cu, rmsnorm.cu, rope.cu,
 // matmul.cu, attention_prefill.cu, attention_decode.cu, merge.cu, swiglu.cu, sampling.cu,
-// lsh.cu); each ends with the host-pointer op of gpu.h that the parity tests call.
+// lsh.cu, random.cu); each ends with the host-pointer op of gpu.h that the parity tests
+// call, where it has one.
 #pragma once
 
 #include <vector>
@@ -167,5 +168,12 @@ void sample(const float *logits, int n, int vocab, float temperature, int top_k,
 template <class XT>
 void lsh_hash(const float *R, const XT *x, int64_t x_stride, int n, int d, int K, int L,
               uint16_t *codes, cudaStream_t s);
+
+// ------------------------------------------------------------
+// random.cu
+
+// p[i] = mean + scale·N(0, 1), element i a pure function of (seed, i).
+template <class T>
+void fill_normal(T *p, int64_t n, uint64_t seed, float scale, float mean, cudaStream_t s);
 
 }  // namespace mp::gpu
