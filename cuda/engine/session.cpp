@@ -133,8 +133,8 @@ static void check_tokens(const Engine &e, const int32_t *tokens, int32_t n) {
 int32_t session_prefill(Session &s, const int32_t *tokens, int32_t n, float *logits,
                         const int32_t *abort) {
   Engine &e = s.engine();
-  MP_CHECK(tokens, MP_ERR_INVALID, "tokens is NULL");
   MP_CHECK(n >= 1, MP_ERR_INVALID, "n \"%d\" is invalid: must be >= 1", n);
+  MP_CHECK(tokens, MP_ERR_INVALID, "tokens is NULL");
   check_tokens(e, tokens, n);
   const int64_t p0 = s.n_tokens();
   MP_CHECK(p0 + n < ((int64_t)1 << 31), MP_ERR_INVALID,
