@@ -242,6 +242,20 @@ export const symbols = {
     ],
     result: "i32",
   },
+
+  // ------------------------------------------------------------
+  // CUDA backend (tests and benchmarks)
+
+  /** int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t cap) */
+  mp_gpu_set_kernel: { parameters: ["buffer", "i32", ...errArgs], result: "i32" },
+  /** int32_t mp_gpu_sample(const float *logits, int32_t n, int32_t vocab,
+   *    const mp_sampling_params *p, const float *u, int32_t *tokens, char *err, size_t cap) */
+  mp_gpu_sample: {
+    parameters: ["buffer", "i32", "i32", "buffer", "buffer", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** int32_t mp_gpu_describe(char *out, size_t cap, char *err, size_t err_cap) */
+  mp_gpu_describe: { parameters: ["buffer", "usize", ...errArgs], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened library's symbol functions. */

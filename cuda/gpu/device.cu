@@ -45,6 +45,17 @@ int sm_count() {
   return cache[dev];
 }
 
+std::string describe() {
+  require_device();
+  cudaDeviceProp p;
+  MP_CUDA(cudaGetDeviceProperties(&p, 0));
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%s, cc %d.%d, %d SMs, %.1f GiB, L2 %.0f MB", p.name, p.major,
+                p.minor, p.multiProcessorCount, p.totalGlobalMem / 1073741824.0,
+                p.l2CacheSize / 1e6);
+  return buf;
+}
+
 // ------------------------------------------------------------
 // errors
 

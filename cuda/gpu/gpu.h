@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "common/common.h"
 
@@ -37,6 +38,8 @@ void op_sample(const float *logits, int n, int vocab, float temperature, int top
 // Forces a kernel variant of an op family for later op_* calls (tests/benchmarks); 0 = auto.
 // op: "matmul" (1 cuBLAS, 2 skinny, 3 simple), "attention" (1 flash, 2 decode, 3 generic).
 void set_kernel_variant(const char *op, int variant);
+// "NVIDIA H200, cc 9.0, 132 SMs, 139.8 GiB, L2 50 MB" for device 0.
+std::string describe();
 #else
 inline int device_count() { return 0; }
 
@@ -60,6 +63,7 @@ inline void lsh_hash(const float *, const float *, int, int, int, int, uint16_t 
 inline void op_sample(const float *, int, int, float, int, float, const float *, int32_t *)
     MP_GPU_UNAVAILABLE()
 inline void set_kernel_variant(const char *, int) MP_GPU_UNAVAILABLE()
+inline std::string describe() MP_GPU_UNAVAILABLE()
 #undef MP_GPU_UNAVAILABLE
 #endif
 

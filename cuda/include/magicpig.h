@@ -388,6 +388,33 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
                            float *out, float *lse_out, char *err, size_t err_cap);
 
 /* ------------------------------------------------------------------------------------
+ * CUDA backend: kernel selection and GPU-only ops, for tests and benchmarks. Each returns
+ * MP_ERR_NO_DEVICE in a build without CUDA or on a machine without a usable GPU.
+ * ---------------------------------------------------------------------------------- */
+
+/* Forces one kernel variant of an op family for later CUDA work in this process (the
+ * mp_op_* calls with backend CUDA and the CUDA forward pass); 0 restores the automatic
+ * choice. op "matmul": 1 cuBLAS (the skinny kernel in a build without cuBLAS), 2 the
+ * skinny tensor-core GEMV kernel (any n, W re-read per 16 rows), 3 the simple kernel.
+ * op "attention": 1 flash (tensor cores, head_dim 64/128), 2 split-K decode (one query
+ * per "sequence"), 3 generic. A variant that cannot run a shape falls back to one that
+ * can. Process-wide; not meant to change while other calls run. */
+MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t err_cap);
+
+/* Token choice on the GPU for n rows of logits[n][vocab]: p->temperature <= 0 is greedy
+ * (first maximum); otherwise softmax(logits / temperature) restricted to the top_k most
+ * likely tokens (0: all), then to the smallest most-likely set whose mass reaches top_p
+ * (ties at the threshold kept), drawn by inverse CDF over the kept tokens in index order
+ * with the uniform u[i] in [0, 1) (u may be NULL when greedy). p->n_logprobs is ignored. */
+MP_API int32_t mp_gpu_sample(const float *logits, int32_t n, int32_t vocab,
+                             const mp_sampling_params *p, const float *u, int32_t *tokens,
+                             char *err, size_t err_cap);
+
+/* A NUL-terminated description of device 0 ("NVIDIA H200, cc 9.0, 132 SMs, 139.8 GiB,
+ * L2 50 MB") into out[cap]. */
+MP_API int32_t mp_gpu_describe(char *out, size_t cap, char *err, size_t err_cap);
+
+/* ------------------------------------------------------------------------------------
  * MagicPIG: LSH index, retrieval and sampled attention (magicpig.md §4–8)
  * ---------------------------------------------------------------------------------- */
 
