@@ -22,8 +22,11 @@ export const MatmulKernel = { AUTO: 0, CUBLAS: 1, SKINNY: 2, SIMPLE: 3 } as cons
 /** Variants of op "attention" for {@link setKernel}. */
 export const AttentionKernel = { AUTO: 0, FLASH: 1, DECODE: 2, GENERIC: 3 } as const;
 
+/** Variants of op "kv" (decode KV placement) for {@link setKernel}. */
+export const KvPlacement = { AUTO: 0, RESIDENT: 1, STREAMED: 2 } as const;
+
 /** Forces a kernel variant of an op family for later CUDA work (0: automatic). */
-export function setKernel(op: "matmul" | "attention", variant: number): void {
+export function setKernel(op: "matmul" | "attention" | "kv", variant: number): void {
   const err = errorBuffer();
   unwrap(
     lib().mp_gpu_set_kernel(cstr(op), variant, err, BigInt(err.length)),

@@ -339,6 +339,9 @@ void Engine::init_random(uint64_t seed, float scale) {
   MP_CHECK(std::isfinite(scale) && scale >= 0, MP_ERR_INVALID,
            "scale \"%g\" is invalid: must be a finite number >= 0", (double)scale);
   const mp_model_config &c = config();
+  // A device backend may fill the weights on the device (GPU benchmarks): mark them loaded
+  // without host copies.
+  const bool on_device = backend_->init_random(seed, scale);
   for (int32_t kind = 0; kind < MP_TENSOR_KIND_COUNT; kind++) {
     if (kind == MP_TENSOR_OUTPUT && c.tied_embeddings) continue;
     const int32_t nl = kind_is_global(kind) ? 1 : c.n_layers;
@@ -347,6 +350,14 @@ void Engine::init_random(uint64_t seed, float scale) {
       int64_t rows, cols;
       expected_shape(kind, &rows, &cols);
       const int32_t dt = is_norm(kind) ? MP_DTYPE_F32 : params_.weight_dtype;
+      if (on_device) {
+        t.data.reset();
+        t.dtype = dt;
+        t.rows = rows;
+        t.cols = cols;
+        t.loaded = true;
+        continue;
+      }
       const size_t n = (size_t)rows * (size_t)cols;
       HostBuffer buf(n * dtype_size(dt));
       if (is_norm(kind)) {

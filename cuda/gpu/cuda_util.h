@@ -162,8 +162,9 @@ int sm_count();
 enum Op : int {
   OP_MATMUL = 0,     // 1 = cuBLAS, 2 = skinny tensor-core kernel, 3 = simple kernel
   OP_ATTENTION = 1,  // 1 = flash (tensor cores), 2 = split-K decode, 3 = generic
-  OP_LSH = 2,        // 1 = direct kernel, 2 = GEMM (cuBLAS hi/lo split) + pack
-  OP_COUNT = 3,
+  OP_LSH = 2,        // reserved
+  OP_KV = 3,         // decode KV placement: 1 = resident on the GPU, 2 = streamed from host
+  OP_COUNT = 4,
 };
 int forced_variant(Op op);
 void force_variant(Op op, int variant);

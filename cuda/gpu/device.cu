@@ -137,7 +137,13 @@ void set_kernel_variant(const char *op, int variant) {
            "variant \"%d\" is invalid: must be 0..3", variant);
   if (std::strcmp(op, "matmul") == 0) return force_variant(OP_MATMUL, variant);
   if (std::strcmp(op, "attention") == 0) return force_variant(OP_ATTENTION, variant);
-  MP_FAIL(MP_ERR_INVALID, "op \"%s\" is invalid: must be \"matmul\" or \"attention\"", op);
+  if (std::strcmp(op, "kv") == 0) {
+    MP_CHECK(variant <= 2, MP_ERR_INVALID, "variant \"%d\" is invalid for \"kv\": must be 0..2",
+             variant);
+    return force_variant(OP_KV, variant);
+  }
+  MP_FAIL(MP_ERR_INVALID, "op \"%s\" is invalid: must be \"matmul\", \"attention\" or \"kv\"",
+          op);
 }
 
 }  // namespace mp::gpu

@@ -14,7 +14,8 @@
  *
  * @module
  */
-import { assert, assertEquals } from "../_std.ts";
+import { assertEquals } from "../_std.ts";
+import { assertAll, check } from "./_report.ts";
 import { fromBf16, maxAbsDiff, randn, relError, rng, toBf16, toF16 } from "../_util.ts";
 import { Backend, deviceCount, DType, RopeScaling, RopeStyle, sample } from "../../ffi/native.ts";
 import * as ops from "../../ffi/ops.ts";
@@ -38,34 +39,6 @@ if (ignore) {
 
 const CPU = Backend.CPU;
 const GPU = Backend.CUDA;
-
-interface Row {
-  op: string;
-  case: string;
-  err: number;
-  tol: number;
-  ok: boolean;
-  extra?: string;
-}
-const report: Row[] = [];
-const reportPath = Deno.env.get("MP_GPU_REPORT");
-
-/** Records one comparison; returns a failure line or null. */
-function check(op: string, name: string, err: number, tol: number, extra = ""): string | null {
-  const ok = Number.isFinite(err) && err <= tol;
-  report.push({ op, case: name, err, tol, ok, extra: extra || undefined });
-  console.log(
-    `${ok ? "ok  " : "FAIL"} ${op.padEnd(10)} ${name.padEnd(48)} err ${err.toExponential(2)} ` +
-      `tol ${tol.toExponential(1)}${extra ? "  " + extra : ""}`,
-  );
-  if (reportPath) Deno.writeTextFileSync(reportPath, JSON.stringify(report, null, 1));
-  return ok ? null : `${op} ${name}: err ${err} > ${tol}${extra ? ` (${extra})` : ""}`;
-}
-
-function assertAll(failures: (string | null)[]): void {
-  const bad = failures.filter((f): f is string => f !== null);
-  assert(bad.length === 0, `${bad.length} case(s) out of tolerance:\n${bad.join("\n")}`);
-}
 
 /** Runs fn with a kernel variant forced, restoring the automatic choice afterwards. */
 function withKernel<T>(op: "matmul" | "attention", variant: number, fn: () => T): T {
