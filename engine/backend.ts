@@ -34,7 +34,11 @@ export interface BackendSession {
    * of the last token. A non-zero `abort[0]` (polled between layers or chunks) ends the
    * call early with {@link AbortedError}; the session is then as before the call.
    */
-  prefill(tokens: Int32Array, logits: Float32Array | null, abort: Int32Array | null): Promise<void>;
+  prefill(
+    tokens: Int32Array<ArrayBuffer>,
+    logits: Float32Array<ArrayBuffer> | null,
+    abort: Int32Array<ArrayBuffer> | null,
+  ): Promise<void>;
   /** Ends a turn: MagicPIG indexes the prompt's keys; a no-op for dense attention. */
   commit(): Promise<void>;
   /** The session's counters. */
@@ -82,12 +86,16 @@ export interface Backend {
    */
   decodeStep(
     sessions: readonly BackendSession[],
-    tokens: Int32Array,
-    logits: Float32Array,
-    abort: Int32Array | null,
+    tokens: Int32Array<ArrayBuffer>,
+    logits: Float32Array<ArrayBuffer>,
+    abort: Int32Array<ArrayBuffer> | null,
   ): Promise<void>;
   /** Picks a token from `logits` (one row), advancing the caller-owned `rngState`. */
-  sample(logits: Float32Array, params: SampleParams, rngState: BigUint64Array): SampleResult;
+  sample(
+    logits: Float32Array<ArrayBuffer>,
+    params: SampleParams,
+    rngState: BigUint64Array<ArrayBuffer>,
+  ): SampleResult;
 }
 
 /** Thrown by a backend call that stopped because its abort flag was set. */

@@ -247,7 +247,7 @@ export interface SchedulerOptions {
 interface Request {
   readonly id: string;
   status: RequestStatus;
-  readonly prompt: Int32Array;
+  readonly prompt: Int32Array<ArrayBuffer>;
   readonly maxTokens: number;
   readonly sample: { temperature: number; topK: number; topP: number; nLogprobs: number };
   readonly stopIds: Set<number>;
@@ -255,10 +255,10 @@ interface Request {
   readonly pinned: boolean;
   readonly commit: boolean;
   readonly deadline: number;
-  readonly rng: BigUint64Array;
+  readonly rng: BigUint64Array<ArrayBuffer>;
   readonly detok: IncrementalDetokenizer | null;
   readonly channel: Channel<SchedulerEvent>;
-  readonly abortFlag: Int32Array;
+  readonly abortFlag: Int32Array<ArrayBuffer>;
   readonly arrival: number;
   session: BackendSession | null;
   statsAtStart: SessionStats | null;
@@ -277,8 +277,8 @@ type Plan =
 
 type Outcome =
   | { kind: "idle" }
-  | { kind: "prefill"; req: Request; end: number; logits: Float32Array | null }
-  | { kind: "decode"; reqs: Request[]; logits: Float32Array }
+  | { kind: "prefill"; req: Request; end: number; logits: Float32Array<ArrayBuffer> | null }
+  | { kind: "decode"; reqs: Request[]; logits: Float32Array<ArrayBuffer> }
   | { kind: "failed"; reqs: Request[]; error: EngineError };
 
 function splitmix64(x: bigint): bigint {
@@ -289,7 +289,7 @@ function splitmix64(x: bigint): bigint {
   return (z ^ (z >> 31n)) & M;
 }
 
-function seedState(seed: number | bigint | undefined): BigUint64Array {
+function seedState(seed: number | bigint | undefined): BigUint64Array<ArrayBuffer> {
   const state = new BigUint64Array(1);
   if (seed === undefined) {
     crypto.getRandomValues(state);
@@ -329,8 +329,9 @@ export class Scheduler {
   #wake: (() => void) | null = null;
   #loop: Promise<void>;
   #lastWasPrefill = false;
+  #tick = new MessageChannel();
   #stepAbort = new Int32Array(1);
-  #decodeLogits: Float32Array;
+  #decodeLogits: Float32Array<ArrayBuffer>;
   #history: FinishedSummary[] = [];
   #stats: SchedulerStats = {
     waiting: 0,
@@ -448,6 +449,8 @@ export class Scheduler {
     this.#stopLoop = true;
     this.#wakeUp();
     await this.#loop;
+    this.#tick.port1.close();
+    this.#tick.port2.close();
     // The loop has ended: finish whatever it left (nothing is in flight now).
     for (const req of [...this.#waiting, ...this.#active]) {
       await this.#finish(req, "abort", error);
@@ -572,6 +575,18 @@ export class Scheduler {
     this.#wakeUp();
   }
 
+  /**
+   * Resolves after one macrotask turn (the event loop polls I/O in between). A message to
+   * ourselves costs ~20 µs where `setTimeout(0)` costs a timer tick (1–4 ms), which would
+   * dominate a small model's decode step.
+   */
+  #yieldToEventLoop(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.#tick.port1.onmessage = () => resolve();
+      this.#tick.port2.postMessage(null);
+    });
+  }
+
   #wakeUp(): void {
     const w = this.#wake;
     this.#wake = null;
@@ -595,7 +610,7 @@ export class Scheduler {
         for (const req of [...this.#active]) await this.#finish(req, "error", error);
       }
       // Let I/O (new requests, disconnects) in between steps.
-      await new Promise((r) => setTimeout(r, 0));
+      await this.#yieldToEventLoop();
     }
   }
 
@@ -724,7 +739,7 @@ export class Scheduler {
   }
 
   /** Samples one token for `req` from `logits`, emits it, and finishes the request if done. */
-  async #accept(req: Request, logits: Float32Array): Promise<void> {
+  async #accept(req: Request, logits: Float32Array<ArrayBuffer>): Promise<void> {
     let picked: SampleResult;
     try {
       picked = this.#backend.sample(logits, req.sample, req.rng);

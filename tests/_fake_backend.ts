@@ -48,9 +48,9 @@ export class FakeSession implements BackendSession {
   }
 
   async prefill(
-    tokens: Int32Array,
-    logits: Float32Array | null,
-    abort: Int32Array | null,
+    tokens: Int32Array<ArrayBuffer>,
+    logits: Float32Array<ArrayBuffer> | null,
+    abort: Int32Array<ArrayBuffer> | null,
   ): Promise<void> {
     if (this.closed) throw new Error("Session is closed");
     // Simulated work: `prefillMsPerToken` per token, polling the abort flag like the
@@ -146,7 +146,7 @@ export class FakeBackend implements Backend {
     this.decodeMs = options.decodeMs ?? 0;
   }
 
-  fillLogits(last: number, out: Float32Array): void {
+  fillLogits(last: number, out: Float32Array<ArrayBuffer>): void {
     const want = nextToken(last, this.vocabSize);
     for (let i = 0; i < this.vocabSize; i++) out[i] = i === want ? 5 : -Math.abs(i - want) / 8;
   }
@@ -160,9 +160,9 @@ export class FakeBackend implements Backend {
 
   async decodeStep(
     sessions: readonly BackendSession[],
-    tokens: Int32Array,
-    logits: Float32Array,
-    abort: Int32Array | null,
+    tokens: Int32Array<ArrayBuffer>,
+    logits: Float32Array<ArrayBuffer>,
+    abort: Int32Array<ArrayBuffer> | null,
   ): Promise<void> {
     await sleep(this.decodeMs);
     if (this.failNextDecode) {
@@ -181,7 +181,11 @@ export class FakeBackend implements Backend {
     });
   }
 
-  sample(logits: Float32Array, params: SampleParams, rngState: BigUint64Array): SampleResult {
+  sample(
+    logits: Float32Array<ArrayBuffer>,
+    params: SampleParams,
+    rngState: BigUint64Array<ArrayBuffer>,
+  ): SampleResult {
     const V = logits.length;
     let max = -Infinity;
     for (let i = 0; i < V; i++) max = Math.max(max, logits[i]);
