@@ -11,7 +11,9 @@ import {
 } from "../engine/functions/host.ts";
 import type { FunctionHostServices } from "../engine/functions/services.ts";
 import { EngineError } from "../engine/errors.ts";
-import { functionsHandler } from "../routes/functions.ts";
+import { mountFunctions } from "../routes/functions.ts";
+import { type AppState, createApp } from "../routes/app.ts";
+import { Logger } from "../engine/log.ts";
 
 /** The fixture functions (never served in production: they live under tests/). */
 export const fixtures = new URL("./fixtures/functions", import.meta.url).pathname;
@@ -40,24 +42,30 @@ export interface FunctionServer {
 }
 
 /**
- * Serves `dir` on 127.0.0.1, port 0. `Authorization: Bearer K` becomes the caller's key,
- * as the auth middleware does.
+ * Serves `dir` on 127.0.0.1, port 0, through the real router and middleware
+ * (routes/app.ts) with the function routes mounted. `Authorization: Bearer K` becomes the
+ * caller's key, standing in for the auth middleware that is not written yet.
  */
 export function serveFunctions(
   dir: string,
   services: FunctionHostServices = noEngine,
-  options: Partial<FunctionHostOptions> = {},
+  options: Partial<FunctionHostOptions> & { maxBodyBytes?: number } = {},
 ): FunctionServer {
   const logs: FunctionLogRecord[] = [];
   const host = new FunctionHost({ dir, services, log: (r) => logs.push(r), ...options });
-  const handle = functionsHandler(host);
-  let n = 0;
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
-    const auth = req.headers.get("authorization");
-    const apiKey = auth?.startsWith("Bearer ") ? auth.slice(7) : null;
-    return handle(req, { apiKey, requestId: `req-${++n}` }) ??
-      Response.json({ error: { message: "Not found", type: "not_found_error" } }, { status: 404 });
+  const state: AppState = {
+    phase: "loading",
+    llm: null,
+    log: new Logger({ level: "silent" }),
+    maxBodyBytes: options.maxBodyBytes ?? 16 * 1024 * 1024,
+  };
+  const app = mountFunctions(createApp(state), () => host, {
+    apiKeyOf: (req) => {
+      const auth = req.headers.get("authorization");
+      return auth?.startsWith("Bearer ") ? auth.slice(7) : null;
+    },
   });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, app.fetch);
   return {
     base: `http://127.0.0.1:${server.addr.port}`,
     host,

@@ -44,7 +44,7 @@ Deno.test("FunctionHost.invoke() hands the function its URL, method, headers wit
     const headers = got.headers as Record<string, string>;
     assertEquals(headers["x-custom"], "yes");
     assertEquals(headers.authorization, undefined);
-    assertMatch(String(got.requestId), /^req-\d+$/);
+    assertMatch(String(got.requestId), /^req-/);
   } finally {
     await s.close();
   }
@@ -446,7 +446,7 @@ Deno.test("ctx.log and console lines carry the function's name and the request i
     const structured = await s.waitForLog((r) => r.function === "logs" && r.msg === "structured");
     assertEquals(structured.level, "warn");
     assertEquals(structured.answer, 42);
-    assertMatch(String(structured.request_id), /^req-\d+$/);
+    assertMatch(String(structured.request_id), /^req-/);
     const fromConsole = await s.waitForLog((r) =>
       r.function === "logs" && r.msg.startsWith("from console")
     );

@@ -479,6 +479,8 @@ async function readBody(
     try {
       step = await reader.read();
     } catch (e) {
+      // The server's own body limit (an HTTP error) passes through as it is.
+      if (typeof (e as { status?: unknown })?.status === "number") throw e;
       throw new FunctionError(
         400,
         "invalid_request_error",
