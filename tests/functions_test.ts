@@ -565,3 +565,16 @@ Deno.test("FunctionHost.close() ends every worker and refuses new invocations", 
     await s.close();
   }
 });
+
+Deno.test("a missing functions folder serves no functions", async () => {
+  const s = serveFunctions("/nonexistent/magicpig-functions");
+  try {
+    const list = await (await fetch(`${s.base}/v1/functions`)).json() as { data: unknown[] };
+    assertEquals(list.data, []);
+    const res = await fetch(`${s.base}/v1/functions/anything`, { method: "POST", body: "x" });
+    assertEquals(res.status, 404);
+    await res.body?.cancel();
+  } finally {
+    await s.close();
+  }
+});

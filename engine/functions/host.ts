@@ -163,7 +163,16 @@ export class FunctionHost {
     if (this.#closed) throw FunctionError.closed();
     if (!namePattern.test(name)) throw FunctionError.notFound(name);
     const entry = this.#entry(name);
-    const version = await this.#current(entry);
+    let version: Version;
+    try {
+      version = await this.#current(entry);
+    } catch (e) {
+      // Unknown names leave nothing behind.
+      if (entry.version === null && entry.limiter.running + entry.limiter.waiting === 0) {
+        this.#entries.delete(name);
+      }
+      throw e;
+    }
     if (version.loadError !== null) throw FunctionError.loadFailed(name, version.loadError);
     const limits = version.manifest.limits;
     const body = await readBody(request, limits.maxBodyBytes, name);
@@ -210,9 +219,16 @@ export class FunctionHost {
     }
   }
 
-  /** The functions in the folder (names of `*.ts` files not starting with `_`). */
+  /** The functions in the folder (`*.ts` files whose name does not start with `_`); none when it is missing. */
   async list(): Promise<FunctionInfo[]> {
     const out: FunctionInfo[] = [];
+    try {
+      await Deno.stat(this.dir);
+    } catch (e) {
+      // No folder: no functions.
+      if (e instanceof Deno.errors.NotFound) return out;
+      throw e;
+    }
     for await (const e of Deno.readDir(this.dir)) {
       if (!e.isFile || !e.name.endsWith(".ts")) continue;
       const name = e.name.slice(0, -3);
