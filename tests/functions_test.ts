@@ -578,3 +578,42 @@ Deno.test("a missing functions folder serves no functions", async () => {
     await s.close();
   }
 });
+
+Deno.test("ctx calls are capped per invocation and aborted when the invocation ends", async () => {
+  let started = 0;
+  let aborted = 0;
+  // Generation that only ends when its signal aborts, to hold calls in flight.
+  const services: FunctionHostServices = {
+    ...noEngine,
+    async *generate(_caller, _params, signal) {
+      started++;
+      await new Promise((r) => signal.addEventListener("abort", r, { once: true }));
+      aborted++;
+      yield* [];
+    },
+  };
+  await using fns = await tempFunctions({
+    "many.ts": `import type { FunctionContext } from "x";
+export default async (_r: Request, ctx: FunctionContext) => {
+  const calls = Array.from({ length: 17 }, () => ctx.generate({ prompt: "x" }));
+  return new Response(await Promise.race(calls.map((p, i) =>
+    p.then(() => "ok " + i, (e) => i + " " + e.status + " " + e.message)
+  )));
+};
+`,
+  });
+  const s = serveFunctions(fns.dir, services);
+  try {
+    const res = await fetch(`${s.base}/v1/functions/many`);
+    assertEquals(
+      await res.text(),
+      "16 429 Too many ctx calls in flight: at most 16 per invocation",
+    );
+    await s.settled();
+    const until = Date.now() + 5000;
+    while (aborted < 16 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    assertEquals([started, aborted], [16, 16]);
+  } finally {
+    await s.close();
+  }
+});

@@ -57,6 +57,9 @@ const headerBlocklist = new Set([
 
 let nextInvocation = 1;
 
+/** ctx calls one invocation may have running at once. */
+const maxCallsInFlight = 16;
+
 let bootstrap: string | null = null;
 
 /**
@@ -336,11 +339,15 @@ export class FunctionWorker {
         return;
       case "chunk": {
         if (run.phase !== "body" || !run.controller) return;
-        if (!(msg.data instanceof Uint8Array)) {
+        // One chunk per pull: a worker pushing more would fill the host's memory.
+        if (!(msg.data instanceof Uint8Array) || run.pullWaiter === null) {
           this.#over(
             run,
             false,
-            FunctionError.crashed(this.#name, "it sent a body chunk that is not bytes"),
+            FunctionError.crashed(
+              this.#name,
+              "it sent a body chunk that is not bytes or was not asked for",
+            ),
           );
           return;
         }
@@ -463,6 +470,21 @@ export class FunctionWorker {
     if (run.phase === "over" || run.phase === "cancelling") return;
     const call = msg.call;
     if (!Number.isInteger(call) || run.calls.has(call)) return;
+    if (run.calls.size >= maxCallsInFlight) {
+      this.#post({
+        t: "throw",
+        id: run.id,
+        call,
+        error: {
+          message: `Too many ctx calls in flight: at most ${maxCallsInFlight} per invocation`,
+          status: 429,
+          type: "rate_limit_error",
+          param: null,
+          code: "too_many_calls",
+        },
+      });
+      return;
+    }
     const ctrl = new AbortController();
     run.calls.set(call, ctrl);
     const onAbort = () => ctrl.abort(run.abort.signal.reason);
