@@ -521,7 +521,10 @@ Deno.test("ctx.sessions acts for the caller's API key: another key's session is 
     const smuggled = await call("bob", { op: "smuggle", key: "alice" });
     assertEquals(smuggled.status, 400);
     assertStringIncludes(String(smuggled.message), `Unknown parameter "api_key"`);
-    assertEquals(seen, ["alice", "alice", "bob"]);
+    // A raw message naming alice still acts for the caller of the request in progress.
+    const forged = await call("bob", { op: "forge", key: "alice" });
+    assertEquals(typeof forged.id, "string");
+    assertEquals(seen, ["alice", "alice", "bob", "bob"]);
   } finally {
     await s.close();
   }

@@ -39,8 +39,14 @@ import {
   parseManifest,
 } from "./manifest.ts";
 import type { FunctionHostServices } from "./services.ts";
+import type { Logger } from "../log.ts";
 
 export type { FunctionLogRecord, LogSink } from "./_runner.ts";
+
+/** A {@link LogSink} writing through the server's JSON-lines logger. */
+export function logSinkFor(logger: Logger): LogSink {
+  return ({ level, msg, ...fields }) => logger.log(level, msg, fields);
+}
 
 /** How to run the host. */
 export interface FunctionHostOptions {
