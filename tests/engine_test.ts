@@ -171,7 +171,7 @@ for (const [name, c] of variants) {
   });
 }
 
-Deno.test("weights given in BF16 and stored as F32 or BF16 reproduce the reference of the rounded weights", async () => {
+Deno.test("weights given in BF16 and stored as F32, BF16 or F16 reproduce the reference of the rounded weights", async () => {
   const w = randomWeights(tiny, 3);
   const round = (a: Float32Array) => fromBf16(toBf16(a));
   const rounded: LlamaWeights = {
@@ -192,7 +192,7 @@ Deno.test("weights given in BF16 and stored as F32 or BF16 reproduce the referen
   };
   const tokens = tokensOf(12, 4);
   const ref = llamaForwardRef(tiny, rounded, tokens);
-  for (const weightDtype of [DType.F32, DType.BF16]) {
+  for (const weightDtype of [DType.F32, DType.BF16, DType.F16]) {
     await using e = await makeEngine(tiny, w, { bf16Source: true, weightDtype });
     assertEquals(e.info().weightDtype, weightDtype);
     await using s = await Session.create(e, dense);
