@@ -344,12 +344,17 @@ Deno.test("save() and load() round-trip a session to identical logits", async ()
       await prefill(s, tokensOf(30, 11));
       const path = `${dir}/s.snap`;
       await s.save(path);
-      assertEquals([...Deno.readDirSync(dir)].map((d) => d.name), ["s.snap"]);
+      assertEquals([...Deno.readDirSync(dir)].map((d) => d.name), ["s.snap"], "no .tmp left");
       await using r = await Session.load(e, path);
       const a = s.info(), b = r.info();
       assertEquals(b.nTokens, 30);
       assertEquals([b.method, b.lshK, b.seed], [a.method, 7, 99n]);
       assertEquals(await decode(r, 5), await decode(s, 5));
+      await using empty = await Session.create(e, dense);
+      await empty.save(`${dir}/empty.snap`);
+      await using e2 = await Session.load(e, `${dir}/empty.snap`);
+      assertEquals(e2.info().nTokens, 0);
+      assertEquals(await prefill(e2, [1, 2]), await prefill(empty, [1, 2]));
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
