@@ -159,9 +159,13 @@ export async function llamaSpmVocab(): Promise<{ path: string; note: string } | 
     const count = countReplacements(damaged);
     if (count === 0) throw e;
     const fixed = rebuild(damaged);
-    const dir = await Deno.makeTempDir({ prefix: "mp-vocab-" });
-    const out = `${dir}/ggml-vocab-llama-spm.gguf`;
-    await Deno.writeFile(out, fixed);
+    // the repository's ignored .cache/ holds the rebuild: one file, replaced atomically
+    const dir = new URL("../.cache/test-fixtures/", import.meta.url).pathname;
+    await Deno.mkdir(dir, { recursive: true });
+    const out = `${dir}ggml-vocab-llama-spm.rebuilt.gguf`;
+    const tmp = `${out}.${crypto.randomUUID()}.tmp`;
+    await Deno.writeFile(tmp, fixed);
+    await Deno.rename(tmp, out);
     return {
       path: out,
       note:

@@ -19,6 +19,7 @@ import { Template } from "@huggingface/jinja";
 import type { ChatMessage, ChatTemplate } from "./types.ts";
 import type { JsonObject } from "./hf.ts";
 import { specialTokenText } from "./tokenizer_hf.ts";
+import { type GgufFile, GgufMeta } from "./gguf.ts";
 
 /** A template that failed to render these messages (e.g. its `raise_exception`). */
 export class ChatTemplateError extends Error {
@@ -81,6 +82,25 @@ export class JinjaChatTemplate implements ChatTemplate {
       eos_token: specialTokenText(config.eos_token),
       unk_token: specialTokenText(config.unk_token),
       pad_token: specialTokenText(config.pad_token),
+    });
+  }
+
+  /**
+   * The template of a GGUF file (`tokenizer.chat_template`), with BOS/EOS/UNK texts from
+   * its vocabulary; null when it has none.
+   */
+  static fromGguf(file: GgufFile): JinjaChatTemplate | null {
+    const m = new GgufMeta(file, (d) => {
+      throw new Error(`Cannot read the chat template of "${file.path}": ${d}`);
+    });
+    const src = m.string("tokenizer.chat_template");
+    if (!src) return null;
+    const tokens = m.strings("tokenizer.ggml.tokens");
+    const text = (key: string) => (tokens && m.has(key) ? tokens[m.number(key)] ?? null : null);
+    return new JinjaChatTemplate(src, {
+      bos_token: text("tokenizer.ggml.bos_token_id"),
+      eos_token: text("tokenizer.ggml.eos_token_id"),
+      unk_token: text("tokenizer.ggml.unknown_token_id"),
     });
   }
 

@@ -147,8 +147,11 @@ class ChunkReader {
   #eof = false;
   #decoder = new TextDecoder();
 
-  constructor(file: Deno.FsFile) {
+  #size: number;
+
+  constructor(file: Deno.FsFile, size: number) {
     this.#file = file;
+    this.#size = size;
   }
 
   /** File offset of the next byte. */
@@ -158,6 +161,7 @@ class ChunkReader {
 
   async #ensure(n: number): Promise<void> {
     if (this.#pos + n <= this.#len) return;
+    if (this.offset + n > this.#size) throw new Error("the header runs past the end of the file");
     // keep the unread tail, grow when one item is larger than the buffer
     const tail = this.#len - this.#pos;
     if (n > this.#buf.length) {
@@ -312,7 +316,7 @@ export async function readGguf(path: string): Promise<GgufFile> {
   }
   try {
     const fileSize = (await file.stat()).size;
-    const r = new ChunkReader(file);
+    const r = new ChunkReader(file, fileSize);
     let magic: number;
     try {
       magic = await r.u32();
@@ -364,11 +368,26 @@ export async function readGguf(path: string): Promise<GgufFile> {
       }
       return { path, version, metadata, tensors, alignment, dataOffset, fileSize };
     } catch (e) {
-      return fail(e instanceof Error ? e.message : String(e));
+      const msg = e instanceof Error ? e.message : String(e);
+      const head = new Uint8Array(Math.min(fileSize, 1 << 16));
+      await file.seek(0, Deno.SeekMode.Start);
+      const got = (await file.read(head)) ?? 0;
+      return fail(hasReplacement(head.subarray(0, got)) ? `${msg}${mangledHint}` : msg);
     }
   } finally {
     file.close();
   }
+}
+
+const mangledHint =
+  "; the file contains U+FFFD replacement sequences (EF BF BD): it was probably damaged by a text conversion of a binary file";
+
+/** Whether `b` holds the UTF-8 encoding of U+FFFD. */
+function hasReplacement(b: Uint8Array): boolean {
+  for (let i = 0; i + 2 < b.length; i++) {
+    if (b[i] === 0xef && b[i + 1] === 0xbf && b[i + 2] === 0xbd) return true;
+  }
+  return false;
 }
 
 /** Number of elements of a tensor. */
@@ -488,7 +507,9 @@ export function ggufLlamaConfig(file: GgufFile, name: string = file.path): Model
   }
   const tokens = m.strings("tokenizer.ggml.tokens");
   const embd = file.tensors.find((t) => t.name === "token_embd.weight");
-  const vocab = m.number(k("vocab_size"), tokens?.length ?? embd?.dims[1] ?? 0);
+  // the embedding rows are what the engine needs (the loader warns when the tokenizer has
+  // more tokens than that)
+  const vocab = embd?.dims[1] ?? m.number(k("vocab_size"), tokens?.length ?? 0);
   const config: ModelConfig = {
     n_layers: m.number(k("block_count")),
     dim,

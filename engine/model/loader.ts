@@ -134,25 +134,15 @@ async function parseGguf(
     loads,
     eosIds,
     text: () => {
-      let tokenizer: SpmTokenizer | null = null;
+      let tokenizer: Tokenizer | null = null;
       try {
-        tokenizer = SpmTokenizer.fromGguf(file);
+        tokenizer = m.string("tokenizer.ggml.model") === "gpt2"
+          ? HfTokenizer.fromGguf(file)
+          : SpmTokenizer.fromGguf(file);
       } catch (e) {
         log(`${e instanceof Error ? e.message : e}; serving token-id prompts only`);
       }
-      const src = m.string("tokenizer.chat_template");
-      const tokens = m.strings("tokenizer.ggml.tokens");
-      const text = (key: string) => {
-        if (!tokens || !m.has(key)) return null;
-        return tokens[m.number(key)] ?? null;
-      };
-      const chatTemplate = src
-        ? new JinjaChatTemplate(src, {
-          bos_token: text("tokenizer.ggml.bos_token_id"),
-          eos_token: text("tokenizer.ggml.eos_token_id"),
-          unk_token: text("tokenizer.ggml.unknown_token_id"),
-        })
-        : null;
+      const chatTemplate = JinjaChatTemplate.fromGguf(file);
       return Promise.resolve({ tokenizer, chatTemplate });
     },
   };

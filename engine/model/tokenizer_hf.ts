@@ -22,6 +22,114 @@
 import { Tokenizer as HfLibTokenizer } from "@huggingface/tokenizers";
 import type { Tokenizer } from "./types.ts";
 import { type JsonObject, readJsonObject } from "./hf.ts";
+import { type GgufFile, GgufMeta } from "./gguf.ts";
+
+/** Pre-tokenizer regexes of the GGUF BPE vocabularies we can rebuild, by tokenizer.ggml.pre. */
+const ggufBpePre: Record<string, string> = {
+  // Llama 3 (tokenizer.json's own pattern; llama.cpp also maps dbrx and smaug to it)
+  "llama-bpe": String
+    .raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`,
+};
+ggufBpePre["llama3"] = ggufBpePre["llama-bpe"];
+ggufBpePre["dbrx"] = ggufBpePre["llama-bpe"];
+ggufBpePre["smaug-bpe"] = ggufBpePre["llama-bpe"];
+
+/**
+ * Rebuilds a tokenizer.json and tokenizer_config.json from a GGUF BPE vocabulary
+ * (`tokenizer.ggml.model = "gpt2"`, as in Llama-3 GGUF files): byte-level BPE over the
+ * file's tokens and merges, its control and user-defined tokens as added tokens, the
+ * pre-tokenizer regex named by `tokenizer.ggml.pre`. Throws for pre-tokenizers it does
+ * not know.
+ */
+export function ggufBpeTokenizerFiles(
+  file: GgufFile,
+): { json: JsonObject; config: JsonObject; extraEosIds: number[] } {
+  const fail = (d: string): never => {
+    throw new Error(`Cannot load the tokenizer of "${file.path}": ${d}`);
+  };
+  const m = new GgufMeta(file, fail);
+  const pre = m.string("tokenizer.ggml.pre") ?? "default";
+  const regex = ggufBpePre[pre];
+  if (!regex) {
+    fail(
+      `BPE pre-tokenizer "${pre}" is not supported (supported: ${
+        Object.keys(ggufBpePre).join(", ")
+      })`,
+    );
+  }
+  const tokens = m.strings("tokenizer.ggml.tokens") ?? fail("tokenizer.ggml.tokens is missing");
+  const merges = m.strings("tokenizer.ggml.merges") ?? fail("tokenizer.ggml.merges is missing");
+  const types = m.numbers("tokenizer.ggml.token_type");
+  const vocab: Record<string, number> = {};
+  const added: JsonObject[] = [];
+  tokens.forEach((t, id) => {
+    const type = types ? types[id] : 1;
+    if (type === 3 || type === 4) {
+      added.push({
+        id,
+        content: t,
+        single_word: false,
+        lstrip: false,
+        rstrip: false,
+        normalized: false,
+        special: type === 3,
+      });
+    } else if (!(t in vocab)) {
+      vocab[t] = id;
+    }
+  });
+  const json: JsonObject = {
+    version: "1.0",
+    truncation: null,
+    padding: null,
+    added_tokens: added,
+    normalizer: null,
+    pre_tokenizer: {
+      type: "Sequence",
+      pretokenizers: [
+        { type: "Split", pattern: { Regex: regex }, behavior: "Isolated", invert: false },
+        { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false },
+      ],
+    },
+    post_processor: null,
+    decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: {
+      type: "BPE",
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      ignore_merges: pre !== "default",
+      vocab,
+      merges,
+    },
+  };
+  const id = (key: string): number | null => {
+    if (!m.has(key)) return null;
+    const v = m.number(key);
+    return v >= 0 && v < tokens.length ? v : null;
+  };
+  const bos = id("tokenizer.ggml.bos_token_id");
+  const eos = id("tokenizer.ggml.eos_token_id");
+  const config: JsonObject = {
+    bos_token: bos === null ? null : tokens[bos],
+    eos_token: eos === null ? null : tokens[eos],
+    add_bos_token: m.bool("tokenizer.ggml.add_bos_token") ?? true,
+    add_eos_token: m.bool("tokenizer.ggml.add_eos_token") ?? false,
+    clean_up_tokenization_spaces: false,
+  };
+  // end-of-turn ids: the metadata's, and the control tokens llama.cpp recognises by name
+  const extra = ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"]
+    .map(id)
+    .filter((x): x is number => x !== null);
+  for (const text of ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"]) {
+    const i = tokens.indexOf(text);
+    if (i >= 0 && types?.[i] === 3) extra.push(i);
+  }
+  return { json, config, extraEosIds: [...new Set(extra)] };
+}
 
 /** The content of a special-token entry (`"<s>"` or `{content: "<s>", ...}`). */
 export function specialTokenText(v: unknown): string | null {
@@ -98,6 +206,15 @@ export class HfTokenizer implements Tokenizer {
         `Cannot load the tokenizer of "${dir}": ${e instanceof Error ? e.message : e}`,
       );
     }
+  }
+
+  /**
+   * The tokenizer of a GGUF file with a BPE vocabulary (`tokenizer.ggml.model = "gpt2"`);
+   * see {@link ggufBpeTokenizerFiles}.
+   */
+  static fromGguf(file: GgufFile): HfTokenizer {
+    const { json, config, extraEosIds } = ggufBpeTokenizerFiles(file);
+    return new HfTokenizer(json, config, extraEosIds);
   }
 
   encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {

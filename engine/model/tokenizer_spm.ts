@@ -175,7 +175,7 @@ export class SpmTokenizer implements Tokenizer {
     const model = m.string("tokenizer.ggml.model");
     if (model === undefined) return null;
     if (model !== "llama") {
-      fail(`tokenizer model "${model}" is not supported (supported: llama)`);
+      fail(`tokenizer model "${model}" is not supported (supported: llama, gpt2)`);
     }
     const tokens = m.strings("tokenizer.ggml.tokens") ?? fail("tokenizer.ggml.tokens is missing");
     const n = tokens.length;
