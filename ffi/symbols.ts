@@ -119,6 +119,14 @@ export const symbols = {
     result: "i32",
     nonblocking: true,
   },
+  /** int32_t mp_session_fork(mp_engine *e, const mp_session *src, const mp_session_params *p,
+   *    int64_t n, mp_session **out, char *err, size_t cap) */
+  mp_session_fork_async: {
+    name: "mp_session_fork",
+    parameters: ["pointer", "pointer", "buffer", "i64", "buffer", ...errArgs],
+    result: "i32",
+    nonblocking: true,
+  },
   /** int32_t mp_session_get_info(const mp_session *s, mp_session_info *out) */
   mp_session_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
   /** int32_t mp_decode_step(mp_engine *e, mp_session *const *sessions, int32_t n,

@@ -485,16 +485,16 @@ class CudaBackend final : public ForwardBackend {
       gpu::kv_append(d_qkv_.p, QKV_, (int)Hd, (int)(Hd + kvrow), dseq, B, Hkv_, d_, s_);
       gpu::attention_decode<bf16, bf16>(d_qkv_.p, QKV_, dseq, B, H_, Hkv_, d_, splits_,
                                         d_att_.p, nullptr, d_ws_.p, s_);
-      if (stream_rows > 0) {
-        MP_CUDA(cudaEventRecord(ev_[2 + (l & 1)], s_));  // buffer l & 1 is free again
-        stream_in(l + 1);
-      }
+      if (stream_rows > 0) MP_CUDA(cudaEventRecord(ev_[2 + (l & 1)], s_));  // buffer free
       if (any_cpu_layer) cpu_layer_attention(ss, B, l, pos, sk, sv);
       gpu::matmul<float>(*gemm_, L.wo.p, d_att_.p, Hd, B, (int)Hd, dim_, d_x_.p, dim_, true);
       gpu::rmsnorm<bf16>(d_x_.p, L.ffn_norm.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
       gpu::matmul<bf16>(*gemm_, L.wgu.p, d_xb_.p, dim_, B, dim_, 2 * F_, d_gu_.p, 2 * F_, false);
       gpu::swiglu<bf16, bf16>(d_gu_.p, d_gu_.p + F_, B, F_, 2 * F_, d_h_.p, F_, s_);
       gpu::matmul<float>(*gemm_, L.wd.p, d_h_.p, F_, B, F_, dim_, d_x_.p, dim_, true);
+      // With the whole layer queued, bring in the next layer's streamed rows (a pageable
+      // copy holds this thread until it is staged; the GPU works meanwhile).
+      if (stream_rows > 0) stream_in(l + 1);
     }
     gpu::rmsnorm<bf16>(d_x_.p, out_norm_.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
     gpu::matmul<float>(*gemm_, head_ptr(), d_xb_.p, dim_, B, dim_, c_.vocab_size, d_logits_.p,

@@ -291,6 +291,14 @@ MP_API int32_t mp_session_commit(mp_engine *e, mp_session *s, char *err, size_t 
 MP_API int32_t mp_session_truncate(mp_engine *e, mp_session *s, int64_t n, char *err,
                                    size_t err_cap);
 
+/* Creates a new session holding a copy of the first n tokens of `src` (n = -1: all of
+ * them): their keys and values in every layer. `p` gives the new session's attention
+ * policy (NULL: the source's); nothing of the source's policy state is copied, so a
+ * MAGICPIG fork is indexed by its own mp_session_commit. Lets one prefill serve several
+ * methods and batch members (benchmarks, forked turns). The source is unchanged. */
+MP_API int32_t mp_session_fork(mp_engine *e, const mp_session *src, const mp_session_params *p,
+                               int64_t n, mp_session **out, char *err, size_t err_cap);
+
 /* Per-step statistics, accumulated per session. */
 typedef struct mp_session_info {
   size_t size;               /* sizeof(mp_session_info), set by the caller */
