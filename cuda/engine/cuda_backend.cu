@@ -607,7 +607,8 @@ class CudaBackend final : public ForwardBackend {
     return static_cast<CudaSession *>(s.backend_state.get());
   }
 
-  // Chooses the placement of a session's GPU-attended KV on its first decode step and
+  // Chooses where a session's GPU-attended KV lives for this step (mp_gpu_set_kernel "kv":
+  // forced resident or streamed, or automatic: resident while the budget allows) and
   // keeps a resident cache in sync with the host rows 0..pos−1.
   void activate(Session &s, CudaSession &cs, int64_t pos) {
     const int32_t NL = c_.n_layers;
@@ -615,14 +616,21 @@ class CudaBackend final : public ForwardBackend {
     for (int32_t l = 0; l < NL; l++) gpu_layers += s.layer_is_dense(l);
     const size_t row_b = (size_t)d_ * sizeof(bf16);
     const int mode = gpu::forced_variant(gpu::OP_KV);
-    if (cs.cap == 0 && !cs.resident) {
-      const int64_t cap = (pos + 1 + 1023) / 1024 * 1024 + 1024;
-      const size_t need = (size_t)gpu_layers * 2 * Hkv_ * cap * row_b;
-      cs.resident = mode == 1 || (mode == 0 && mem_.fits(need + ((size_t)256 << 20)));
-      if (!cs.resident) return;
-      grow(s, cs, cap);
+    const int64_t cap0 = (pos + 1 + 1023) / 1024 * 1024 + 1024;
+    bool want = mode == 1;
+    if (mode == 0)
+      want = cs.resident ||
+             mem_.fits((size_t)gpu_layers * 2 * Hkv_ * cap0 * row_b + ((size_t)256 << 20));
+    if (!want || gpu_layers == 0) {
+      if (cs.resident) release(cs);
+      return;
     }
-    if (!cs.resident) return;
+    if (!cs.resident) {
+      cs.rows = 0;
+      cs.cap = 0;
+      grow(s, cs, cap0);
+      cs.resident = true;
+    }
     if (pos + 1 > cs.cap) grow(s, cs, (pos + 1) * 2);
     if (cs.rows < pos) {  // rows written on the host since (prefill, other backends)
       const int64_t r0 = cs.rows, nr = pos - r0;
@@ -637,6 +645,13 @@ class CudaBackend final : public ForwardBackend {
       }
       cs.rows = pos;
     }
+  }
+
+  void release(CudaSession &cs) {
+    MP_CUDA(cudaStreamSynchronize(s_));
+    for (auto &a : cs.k) a.release();
+    for (auto &a : cs.v) a.release();
+    cs.cap = 0, cs.rows = 0, cs.resident = false;
   }
 
   // Reallocates a resident cache with `cap` rows per head, keeping the valid rows.
