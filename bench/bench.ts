@@ -427,7 +427,7 @@ async function main(): Promise<void> {
       return {
         budget: bname,
         context: N,
-        method: m.name,
+        method: useGpu ? m.name : m.name.replace("-gpu", ""),
         batch: B,
         msPerToken: ms,
         tokensPerSecond: B / (ms / 1e3),
