@@ -212,6 +212,7 @@ class CudaBackend final : public ForwardBackend {
   // weights
 
   bool init_random(uint64_t seed, float scale) override {
+    use_device();
     alloc_weights();
     for (int32_t l = 0; l < c_.n_layers; l++) {
       LayerDev &L = layers_[(size_t)l];
@@ -245,6 +246,7 @@ class CudaBackend final : public ForwardBackend {
   }
 
   void prepare() override {
+    use_device();
     alloc_weights();
     // Upload every tensor that has a host copy (all of them after load_tensor; none after
     // a device init_random).
@@ -274,6 +276,7 @@ class CudaBackend final : public ForwardBackend {
 
   int32_t prefill(Session &s, const int32_t *tokens, int32_t n, float *logits,
                   const int32_t *abort) override {
+    use_device();
     const int64_t p0 = s.n_tokens();
     const int64_t T = p0 + n;
     const int32_t C = std::min<int32_t>(e_.prefill_chunk(), n);
@@ -362,6 +365,7 @@ class CudaBackend final : public ForwardBackend {
 
   int32_t decode(Session *const *ss, int32_t B, const int32_t *tokens, float *logits,
                  const int32_t *abort) override {
+    use_device();
     const int32_t NL = c_.n_layers;
     const int64_t Hd = (int64_t)H_ * d_;
     const size_t row_b = (size_t)d_ * sizeof(bf16);
@@ -545,6 +549,9 @@ class CudaBackend final : public ForwardBackend {
 
  private:
   const bf16 *head_ptr() const { return c_.tied_embeddings ? embd_.p : head_.p; }
+
+  // Calls arrive on different host threads (nonblocking FFI): select the engine's device.
+  void use_device() const { MP_CUDA(cudaSetDevice(e_.params().device)); }
 
   void alloc_weights() {
     if (!embd_.p) {
