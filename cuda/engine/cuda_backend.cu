@@ -21,7 +21,7 @@
 //
 // Decode (one token for each of B sessions, one call): per layer, one GEMM per weight for
 // the whole batch; RoPE; the new K/V rows are appended to each session's device cache and
-// staged for the host cache; attention:
+// staged on the device (one copy to the host caches per step); attention:
 //   - layers the session attends exactly (layer_is_dense: every layer of a DENSE session,
 //     the dense layers of the others) run the split-K decode kernel over the session's
 //     keys on the GPU. Where those keys live is the KV placement (mp_gpu_set_kernel "kv"):
@@ -474,23 +474,22 @@ class CudaBackend final : public ForwardBackend {
       gpu::rmsnorm<bf16>(d_x_.p, L.attn_norm.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
       gpu::matmul<bf16>(*gemm_, L.wqkv.p, d_xb_.p, dim_, B, dim_, QKV_, d_qkv_.p, QKV_, false);
       gpu::rope<bf16>(d_qkv_.p, B, H_ + Hkv_, d_, QKV_, d_pos_.p, inv_freq_.p, c_.rope.style, s_);
-      // New K and V rows -> pinned staging for the host caches (written after the step, or
-      // right away for the CPU layers below).
+      // New K and V rows: into the device caches and into the device staging of the step
+      // ([layer][K|V][B][Hkv·d]), copied to the host caches once after the step (or right
+      // away for the CPU layers below): no copy engine work inside the layer loop.
+      bf16 *dk = d_stage_.p + (size_t)l * B * 2 * kvrow;
       bf16 *sk = stage + (size_t)l * B * 2 * kvrow;
       bf16 *sv = sk + (size_t)B * kvrow;
-      MP_CUDA(cudaMemcpy2DAsync(sk, kvrow * 2, d_qkv_.p + Hd, (size_t)QKV_ * 2, kvrow * 2, B,
-                                cudaMemcpyDeviceToHost, s_));
-      MP_CUDA(cudaMemcpy2DAsync(sv, kvrow * 2, d_qkv_.p + Hd + kvrow, (size_t)QKV_ * 2,
-                                kvrow * 2, B, cudaMemcpyDeviceToHost, s_));
       const gpu::SeqKV *dseq = d_seqs_.p + (size_t)l * B;
       if (stream_rows > 0) {
         MP_CUDA(cudaStreamWaitEvent(s_, ev_[l & 1], 0));  // layer l's rows are in
       }
-      gpu::kv_append(d_qkv_.p, QKV_, (int)Hd, (int)(Hd + kvrow), dseq, B, Hkv_, d_, s_);
+      gpu::kv_append(d_qkv_.p, QKV_, (int)Hd, (int)(Hd + kvrow), dseq, B, Hkv_, d_, dk,
+                     dk + (size_t)B * kvrow, s_);
       gpu::attention_decode<bf16, bf16>(d_qkv_.p, QKV_, dseq, B, H_, Hkv_, d_, splits_,
                                         d_att_.p, nullptr, d_ws_.p, s_);
       if (stream_rows > 0) MP_CUDA(cudaEventRecord(ev_[2 + (l & 1)], s_));  // buffer free
-      if (any_cpu_layer) cpu_layer_attention(ss, B, l, pos, sk, sv);
+      if (any_cpu_layer) cpu_layer_attention(ss, B, l, pos, dk, sk, sv);
       gpu::matmul<float>(*gemm_, L.wo.p, d_att_.p, Hd, B, (int)Hd, dim_, d_x_.p, dim_, true);
       gpu::rmsnorm<bf16>(d_x_.p, L.ffn_norm.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
       gpu::matmul<bf16>(*gemm_, L.wgu.p, d_xb_.p, dim_, B, dim_, 2 * F_, d_gu_.p, 2 * F_, false);
@@ -503,6 +502,8 @@ class CudaBackend final : public ForwardBackend {
     gpu::rmsnorm<bf16>(d_x_.p, out_norm_.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
     gpu::matmul<float>(*gemm_, head_ptr(), d_xb_.p, dim_, B, dim_, c_.vocab_size, d_logits_.p,
                        c_.vocab_size, false);
+    MP_CUDA(cudaMemcpyAsync(stage, d_stage_.p, (size_t)NL * B * 2 * kvrow * sizeof(bf16),
+                            cudaMemcpyDeviceToHost, s_));
     MP_CUDA(cudaMemcpyAsync(logits, d_logits_.p, (size_t)B * c_.vocab_size * 4,
                             cudaMemcpyDeviceToHost, s_));
     MP_CUDA(cudaStreamSynchronize(s_));
@@ -695,6 +696,7 @@ class CudaBackend final : public ForwardBackend {
       d_qf_.ensure(mem_, (size_t)B * QKV_, "decode workspace");
       d_of_.ensure(mem_, (size_t)B * H_ * d_, "decode workspace");
       d_seqs_.ensure(mem_, (size_t)NL * B, "decode workspace");
+      d_stage_.ensure(mem_, (size_t)NL * B * 2 * Hkv_ * d_, "decode workspace");
       ws_batch_ = B;
     }
   }
@@ -702,7 +704,8 @@ class CudaBackend final : public ForwardBackend {
   // Sparse layers of non-DENSE sessions: the policy on the CPU computes the attention
   // over the session's host rows 0..pos (row pos written first).
   void cpu_layer_attention(Session *const *ss, int32_t B, int32_t l,
-                           const std::vector<int64_t> &pos, const bf16 *sk, const bf16 *sv) {
+                           const std::vector<int64_t> &pos, const bf16 *dk, bf16 *sk,
+                           const bf16 *sv) {
     std::vector<int32_t> rows;
     for (int32_t i = 0; i < B; i++)
       if (!ss[i]->layer_is_dense(l)) rows.push_back(i);
@@ -713,6 +716,8 @@ class CudaBackend final : public ForwardBackend {
     gpu::convert<bf16, float>(d_qkv_.p, d_qf_.p, (int64_t)B * QKV_, s_);
     MP_CUDA(cudaMemcpy2DAsync(hq, (size_t)Hd * 4, d_qf_.p, (size_t)QKV_ * 4, (size_t)Hd * 4, B,
                               cudaMemcpyDeviceToHost, s_));
+    MP_CUDA(cudaMemcpyAsync(sk, dk, (size_t)B * 2 * Hkv_ * d_ * sizeof(bf16),
+                            cudaMemcpyDeviceToHost, s_));
     MP_CUDA(cudaStreamSynchronize(s_));  // q and this layer's staged K/V rows are on the host
     for (int32_t i : rows) {
       Session &s = *ss[i];
@@ -753,7 +758,7 @@ class CudaBackend final : public ForwardBackend {
   int32_t ws_batch_ = 0;
   int splits_ = 1;
   Arr<float> d_x_, d_logits_, d_qf_, d_of_, d_ws_;
-  Arr<bf16> d_xb_, d_qkv_, d_att_, d_gu_, d_h_;
+  Arr<bf16> d_xb_, d_qkv_, d_att_, d_gu_, d_h_, d_stage_;
   Arr<int32_t> d_pos_, d_tok_;
   Arr<gpu::SeqKV> d_seqs_;
   Arr<bf16> stream_k_[2], stream_v_[2];

@@ -176,9 +176,10 @@ void lsh_hash(const float *R, const XT *x, int64_t x_stride, int n, int d, int K
 // K, V [Hkv][cap][d] rows pos0 + i. head_dim % 8 == 0.
 void kv_scatter(const bf16 *qkv, int64_t row_stride, int koff, int voff, int m, int Hkv, int d,
                 bf16 *K, bf16 *V, int64_t cap, int64_t pos0, cudaStream_t s);
-// Decode: qkv row i -> row seqs[i].len − 1 of sequence i's cache (seqs on the device).
+// Decode: qkv row i -> row seqs[i].len − 1 of sequence i's cache (seqs on the device; a
+// null k skips the cache) and -> stage_k/stage_v[i][Hkv][d] (may be null).
 void kv_append(const bf16 *qkv, int64_t row_stride, int koff, int voff, const SeqKV *seqs, int n,
-               int Hkv, int d, cudaStream_t s);
+               int Hkv, int d, bf16 *stage_k, bf16 *stage_v, cudaStream_t s);
 // b[i] = a[i] converted (bf16 <-> f32).
 template <class From, class To>
 void convert(const From *a, To *b, int64_t n, cudaStream_t s);

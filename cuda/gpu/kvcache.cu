@@ -7,7 +7,8 @@
 // copy per K or V).
 //   kv_scatter: rows i < m of one sequence into K/V rows pos0 + i (prefill chunk);
 //   kv_append:  row i of qkv into sequence i's cache at row len_i − 1 (decode; one query
-//               per sequence, caches addressed through the SeqKV table).
+//               per sequence, caches addressed through the SeqKV table; a null cache is
+//               skipped) and into staging rows [n][Hkv][d] for the host caches.
 // Both copy 16 bytes (8 values) per thread.
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
@@ -38,19 +39,27 @@ __global__ void kv_scatter_kernel(const bf16 *__restrict__ qkv, int64_t row_stri
 }
 
 __global__ void kv_append_kernel(const bf16 *__restrict__ qkv, int64_t row_stride, int koff,
-                                 int voff, const SeqKV *__restrict__ seqs, int Hkv, int d) {
+                                 int voff, const SeqKV *__restrict__ seqs, int Hkv, int d,
+                                 bf16 *__restrict__ stage_k, bf16 *__restrict__ stage_v) {
   const int i = blockIdx.x;
   const SeqKV s = seqs[i];
-  if (s.len <= 0 || s.k == nullptr) return;
+  const bool cache = s.len > 0 && s.k != nullptr;
   const int64_t t = s.len - 1;
   const bf16 *src = qkv + (int64_t)i * row_stride;
-  for (int e = threadIdx.x; e < Hkv * d / 8; e += blockDim.x) {
+  const int per = Hkv * d / 8;
+  for (int e = threadIdx.x; e < per; e += blockDim.x) {
     const int h = e / (d / 8), c = (e % (d / 8)) * 8;
-    const int64_t dst = t * s.stride_t + (int64_t)h * s.stride_h + c;
-    *reinterpret_cast<uint4 *>(const_cast<bf16 *>(s.k) + dst) =
-        *reinterpret_cast<const uint4 *>(src + koff + h * d + c);
-    *reinterpret_cast<uint4 *>(const_cast<bf16 *>(s.v) + dst) =
-        *reinterpret_cast<const uint4 *>(src + voff + h * d + c);
+    const uint4 kv = *reinterpret_cast<const uint4 *>(src + koff + h * d + c);
+    const uint4 vv = *reinterpret_cast<const uint4 *>(src + voff + h * d + c);
+    if (cache) {
+      const int64_t dst = t * s.stride_t + (int64_t)h * s.stride_h + c;
+      *reinterpret_cast<uint4 *>(const_cast<bf16 *>(s.k) + dst) = kv;
+      *reinterpret_cast<uint4 *>(const_cast<bf16 *>(s.v) + dst) = vv;
+    }
+    if (stage_k) {
+      *reinterpret_cast<uint4 *>(stage_k + (int64_t)i * Hkv * d + h * d + c) = kv;
+      *reinterpret_cast<uint4 *>(stage_v + (int64_t)i * Hkv * d + h * d + c) = vv;
+    }
   }
 }
 
@@ -85,10 +94,10 @@ void kv_scatter(const bf16 *qkv, int64_t row_stride, int koff, int voff, int m, 
 }
 
 void kv_append(const bf16 *qkv, int64_t row_stride, int koff, int voff, const SeqKV *seqs, int n,
-               int Hkv, int d, cudaStream_t s) {
+               int Hkv, int d, bf16 *stage_k, bf16 *stage_v, cudaStream_t s) {
   if (n <= 0) return;
   MP_CHECK(d % 8 == 0, MP_ERR_UNSUPPORTED, "kv cache: head_dim %d is not a multiple of 8", d);
-  kv_append_kernel<<<n, 128, 0, s>>>(qkv, row_stride, koff, voff, seqs, Hkv, d);
+  kv_append_kernel<<<n, 128, 0, s>>>(qkv, row_stride, koff, voff, seqs, Hkv, d, stage_k, stage_v);
   MP_CUDA_LAUNCH("kv_append_kernel");
 }
 
