@@ -23,6 +23,8 @@ STEPS="${STEPS:-build,opbench,sanitizer,test}"
 mkdir -p "$OUT"
 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export PATH="$PATH:$CUDA_HOME/bin"
+# deno from `source .device/unpack.sh` on the GPU server, else the repository's wrapper.
+if command -v deno > /dev/null 2>&1; then DENO=deno; else DENO="sh scripts/deno.sh"; fi
 SUMMARY="$OUT/.summary.tmp"
 : > "$SUMMARY"
 FAILED=0
@@ -65,8 +67,8 @@ run_step() {
 
 # ------------------------------------------------------------ build
 if has_step build; then
-  run_step build 420 "$OUT/build.log" deno task build
-  note build "$LAST_ST" "$LAST_DT" "$(tail -1 "$OUT/build.log" | cut -c1-90)"
+  run_step build 420 "$OUT/build.log" $DENO task build
+  note build "$LAST_ST" "$LAST_DT" "$(grep -o 'built build/libmagicpig.so.*' "$OUT/build.log" | tail -1 | cut -c1-90)"
   # Resource usage and instruction mix of the kernels that matter (no GPU time needed).
   {
     echo "==== SASS facts"
@@ -115,16 +117,16 @@ fi
 # ------------------------------------------------------------ tests
 if has_step test; then
   export MP_GPU_REPORT="$OUT/test_gpu.json"
-  run_step test 300 "$OUT/test_gpu.log" deno task test:gpu
-  note test "$LAST_ST" "$LAST_DT" "$(grep -E '^(ok|FAILED) \|' "$OUT/test_gpu.log" | tail -1 | cut -c1-90)"
+  run_step test 300 "$OUT/test_gpu.log" $DENO task test:gpu
+  note test "$LAST_ST" "$LAST_DT" "$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/test_gpu.log" | grep -E '^(ok|FAILED) \|' | tail -1 | cut -c1-90)"
 fi
 
 # ------------------------------------------------------------ benchmark
 if has_step bench; then
   if [ -f bench/bench.ts ]; then
     # shellcheck disable=SC2086
-    run_step bench 420 "$OUT/bench.log" deno task bench --out "$OUT/bench.json" ${BENCH_ARGS:-}
-    note bench "$LAST_ST" "$LAST_DT" "$(tail -1 "$OUT/bench.log" | cut -c1-90)"
+    run_step bench 420 "$OUT/bench.log" $DENO task bench --out "$OUT/bench.json" ${BENCH_ARGS:-}
+    note bench "$LAST_ST" "$LAST_DT" "$(grep -E 'bench done|^pass ' "$OUT/bench.log" | tail -1 | cut -c1-90)"
   else
     note bench skip 0 "bench/bench.ts not present yet"
   fi
@@ -160,6 +162,10 @@ print(f"\nGPU parity checks: {len(rows) - len(bad)}/{len(rows)} within tolerance
 for r in bad[:20]:
     print(f"  FAIL {r.get('op')} {r.get('case')}: err {r.get('err')} > tol {r.get('tol')}")
 PY
+fi
+if has_step bench && [ -f "$OUT/bench.log" ]; then
+  echo
+  sed -n '/^prefill$/,/^bench done/p' "$OUT/bench.log" | grep -v '^====' | head -90
 fi
 echo
 echo "==== gpu_check summary (OUT=$OUT)"
