@@ -560,6 +560,30 @@ export class Session {
     });
   }
 
+  /**
+   * A new session holding a copy of this one's first `n` tokens (default: all), with its
+   * own attention policy (`options`; default: this session's). Nothing of the policy state
+   * is copied: a MAGICPIG fork is indexed by its own {@link commit}.
+   */
+  fork(options: SessionOptions | null = null, n = -1): Promise<Session> {
+    const params = options === null ? null : encodeSessionParams(options);
+    return this.engine.queue.run(async () => {
+      const out = new BigUint64Array(1);
+      const err = errorBuffer();
+      const status = await lib().mp_session_fork_async(
+        this.engine.pointer,
+        this.pointer,
+        params,
+        BigInt(n),
+        bytesOf(out),
+        err,
+        BigInt(err.length),
+      );
+      unwrap(status, err, "Cannot fork the session");
+      return new Session(this.engine, Deno.UnsafePointer.create(out[0]));
+    });
+  }
+
   /** The native handle; throws once closed. */
   get pointer(): Deno.PointerObject {
     if (this.#ptr === null) throw new Error("Session is closed");

@@ -119,6 +119,14 @@ export const symbols = {
     result: "i32",
     nonblocking: true,
   },
+  /** int32_t mp_session_fork(mp_engine *e, const mp_session *src, const mp_session_params *p,
+   *    int64_t n, mp_session **out, char *err, size_t cap) */
+  mp_session_fork_async: {
+    name: "mp_session_fork",
+    parameters: ["pointer", "pointer", "buffer", "i64", "buffer", ...errArgs],
+    result: "i32",
+    nonblocking: true,
+  },
   /** int32_t mp_session_get_info(const mp_session *s, mp_session_info *out) */
   mp_session_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
   /** int32_t mp_decode_step(mp_engine *e, mp_session *const *sessions, int32_t n,
@@ -242,6 +250,20 @@ export const symbols = {
     ],
     result: "i32",
   },
+
+  // ------------------------------------------------------------
+  // CUDA backend (tests and benchmarks)
+
+  /** int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t cap) */
+  mp_gpu_set_kernel: { parameters: ["buffer", "i32", ...errArgs], result: "i32" },
+  /** int32_t mp_gpu_sample(const float *logits, int32_t n, int32_t vocab,
+   *    const mp_sampling_params *p, const float *u, int32_t *tokens, char *err, size_t cap) */
+  mp_gpu_sample: {
+    parameters: ["buffer", "i32", "i32", "buffer", "buffer", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** int32_t mp_gpu_describe(char *out, size_t cap, char *err, size_t err_cap) */
+  mp_gpu_describe: { parameters: ["buffer", "usize", ...errArgs], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened library's symbol functions. */

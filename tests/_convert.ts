@@ -18,11 +18,11 @@ import { TensorKind } from "../ffi/native.ts";
 
 /** HF row order from GGUF row order for a [heads·d][cols] matrix (F32 values). */
 export function unpermuteRows(
-  w: Float32Array,
+  w: Float32Array<ArrayBuffer>,
   heads: number,
   headDim: number,
   cols: number,
-): Float32Array {
+): Float32Array<ArrayBuffer> {
   const out = new Float32Array(w.length);
   const half = headDim / 2;
   for (let h = 0; h < heads; h++) {

@@ -171,7 +171,7 @@ for (const [name, c] of variants) {
   });
 }
 
-Deno.test("weights given in BF16 and stored as F32 or BF16 reproduce the reference of the rounded weights", async () => {
+Deno.test("weights given in BF16 and stored as F32, BF16 or F16 reproduce the reference of the rounded weights", async () => {
   const w = randomWeights(tiny, 3);
   const round = (a: Float32Array) => fromBf16(toBf16(a));
   const rounded: LlamaWeights = {
@@ -192,11 +192,71 @@ Deno.test("weights given in BF16 and stored as F32 or BF16 reproduce the referen
   };
   const tokens = tokensOf(12, 4);
   const ref = llamaForwardRef(tiny, rounded, tokens);
-  for (const weightDtype of [DType.F32, DType.BF16]) {
+  for (const weightDtype of [DType.F32, DType.BF16, DType.F16]) {
     await using e = await makeEngine(tiny, w, { bf16Source: true, weightDtype });
     assertEquals(e.info().weightDtype, weightDtype);
     await using s = await Session.create(e, dense);
     assertLess(maxAbsDiff(await prefill(s, tokens), ref[11]), 1e-4);
+  }
+});
+
+Deno.test("loadTensorFile() reads tensors at file offsets like loadTensor() from memory", async () => {
+  const c = { ...tiny, tied_embeddings: true };
+  const w = randomWeights(c, 20);
+  const dir = await Deno.makeTempDir();
+  try {
+    // One file: a 13-byte header, then every tensor in BF16 (so it is converted on load).
+    const parts: [number, number, number[], Uint16Array][] = [];
+    const q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
+    parts.push([TensorKind.TOKEN_EMBD, 0, [c.vocab_size, c.dim], toBf16(w.tokenEmbd)]);
+    parts.push([TensorKind.OUTPUT_NORM, 0, [c.dim], toBf16(w.outputNorm)]);
+    w.layers.forEach((L, l) => {
+      parts.push([TensorKind.ATTN_NORM, l, [c.dim], toBf16(L.attnNorm)]);
+      parts.push([TensorKind.WQ, l, [q, c.dim], toBf16(L.wq)]);
+      parts.push([TensorKind.WK, l, [kv, c.dim], toBf16(L.wk)]);
+      parts.push([TensorKind.WV, l, [kv, c.dim], toBf16(L.wv)]);
+      parts.push([TensorKind.WO, l, [c.dim, q], toBf16(L.wo)]);
+      parts.push([TensorKind.FFN_NORM, l, [c.dim], toBf16(L.ffnNorm)]);
+      parts.push([TensorKind.W_GATE, l, [c.ffn_dim, c.dim], toBf16(L.wGate)]);
+      parts.push([TensorKind.W_DOWN, l, [c.dim, c.ffn_dim], toBf16(L.wDown)]);
+      parts.push([TensorKind.W_UP, l, [c.ffn_dim, c.dim], toBf16(L.wUp)]);
+    });
+    const total = 13 + parts.reduce((a, p) => a + p[3].byteLength, 0);
+    const file = new Uint8Array(total);
+    const offsets: number[] = [];
+    let off = 13;
+    for (const p of parts) {
+      offsets.push(off);
+      file.set(new Uint8Array(p[3].buffer, p[3].byteOffset, p[3].byteLength), off);
+      off += p[3].byteLength;
+    }
+    const path = `${dir}/weights.bin`;
+    await Deno.writeFile(path, file);
+    await using fromFile = Engine.create(c, { backend: Backend.CPU });
+    await Promise.all(
+      parts.map((p, i) =>
+        fromFile.loadTensorFile(p[0], p[1], DType.BF16, p[2], path, offsets[i], p[3].byteLength)
+      ),
+    );
+    await fromFile.finalize();
+    await using fromMemory = await makeEngine(c, w, { bf16Source: true });
+    const tokens = tokensOf(9, 5);
+    await using a = await Session.create(fromFile, dense);
+    await using b = await Session.create(fromMemory, dense);
+    assertEquals(await prefill(a, tokens), await prefill(b, tokens));
+    await using bad = Engine.create(c, { backend: Backend.CPU });
+    await rejectsWith(
+      () => bad.loadTensorFile(TensorKind.WQ, 1, DType.BF16, [q, c.dim], path, total - 100, 2048),
+      Status.IO,
+      'tensor "blk.1.attn_q" from',
+    );
+    await rejectsWith(
+      () => bad.loadTensorFile(TensorKind.WQ, 1, DType.BF16, [q, c.dim], `${dir}/nope`, 0, 2048),
+      Status.IO,
+      "nope",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
 
@@ -284,12 +344,17 @@ Deno.test("save() and load() round-trip a session to identical logits", async ()
       await prefill(s, tokensOf(30, 11));
       const path = `${dir}/s.snap`;
       await s.save(path);
-      assertEquals([...Deno.readDirSync(dir)].map((d) => d.name), ["s.snap"]);
+      assertEquals([...Deno.readDirSync(dir)].map((d) => d.name), ["s.snap"], "no .tmp left");
       await using r = await Session.load(e, path);
       const a = s.info(), b = r.info();
       assertEquals(b.nTokens, 30);
       assertEquals([b.method, b.lshK, b.seed], [a.method, 7, 99n]);
       assertEquals(await decode(r, 5), await decode(s, 5));
+      await using empty = await Session.create(e, dense);
+      await empty.save(`${dir}/empty.snap`);
+      await using e2 = await Session.load(e, `${dir}/empty.snap`);
+      assertEquals(e2.info().nTokens, 0);
+      assertEquals(await prefill(e2, [1, 2]), await prefill(empty, [1, 2]));
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

@@ -10,7 +10,14 @@ import {
 } from "../engine/model/demo.ts";
 import { readHfConfig } from "../engine/model/hf.ts";
 import { loadModel } from "../engine/model/loader.ts";
-import { RopeScaling, RopeStyle } from "../ffi/native.ts";
+import {
+  AttentionMethod,
+  decodeStep,
+  RopeScaling,
+  RopeStyle,
+  sample,
+  Session,
+} from "../ffi/native.ts";
 
 async function sha256(path: string): Promise<string> {
   const d = new Uint8Array(await crypto.subtle.digest("SHA-256", await Deno.readFile(path)));
@@ -111,6 +118,27 @@ Deno.test("loadModel() without a path serves the demo model with its tokenizer a
       assert(model.timings[phase] >= 0, phase);
     }
     assertEquals(model.engine.info().weightBytes > 0n, true);
+
+    // the BF16 weights run: finite logits, and the same greedy tokens on two sessions
+    const greedy = async () => {
+      const s = await Session.create(model.engine, {
+        attention: { method: AttentionMethod.DENSE },
+      });
+      const logits = new Float32Array(model.config.vocab_size);
+      const rng = new BigUint64Array([7n]);
+      await s.prefill(new Int32Array(ids), { logits });
+      assert(logits.every(Number.isFinite));
+      const out: number[] = [];
+      for (let i = 0; i < 4; i++) {
+        out.push(sample(logits, { temperature: 0, topK: 0, topP: 1, nLogprobs: 0 }, rng).token);
+        await decodeStep(model.engine, [s], Int32Array.of(out[i]), logits);
+      }
+      await s.close();
+      return out;
+    };
+    const first = await greedy();
+    assertEquals(await greedy(), first);
+    assert(first.every((t) => t >= 0 && t < model.config.vocab_size));
   } finally {
     await model.close();
   }

@@ -63,12 +63,14 @@ void block(const W *w, int32_t dt, const float *x, int64_t in, int64_t out, floa
     for (; r < r1; r++) micro<W, 1, 1>(w + r * in, dt, in, xt, yt + r, out);
     return;
   }
+  // AVX-512 has 32 vector registers: 4 rows x 4 tokens = 16 accumulators; AVX2 has 16: 2 x 4.
+  constexpr int RM = VW >= 16 ? 4 : 2;
   int64_t r = r0;
-  for (; r + 2 <= r1; r += 2) {
+  for (; r + RM <= r1; r += RM) {
     const W *wr = w + r * in;
     int64_t t = t0;
-    for (; t + 4 <= t1; t += 4) micro<W, 2, 4>(wr, dt, in, x + t * in, y + t * out + r, out);
-    for (; t < t1; t++) micro<W, 2, 1>(wr, dt, in, x + t * in, y + t * out + r, out);
+    for (; t + 4 <= t1; t += 4) micro<W, RM, 4>(wr, dt, in, x + t * in, y + t * out + r, out);
+    for (; t < t1; t++) micro<W, RM, 1>(wr, dt, in, x + t * in, y + t * out + r, out);
   }
   for (; r < r1; r++) {
     const W *wr = w + r * in;

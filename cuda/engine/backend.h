@@ -70,6 +70,12 @@ struct ForwardBackend {
                          float *logits, const int32_t *abort) = 0;
 
   // Hooks with no-op defaults.
+
+  // mp_engine_init_random: a device backend may generate the weights on the device (no
+  // host copies: an 8B model's 16 GB never touch host memory). Return true when it did;
+  // the engine then marks every tensor loaded without host data, and prepare() must not
+  // expect host copies of them.
+  virtual bool init_random(uint64_t /*seed*/, float /*scale*/) { return false; }
   virtual void session_created(Session &) {}
   virtual void session_truncated(Session &, int64_t /*n*/) {}
   virtual int64_t session_device_bytes(const Session &) const { return 0; }

@@ -266,22 +266,14 @@ void Engine::store(Tensor &t, int32_t kind, int32_t src_dtype, const void *src) 
     from_f32(dt, (const float *)src, buf.data(), n);
   } else if (dt == MP_DTYPE_F32) {
     to_f32(src_dtype, src, buf.as<float>(), n);
-  } else {  // F16 <-> BF16 through float, in row blocks
-    const size_t block = 1 << 16;
-    const size_t ss = dtype_size(src_dtype), ds = dtype_size(dt);
-    const int64_t nblocks = (int64_t)((n + block - 1) / block);
-#pragma omp parallel num_threads(threads())
-    {
-      std::vector<float> tmp(block);
-#pragma omp for schedule(static)
-      for (int64_t b = 0; b < nblocks; b++) {
-        const size_t i0 = (size_t)b * block, m = std::min(block, n - i0);
-        const uint16_t *s = (const uint16_t *)((const uint8_t *)src + i0 * ss);
-        for (size_t i = 0; i < m; i++)
-          tmp[i] = src_dtype == MP_DTYPE_F16 ? f16_to_f32(s[i]) : bf16_to_f32(s[i]);
-        uint16_t *d = (uint16_t *)((uint8_t *)buf.data() + i0 * ds);
-        for (size_t i = 0; i < m; i++) d[i] = dt == MP_DTYPE_F16 ? f32_to_f16(tmp[i]) : f32_to_bf16(tmp[i]);
-      }
+  } else {  // F16 <-> BF16, element by element through float (exact: both fit in float)
+    const uint16_t *s = (const uint16_t *)src;
+    uint16_t *d = buf.as<uint16_t>();
+    const bool from_f16 = src_dtype == MP_DTYPE_F16;
+#pragma omp parallel for num_threads(threads()) schedule(static) if (n > (1 << 16))
+    for (size_t i = 0; i < n; i++) {
+      const float f = from_f16 ? f16_to_f32(s[i]) : bf16_to_f32(s[i]);
+      d[i] = from_f16 ? f32_to_bf16(f) : f32_to_f16(f);
     }
   }
   t.data = std::move(buf);
@@ -339,6 +331,9 @@ void Engine::init_random(uint64_t seed, float scale) {
   MP_CHECK(std::isfinite(scale) && scale >= 0, MP_ERR_INVALID,
            "scale \"%g\" is invalid: must be a finite number >= 0", (double)scale);
   const mp_model_config &c = config();
+  // A device backend may fill the weights on the device (GPU benchmarks): mark them loaded
+  // without host copies.
+  const bool on_device = backend_->init_random(seed, scale);
   for (int32_t kind = 0; kind < MP_TENSOR_KIND_COUNT; kind++) {
     if (kind == MP_TENSOR_OUTPUT && c.tied_embeddings) continue;
     const int32_t nl = kind_is_global(kind) ? 1 : c.n_layers;
@@ -347,6 +342,14 @@ void Engine::init_random(uint64_t seed, float scale) {
       int64_t rows, cols;
       expected_shape(kind, &rows, &cols);
       const int32_t dt = is_norm(kind) ? MP_DTYPE_F32 : params_.weight_dtype;
+      if (on_device) {
+        t.data.reset();
+        t.dtype = dt;
+        t.rows = rows;
+        t.cols = cols;
+        t.loaded = true;
+        continue;
+      }
       const size_t n = (size_t)rows * (size_t)cols;
       HostBuffer buf(n * dtype_size(dt));
       if (is_norm(kind)) {

@@ -165,11 +165,11 @@ int32_t session_prefill(Session &s, const int32_t *tokens, int32_t n, float *log
 
 int32_t decode_step(Engine &e, Session *const *sessions, int32_t n, const int32_t *tokens,
                     float *logits, const int32_t *abort) {
+  MP_CHECK(n >= 1 && n <= e.max_batch(), MP_ERR_INVALID,
+           "n \"%d\" is invalid: must be in 1..max_batch (%d)", n, e.max_batch());
   MP_CHECK(sessions, MP_ERR_INVALID, "sessions is NULL");
   MP_CHECK(tokens, MP_ERR_INVALID, "tokens is NULL");
   MP_CHECK(logits, MP_ERR_INVALID, "logits is NULL");
-  MP_CHECK(n >= 1 && n <= e.max_batch(), MP_ERR_INVALID,
-           "n \"%d\" is invalid: must be in 1..max_batch (%d)", n, e.max_batch());
   for (int32_t i = 0; i < n; i++) {
     MP_CHECK(sessions[i], MP_ERR_INVALID, "sessions[%d] is NULL", i);
     MP_CHECK(&sessions[i]->engine() == &e, MP_ERR_INVALID,

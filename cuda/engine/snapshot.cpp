@@ -62,6 +62,7 @@ Hash64::Hash64(uint64_t seed) : seed_(seed) {
 }
 
 void Hash64::update(const void *data, size_t n) {
+  if (n == 0) return;
   const uint8_t *p = (const uint8_t *)data;
   total_ += n;
   if (buf_n_ > 0) {
@@ -159,6 +160,7 @@ void SnapshotWriter::flush() {
 }
 
 void SnapshotWriter::raw(const void *data, size_t n) {
+  if (n == 0) return;
   hash_.update(data, n);
   if (buf_.size() + n <= buf_.capacity()) {
     buf_.append((const char *)data, n);
@@ -278,6 +280,7 @@ SnapshotReader::~SnapshotReader() {
 }
 
 void SnapshotReader::read_raw(void *data, size_t n) {
+  if (n == 0) return;
   MP_CHECK(pos_ + n <= end_, MP_ERR_CORRUPT, "snapshot \"%s\" is truncated", path_.c_str());
   read_at(fd_, data, n, pos_, path_);
   pos_ += n;
