@@ -310,6 +310,18 @@ function sameMessage(a: ChatMessage, b: ChatMessage): boolean {
   return a.role === b.role && a.content === b.content && (a.name ?? null) === (b.name ?? null);
 }
 
+/**
+ * A session's attention options from untyped input (the `attention` of a create request):
+ * like a request's ({@link parseAttention}), but MagicPIG when no method is named.
+ */
+export function parseSessionAttention(value: unknown, nLayers: number): AttentionOptions {
+  if (value === undefined || value === null) return { method: "magicpig" };
+  if (typeof value === "object" && !Array.isArray(value) && !("method" in value)) {
+    value = { ...value, method: "magicpig" };
+  }
+  return parseAttention(value, "attention", nLayers);
+}
+
 /** Attention options as the wire shows them (and records store them). */
 export function attentionJson(a: AttentionOptions): Record<string, unknown> {
   const out: Record<string, unknown> = { method: a.method };
@@ -640,6 +652,13 @@ export class SessionManager {
         );
       }
       const maxParam = q.maxTokensParam ?? "max_tokens";
+      if (q.maxTokens !== undefined && !(Number.isInteger(q.maxTokens) && q.maxTokens >= 1)) {
+        throw new EngineError(
+          "invalid_request",
+          `Invalid "${maxParam}": expected an integer >= 1, got ${JSON.stringify(q.maxTokens)}`,
+          maxParam,
+        );
+      }
       const fallback = q.defaultMaxTokens ?? null;
       maxTokens = q.maxTokens ?? (fallback === null ? ctx - used : Math.min(fallback, ctx - used));
       if (used + maxTokens > ctx) {
@@ -1188,8 +1207,9 @@ export class SessionManager {
         "session_too_large",
       );
     }
+    const failed = new Set<Entry>();
     while (!this.#fits(host, gpu)) {
-      const victim = this.#lruIdle(self);
+      const victim = this.#lruIdle(self, failed);
       if (!victim) {
         this.#m.rejected.inc();
         throw new EngineError(
@@ -1200,17 +1220,17 @@ export class SessionManager {
           { retryAfterSeconds: this.#retryAfter },
         );
       }
-      await this.#evictOne(victim, "budget");
+      if (!(await this.#evictOne(victim, "budget"))) failed.add(victim);
     }
     const r: Reservation = { host, gpu };
     this.#reservations.add(r);
     return { release: () => this.#reservations.delete(r) };
   }
 
-  #lruIdle(self: Entry | null): Entry | null {
+  #lruIdle(self: Entry | null, skip: ReadonlySet<Entry>): Entry | null {
     let best: Entry | null = null;
     for (const e of this.#entries.values()) {
-      if (e === self || e.deleted || e.op !== null || e.session === null) continue;
+      if (e === self || skip.has(e) || e.deleted || e.op !== null || e.session === null) continue;
       if (!best || e.lastUsedAt < best.lastUsedAt) best = e;
     }
     return best;
@@ -1218,28 +1238,27 @@ export class SessionManager {
 
   /** After a session grew: evict idle others while the budget is exceeded. */
   async #fitAfterGrowth(self: Entry): Promise<void> {
+    const failed = new Set<Entry>();
     while (!this.#fits(0, 0)) {
-      const victim = this.#lruIdle(self);
+      const victim = this.#lruIdle(self, failed);
       if (!victim) return; // over budget only by sessions in use; admission holds new work
-      await this.#evictOne(victim, "budget");
+      if (!(await this.#evictOne(victim, "budget"))) failed.add(victim);
     }
   }
 
-  async #evictOne(e: Entry, reason: "budget"): Promise<void> {
+  /** Evicts `e`; false when it could not be (busy, or its snapshot failed: it stays). */
+  async #evictOne(e: Entry, reason: "budget"): Promise<boolean> {
     try {
       await this.#withOp(e, "evict", () => this.#evict(e, reason));
+      return true;
     } catch (err) {
-      // Busy or failed: it is no longer a candidate this round (its op flag or the log says why).
       if (!(err instanceof EngineError && err.kind === "conflict")) {
         this.#log.error("session eviction failed", {
           session_id: e.id,
           error: err instanceof Error ? err.message : String(err),
         });
       }
-      if (e.session && e.op === null) {
-        // Keep it resident but out of the way of this admission loop.
-        e.lastUsedAt = Date.now();
-      }
+      return false;
     }
   }
 

@@ -30,12 +30,12 @@
  *
  * @module
  */
-import { parseAttention } from "../engine/attention.ts";
 import { EngineError } from "../engine/errors.ts";
 import type { LLM } from "../engine/llm.ts";
 import type { ChatMessage } from "../engine/model/types.ts";
 import {
   attentionJson,
+  parseSessionAttention,
   type SessionInfo,
   type SessionManager,
   type SessionQuery,
@@ -80,16 +80,6 @@ export function sessionJson(s: SessionInfo, model: string): Record<string, unkno
     attention: attentionJson(s.attention),
     saved_at: s.savedAt === null ? null : seconds(s.savedAt),
   };
-}
-
-/** A session's attention: like a request's, but MagicPIG when no method is named. */
-function sessionAttention(f: Fields, llm: LLM) {
-  let a = f.body.attention;
-  if (a === undefined || a === null) return { method: "magicpig" as const };
-  if (typeof a === "object" && !Array.isArray(a) && !("method" in a)) {
-    a = { ...a, method: "magicpig" };
-  }
-  return parseAttention(a, "attention", llm.info.nLayers);
 }
 
 /** `prompt` of a session request: text or token ids (a batch of one is the prompt). */
@@ -144,7 +134,7 @@ export function createSession(getLLM: () => LLM): Handler {
     }
     const { max } = manager.ttlLimits;
     const ttlSeconds = f.number("ttl_seconds", { min: 1, max, integer: true });
-    const attention = sessionAttention(f, llm);
+    const attention = parseSessionAttention(f.body.attention, llm.info.nLayers);
     const stream = f.boolean("stream") ?? false;
     const input = hasPrompt ? promptInput(f) : null;
     const request = {
