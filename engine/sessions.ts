@@ -555,6 +555,7 @@ export class SessionManager {
     room.release();
     this.#m.created.inc();
     this.#log.info("session created", {
+      ...(req.id ? { request_id: req.id } : {}),
       session_id: entry.id,
       tokens: entry.tokens,
       host_bytes: entry.hostBytes,

@@ -837,3 +837,30 @@ Deno.test({
     assert(threw, "a name keeps its type");
   },
 });
+
+Deno.test({
+  name: "benchSessions() measures follow-up and re-prefill TTFT and host bytes (small, CPU)",
+  ignore: skip !== null,
+  async fn() {
+    const { benchSessions } = await import("../bench/sessions.ts");
+    const llm = await openLLM({ model: gguf, threads: 2 }, silent);
+    try {
+      const rows = await benchSessions(llm, llm.sessions!, {
+        contexts: [64, 200],
+        question: 8,
+        repeats: 1,
+        attention: { method: "dense" },
+      });
+      assertEquals(rows.map((r) => r.context), [64, 200]);
+      for (const r of rows) {
+        assert(r.followUpTtft > 0 && r.rePrefillTtft > 0 && r.pinSeconds > 0, JSON.stringify(r));
+        assertEquals(r.kvBytesPerToken, llm.sessions!.kvBytesPerToken);
+        assertGreater(r.hostBytesPerToken, r.kvBytesPerToken - 1);
+        assertEquals(r.sessionsPer100GB, Math.floor(1e11 / r.hostBytes));
+      }
+      assertEquals(llm.sessions!.usage.host, 0, "the bench deletes its sessions");
+    } finally {
+      await llm.close();
+    }
+  },
+});
