@@ -268,6 +268,8 @@ interface Entry {
   readonly prefillSeconds: number;
   ttlSeconds: number;
   lastUsedAt: number;
+  /** Order of last use (LRU), from a counter: timestamps can tie. */
+  useSeq: number;
   tokens: number;
   turns: number;
   chat: ChatState | null;
@@ -367,6 +369,7 @@ export class SessionManager {
   /** Index bytes per KV byte, learned per attention method from real sessions. */
   readonly #indexRatio = new Map<AttentionMethod, number>();
   #gpuPerToken = 0;
+  #useSeq = 0;
   #sweeper: ReturnType<typeof setInterval> | null = null;
   #closing = false;
   #closed: Promise<void> | null = null;
@@ -532,6 +535,7 @@ export class SessionManager {
       prefillSeconds,
       ttlSeconds,
       lastUsedAt: now,
+      useSeq: ++this.#useSeq,
       tokens: ids.length,
       turns: 0,
       chat,
@@ -692,6 +696,7 @@ export class SessionManager {
       throw err;
     }
     e.lastUsedAt = Date.now();
+    e.useSeq = ++this.#useSeq;
     e.recordDirty = true;
     const fork = q.fork ?? false;
     const out = new Channel<SchedulerEvent>(() => {
@@ -800,6 +805,7 @@ export class SessionManager {
         prefillSeconds: r.prefill_seconds,
         ttlSeconds: r.ttl_seconds,
         lastUsedAt: r.last_used_at,
+        useSeq: 0,
         tokens: r.tokens,
         turns: r.turns,
         chat: r.chat
@@ -823,8 +829,11 @@ export class SessionManager {
       this.#entries.set(entry.id, entry);
       summary.restored++;
     }
-    // Load the most recently used while they fit without evicting anything.
-    const byRecency = [...this.#entries.values()].sort((a, b) => b.lastUsedAt - a.lastUsedAt);
+    // Least recently used first in the LRU order; then load the most recently used while
+    // they fit without evicting anything.
+    const byAge = [...this.#entries.values()].sort((a, b) => a.lastUsedAt - b.lastUsedAt);
+    for (const e of byAge) e.useSeq = ++this.#useSeq;
+    const byRecency = byAge.reverse();
     for (const e of byRecency) {
       const u = this.usage;
       if (u.hostBytes + e.residentHostBytes > this.#hostBudget) continue;
@@ -1101,6 +1110,7 @@ export class SessionManager {
     e.dirty = true;
     e.recordDirty = true;
     e.lastUsedAt = Date.now();
+    e.useSeq = ++this.#useSeq;
     if (chat) {
       const history = [...(e.chat?.messages ?? []), ...chat.newMessages];
       const probe = this.#stablePrefix([...history, { role: "assistant", content: SENTINEL }]);
@@ -1232,7 +1242,7 @@ export class SessionManager {
     let best: Entry | null = null;
     for (const e of this.#entries.values()) {
       if (e === self || skip.has(e) || e.deleted || e.op !== null || e.session === null) continue;
-      if (!best || e.lastUsedAt < best.lastUsedAt) best = e;
+      if (!best || e.useSeq < best.useSeq) best = e;
     }
     return best;
   }
@@ -1301,7 +1311,9 @@ export class SessionManager {
       session = await this.#store.load(dir.file(e.snapshot!));
     } catch (err) {
       this.#m.snapshotFailures.inc({ operation: "load" });
-      if (err instanceof SnapshotError && err.reason === "corrupt") {
+      const missing = err instanceof SnapshotError && err.reason === "io" &&
+        !(await Deno.stat(dir.file(e.snapshot!)).then(() => true, () => false));
+      if (err instanceof SnapshotError && (err.reason === "corrupt" || missing)) {
         await this.#quarantine(e.id, e.snapshot, err.message);
         this.#entries.delete(e.id);
         e.deleted = true;
