@@ -252,6 +252,35 @@ Deno.test({
 });
 
 Deno.test({
+  name: "a MagicPIG session's fork turn longer than its local window rolls back exactly",
+  ignore: skip !== null,
+  async fn() {
+    // Generated tokens beyond window + gen_buffer leave the local region during the turn;
+    // truncating the turn away must still restore the session exactly.
+    const server = await stories();
+    const a = client(server, KEY_A);
+    try {
+      const s = await a.create({
+        prompt: STORY,
+        attention: { method: "magicpig", K: 4, L: 8, sinks: 2, window: 4, gen_buffer: 4 },
+      });
+      const first = await a.turn(s.id, " Then", { fork: true, max_tokens: 32 });
+      const second = await a.turn(s.id, " Then", { fork: true, max_tokens: 32 });
+      assertEquals(second.choices[0].token_ids, first.choices[0].token_ids);
+      assertEquals((await a.get(`/v1/sessions/${s.id}`)).json.tokens, s.tokens);
+      const kept = await a.turn(s.id, " Then", { max_tokens: 32 });
+      assertEquals(kept.choices[0].token_ids, first.choices[0].token_ids);
+      assertEquals(
+        (await a.get(`/v1/sessions/${s.id}`)).json.tokens,
+        s.tokens + kept.choices[0].prompt_token_ids.length + 32,
+      );
+    } finally {
+      await server.shutdown();
+    }
+  },
+});
+
+Deno.test({
   name: "the openai client reaches a session through session_id, streaming and not",
   ignore: skip !== null,
   async fn() {
