@@ -6,7 +6,9 @@
  * heads of 128, 128,256 vocab) with seeded random bf16 weights generated on the GPU. For
  * each context length (8K, 32K, 96K by default) one prompt is prefilled once (timed: the
  * prefill figure), then forked (Session.fork) into the batch members of every method:
- *   dense-gpu   exact attention, KV resident on the GPU (where it fits)
+ *   dense-gpu   exact attention, KV resident on the GPU (where it fits); decode steps
+ *               replay a CUDA graph (dense-gpu-nographs: the same launched kernel by kernel,
+ *               at the first context and batch 1 only)
  *   dense-host  exact attention, each layer's KV streamed from host memory every step
  *   magicpig    K10L150 from host memory (dense layers 0 and 16 on the GPU)
  *   topk, quest the baselines at the default 2% budget
@@ -36,7 +38,7 @@ import {
   Session,
   type SessionOptions,
 } from "../ffi/native.ts";
-import { describeGpu, KvPlacement, setKernel } from "../ffi/gpu.ts";
+import { describeGpu, Graphs, KvPlacement, setKernel } from "../ffi/gpu.ts";
 
 // ------------------------------------------------------------
 // options
@@ -64,7 +66,7 @@ function parseArgs(args: string[], gpu: boolean): Options {
     out: null,
     contexts: gpu ? [8192, 32768, 98304] : [512, 2048],
     batches: gpu ? [1, 4, 8, 16] : [1, 4],
-    methods: ["dense-gpu", "dense-host", "magicpig", "topk", "quest"],
+    methods: ["dense-gpu", "dense-gpu-nographs", "dense-host", "magicpig", "topk", "quest"],
     budget: 24n * 2n ** 30n,
     budgetPass: gpu,
     timeLimit: gpu ? 330 : 60,
@@ -155,6 +157,7 @@ interface Method {
   options: SessionOptions;
   placement: number;
   commit: boolean;
+  graphs?: number;
 }
 
 function methodOf(name: string): Method {
@@ -165,6 +168,14 @@ function methodOf(name: string): Method {
         options: { attention: { method: AttentionMethod.DENSE } },
         placement: KvPlacement.RESIDENT,
         commit: false,
+      };
+    case "dense-gpu-nographs":
+      return {
+        name,
+        options: { attention: { method: AttentionMethod.DENSE } },
+        placement: KvPlacement.RESIDENT,
+        commit: false,
+        graphs: Graphs.OFF,
       };
     case "dense-host":
       return {
@@ -195,7 +206,9 @@ function methodOf(name: string): Method {
         commit: true,
       };
   }
-  throw new Error(`Unknown method "${name}": use dense-gpu, dense-host, magicpig, topk or quest`);
+  throw new Error(
+    `Unknown method "${name}": use dense-gpu, dense-gpu-nographs, dense-host, magicpig, topk or quest`,
+  );
 }
 
 // ------------------------------------------------------------
@@ -320,6 +333,8 @@ async function main(): Promise<void> {
           for (const m of methods) {
             for (const B of o.batches) {
               if (elapsed() > o.timeLimit) break;
+              // The launch-overhead comparison needs one row only.
+              if (m.name === "dense-gpu-nographs" && (B !== 1 || N !== o.contexts[0])) continue;
               const r = await decodeRun(engine, base, m, B, N, bname, perSessionHost, hostLimit);
               if (r) decodes.push(r);
             }
@@ -363,11 +378,13 @@ async function main(): Promise<void> {
       gpuPeakGiB: Number(engine.info().gpuBytesPeak) / GiB,
       note,
     });
-    if (!useGpu && (m.name === "dense-host")) return null; // the same as dense on the CPU
+    // On the CPU these are the same as plain dense.
+    if (!useGpu && (m.name === "dense-host" || m.name === "dense-gpu-nographs")) return null;
     if (B * perSessionHost > hostLimit) {
       return empty(`skipped: ${B} sessions of ${N} tokens need more host memory than allowed`);
     }
     if (useGpu) setKernel("kv", m.placement);
+    if (useGpu) setKernel("graphs", m.graphs ?? Graphs.AUTO);
     const forks: Session[] = [];
     try {
       for (let i = 0; i < B; i++) {
@@ -409,7 +426,7 @@ async function main(): Promise<void> {
       const weights = matrixParams(cfg) * 2;
       let floorMs: number, what: string;
       const keysFraction = off > 0 ? att / off : null;
-      if (m.name === "dense-gpu") {
+      if (m.name.startsWith("dense-gpu")) {
         floorMs = (weights + B * ctx * kvTok) / FLOOR.hbm * 1e3;
         what = "weights + KV from HBM";
       } else if (m.name === "dense-host") {
@@ -445,6 +462,7 @@ async function main(): Promise<void> {
     } finally {
       for (const f of forks) await f.close();
       if (useGpu) setKernel("kv", KvPlacement.AUTO);
+      if (useGpu) setKernel("graphs", Graphs.AUTO);
     }
   }
 
