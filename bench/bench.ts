@@ -282,74 +282,151 @@ async function main(): Promise<void> {
   }
   const prefills: PrefillRow[] = [];
   const decodes: DecodeRow[] = [];
-  const methods = o.methods.map(methodOf);
-  const passes: bigint[] = [0n];
-  if (o.budgetPass) passes.push(o.budget);
+  for (const m of o.methods) methodOf(m); // validates the names
   const hostLimit = 100 * GiB; // host memory we allow the bench's sessions to take
 
-  for (const budget of passes) {
-    const bname = budget === 0n ? "none" : `${Number(budget) / GiB}GB`;
-    const engine = Engine.create(cfg, {
-      backend: useGpu ? Backend.CUDA : Backend.CPU,
-      gpuMemoryBudget: budget,
-      maxBatch: Math.max(...o.batches, 1),
-      prefillChunk: useGpu ? 8192 : 256,
-    });
-    try {
-      await engine.initRandom(1n, 0.02);
-      await engine.finalize();
-      const vocab = cfg.vocab_size;
-      for (const N of o.contexts) {
-        if (elapsed() > o.timeLimit) {
-          notes.push(`time limit: context ${N} (${bname}) skipped`);
-          break;
-        }
-        const prompt = tokens(N, N, vocab);
-        const base = await Session.create(engine, {
-          attention: { method: AttentionMethod.DENSE },
-          reserveTokens: N + 256,
-        });
-        try {
-          const t0 = performance.now();
-          await base.prefill(prompt);
-          const secs = (performance.now() - t0) / 1000;
-          const info = engine.info();
-          const row: PrefillRow = {
-            budget: bname,
-            context: N,
-            seconds: secs,
-            tokensPerSecond: N / secs,
-            floorSeconds: prefillFlops(cfg, N) / FLOOR.gemm,
-            gpuPeakGiB: Number(info.gpuBytesPeak) / GiB,
-          };
-          prefills.push(row);
-          console.log(
-            `prefill ${bname} ${N}: ${secs.toFixed(2)} s (${
-              row.tokensPerSecond.toFixed(0)
-            } tok/s; ` +
-              `compute floor ${row.floorSeconds.toFixed(2)} s)`,
-          );
-          const perSessionHost = kvBytesPerToken(cfg) * N * (1 + 0.6);
-          for (const m of methods) {
-            for (const B of o.batches) {
-              if (elapsed() > o.timeLimit) break;
-              // The launch-overhead comparison needs one row only.
-              if (m.name === "dense-gpu-nographs" && (B !== 1 || N !== o.contexts[0])) continue;
-              const r = await decodeRun(engine, base, m, B, N, bname, perSessionHost, hostLimit);
-              if (r) decodes.push(r);
-            }
-          }
-        } finally {
-          await base.close();
-        }
-      }
-    } catch (e) {
-      const msg = `pass ${bname}: ${e instanceof Error ? e.message : e}`;
-      console.log(msg);
-      notes.push(msg);
-    } finally {
-      await engine.close();
+  // Engines (one per budget) and prefilled base sessions are made on first use; the jobs
+  // run in priority order so that the figures that matter most exist when the time limit
+  // stops the run: prefill at every context, batch 1 of the main methods, the budget pass
+  // at the longest context, then larger batches and the other baselines.
+  const engines = new Map<string, Engine>();
+  const bases = new Map<string, Session>();
+  const budgetName = (b: bigint) => (b === 0n ? "none" : `${Number(b) / GiB}GB`);
+  const engineFor = async (budget: bigint): Promise<Engine> => {
+    const key = budgetName(budget);
+    let e = engines.get(key);
+    if (!e) {
+      e = Engine.create(cfg, {
+        backend: useGpu ? Backend.CUDA : Backend.CPU,
+        gpuMemoryBudget: budget,
+        maxBatch: Math.max(...o.batches, 1),
+        prefillChunk: useGpu ? 8192 : 256,
+      });
+      engines.set(key, e);
+      await e.initRandom(1n, 0.02);
+      await e.finalize();
     }
+    return e;
+  };
+  const baseFor = async (budget: bigint, N: number): Promise<Session> => {
+    const bname = budgetName(budget);
+    const key = `${bname}:${N}`;
+    let base = bases.get(key);
+    if (base) return base;
+    const engine = await engineFor(budget);
+    base = await Session.create(engine, {
+      attention: { method: AttentionMethod.DENSE },
+      reserveTokens: N + 256,
+    });
+    bases.set(key, base);
+    const t0 = performance.now();
+    await base.prefill(tokens(N, N, cfg.vocab_size));
+    const secs = (performance.now() - t0) / 1000;
+    const row: PrefillRow = {
+      budget: bname,
+      context: N,
+      seconds: secs,
+      tokensPerSecond: N / secs,
+      floorSeconds: prefillFlops(cfg, N) / FLOOR.gemm,
+      gpuPeakGiB: Number(engine.info().gpuBytesPeak) / GiB,
+    };
+    prefills.push(row);
+    console.log(
+      `prefill ${bname} ${N}: ${secs.toFixed(2)} s (${row.tokensPerSecond.toFixed(0)} tok/s; ` +
+        `compute floor ${row.floorSeconds.toFixed(2)} s)`,
+    );
+    return base;
+  };
+  const dropBases = async (bname: string) => {
+    for (const [k, b] of bases) {
+      if (k.startsWith(`${bname}:`)) {
+        await b.close();
+        bases.delete(k);
+      }
+    }
+  };
+
+  type Job = { budget: bigint; N: number; method: string; B: number };
+  const jobs: Job[] = [];
+  const want = (m: string) => o.methods.includes(m);
+  const main = ["dense-gpu", "dense-gpu-nographs", "dense-host", "magicpig"].filter(want);
+  const others = ["topk", "quest"].filter(want);
+  const Nmax = o.contexts[o.contexts.length - 1];
+  for (const N of o.contexts) jobs.push({ budget: 0n, N, method: "", B: 0 }); // prefill
+  for (const N of o.contexts) {
+    for (const m of main) {
+      if (m !== "dense-gpu-nographs" || N === o.contexts[0]) {
+        jobs.push({ budget: 0n, N, method: m, B: 1 });
+      }
+    }
+  }
+  if (o.budgetPass) {
+    for (const B of [1, 4].filter((b) => o.batches.includes(b))) {
+      for (const m of ["dense-host", "magicpig", "dense-gpu"].filter(want)) {
+        if (m !== "dense-gpu" || B === 1) jobs.push({ budget: o.budget, N: Nmax, method: m, B });
+      }
+    }
+  }
+  for (const B of o.batches.filter((b) => b !== 1)) {
+    for (const N of o.contexts) {
+      for (const m of main.filter((x) => x !== "dense-gpu-nographs")) {
+        jobs.push({ budget: 0n, N, method: m, B });
+      }
+    }
+  }
+  for (const B of o.batches.filter((b) => b <= 4)) {
+    for (const N of o.contexts) for (const m of others) jobs.push({ budget: 0n, N, method: m, B });
+  }
+
+  try {
+    let lastBudget = 0n;
+    for (const job of jobs) {
+      if (elapsed() > o.timeLimit) {
+        notes.push(
+          `time limit (${o.timeLimit} s) reached: ${jobs.length - jobs.indexOf(job)} jobs skipped`,
+        );
+        break;
+      }
+      if (job.budget !== lastBudget) {
+        // Free the other pass's host sessions before this one prefills.
+        await dropBases(budgetName(lastBudget));
+        lastBudget = job.budget;
+      }
+      try {
+        const base = await baseFor(job.budget, job.N);
+        if (job.method === "") continue;
+        const engine = await engineFor(job.budget);
+        const perSessionHost = kvBytesPerToken(cfg) * job.N * (1 + 0.6);
+        const r = await decodeRun(
+          engine,
+          base,
+          methodOf(job.method),
+          job.B,
+          job.N,
+          budgetName(job.budget),
+          perSessionHost,
+          hostLimit,
+        );
+        if (r) {
+          decodes.push(r);
+          const d = r;
+          console.log(
+            `decode ${d.budget} ${d.context} ${d.method} B=${d.batch}: ` +
+              (d.msPerToken === null ? d.note : `${d.msPerToken.toFixed(2)} ms/token, ` +
+                `${d.tokensPerSecond!.toFixed(1)} tok/s`),
+          );
+        }
+      } catch (e) {
+        const msg = `${budgetName(job.budget)} ${job.N} ${job.method || "prefill"}: ${
+          e instanceof Error ? e.message : e
+        }`;
+        console.log(msg);
+        notes.push(msg.slice(0, 300));
+      }
+    }
+  } finally {
+    for (const b of bases.values()) await b.close();
+    for (const e of engines.values()) await e.close();
   }
 
   async function decodeRun(
