@@ -58,6 +58,7 @@ export async function main(args: readonly string[]): Promise<number> {
     drainTimeoutMs: config.drainTimeoutSeconds * 1000,
     gpuMemoryBudget: config.gpuMemoryBudget,
     apiKeys,
+    functions: config.functions,
     sessions: {
       dir: config.sessionDir,
       hostMemoryBudget: config.hostMemoryBudget,

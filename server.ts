@@ -21,6 +21,10 @@ import { Logger } from "./engine/log.ts";
 import { openLLM, type OpenOptions } from "./engine/load.ts";
 import { Metrics } from "./engine/metrics.ts";
 import { type AppState, createApp } from "./routes/app.ts";
+import { FunctionHost, logSinkFor } from "./engine/functions/host.ts";
+import { llmServices } from "./engine/functions/llm_services.ts";
+import { sessionServices } from "./engine/session_services.ts";
+import { EngineError } from "./engine/errors.ts";
 
 /** Options of {@link startServer}. */
 export interface ServerOptions extends OpenOptions {
@@ -41,6 +45,8 @@ export interface ServerOptions extends OpenOptions {
   open?: (log: Logger, metrics: Metrics) => Promise<LLM>;
   /** API keys accepted as `Authorization: Bearer`; none: an open server (logged as a warning). */
   apiKeys?: readonly string[];
+  /** Folder of user functions served at /v1/functions/NAME; null or absent: functions are off. */
+  functions?: string | null;
 }
 
 /** A running server. */
@@ -73,6 +79,18 @@ export async function startServer(options: ServerOptions = {}): Promise<Server> 
     log.warn("no API keys configured: the server is open and every caller shares one owner", {
       hint: "use --api-key, --api-key-file or MAGICPIG_API_KEYS",
     });
+  }
+  const readyLLM = (): LLM => {
+    if (state.phase === "ready" && state.llm) return state.llm;
+    throw new EngineError("unavailable", "The model is not ready: retry shortly");
+  };
+  if (options.functions) {
+    state.functions = new FunctionHost({
+      dir: options.functions,
+      services: llmServices(readyLLM, sessionServices(readyLLM)),
+      log: logSinkFor(log),
+    });
+    log.info("functions enabled", { dir: options.functions });
   }
   const app = createApp(state);
   const { promise: listening, resolve: onListen } = Promise.withResolvers<Deno.NetAddr>();
@@ -129,6 +147,7 @@ export async function startServer(options: ServerOptions = {}): Promise<Server> 
         await state.llm.close({ drain: true, timeoutMs: options.drainTimeoutMs ?? 30_000 });
       }
       await httpDone;
+      await state.functions?.close();
       log.info("stopped", { ms: Math.round(performance.now() - t0) });
     })();
 

@@ -44,6 +44,8 @@ export interface Config {
   sessionTtlSeconds: number;
   /** Largest `ttl_seconds` accepted. */
   sessionMaxTtlSeconds: number;
+  /** Folder of user functions served at /v1/functions/NAME; null: functions are off. */
+  functions: string | null;
 }
 
 /** Values used when neither a flag nor the environment sets an option. */
@@ -63,6 +65,7 @@ export const defaults: Config = {
   gpuMemoryBudget: null,
   sessionTtlSeconds: 3600,
   sessionMaxTtlSeconds: 7 * 24 * 3600,
+  functions: "functions",
 };
 
 /** One row of {@link optionTable}. */
@@ -243,6 +246,19 @@ export const optionTable: OptionSpec[] = [
     value: "PATH",
     help: "a file of API keys, one per line (# starts a comment)",
     parse: nonEmpty,
+  },
+  {
+    flag: "functions",
+    env: "MAGICPIG_FUNCTIONS",
+    key: "functions",
+    value: "DIR",
+    help:
+      'folder of user functions (NAME.ts, served at /v1/functions/NAME in sandboxed workers); "off" disables them (default: functions)',
+    parse: (text) => {
+      const t = text.trim();
+      if (t.length === 0) throw 'expected a folder or "off"';
+      return t === "off" ? null : t;
+    },
   },
   {
     flag: "session-dir",

@@ -24,6 +24,8 @@ import { health, type HealthState } from "./health.ts";
 import { HttpError } from "./_http_error.ts";
 import { bodyLimit, jsonBody, requestId, requestLog } from "./_middleware.ts";
 import { countRequests, metricsRoute } from "./metrics.ts";
+import { mountFunctions } from "./functions.ts";
+import type { FunctionHost } from "../engine/functions/host.ts";
 import { getModel, listModels } from "./models.ts";
 import { Router } from "./_router.ts";
 import { createSession, deleteSession, getSession, listSessions, saveSession } from "./sessions.ts";
@@ -42,6 +44,8 @@ export interface AppState extends HealthState {
   apiKeys?: readonly string[];
   /** The registry `/metrics` renders (default: a fresh one). */
   metrics?: Metrics;
+  /** User functions served at /v1/functions (null or absent: answered 503 "not enabled"). */
+  functions?: FunctionHost | null;
 }
 
 /** Builds the router for `state`. */
@@ -66,7 +70,7 @@ export function createApp(state: AppState): Router {
   };
   const json = jsonBody();
   const metrics = state.metrics ?? new Metrics();
-  return new Router({ log: state.log })
+  const router = new Router({ log: state.log })
     .use(
       requestId(),
       requestLog(),
@@ -89,4 +93,7 @@ export function createApp(state: AppState): Router {
     .post("/v1/sessions/:id/chat/completions", json, chatCompletions(getLLM))
     .post("/tokenize", json, tokenize(getLLM))
     .post("/detokenize", json, detokenize(getLLM));
+  return mountFunctions(router, () => state.functions ?? null, {
+    apiKeyOf: (_req, ctx) => ctx.apiKey,
+  });
 }
