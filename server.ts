@@ -84,6 +84,7 @@ export async function startServer(options: ServerOptions = {}): Promise<Server> 
     if (state.phase === "ready" && state.llm) return state.llm;
     throw new EngineError("unavailable", "The model is not ready: retry shortly");
   };
+  state.functions = null;
   if (options.functions) {
     state.functions = new FunctionHost({
       dir: options.functions,

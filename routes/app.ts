@@ -44,7 +44,10 @@ export interface AppState extends HealthState {
   apiKeys?: readonly string[];
   /** The registry `/metrics` renders (default: a fresh one). */
   metrics?: Metrics;
-  /** User functions served at /v1/functions (null or absent: answered 503 "not enabled"). */
+  /**
+   * User functions served at /v1/functions (null: the routes answer 503 "not enabled");
+   * undefined: the routes are not mounted (a caller mounts its own).
+   */
   functions?: FunctionHost | null;
 }
 
@@ -93,6 +96,7 @@ export function createApp(state: AppState): Router {
     .post("/v1/sessions/:id/chat/completions", json, chatCompletions(getLLM))
     .post("/tokenize", json, tokenize(getLLM))
     .post("/detokenize", json, detokenize(getLLM));
+  if (state.functions === undefined) return router;
   return mountFunctions(router, () => state.functions ?? null, {
     apiKeyOf: (_req, ctx) => ctx.apiKey,
   });
