@@ -169,7 +169,7 @@ MP_API int32_t mp_lsh_index_create(const mp_lsh_params *p, int32_t n_kv_heads,
     if (n > 0) {
       h->copy_in(keys, values, 0, n);
       mp::lsh::KeyRows kr{h->k.get(), kv_dtype, h->cap};
-      h->index->add(kr, n);
+      h->index->add(kr, n, true);  // a build sorts everything; the tail is for appends
     }
     *out = h.release();
     return MP_OK;

@@ -95,8 +95,9 @@ void all_scores(const KV &kv, int hk, const float *q, std::vector<float> &scores
   }
 }
 
+// ⌈budget·n⌉, forgiving the float rounding of budget (0.05f·2000 = 100.0000015 → 100)
 int64_t count_of(double budget, int64_t n) {
-  return std::min<int64_t>(n, (int64_t)std::ceil(budget * (double)n - 1e-9));
+  return std::min<int64_t>(n, (int64_t)std::ceil(budget * (double)n * (1.0 - 1e-6)));
 }
 
 }  // namespace

@@ -421,8 +421,9 @@ typedef struct mp_lsh_params {
 
 MP_API void mp_lsh_default_params(mp_lsh_params *p);
 
-/* Builds an index over n tokens: keys, values [n_kv_heads][n][head_dim] in kv_dtype (F32
- * or BF16), copied. n may be 0 (then μ comes from the first append). */
+/* Builds an index over n tokens (all sorted into blocks): keys, values
+ * [n_kv_heads][n][head_dim] in kv_dtype (F32 or BF16), copied. n may be 0 (then μ comes
+ * from the first append). */
 MP_API int32_t mp_lsh_index_create(const mp_lsh_params *p, int32_t n_kv_heads,
                                    int32_t head_dim, int32_t kv_dtype, const void *keys,
                                    const void *values, int64_t n, mp_lsh_index **out,
