@@ -18,7 +18,7 @@ struct mp_lsh_index {
   int32_t kv_dtype = MP_DTYPE_F32;
   int hkv = 0, d = 0;
   int64_t cap = 0;
-  std::unique_ptr<uint8_t[]> k, v;
+  std::unique_ptr<uint8_t, mp::HugeFree> k, v;  // huge pages: rows are gathered at random
 
   size_t esz() const { return mp::dtype_size(kv_dtype); }
 
@@ -27,8 +27,8 @@ struct mp_lsh_index {
     if (need <= cap) return;
     const int64_t nc = std::max<int64_t>(need, cap + cap / 2);
     const size_t row = (size_t)d * esz();
-    std::unique_ptr<uint8_t[]> nk(new uint8_t[(size_t)hkv * nc * row]);
-    std::unique_ptr<uint8_t[]> nv(new uint8_t[(size_t)hkv * nc * row]);
+    std::unique_ptr<uint8_t, mp::HugeFree> nk((uint8_t *)mp::huge_alloc((size_t)hkv * nc * row));
+    std::unique_ptr<uint8_t, mp::HugeFree> nv((uint8_t *)mp::huge_alloc((size_t)hkv * nc * row));
     for (int h = 0; h < hkv && n > 0; h++) {
       std::memcpy(nk.get() + (size_t)h * nc * row, k.get() + (size_t)h * cap * row, n * row);
       std::memcpy(nv.get() + (size_t)h * nc * row, v.get() + (size_t)h * cap * row, n * row);

@@ -103,10 +103,9 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge) {
   }
   const int64_t n_tail = n_ - n_blocked_;
   const bool do_merge = merge || n_tail + m >= p_.tail_max;
+  // x[j] = k_j − μ (fp32) for head h, and the norms
   std::vector<float> x((size_t)m * d);
-  std::vector<uint16_t> codesT;
-  if (do_merge) codesT.resize((size_t)L * (n_tail + m));
-  for (int h = 0; h < hkv_; h++) {
+  auto center = [&](int h) {
     HeadIndex &hi = heads_[h];
     const float *mu = hi.mean.data();
     hi.norms.resize(n_ + m);
@@ -123,19 +122,29 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge) {
       }
       norms[j] = std::sqrt(ss);
     }
-    if (do_merge) {
-      const int64_t T = n_tail + m;
+  };
+  if (do_merge) {
+    const int64_t T = n_tail + m;
+    std::vector<uint16_t> codesT((size_t)L * T);
+    this->merge(T, [&](int h) -> const uint16_t * {
+      center(h);
+      const HeadIndex &hi = heads_[h];
       for (int64_t j = 0; j < n_tail; j++)
         for (int t = 0; t < L; t++) codesT[(size_t)t * T + j] = hi.tail[(size_t)j * lp_ + t];
       hash_rows(*proj_, x.data(), m, d, codesT.data() + n_tail, 1, T);
-      merge_codes(h, codesT.data(), T);
-    } else {
+      return codesT.data();
+    });
+    n_ += m;
+    n_blocked_ = n_;
+  } else {
+    for (int h = 0; h < hkv_; h++) {
+      center(h);
+      HeadIndex &hi = heads_[h];
       hi.tail.resize((size_t)(n_tail + m) * lp_, 0);
       hash_rows(*proj_, x.data(), m, d, hi.tail.data() + (size_t)n_tail * lp_, lp_, 1);
     }
+    n_ += m;
   }
-  n_ += m;
-  if (do_merge) n_blocked_ = n_;
 }
 
 void Index::merge_tail() {
@@ -143,54 +152,35 @@ void Index::merge_tail() {
   if (T == 0) return;
   const int L = p_.L;
   std::vector<uint16_t> codesT((size_t)L * T);
-  for (int h = 0; h < hkv_; h++) {
+  merge(T, [&](int h) -> const uint16_t * {
     const HeadIndex &hi = heads_[h];
     for (int64_t j = 0; j < T; j++)
       for (int t = 0; t < L; t++) codesT[(size_t)t * T + j] = hi.tail[(size_t)j * lp_ + t];
-    merge_codes(h, codesT.data(), T);
-  }
+    return codesT.data();
+  });
   n_blocked_ = n_;
 }
 
-// Tokens [n_blocked, n_blocked + T) of head h with codes codesT[L][T] join the blocks;
-// the tail is emptied.
-void Index::merge_codes(int h, const uint16_t *codesT, int64_t T) {
-  HeadIndex &hi = heads_[h];
-  int64_t off = 0;
-  while (off < T) {
-    if (hi.blocks.empty() || hi.blocks.back().n == BLOCK) {
-      Block b;
-      b.start = hi.blocks.empty() ? 0 : hi.blocks.back().start + hi.blocks.back().n;
-      hi.blocks.push_back(std::move(b));
-    }
-    Block &b = hi.blocks.back();
-    const int64_t k = std::min<int64_t>(BLOCK - b.n, T - off);
-    merge_into(b, codesT, T, off, k);
-    off += k;
-  }
-  hi.tail.clear();
-  hi.tail.shrink_to_fit();
-}
-
-// Appends m tokens (codes codesT[t·ld + off + j]) to block b, ids b.n .. b.n + m − 1.
-void Index::merge_into(Block &b, const uint16_t *codesT, int64_t ld, int64_t off, int64_t m) {
-  const int L = p_.L;
-  const int NB = 1 << p_.K;
-  const int64_t n0 = b.n, n1 = n0 + m;
-  std::vector<uint32_t> noffs((size_t)L * (NB + 1));
-  std::vector<uint16_t> nents((size_t)L * n1);
+// Appends tokens to block `nb`'s (head h) part: the tokens of `ob` (n0 of them, may be
+// null) keep their order, then m new ones with codes codesT[t·ld + off + j] take ids
+// n0 .. n0 + m − 1 at the end of their buckets.
+static void merge_head(const Index &I, const Block *ob, Block &nb, int h, const uint16_t *codesT,
+                       int64_t ld, int64_t off, int64_t m) {
+  const int L = I.params().L;
+  const int NB = 1 << I.params().K;
+  const int64_t n0 = ob ? ob->n : 0, n1 = nb.n;
 #pragma omp parallel num_threads(threads())
   {
-    std::vector<uint32_t> hist(NB + 1), cur(NB);
+    std::vector<uint32_t> hist(NB), cur(NB);
 #pragma omp for schedule(dynamic, 4)
     for (int t = 0; t < L; t++) {
       const uint16_t *codes = codesT + (size_t)t * ld + off;
       std::fill(hist.begin(), hist.end(), 0u);
       for (int64_t j = 0; j < m; j++) hist[codes[j]]++;
-      const uint32_t *oo = n0 ? &b.offsets[(size_t)t * (NB + 1)] : nullptr;
-      const uint16_t *oe = n0 ? &b.entries[(size_t)t * n0] : nullptr;
-      uint32_t *no = &noffs[(size_t)t * (NB + 1)];
-      uint16_t *ne = &nents[(size_t)t * n1];
+      const uint32_t *oo = ob ? I.offsets(*ob, h, t) : nullptr;
+      const uint16_t *oe = ob ? I.entries(*ob, h, t) : nullptr;
+      uint32_t *no = const_cast<uint32_t *>(I.offsets(nb, h, t));
+      uint16_t *ne = const_cast<uint16_t *>(I.entries(nb, h, t));
       uint32_t run = 0;
       for (int c = 0; c < NB; c++) {
         const uint32_t os = oo ? oo[c] : 0, oz = oo ? oo[c + 1] - oo[c] : 0;
@@ -203,9 +193,59 @@ void Index::merge_into(Block &b, const uint16_t *codesT, int64_t ld, int64_t off
       for (int64_t j = 0; j < m; j++) ne[cur[codes[j]]++] = (uint16_t)(n0 + j);
     }
   }
-  b.offsets.swap(noffs);
-  b.entries.swap(nents);
-  b.n = (int32_t)n1;
+}
+
+template <class CodesOf>
+void Index::merge(int64_t T, CodesOf &&codes_of) {
+  const int L = p_.L;
+  const size_t NB1 = ((size_t)1 << p_.K) + 1;
+  // plan: which block each run of the T tokens goes to
+  struct Seg {
+    int64_t off, m;
+    bool extends;  // fills up the existing last block
+  };
+  std::vector<Seg> segs;
+  std::vector<Block> fresh;
+  int64_t off = 0;
+  const bool extend = !blocks_.empty() && blocks_.back().n < BLOCK;
+  int64_t next_start =
+      blocks_.empty() ? 0 : blocks_.back().start + (extend ? BLOCK : blocks_.back().n);
+  if (extend) {
+    const int64_t k = std::min<int64_t>(BLOCK - blocks_.back().n, T);
+    segs.push_back({0, k, true});
+    Block b;
+    b.start = blocks_.back().start;
+    b.n = (int32_t)(blocks_.back().n + k);
+    fresh.push_back(std::move(b));
+    off = k;
+  }
+  while (off < T) {
+    const int64_t k = std::min<int64_t>(BLOCK, T - off);
+    segs.push_back({off, k, false});
+    Block b;
+    b.start = next_start;
+    b.n = (int32_t)k;
+    next_start += k;
+    fresh.push_back(std::move(b));
+    off += k;
+  }
+  for (Block &b : fresh) {
+    b.offsets.resize((size_t)hkv_ * L * NB1);
+    b.entries.resize((size_t)hkv_ * L * b.n);
+  }
+  for (int h = 0; h < hkv_; h++) {
+    const uint16_t *codesT = codes_of(h);
+    for (size_t i = 0; i < segs.size(); i++)
+      merge_head(*this, segs[i].extends ? &blocks_.back() : nullptr, fresh[i], h, codesT, T,
+                 segs[i].off, segs[i].m);
+  }
+  size_t i = 0;
+  if (!segs.empty() && segs[0].extends) blocks_.back() = std::move(fresh[i++]);
+  for (; i < fresh.size(); i++) blocks_.push_back(std::move(fresh[i]));
+  for (HeadIndex &hi : heads_) {
+    hi.tail.clear();
+    hi.tail.shrink_to_fit();
+  }
 }
 
 // ------------------------------------------------------------
@@ -213,11 +253,11 @@ void Index::merge_into(Block &b, const uint16_t *codesT, int64_t ld, int64_t off
 
 Index::Bytes Index::bytes() const {
   Bytes r;
+  for (const Block &b : blocks_) {
+    r.entries += (int64_t)(b.entries.capacity() * sizeof(uint16_t));
+    r.offsets += (int64_t)(b.offsets.capacity() * sizeof(uint32_t));
+  }
   for (const HeadIndex &hi : heads_) {
-    for (const Block &b : hi.blocks) {
-      r.entries += (int64_t)(b.entries.capacity() * sizeof(uint16_t));
-      r.offsets += (int64_t)(b.offsets.capacity() * sizeof(uint32_t));
-    }
     r.tail += (int64_t)(hi.tail.capacity() * sizeof(uint16_t));
     r.norms += (int64_t)((hi.norms.capacity() + hi.mean.capacity()) * sizeof(float));
   }
@@ -228,11 +268,11 @@ void Index::codes(int h, int64_t start, int64_t count, uint16_t *out) const {
   const HeadIndex &hi = heads_[h];
   const int L = p_.L, NB = 1 << p_.K;
   const int64_t end = start + count;
-  for (const Block &b : hi.blocks) {
+  for (const Block &b : blocks_) {
     if (b.start + b.n <= start || b.start >= end) continue;
     for (int t = 0; t < L; t++) {
-      const uint32_t *o = &b.offsets[(size_t)t * (NB + 1)];
-      const uint16_t *e = &b.entries[(size_t)t * b.n];
+      const uint32_t *o = offsets(b, h, t);
+      const uint16_t *e = entries(b, h, t);
       for (int c = 0; c < NB; c++)
         for (uint32_t i = o[c]; i < o[c + 1]; i++) {
           int64_t tok = b.start + e[i];
@@ -245,7 +285,7 @@ void Index::codes(int h, int64_t start, int64_t count, uint16_t *out) const {
       out[(tok - start) * L + t] = hi.tail[(size_t)(tok - n_blocked_) * lp_ + t];
 }
 
-void Index::table(int h, int t, uint32_t *offsets, int32_t *indices) const {
+void Index::table(int h, int t, uint32_t *offs, int32_t *indices) const {
   const HeadIndex &hi = heads_[h];
   const int NB = 1 << p_.K;
   const int64_t n_tail = n_ - n_blocked_;
@@ -261,15 +301,15 @@ void Index::table(int h, int t, uint32_t *offsets, int32_t *indices) const {
   }
   uint32_t pos = 0;
   for (int c = 0; c < NB; c++) {
-    offsets[c] = pos;
-    for (const Block &b : hi.blocks) {
-      const uint32_t *o = &b.offsets[(size_t)t * (NB + 1)];
-      const uint16_t *e = &b.entries[(size_t)t * b.n];
+    offs[c] = pos;
+    for (const Block &b : blocks_) {
+      const uint32_t *o = offsets(b, h, t);
+      const uint16_t *e = entries(b, h, t);
       for (uint32_t i = o[c]; i < o[c + 1]; i++) indices[pos++] = (int32_t)(b.start + e[i]);
     }
     for (uint32_t i = th[c]; i < th[c + 1]; i++) indices[pos++] = tt[i];
   }
-  offsets[NB] = pos;
+  offs[NB] = pos;
 }
 
 // ------------------------------------------------------------
@@ -284,8 +324,9 @@ void put(std::vector<uint8_t> &out, const T &v) {
   const uint8_t *p = (const uint8_t *)&v;
   out.insert(out.end(), p, p + sizeof(T));
 }
-template <class T>
-void put_vec(std::vector<uint8_t> &out, const std::vector<T> &v) {
+template <class V>
+void put_vec(std::vector<uint8_t> &out, const V &v) {
+  using T = typename V::value_type;
   put<uint64_t>(out, v.size());
   const uint8_t *p = (const uint8_t *)v.data();
   out.insert(out.end(), p, p + v.size() * sizeof(T));
@@ -301,8 +342,9 @@ struct Reader {
     p += sizeof(T);
     return v;
   }
-  template <class T>
-  void get_vec(std::vector<T> &v, uint64_t expect) {
+  template <class V>
+  void get_vec(V &v, uint64_t expect) {
+    using T = typename V::value_type;
     uint64_t n = get<uint64_t>();
     MP_CHECK(n == expect, MP_ERR_CORRUPT, "LSH index image has %llu elements where %llu belong",
              (unsigned long long)n, (unsigned long long)expect);
@@ -332,13 +374,13 @@ void Index::write(std::vector<uint8_t> &out) const {
     put_vec(out, hi.mean);
     put_vec(out, hi.norms);
     put_vec(out, hi.tail);
-    put<uint64_t>(out, hi.blocks.size());
-    for (const Block &b : hi.blocks) {
-      put<int64_t>(out, b.start);
-      put<int32_t>(out, b.n);
-      put_vec(out, b.offsets);
-      put_vec(out, b.entries);
-    }
+  }
+  put<uint64_t>(out, blocks_.size());
+  for (const Block &b : blocks_) {
+    put<int64_t>(out, b.start);
+    put<int32_t>(out, b.n);
+    put_vec(out, b.offsets);
+    put_vec(out, b.entries);
   }
 }
 
@@ -369,32 +411,33 @@ std::unique_ptr<Index> Index::read(const uint8_t *data, size_t size) {
     r.get_vec(hi.mean, (uint64_t)d);
     r.get_vec(hi.norms, (uint64_t)idx->n_);
     r.get_vec(hi.tail, (uint64_t)(idx->n_ - idx->n_blocked_) * idx->lp_);
-    uint64_t nb = r.get<uint64_t>();
-    MP_CHECK(nb == (uint64_t)((idx->n_blocked_ + BLOCK - 1) / BLOCK), MP_ERR_CORRUPT,
-             "LSH index image has a wrong block count");
-    hi.blocks.resize(nb);
-    int64_t start = 0;
-    for (Block &b : hi.blocks) {
-      b.start = r.get<int64_t>();
-      b.n = r.get<int32_t>();
-      MP_CHECK(b.start == start && b.n > 0 && b.n <= BLOCK && b.start + b.n <= idx->n_blocked_,
-               MP_ERR_CORRUPT, "LSH index image has an invalid block");
-      r.get_vec(b.offsets, (uint64_t)p.L * (NB + 1));
-      r.get_vec(b.entries, (uint64_t)p.L * b.n);
+  }
+  const uint64_t nb = r.get<uint64_t>();
+  MP_CHECK(nb == (uint64_t)((idx->n_blocked_ + BLOCK - 1) / BLOCK), MP_ERR_CORRUPT,
+           "LSH index image has a wrong block count");
+  idx->blocks_.resize(nb);
+  int64_t start = 0;
+  for (Block &b : idx->blocks_) {
+    b.start = r.get<int64_t>();
+    b.n = r.get<int32_t>();
+    MP_CHECK(b.start == start && b.n > 0 && b.n <= BLOCK && b.start + b.n <= idx->n_blocked_,
+             MP_ERR_CORRUPT, "LSH index image has an invalid block");
+    r.get_vec(b.offsets, (uint64_t)hkv * p.L * (NB + 1));
+    r.get_vec(b.entries, (uint64_t)hkv * p.L * b.n);
+    for (int h = 0; h < hkv; h++)
       for (int t = 0; t < p.L; t++) {
-        const uint32_t *o = &b.offsets[(size_t)t * (NB + 1)];
+        const uint32_t *o = idx->offsets(b, h, t);
         MP_CHECK(o[0] == 0 && o[NB] == (uint32_t)b.n, MP_ERR_CORRUPT,
                  "LSH index image has invalid bucket offsets");
         for (int c = 0; c < NB; c++)
           MP_CHECK(o[c] <= o[c + 1], MP_ERR_CORRUPT, "LSH index image has invalid bucket offsets");
-        const uint16_t *e = &b.entries[(size_t)t * b.n];
+        const uint16_t *e = idx->entries(b, h, t);
         for (int32_t i = 0; i < b.n; i++)
           MP_CHECK(e[i] < b.n, MP_ERR_CORRUPT, "LSH index image has an invalid entry");
       }
-      start += b.n;
-    }
-    MP_CHECK(start == idx->n_blocked_, MP_ERR_CORRUPT, "LSH index image blocks do not cover it");
+    start += b.n;
   }
+  MP_CHECK(start == idx->n_blocked_, MP_ERR_CORRUPT, "LSH index image blocks do not cover it");
   MP_CHECK(r.p == r.end, MP_ERR_CORRUPT, "LSH index image has trailing bytes");
   return idx;
 }

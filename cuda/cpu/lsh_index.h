@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "cpu/huge_alloc.h"
 #include "cpu/lsh_hash.h"
 
 namespace mp::lsh {
@@ -23,17 +24,18 @@ struct Params {
   int64_t tail_max = 4096;   // appended tokens kept unsorted before a merge into blocks
 };
 
-// One block: tokens [start, start + n) of a KV head, n ≤ BLOCK.
+// One block: tokens [start, start + n) of every KV head, n ≤ BLOCK. Both arrays are
+// shared by the KV heads (one huge-page allocation each, so bucket lookups stay in the TLB).
 struct Block {
   int64_t start = 0;
   int32_t n = 0;
-  std::vector<uint32_t> offsets;  // [L][2^K + 1]: bucket c of table t is entries
-                                  // [offsets[t][c], offsets[t][c+1]) of table t
-  std::vector<uint16_t> entries;  // [L][n]: in-block token ids, sorted by (bucket, id)
+  // [Hkv][L][2^K + 1]: bucket c of (head h, table t) is entries [o[c], o[c+1]) of (h, t)
+  std::vector<uint32_t, HugeAllocator<uint32_t>> offsets;
+  // [Hkv][L][n]: in-block token ids, sorted by (bucket, id)
+  std::vector<uint16_t, HugeAllocator<uint16_t>> entries;
 };
 
 struct HeadIndex {
-  std::vector<Block> blocks;  // in token order, all full but the last
   std::vector<uint16_t> tail; // [n_tail][Lp] codes of tokens [n_blocked, n), padded with 0
   std::vector<float> norms;   // [n] ‖k − μ‖ in fp32
   std::vector<float> mean;    // [d] μ (zeros when centering is off)
@@ -68,6 +70,14 @@ class Index {
   bool has_mean() const { return has_mean_; }
   const Projection &projection() const { return *proj_; }
   const HeadIndex &head(int h) const { return heads_[h]; }
+  const std::vector<Block> &blocks() const { return blocks_; }
+  // Bucket offsets [2^K + 1] and entries [n] of (block b, head h, table t).
+  const uint32_t *offsets(const Block &b, int h, int t) const {
+    return &b.offsets[((size_t)h * p_.L + t) * ((1u << p_.K) + 1)];
+  }
+  const uint16_t *entries(const Block &b, int h, int t) const {
+    return &b.entries[((size_t)h * p_.L + t) * b.n];
+  }
 
   // Bytes held: CSR entries, CSR offsets, tail codes, norms + means.
   struct Bytes {
@@ -89,8 +99,10 @@ class Index {
   static std::unique_ptr<Index> read(const uint8_t *data, size_t size);
 
  private:
-  void merge_codes(int h, const uint16_t *codesT, int64_t m);  // codesT[L][m]
-  void merge_into(Block &b, const uint16_t *codesT, int64_t ld, int64_t off, int64_t m);
+  // Tokens [n_blocked, n_blocked + T) join the blocks; codes(h) gives head h's codes
+  // [L][T] (called once per head, in order).
+  template <class CodesOf>
+  void merge(int64_t T, CodesOf &&codes_of);
 
   Params p_;
   int hkv_, d_, lp_;
@@ -98,6 +110,7 @@ class Index {
   bool has_mean_ = false;
   std::shared_ptr<const Projection> proj_;
   std::vector<HeadIndex> heads_;
+  std::vector<Block> blocks_;  // in token order, all full but the last
 };
 
 }  // namespace mp::lsh

@@ -34,8 +34,10 @@
  * stored keys, so they merge directly with an exact attention over other stored keys.
  *
  * Memory traffic per task: the bucket offsets (8 B per head and table), the scanned
- * entries (2 B each), then one K row and one V row (2·d·2 B in bf16) and one norm per
- * union token. Rows are prefetched PREFETCH tokens ahead; the gather is the bound.
+ * entries (2 B each), then one K row and one V row (2·d·2 B in bf16) per union token;
+ * ‖k − μ‖ is recomputed from the gathered K row rather than read from the stored norms
+ * (a random 4-byte read costs a whole cache line). Rows are prefetched PREFETCH tokens
+ * ahead; the gather is the bound.
  */
 #include "cpu/sampled_attention.h"
 
@@ -52,6 +54,26 @@
 #include <immintrin.h>
 #endif
 
+// Phase timers for tuning: only in a build with -DMP_LSH_PROFILE (never in the library
+// the project ships); read with mp_lsh_profile().
+#ifdef MP_LSH_PROFILE
+#include <x86intrin.h>
+#define PROF_T(x) uint64_t x = __rdtsc()
+#define PROF_ADD(i, a, b) __atomic_fetch_add((uint64_t *)&mp::lsh::g_prof_u[i], (b) - (a), __ATOMIC_RELAXED)
+namespace mp::lsh {
+uint64_t g_prof_u[8];
+}
+extern "C" MP_API void mp_lsh_profile(double *out) {
+  for (int i = 0; i < 8; i++) {
+    out[i] = (double)mp::lsh::g_prof_u[i];
+    mp::lsh::g_prof_u[i] = 0;
+  }
+}
+#else
+#define PROF_T(x)
+#define PROF_ADD(i, a, b)
+#endif
+
 namespace mp::lsh {
 
 namespace S = mp::simd;
@@ -60,7 +82,13 @@ using S::vm;
 
 namespace {
 
-constexpr int PREFETCH = 8;             // union tokens ahead whose rows are prefetched
+#ifndef MP_LSH_PREFETCH
+#define MP_LSH_PREFETCH 8
+#endif
+#ifndef MP_LSH_PF_HINT
+#define MP_LSH_PF_HINT 3
+#endif
+constexpr int PREFETCH = MP_LSH_PREFETCH;  // union tokens ahead whose rows are prefetched
 constexpr int64_t MIN_CHUNK = 2048;     // smallest task token range
 constexpr uint16_t QUERY_PAD = 0xffff;  // query code padding (tail rows pad with 0)
 
@@ -203,6 +231,25 @@ static inline float dot(const float *a, const float *b, int d) {
   return s;
 }
 
+// ‖x − μ‖ in fp32
+static inline float centered_norm(const float *x, const float *mu, int d) {
+  vf acc0 = S::zero(), acc1 = S::zero();
+  int i = 0;
+  for (; i + 2 * S::W <= d; i += 2 * S::W) {
+    vf a = S::sub(S::load(x + i), S::load(mu + i));
+    vf b = S::sub(S::load(x + i + S::W), S::load(mu + i + S::W));
+    acc0 = S::fma(a, a, acc0);
+    acc1 = S::fma(b, b, acc1);
+  }
+  for (; i + S::W <= d; i += S::W) {
+    vf a = S::sub(S::load(x + i), S::load(mu + i));
+    acc0 = S::fma(a, a, acc0);
+  }
+  float s = S::hsum(S::add(acc0, acc1));
+  for (; i < d; i++) s += (x[i] - mu[i]) * (x[i] - mu[i]);
+  return std::sqrt(s);
+}
+
 // y += w·x
 static inline void axpy(float w, const float *x, float *y, int d) {
   const vf wv = S::set1(w);
@@ -219,7 +266,7 @@ static inline void bf16_row(const uint16_t *src, float *dst, int d) {
 
 static inline void prefetch_row(const void *p, int bytes) {
   const char *c = (const char *)p;
-  for (int o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+  for (int o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, MP_LSH_PF_HINT);
 }
 
 // Number of positions where two padded code rows agree.
@@ -250,15 +297,15 @@ static inline int count_eq(const uint16_t *a, const uint16_t *b, int Lp) {
 }
 
 // ------------------------------------------------------------
-// the call context and its tasks
-
-struct Task {
-  int b, hkv;
-  int blk;         // block index, or −1 for the tail
-  int64_t lo, hi;  // global token ids [lo, hi)
-};
+// the call context
 
 enum class Mode { RETRIEVE, ATTEND };
+
+// A phase B–D task: KV head hkv of sequence b, tokens [lo, hi) = chunk c.
+struct Task {
+  int b, hkv, c;
+  int64_t lo, hi;
+};
 
 struct Ctx {
   const Batch *batch;
@@ -268,44 +315,37 @@ struct Ctx {
   float scale;
   // per (b, h): padded query codes [Lp], effective query [d], ‖q‖, q·μ
   std::vector<uint16_t> qc;
-  std::vector<int> qc_stride;  // Lp of sequence b
-  std::vector<float> qv;
-  std::vector<float> qn, qmu;
-  // explicit samples: per (b, h) sorted unique ids
-  std::vector<std::vector<int32_t>> sets;
-  bool use_sets = false;
+  int Lp = 0;
+  std::vector<float> qv, qn, qmu;
+  // explicit samples (sorted, unique) per (b, h)
+  const std::vector<std::vector<int32_t>> *sets = nullptr;
+  int64_t chunk = BLOCK;      // a power of two
+  int chunk_bits = BLOCK_BITS;
+  std::vector<int> nchunks;  // [B]
+  // phase A output per (b, h): its sample, grouped by chunk: ids[at[c] .. at[c+1])
+  std::vector<std::vector<int32_t>> ids, at;
+  std::vector<Stats> a_stats;  // [B·H]
+  // phase B–D tasks and their partial softmax states per (task, g)
   std::vector<Task> tasks;
   std::vector<int> task_begin;  // [B·Hkv + 1]
-  // results per (task, g)
   std::vector<float> res_m, res_l, res_acc;
   std::vector<int32_t> res_nnz;
-  std::vector<std::vector<int32_t>> res_list;  // RETRIEVE
   std::vector<Stats> task_stats;
 };
 
-// Per-thread scratch, reused across tasks and calls. cnt and hm are all-zero between tasks.
+// Per-thread scratch, reused across tasks and calls. seen1, seen2 and hm are all-zero
+// between tasks.
 struct Scratch {
-  std::vector<uint8_t> cnt;
-  std::vector<uint32_t> hm;
-  std::vector<int32_t> U;
-  std::vector<uint32_t> rs, re;  // per table: scanned entry range [rs, re)
-  std::vector<float> s, kn;      // per-head samples, flat
+  std::vector<uint64_t> seen1, seen2;  // per token: hit once / hit twice (bitmaps)
+  std::vector<uint32_t> touched;       // words of seen1 that became non-zero
+  std::vector<uint32_t> rs, re;        // per table: the bucket's entry range
+  std::vector<const uint32_t *> optr;  // per table: the bucket's offsets
+  std::vector<int32_t> hits;           // phase A: the sample, unordered
+  std::vector<int32_t> cur;            // phase A: per-chunk cursors
+  std::vector<uint32_t> hm;            // phase B–D: per chunk token, the heads sampling it
+  std::vector<int32_t> U;              // phase B–D: tokens sampled by any head of the group
+  std::vector<float> s, kn;            // per-head samples, flat
   std::vector<float> kf, vf_, acc;
-  void reserve(int64_t chunk, int L, int G, int d) {
-    if ((int64_t)cnt.size() < chunk) {
-      cnt.resize(chunk, 0);
-      hm.resize(chunk, 0);
-    }
-    if ((int)rs.size() < L) {
-      rs.resize(L);
-      re.resize(L);
-    }
-    if ((int)kf.size() < d) {
-      kf.resize(d);
-      vf_.resize(d);
-    }
-    if ((int64_t)acc.size() < (int64_t)G * d) acc.resize((size_t)G * d);
-  }
 };
 
 static Scratch &scratch() {
@@ -313,31 +353,154 @@ static Scratch &scratch() {
   return s;
 }
 
-// Phase A over one task: fills sc.U and sc.hm, returns per-head sample counts.
-static void collect(const Ctx &cx, const Task &tk, Scratch &sc, int32_t *nnz, Stats &st) {
+template <class V>
+static void grow(V &v, size_t n) {
+  if (v.size() < n) v.resize(n, typename V::value_type{});
+}
+
+// ------------------------------------------------------------
+// phase A: the sample of one query head
+
+// Collision counting over one block for query head (b, h): every token id hit in >= 2 of
+// the L buckets ends with its bit set in seen2. The L bucket lookups are random DRAM
+// accesses: they run as a software pipeline (offsets of table t + 2D prefetched, those of
+// t + D read and their entry lines prefetched, table t counted), and the count is
+// branch-free on two bitmaps (seen once, seen twice) that stay in L1.
+static int64_t count_block(const Index &I, const Block &blk, int hkv, const uint16_t *q,
+                           Scratch &sc, uint32_t &nt_io) {
+  const int L = I.params().L;
+  constexpr int D = 16;  // tables ahead (the offsets are 2·D ahead)
+  const uint32_t **optr = sc.optr.data();
+  uint32_t *rs = sc.rs.data(), *re = sc.re.data();
+  uint64_t *__restrict seen1 = sc.seen1.data();
+  uint64_t *__restrict seen2 = sc.seen2.data();
+  uint32_t *__restrict touched = sc.touched.data();
+  const uint32_t base = (uint32_t)blk.start;
+  auto locate = [&](int t) {
+    optr[t] = I.offsets(blk, hkv, t) + q[t];
+    __builtin_prefetch(optr[t], 0, 3);
+  };
+  auto fetch = [&](int t) {
+    const uint32_t s = optr[t][0], e = optr[t][1];
+    rs[t] = s;
+    re[t] = e;
+    if (e > s) {
+      const uint16_t *ent = I.entries(blk, hkv, t);
+      const char *p0 = (const char *)(ent + s), *p1 = (const char *)(ent + e);
+      for (const char *p = (const char *)((uintptr_t)p0 & ~(uintptr_t)63); p < p1; p += 64)
+        __builtin_prefetch(p, 0, 3);
+    }
+  };
+  int64_t scanned = 0;
+  uint32_t nt = nt_io;  // a local: `touched` could alias a reference, forcing memory round trips
+  for (int t = 0; t < std::min(2 * D, L); t++) locate(t);
+  for (int t = 0; t < std::min(D, L); t++) fetch(t);
+  for (int t = 0; t < L; t++) {
+    if (t + 2 * D < L) locate(t + 2 * D);
+    if (t + D < L) fetch(t + D);
+    const uint16_t *__restrict e = I.entries(blk, hkv, t);
+    const uint32_t j0 = rs[t], j1 = re[t];
+    scanned += j1 - j0;
+    // a second hit moves the token's bit from seen1 into seen2
+    for (uint32_t j = j0; j < j1; j++) {
+      const uint32_t i = base + e[j];
+      const uint32_t w = i >> 6;
+      const uint64_t b = 1ull << (i & 63);
+      const uint64_t x = seen1[w];
+      touched[nt] = w;
+      nt += x == 0;
+      seen2[w] |= x & b;
+      seen1[w] = x | b;
+    }
+  }
+  nt_io = nt;
+  return scanned;
+}
+
+static void sample_head(Ctx &cx, int b, int h) {
+  const Index &I = *cx.batch->idx[b];
+  const size_t bh = (size_t)b * cx.H + h;
+  Scratch &sc = scratch();
+  std::vector<int32_t> &hits = sc.hits;
+  hits.clear();
+  PROF_T(q0);
+  if (cx.sets) {
+    const std::vector<int32_t> &set = (*cx.sets)[bh];
+    hits.assign(set.begin(), set.end());
+  } else {
+    const int hkv = h / cx.G, L = I.params().L, Lp = cx.Lp;
+    const uint16_t *q = &cx.qc[bh * Lp];
+    Stats &st = cx.a_stats[bh];
+    const size_t words = (size_t)(I.n_blocked() + 63) / 64;
+    grow(sc.seen1, words);
+    grow(sc.seen2, words);
+    grow(sc.touched, words);
+    grow(sc.rs, L);
+    grow(sc.re, L);
+    grow(sc.optr, L);
+    uint32_t nt = 0;
+    for (const Block &blk : I.blocks()) {
+      const int64_t scanned = count_block(I, blk, hkv, q, sc, nt);
+      st.entries += scanned;
+      st.bytes += scanned * 2 + (int64_t)L * 8;
+    }
+    // harvest: the seen-twice bits, zeroing the touched words on the way
+    for (uint32_t k = 0; k < nt; k++) {
+      const uint32_t w = sc.touched[k];
+      uint64_t m = sc.seen2[w];
+      sc.seen1[w] = 0;
+      sc.seen2[w] = 0;
+      while (m) {
+        hits.push_back((int32_t)(w * 64 + (uint32_t)__builtin_ctzll(m)));
+        m &= m - 1;
+      }
+    }
+    // the tail: compare code rows
+    const uint16_t *tail = I.head(hkv).tail.data();
+    const int64_t nb = I.n_blocked(), n = I.n();
+    for (int64_t tok = nb; tok < n; tok++)
+      if (count_eq(tail + (size_t)(tok - nb) * Lp, q, Lp) >= 2) hits.push_back((int32_t)tok);
+    st.entries += n - nb;
+    st.bytes += (n - nb) * Lp * 2;
+    st.sampled += (int64_t)hits.size();
+  }
+  // group by chunk (counting sort; order within a chunk does not matter)
+  const int nc = cx.nchunks[b];
+  const int shift = cx.chunk_bits;
+  std::vector<int32_t> &at = cx.at[bh];
+  std::vector<int32_t> &ids = cx.ids[bh];
+  at.assign(nc + 1, 0);
+  for (int32_t i : hits) at[(i >> shift) + 1]++;
+  for (int c = 0; c < nc; c++) at[c + 1] += at[c];
+  ids.resize(hits.size());
+  grow(sc.cur, (size_t)nc);
+  int32_t *cur = sc.cur.data();
+  std::copy(at.begin(), at.end() - 1, cur);
+  for (int32_t i : hits) ids[cur[i >> shift]++] = i;
+  PROF_T(q1);
+  PROF_ADD(7, q0, q1);
+}
+
+// ------------------------------------------------------------
+// phases B–D: the attention of one KV head's group over one chunk
+
+static void run_task(Ctx &cx, int ti) {
+  const Task &tk = cx.tasks[ti];
   const Index &I = *cx.batch->idx[tk.b];
   const HeadIndex &hd = I.head(tk.hkv);
-  const int G = cx.G, H = cx.H;
+  const int G = cx.G, H = cx.H, d = cx.d;
   const int64_t n = tk.hi - tk.lo;
+  Scratch &sc = scratch();
+  grow(sc.hm, n);
+  grow(sc.kf, d);
+  grow(sc.vf_, d);
+  grow(sc.acc, (size_t)G * d);
+  Stats &st = cx.task_stats[ti];
+  int32_t *nnz = &cx.res_nnz[(size_t)ti * G];
+  PROF_T(p0);
+  // the union of the group's samples in this chunk, with a head mask per token
   sc.U.clear();
-  for (int g = 0; g < G; g++) nnz[g] = 0;
-  auto mark = [&](int64_t i, int g) {
-    const uint32_t bit = 1u << g;
-    uint32_t m = sc.hm[i];
-    if (m & bit) return;
-    if (!m) sc.U.push_back((int32_t)i);
-    sc.hm[i] = m | bit;
-    nnz[g]++;
-  };
-  if (cx.use_sets) {
-    for (int g = 0; g < G; g++) {
-      const std::vector<int32_t> &set = cx.sets[(size_t)tk.b * H + tk.hkv * G + g];
-      auto it = std::lower_bound(set.begin(), set.end(), (int32_t)tk.lo);
-      for (; it != set.end() && *it < tk.hi; ++it) mark(*it - tk.lo, g);
-    }
-    return;
-  }
-  if (cx.flags & FLAG_RETRIEVE_ALL) {
+  if (cx.flags & FLAG_RETRIEVE_ALL && !cx.sets) {
     const uint32_t all = G >= 32 ? 0xffffffffu : ((1u << G) - 1u);
     sc.U.resize(n);
     for (int64_t i = 0; i < n; i++) {
@@ -345,134 +508,32 @@ static void collect(const Ctx &cx, const Task &tk, Scratch &sc, int32_t *nnz, St
       sc.hm[i] = all;
     }
     for (int g = 0; g < G; g++) nnz[g] = (int32_t)n;
-    return;
+  } else {
+    for (int g = 0; g < G; g++) {
+      const size_t bh = (size_t)tk.b * H + tk.hkv * G + g;
+      const uint32_t bit = 1u << g;
+      const int32_t *p = cx.ids[bh].data() + cx.at[bh][tk.c];
+      const int32_t *e = cx.ids[bh].data() + cx.at[bh][tk.c + 1];
+      nnz[g] = (int32_t)(e - p);
+      for (; p < e; p++) {
+        const int64_t i = *p - tk.lo;
+        const uint32_t m = sc.hm[i];
+        if (!m) sc.U.push_back((int32_t)i);
+        sc.hm[i] = m | bit;
+      }
+    }
   }
-  const int L = I.params().L;
-  const int Lp = cx.qc_stride[tk.b];
-  if (tk.blk < 0) {
-    // tail: compare code rows
-    const uint16_t *tail = hd.tail.data();
-    const int64_t nb = I.n_blocked();
-    for (int64_t tok = tk.lo; tok < tk.hi; tok++) {
-      const uint16_t *row = tail + (size_t)(tok - nb) * Lp;
-      for (int g = 0; g < G; g++) {
-        const uint16_t *qg = &cx.qc[((size_t)tk.b * H + tk.hkv * G + g) * Lp];
-        if (count_eq(row, qg, Lp) >= 2) mark(tok - tk.lo, g);
-      }
-    }
-    st.entries += n;
-    st.bytes += n * Lp * 2;
-    return;
-  }
-  const Block &blk = hd.blocks[tk.blk];
-  const int NB1 = (1 << I.params().K) + 1;
-  const uint32_t lo = (uint32_t)(tk.lo - blk.start), hi = (uint32_t)(tk.hi - blk.start);
-  const bool whole = lo == 0 && hi == (uint32_t)blk.n;
-  uint8_t *cnt = sc.cnt.data();
-  for (int g = 0; g < G; g++) {
-    const uint16_t *qg = &cx.qc[((size_t)tk.b * H + tk.hkv * G + g) * Lp];
-    const uint32_t bit = 1u << g;
-    // locate the chunk's part of each bucket (prefetch first, then search)
-    for (int t = 0; t < L; t++)
-      __builtin_prefetch(&blk.offsets[(size_t)t * NB1 + qg[t]], 0, 3);
-    for (int t = 0; t < L; t++) {
-      const uint32_t *o = &blk.offsets[(size_t)t * NB1 + qg[t]];
-      sc.rs[t] = o[0];
-      sc.re[t] = o[1];
-      if (!whole && o[1] > o[0]) {
-        const uint16_t *e = &blk.entries[(size_t)t * blk.n];
-        const uint32_t guess = o[0] + (uint32_t)((uint64_t)(o[1] - o[0]) * lo / blk.n);
-        __builtin_prefetch(e + guess, 0, 3);
-      }
-    }
-    int64_t scanned = 0;
-    for (int t = 0; t < L; t++) {
-      const uint16_t *e = &blk.entries[(size_t)t * blk.n];
-      uint32_t s = sc.rs[t], end = sc.re[t];
-      if (!whole) {
-        // first entry >= lo (branch-free binary search), then stop at hi
-        uint32_t len = end - s;
-        const uint16_t *base = e + s;
-        while (len > 1) {
-          uint32_t half = len / 2;
-          base = base[half - 1] < lo ? base + half : base;
-          len -= half;
-        }
-        if (len == 1 && *base < lo) base++;
-        s = (uint32_t)(base - e);
-        uint32_t j = s;
-        while (j < end && e[j] < hi) j++;
-        end = j;
-        sc.rs[t] = s;
-        sc.re[t] = end;
-      }
-      scanned += end - s;
-      for (uint32_t j = s; j < end; j++) {
-        const uint32_t i = e[j] - lo;
-        if (++cnt[i] == 2) {
-          uint32_t m = sc.hm[i];
-          if (!(m & bit)) {
-            if (!m) sc.U.push_back((int32_t)i);
-            sc.hm[i] = m | bit;
-            nnz[g]++;
-          }
-        }
-      }
-    }
-    for (int t = 0; t < L; t++) {
-      const uint16_t *e = &blk.entries[(size_t)t * blk.n];
-      for (uint32_t j = sc.rs[t]; j < sc.re[t]; j++) cnt[e[j] - lo] = 0;
-    }
-    st.entries += scanned;
-    st.bytes += scanned * 2 + (int64_t)L * 8;
-  }
-}
-
-static void run_task(Ctx &cx, int ti) {
-  const Task &tk = cx.tasks[ti];
-  const Index &I = *cx.batch->idx[tk.b];
-  const HeadIndex &hd = I.head(tk.hkv);
-  const int G = cx.G, H = cx.H, d = cx.d;
-  Scratch &sc = scratch();
-  sc.reserve(tk.hi - tk.lo, I.params().L, G, d);
-  Stats &st = cx.task_stats[ti];
-  int32_t *nnz = &cx.res_nnz[(size_t)ti * G];
-  collect(cx, tk, sc, nnz, st);
   const int64_t nu = (int64_t)sc.U.size();
-  st.rows += cx.mode == Mode::ATTEND ? nu : 0;
-  for (int g = 0; g < G; g++) st.sampled += nnz[g];
-
-  if (cx.mode == Mode::RETRIEVE) {
-    for (int g = 0; g < G; g++) {
-      std::vector<int32_t> &out = cx.res_list[(size_t)ti * G + g];
-      out.clear();
-      out.reserve(nnz[g]);
-    }
-    for (int64_t j = 0; j < nu; j++) {
-      const int32_t i = sc.U[j];
-      uint32_t m = sc.hm[i];
-      sc.hm[i] = 0;
-      while (m) {
-        const int g = __builtin_ctz(m);
-        m &= m - 1;
-        cx.res_list[(size_t)ti * G + g].push_back((int32_t)(tk.lo + i));
-      }
-    }
-    for (int g = 0; g < G; g++) {
-      std::vector<int32_t> &out = cx.res_list[(size_t)ti * G + g];
-      std::sort(out.begin(), out.end());
-    }
-    return;
-  }
+  st.rows += nu;
+  PROF_T(p1);
+  PROF_ADD(0, p0, p1);
 
   // B. scores: per-head flat arrays in U order
   int64_t off[33];
   off[0] = 0;
   for (int g = 0; g < G; g++) off[g + 1] = off[g] + nnz[g];
-  if ((int64_t)sc.s.size() < off[G]) {
-    sc.s.resize(off[G]);
-    sc.kn.resize(off[G]);
-  }
+  grow(sc.s, off[G]);
+  grow(sc.kn, off[G]);
   const KVView &kv = cx.batch->kv[tk.b];
   const bool bf16 = kv.dtype == MP_DTYPE_BF16;
   const int esz = bf16 ? 2 : 4;
@@ -480,7 +541,10 @@ static void run_task(Ctx &cx, int ti) {
   const int64_t row0 = tk.hkv * kv.head_rows + kv.base + tk.lo;  // row of token lo
   const char *K = (const char *)kv.k;
   const char *V = (const char *)kv.v;
-  const float *norms = hd.norms.data() + tk.lo;
+  // ‖k − μ‖ is recomputed from the gathered row (cheaper than a random read of the
+  // stored norm, which would cost one more cache line per row)
+  const float *mu = hd.mean.data();
+  const bool need_norm = !(cx.flags & FLAG_FORCE_U1);
   const float *qv = &cx.qv[((size_t)tk.b * H + tk.hkv * G) * d];
   {
     int64_t cur[32];
@@ -497,7 +561,7 @@ static void run_task(Ctx &cx, int ti) {
       } else {
         kr = (const float *)(K + (row0 + i) * row_bytes);
       }
-      const float kn = norms[i];
+      const float kn = need_norm ? centered_norm(kr, mu, d) : 0.0f;
       uint32_t m = sc.hm[i];
       while (m) {
         const int g = __builtin_ctz(m);
@@ -508,6 +572,8 @@ static void run_task(Ctx &cx, int ti) {
       }
     }
   }
+  PROF_T(p2);
+  PROF_ADD(1, p1, p2);
 
   // C. weights and exponentials per head
   const UConst uc(I.params().K, I.params().L, I.params().eps);
@@ -539,6 +605,8 @@ static void run_task(Ctx &cx, int ti) {
     mx[g] = mmax;
     sum[g] = l;
   }
+  PROF_T(p3);
+  PROF_ADD(2, p2, p3);
 
   // D. values
   float *acc = sc.acc.data();
@@ -572,8 +640,13 @@ static void run_task(Ctx &cx, int ti) {
     cx.res_l[(size_t)ti * G + g] = sum[g];
     std::memcpy(&cx.res_acc[((size_t)ti * G + g) * d], acc + (size_t)g * d, sizeof(float) * d);
   }
-  st.bytes += nu * (2 * (int64_t)row_bytes + 4);
+  st.bytes += nu * 2 * (int64_t)row_bytes;
+  PROF_T(p4);
+  PROF_ADD(3, p3, p4);
 }
+
+// ------------------------------------------------------------
+// setup
 
 // Validates the batch, prepares query codes and constants, and lays out the tasks.
 static void prepare(Ctx &cx, const Batch &batch, Mode mode, int32_t flags) {
@@ -594,7 +667,8 @@ static void prepare(Ctx &cx, const Batch &batch, Mode mode, int32_t flags) {
   cx.G = batch.H / cx.Hkv;
   MP_CHECK(cx.G <= 32, MP_ERR_UNSUPPORTED, "GQA group \"%d\" is larger than 32", cx.G);
   for (int b = 1; b < batch.B; b++)
-    MP_CHECK(batch.idx[b]->n_kv_heads() == cx.Hkv && batch.idx[b]->head_dim() == cx.d,
+    MP_CHECK(batch.idx[b]->n_kv_heads() == cx.Hkv && batch.idx[b]->head_dim() == cx.d &&
+                 batch.idx[b]->Lp() == I0.Lp(),
              MP_ERR_INVALID, "index %d of the batch has another shape than index 0", b);
   if (mode == Mode::ATTEND) {
     MP_CHECK(batch.kv, MP_ERR_INVALID, "attention needs the keys and values");
@@ -605,7 +679,7 @@ static void prepare(Ctx &cx, const Batch &batch, Mode mode, int32_t flags) {
   }
   const int B = cx.B, H = cx.H, d = cx.d, G = cx.G;
   cx.scale = 1.0f / std::sqrt((float)d);
-  // effective queries, norms, q·μ
+  // effective queries, their norms, q·μ
   cx.qv.resize((size_t)B * H * d);
   cx.qn.resize((size_t)B * H);
   cx.qmu.resize((size_t)B * H);
@@ -626,19 +700,12 @@ static void prepare(Ctx &cx, const Batch &batch, Mode mode, int32_t flags) {
       cx.qmu[bh] = (float)qm;
     }
   }
-  // query codes, padded to Lp per sequence
-  const bool need_codes = !cx.use_sets && !(flags & FLAG_RETRIEVE_ALL);
-  cx.qc_stride.resize(B);
-  int64_t qc_total = 0;
-  for (int b = 0; b < B; b++) {
-    cx.qc_stride[b] = batch.idx[b]->Lp();
-    MP_CHECK(cx.qc_stride[b] == cx.qc_stride[0], MP_ERR_INVALID,
-             "the indexes of a batch must have the same table count");
-    qc_total += (int64_t)H * cx.qc_stride[b];
-  }
+  // query codes, padded to Lp (the padding never equals a tail row's padding)
+  cx.Lp = I0.Lp();
+  const bool need_codes = !cx.sets && !(flags & FLAG_RETRIEVE_ALL);
   if (need_codes) {
-    cx.qc.assign(qc_total, QUERY_PAD);
-    const int Lp = cx.qc_stride[0];
+    const int Lp = cx.Lp;
+    cx.qc.assign((size_t)B * H * Lp, QUERY_PAD);
     for (int b = 0; b < B; b++) {
       const Index &I = *batch.idx[b];
       const int L = I.params().L;
@@ -657,34 +724,33 @@ static void prepare(Ctx &cx, const Batch &batch, Mode mode, int32_t flags) {
       }
     }
   }
-  // tasks: chunk size so that there are >= 4 per thread where possible
-  int64_t total = 0;
-  for (int b = 0; b < B; b++) total += batch.idx[b]->n() * cx.Hkv;
+  // chunks of the phase B–D tasks: >= 4 tasks per thread where the context allows
   const int64_t want = 4 * (int64_t)threads();
   int64_t chunk = BLOCK;
   while (chunk > MIN_CHUNK) {
     int64_t tasks = 0;
-    for (int b = 0; b < B; b++) {
-      const Index &I = *batch.idx[b];
-      tasks += cx.Hkv * ((I.n_blocked() + chunk - 1) / chunk + (I.n_tail() + chunk - 1) / chunk);
-    }
+    for (int b = 0; b < B; b++) tasks += cx.Hkv * ((batch.idx[b]->n() + chunk - 1) / chunk);
     if (tasks >= want) break;
     chunk /= 2;
   }
-  (void)total;
+  cx.chunk = chunk;
+  cx.chunk_bits = __builtin_ctzll((unsigned long long)chunk);
+  cx.nchunks.resize(B);
   cx.tasks.clear();
   cx.task_begin.assign((size_t)B * cx.Hkv + 1, 0);
   for (int b = 0; b < B; b++) {
-    const Index &I = *batch.idx[b];
+    const int64_t n = batch.idx[b]->n();
+    cx.nchunks[b] = (int)((n + chunk - 1) / chunk);
     for (int h = 0; h < cx.Hkv; h++) {
       cx.task_begin[(size_t)b * cx.Hkv + h] = (int)cx.tasks.size();
-      for (int64_t lo = 0; lo < I.n_blocked(); lo += chunk)
-        cx.tasks.push_back({b, h, (int)(lo / BLOCK), lo, std::min(lo + chunk, I.n_blocked())});
-      for (int64_t lo = I.n_blocked(); lo < I.n(); lo += chunk)
-        cx.tasks.push_back({b, h, -1, lo, std::min(lo + chunk, I.n())});
+      for (int c = 0; c < cx.nchunks[b]; c++)
+        cx.tasks.push_back({b, h, c, c * chunk, std::min<int64_t>((c + 1) * chunk, n)});
     }
   }
   cx.task_begin[(size_t)B * cx.Hkv] = (int)cx.tasks.size();
+  cx.ids.resize((size_t)B * H);
+  cx.at.resize((size_t)B * H);
+  cx.a_stats.assign((size_t)B * H, Stats{});
   const size_t nt = cx.tasks.size();
   cx.res_nnz.assign(nt * G, 0);
   cx.task_stats.assign(nt, Stats{});
@@ -692,27 +758,42 @@ static void prepare(Ctx &cx, const Batch &batch, Mode mode, int32_t flags) {
     cx.res_m.assign(nt * G, -INFINITY);
     cx.res_l.assign(nt * G, 0.0f);
     cx.res_acc.assign(nt * G * d, 0.0f);
-  } else {
-    cx.res_list.assign(nt * G, {});
   }
 }
 
+// Phase A (one task per query head) and, for attention, phases B–D (one task per KV head
+// and chunk) in one parallel region.
 static void run_all(Ctx &cx) {
+  const int nbh = cx.B * cx.H;
   const int nt = (int)cx.tasks.size();
-#pragma omp parallel for num_threads(threads()) schedule(dynamic, 1)
-  for (int t = 0; t < nt; t++) run_task(cx, t);
+  const bool phase_a = cx.sets || !(cx.flags & FLAG_RETRIEVE_ALL);
+  const bool phase_bd = cx.mode == Mode::ATTEND;
+#pragma omp parallel num_threads(threads())
+  {
+    if (phase_a) {
+#pragma omp for schedule(dynamic, 1)
+      for (int bh = 0; bh < nbh; bh++) sample_head(cx, bh / cx.H, bh % cx.H);
+    }
+    if (phase_bd) {
+#pragma omp for schedule(dynamic, 1)
+      for (int t = 0; t < nt; t++) run_task(cx, t);
+    }
+  }
 }
 
 static void sum_stats(const Ctx &cx, Stats *stats) {
   if (!stats) return;
   Stats s;
-  for (const Stats &t : cx.task_stats) {
-    s.rows += t.rows;
+  for (const Stats &t : cx.a_stats) {
     s.sampled += t.sampled;
     s.entries += t.entries;
     s.bytes += t.bytes;
   }
-  s.tasks = (int64_t)cx.tasks.size();
+  for (const Stats &t : cx.task_stats) {
+    s.rows += t.rows;
+    s.bytes += t.bytes;
+  }
+  s.tasks = (int64_t)cx.tasks.size() + (int64_t)cx.B * cx.H;
   *stats = s;
 }
 
@@ -721,43 +802,61 @@ static void sum_stats(const Ctx &cx, Stats *stats) {
 // ------------------------------------------------------------
 // entry points
 
+// The calling thread's context: its vectors keep their capacity from call to call, so a
+// decode step allocates (and page-faults) nothing. Calls from different threads (different
+// engines) get different contexts.
+static Ctx &context() {
+  static thread_local Ctx cx;
+  cx.sets = nullptr;
+  return cx;
+}
+
 void retrieve(const Batch &batch, int32_t flags, int64_t cap, int32_t *indices, int32_t *nnz,
               Stats *stats) {
-  Ctx cx;
+  Ctx &cx = context();
   prepare(cx, batch, Mode::RETRIEVE, flags);
-  run_all(cx);
-  const int G = cx.G, H = cx.H;
-  for (int b = 0; b < cx.B; b++)
-    for (int h = 0; h < H; h++) {
-      const int hkv = h / G, g = h % G;
-      const size_t bh = (size_t)b * H + h;
-      int64_t k = 0;
-      for (int ti = cx.task_begin[(size_t)b * cx.Hkv + hkv];
-           ti < cx.task_begin[(size_t)b * cx.Hkv + hkv + 1]; ti++) {
-        const std::vector<int32_t> &l = cx.res_list[(size_t)ti * G + g];
+  const int B = cx.B, H = cx.H;
+  if (flags & FLAG_RETRIEVE_ALL) {
+    for (int b = 0; b < B; b++) {
+      const int64_t n = batch.idx[b]->n();
+      for (int h = 0; h < H; h++) {
+        const size_t bh = (size_t)b * H + h;
         if (indices)
-          for (size_t j = 0; j < l.size() && k + (int64_t)j < cap; j++)
-            indices[bh * cap + k + j] = l[j];
-        k += (int64_t)l.size();
+          for (int64_t i = 0; i < std::min(n, cap); i++) indices[bh * cap + i] = (int32_t)i;
+        nnz[bh] = (int32_t)n;
       }
-      if (nnz) nnz[bh] = (int32_t)k;
+    }
+    return;
+  }
+  run_all(cx);
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++) {
+      const size_t bh = (size_t)b * H + h;
+      std::vector<int32_t> &ids = cx.ids[bh];
+      std::sort(ids.begin(), ids.end());
+      if (indices)
+        for (size_t j = 0; j < ids.size() && (int64_t)j < cap; j++) indices[bh * cap + j] = ids[j];
+      nnz[bh] = (int32_t)ids.size();
     }
   sum_stats(cx, stats);
 }
 
 void attention(const Batch &batch, int32_t flags, const int32_t *sets, const int32_t *set_n,
                int64_t set_cap, float *out, float *lse2, int32_t *nnz, Stats *stats) {
-  Ctx cx;
+  Ctx &cx = context();
+  std::vector<std::vector<int32_t>> given;
   if (sets) {
     MP_CHECK(set_n, MP_ERR_INVALID, "explicit samples need their sizes");
-    cx.use_sets = true;
+    MP_CHECK(batch.B >= 1 && batch.idx, MP_ERR_INVALID, "indexes are required");
     const int64_t BH = (int64_t)batch.B * batch.H;
-    cx.sets.resize(BH);
+    given.resize(BH);
     for (int64_t bh = 0; bh < BH; bh++) {
+      MP_CHECK(batch.idx[bh / batch.H], MP_ERR_INVALID, "index %lld of the batch is null",
+               (long long)(bh / batch.H));
       const int64_t n = batch.idx[bh / batch.H]->n();
       MP_CHECK(set_n[bh] >= 0 && set_n[bh] <= set_cap, MP_ERR_INVALID,
                "sample size \"%d\" is outside 0..%lld", set_n[bh], (long long)set_cap);
-      std::vector<int32_t> &s = cx.sets[bh];
+      std::vector<int32_t> &s = given[bh];
       s.assign(sets + bh * set_cap, sets + bh * set_cap + set_n[bh]);
       for (int32_t i : s)
         MP_CHECK(i >= 0 && i < n, MP_ERR_INVALID, "token id \"%d\" is outside 0..%lld", i,
@@ -765,9 +864,15 @@ void attention(const Batch &batch, int32_t flags, const int32_t *sets, const int
       std::sort(s.begin(), s.end());
       s.erase(std::unique(s.begin(), s.end()), s.end());
     }
+    cx.sets = &given;
   }
+  PROF_T(a0);
   prepare(cx, batch, Mode::ATTEND, flags);
+  PROF_T(a1);
   run_all(cx);
+  PROF_T(a2);
+  PROF_ADD(4, a0, a1);
+  PROF_ADD(5, a1, a2);
   const int G = cx.G, H = cx.H, d = cx.d;
   const double log2e = 1.4426950408889634;
   for (int b = 0; b < cx.B; b++)
@@ -803,7 +908,15 @@ void attention(const Batch &batch, int32_t flags, const int32_t *sets, const int
       for (int e = 0; e < d; e++) o[e] = (float)(acc[e] / l);
       lse2[bh] = (float)(((double)M + std::log(l)) * log2e);
     }
-  sum_stats(cx, stats);
+  PROF_T(a3);
+  PROF_ADD(6, a2, a3);
+  if (stats) {
+    sum_stats(cx, stats);
+    if (cx.sets || (flags & FLAG_RETRIEVE_ALL)) {
+      stats->sampled = 0;
+      for (int64_t r : cx.res_nnz) stats->sampled += r;
+    }
+  }
 }
 
 void collision_weights(int K, int L, float eps, const float *cos, int64_t n, float *u,
