@@ -413,3 +413,412 @@ export class Engine {
     await this.close();
   }
 }
+
+// ------------------------------------------------------------
+// attention policies and sessions
+
+/** enum mp_attention_method, as a code. */
+export type AttentionMethodCode = (typeof AttentionMethod)[keyof typeof AttentionMethod];
+
+/** mp_attention_params without `size`; unset fields take the library's defaults. */
+export interface AttentionOptions {
+  /** {@link AttentionMethod}; default MAGICPIG. */
+  method?: number;
+  /** Bits per LSH table, 1..16; default 10. */
+  lshK?: number;
+  /** LSH tables; default 150. */
+  lshL?: number;
+  /** First tokens always attended exactly; default 4. */
+  sinks?: number;
+  /** Last prompt tokens attended exactly; default 64. */
+  window?: number;
+  /** Local tokens beyond `window` before they are indexed; default 256. */
+  genBuffer?: number;
+  /** MagicPIG's ε; default 1e-4. */
+  eps?: number;
+  /** TOPK/QUEST/ORACLE fraction of the offloaded keys; default 0.02. */
+  budget?: number;
+  /** QUEST page; default 16. */
+  pageSize?: number;
+  /** LSH hyperplanes / oracle draws; default 0x5eed. */
+  seed?: bigint;
+  /** Layers kept dense (at most 16); default [0, n_layers / 2]. */
+  denseLayers?: readonly number[];
+}
+
+/** Options of {@link Session.create}. */
+export interface SessionOptions {
+  attention?: AttentionOptions;
+  /** KV capacity (tokens) to allocate up front; it grows on demand anyway. */
+  reserveTokens?: number;
+}
+
+/** What {@link Session.info} reports (mp_session_info). */
+export interface SessionInfo {
+  nTokens: number;
+  nIndexed: number;
+  hostKvBytes: bigint;
+  hostIndexBytes: bigint;
+  gpuBytes: bigint;
+  keysAttended: number;
+  keysOffloaded: number;
+  method: number;
+  lshK: number;
+  lshL: number;
+  seed: bigint;
+}
+
+function encodeSessionParams(options: SessionOptions): Uint8Array<ArrayBuffer> {
+  const defaults = new Uint8Array(L.sessionParams.size);
+  lib().mp_session_default_params(defaults);
+  const a = options.attention ?? {};
+  const attention: Record<string, FieldValue> = {};
+  const set = (key: string, v: number | bigint | undefined) => {
+    if (v !== undefined) attention[key] = v;
+  };
+  set("method", a.method);
+  set("lsh_k", a.lshK);
+  set("lsh_l", a.lshL);
+  set("sinks", a.sinks);
+  set("window", a.window);
+  set("gen_buffer", a.genBuffer);
+  set("eps", a.eps);
+  set("budget", a.budget);
+  set("page_size", a.pageSize);
+  set("seed", a.seed);
+  if (a.denseLayers !== undefined) {
+    if (a.denseLayers.length > 16) {
+      throw new RangeError(
+        `Invalid attention.denseLayers "${a.denseLayers.length}": at most 16 layers`,
+      );
+    }
+    attention.n_dense_layers = a.denseLayers.length;
+    attention.dense_layers = [...a.denseLayers];
+  }
+  const value: Record<string, FieldValue> = { attention };
+  if (options.reserveTokens !== undefined) value.reserve_tokens = BigInt(options.reserveTokens);
+  return L.sessionParams.encode(value, defaults);
+}
+
+const sessionRegistry = new FinalizationRegistry<Deno.PointerValue>((p) => {
+  // The native session keeps its engine's internals alive, so freeing it late is safe.
+  if (p !== null) lib().mp_session_free(p);
+});
+
+/**
+ * One sequence's KV cache in host memory (mp_session). Every call goes through the
+ * engine's queue, so calls on an engine and its sessions never overlap.
+ *
+ * @example
+ * ```ts
+ * const s = await Session.create(engine, { attention: { method: AttentionMethod.DENSE } });
+ * const logits = new Float32Array(engine.config.vocab_size);
+ * await s.prefill(new Int32Array([1, 2, 3]), { logits });
+ * await s.close();
+ * ```
+ */
+export class Session {
+  #ptr: Deno.PointerValue;
+  readonly engine: Engine;
+
+  private constructor(engine: Engine, ptr: Deno.PointerValue) {
+    this.engine = engine;
+    this.#ptr = ptr;
+    sessionRegistry.register(this, ptr, this);
+  }
+
+  /** Creates an empty session on a finalized engine. */
+  static create(engine: Engine, options: SessionOptions = {}): Promise<Session> {
+    const params = encodeSessionParams(options);
+    return engine.queue.run(() => {
+      const out = new BigUint64Array(1);
+      const err = errorBuffer();
+      unwrap(
+        lib().mp_session_create(engine.pointer, params, bytesOf(out), err, BigInt(err.length)),
+        err,
+        "Cannot create a session",
+      );
+      return Promise.resolve(new Session(engine, Deno.UnsafePointer.create(out[0])));
+    });
+  }
+
+  /** Restores a snapshot written by {@link Session.save}. */
+  static load(engine: Engine, path: string): Promise<Session> {
+    return engine.queue.run(async () => {
+      const out = new BigUint64Array(1);
+      const err = errorBuffer();
+      const p = cstr(path);
+      const status = await lib().mp_session_load_async(
+        engine.pointer,
+        p,
+        bytesOf(out),
+        err,
+        BigInt(err.length),
+      );
+      unwrap(status, err, `Cannot load the session snapshot "${path}"`);
+      return new Session(engine, Deno.UnsafePointer.create(out[0]));
+    });
+  }
+
+  /**
+   * A new session holding a copy of this one's first `n` tokens (default: all), with its
+   * own attention policy (`options`; default: this session's). Nothing of the policy state
+   * is copied: a MAGICPIG fork is indexed by its own {@link commit}.
+   */
+  fork(options: SessionOptions | null = null, n = -1): Promise<Session> {
+    const params = options === null ? null : encodeSessionParams(options);
+    return this.engine.queue.run(async () => {
+      const out = new BigUint64Array(1);
+      const err = errorBuffer();
+      const status = await lib().mp_session_fork_async(
+        this.engine.pointer,
+        this.pointer,
+        params,
+        BigInt(n),
+        bytesOf(out),
+        err,
+        BigInt(err.length),
+      );
+      unwrap(status, err, "Cannot fork the session");
+      return new Session(this.engine, Deno.UnsafePointer.create(out[0]));
+    });
+  }
+
+  /** The native handle; throws once closed. */
+  get pointer(): Deno.PointerObject {
+    if (this.#ptr === null) throw new Error("Session is closed");
+    return this.#ptr;
+  }
+
+  /** Whether {@link close} has run. */
+  get closed(): boolean {
+    return this.#ptr === null;
+  }
+
+  /**
+   * Appends tokens with dense exact attention. `logits` ([vocab]) receives the last token's
+   * logits. Setting `abort[0]` to non-zero stops the call between layers: it then rejects
+   * with a {@link MagicpigError} of code "aborted" and the session is as before the call.
+   */
+  async prefill(
+    tokens: Int32Array<ArrayBuffer>,
+    options: { logits?: Float32Array<ArrayBuffer>; abort?: Int32Array<ArrayBuffer> } = {},
+  ): Promise<void> {
+    const { logits, abort } = options;
+    if (logits && logits.length < this.engine.config.vocab_size) {
+      throw new RangeError(
+        `Invalid logits length "${logits.length}": must be at least ${this.engine.config.vocab_size}`,
+      );
+    }
+    await this.engine.queue.run(async () => {
+      const err = errorBuffer();
+      const status = await lib().mp_session_prefill_async(
+        this.engine.pointer,
+        this.pointer,
+        tokens,
+        tokens.length,
+        logits ?? null,
+        abort ?? null,
+        err,
+        BigInt(err.length),
+      );
+      unwrap(status, err, "Cannot prefill the session");
+    });
+  }
+
+  /** Ends a turn (MagicPIG indexes the new tokens). */
+  commit(): Promise<void> {
+    return this.engine.queue.run(async () => {
+      const err = errorBuffer();
+      const status = await lib().mp_session_commit_async(
+        this.engine.pointer,
+        this.pointer,
+        err,
+        BigInt(err.length),
+      );
+      unwrap(status, err, "Cannot commit the session");
+    });
+  }
+
+  /** Drops every token after the first `n`. */
+  truncate(n: number): Promise<void> {
+    return this.engine.queue.run(async () => {
+      const err = errorBuffer();
+      const status = await lib().mp_session_truncate_async(
+        this.engine.pointer,
+        this.pointer,
+        BigInt(n),
+        err,
+        BigInt(err.length),
+      );
+      unwrap(status, err, `Cannot truncate the session to ${n} tokens`);
+    });
+  }
+
+  /** Writes a checksummed snapshot to `path` (atomically: `path`.tmp, fsync, rename). */
+  save(path: string): Promise<void> {
+    return this.engine.queue.run(async () => {
+      const err = errorBuffer();
+      const p = cstr(path);
+      const status = await lib().mp_session_save_async(
+        this.engine.pointer,
+        this.pointer,
+        p,
+        err,
+        BigInt(err.length),
+      );
+      unwrap(status, err, `Cannot save the session to "${path}"`);
+    });
+  }
+
+  /** Length, memory and attention statistics (reads counters; cheap and synchronous). */
+  info(): SessionInfo {
+    const buf = L.sessionInfo.encode({ size: BigInt(L.sessionInfo.size) });
+    const status = lib().mp_session_get_info(this.pointer, buf);
+    unwrap(status, new Uint8Array(1), "Cannot read the session info");
+    const v = L.sessionInfo.decode(buf);
+    return {
+      nTokens: Number(v.n_tokens),
+      nIndexed: Number(v.n_indexed),
+      hostKvBytes: v.host_kv_bytes as bigint,
+      hostIndexBytes: v.host_index_bytes as bigint,
+      gpuBytes: v.gpu_bytes as bigint,
+      keysAttended: v.keys_attended as number,
+      keysOffloaded: v.keys_offloaded as number,
+      method: v.method as number,
+      lshK: v.lsh_k as number,
+      lshL: v.lsh_l as number,
+      seed: v.seed as bigint,
+    };
+  }
+
+  /** Frees the session once every queued call has settled. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#ptr === null) return;
+    await this.engine.queue.run(() => Promise.resolve());
+    if (this.#ptr === null) return;
+    const p = this.#ptr;
+    this.#ptr = null;
+    sessionRegistry.unregister(this);
+    lib().mp_session_free(p);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/**
+ * Decodes one token for each session (distinct sessions of `engine`): appends `tokens[i]`
+ * to `sessions[i]` and writes the new position's logits to `logits[i * vocab ...]`. On an
+ * error or an abort (`abort[0]` set) it rejects and no session changed.
+ */
+export async function decodeStep(
+  engine: Engine,
+  sessions: readonly Session[],
+  tokens: Int32Array<ArrayBuffer>,
+  logits: Float32Array<ArrayBuffer>,
+  abort?: Int32Array<ArrayBuffer>,
+): Promise<void> {
+  const n = sessions.length;
+  if (tokens.length !== n) {
+    throw new RangeError(`Invalid tokens length "${tokens.length}": must equal sessions (${n})`);
+  }
+  const vocab = engine.config.vocab_size;
+  if (logits.length < n * vocab) {
+    throw new RangeError(
+      `Invalid logits length "${logits.length}": must be at least ${n} x ${vocab}`,
+    );
+  }
+  for (const s of sessions) {
+    if (s.engine !== engine) throw new Error("Cannot decode: a session belongs to another engine");
+  }
+  await engine.queue.run(async () => {
+    const ptrs = new BigUint64Array(n);
+    for (let i = 0; i < n; i++) ptrs[i] = BigInt(Deno.UnsafePointer.value(sessions[i].pointer));
+    const err = errorBuffer();
+    const status = await lib().mp_decode_step_async(
+      engine.pointer,
+      bytesOf(ptrs),
+      n,
+      tokens,
+      logits,
+      abort ?? null,
+      err,
+      BigInt(err.length),
+    );
+    unwrap(status, err, "Cannot decode a step");
+  });
+}
+
+// ------------------------------------------------------------
+// sampling
+
+/** How {@link sample} picks a token (mp_sampling_params). */
+export interface SamplingParams {
+  /** 0: greedy (first maximum). */
+  temperature: number;
+  /** 0: off. */
+  topK: number;
+  /** 1: off. */
+  topP: number;
+  /** Alternatives to report, 0..20. */
+  nLogprobs: number;
+}
+
+/** The token {@link sample} picked, with log-probabilities under the raw distribution. */
+export interface SampleResult {
+  token: number;
+  logprob: number;
+  /** The `nLogprobs` most likely tokens, most likely first (ties: lower id first). */
+  top: { id: number; logprob: number }[];
+}
+
+/**
+ * Picks a token from `logits` (mp_sample). `rngState[0]` is the caller's seeded generator
+ * state; it is advanced.
+ *
+ * @example
+ * ```ts
+ * const r = sample(logits, { temperature: 0.8, topK: 40, topP: 0.95, nLogprobs: 0 },
+ *   new BigUint64Array([42n]));
+ * ```
+ */
+export function sample(
+  logits: Float32Array<ArrayBuffer>,
+  params: SamplingParams,
+  rngState: BigUint64Array<ArrayBuffer>,
+): SampleResult {
+  const p = L.samplingParams.encode({
+    size: BigInt(L.samplingParams.size),
+    temperature: params.temperature,
+    top_k: params.topK,
+    top_p: params.topP,
+    n_logprobs: params.nLogprobs,
+  });
+  const n = Math.max(0, Math.min(params.nLogprobs, 20));
+  const token = new Int32Array(1);
+  const logprob = new Float32Array(1);
+  const ids = new Int32Array(Math.max(n, 1));
+  const lps = new Float32Array(Math.max(n, 1));
+  const err = errorBuffer();
+  unwrap(
+    lib().mp_sample(
+      logits,
+      logits.length,
+      p,
+      bytesOf(rngState),
+      token,
+      logprob,
+      ids,
+      lps,
+      err,
+      BigInt(err.length),
+    ),
+    err,
+    "Cannot sample a token",
+  );
+  const top: { id: number; logprob: number }[] = [];
+  for (let i = 0; i < n && ids[i] >= 0; i++) top.push({ id: ids[i], logprob: lps[i] });
+  return { token: token[0], logprob: logprob[0], top };
+}

@@ -81,6 +81,189 @@ export const symbols = {
   },
   /** int32_t mp_engine_get_info(const mp_engine *e, mp_engine_info *out) */
   mp_engine_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
+  // ------------------------------------------------------------
+  // attention policies
+
+  /** void mp_attention_default_params(mp_attention_params *p) */
+  mp_attention_default_params: { parameters: ["buffer"], result: "void" },
+
+  // ------------------------------------------------------------
+  // sessions
+
+  /** void mp_session_default_params(mp_session_params *p) */
+  mp_session_default_params: { parameters: ["buffer"], result: "void" },
+  /** int32_t mp_session_create(mp_engine *e, const mp_session_params *p, mp_session **out,
+   *    char *err, size_t cap) */
+  mp_session_create: { parameters: ["pointer", "buffer", "buffer", ...errArgs], result: "i32" },
+  /** void mp_session_free(mp_session *s) */
+  mp_session_free: { parameters: ["pointer"], result: "void" },
+  /** int32_t mp_session_prefill(mp_engine *e, mp_session *s, const int32_t *tokens, int32_t n,
+   *    float *logits, const int32_t *abort_flag, char *err, size_t cap) */
+  mp_session_prefill_async: {
+    name: "mp_session_prefill",
+    parameters: ["pointer", "pointer", "buffer", "i32", "buffer", "buffer", ...errArgs],
+    result: "i32",
+    nonblocking: true,
+  },
+  /** int32_t mp_session_commit(mp_engine *e, mp_session *s, char *err, size_t cap) */
+  mp_session_commit_async: {
+    name: "mp_session_commit",
+    parameters: ["pointer", "pointer", ...errArgs],
+    result: "i32",
+    nonblocking: true,
+  },
+  /** int32_t mp_session_truncate(mp_engine *e, mp_session *s, int64_t n, char *err, size_t cap) */
+  mp_session_truncate_async: {
+    name: "mp_session_truncate",
+    parameters: ["pointer", "pointer", "i64", ...errArgs],
+    result: "i32",
+    nonblocking: true,
+  },
+  /** int32_t mp_session_fork(mp_engine *e, const mp_session *src, const mp_session_params *p,
+   *    int64_t n, mp_session **out, char *err, size_t cap) */
+  mp_session_fork_async: {
+    name: "mp_session_fork",
+    parameters: ["pointer", "pointer", "buffer", "i64", "buffer", ...errArgs],
+    result: "i32",
+    nonblocking: true,
+  },
+  /** int32_t mp_session_get_info(const mp_session *s, mp_session_info *out) */
+  mp_session_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
+  /** int32_t mp_decode_step(mp_engine *e, mp_session *const *sessions, int32_t n,
+   *    const int32_t *tokens, float *logits, const int32_t *abort_flag, char *err, size_t cap) */
+  mp_decode_step_async: {
+    name: "mp_decode_step",
+    parameters: ["pointer", "buffer", "i32", "buffer", "buffer", "buffer", ...errArgs],
+    result: "i32",
+    nonblocking: true,
+  },
+  /** int32_t mp_session_save(const mp_engine *e, const mp_session *s, const char *path,
+   *    char *err, size_t cap) */
+  mp_session_save_async: {
+    name: "mp_session_save",
+    parameters: ["pointer", "pointer", "buffer", ...errArgs],
+    result: "i32",
+    nonblocking: true,
+  },
+  /** int32_t mp_session_load(mp_engine *e, const char *path, mp_session **out, char *err,
+   *    size_t cap) */
+  mp_session_load_async: {
+    name: "mp_session_load",
+    parameters: ["pointer", "buffer", "buffer", ...errArgs],
+    result: "i32",
+    nonblocking: true,
+  },
+
+  // ------------------------------------------------------------
+  // sampling
+
+  /** void mp_sampling_default_params(mp_sampling_params *p) */
+  mp_sampling_default_params: { parameters: ["buffer"], result: "void" },
+  /** int32_t mp_sample(const float *logits, int32_t vocab, const mp_sampling_params *p,
+   *    uint64_t *rng_state, int32_t *token, float *logprob, int32_t *top_ids,
+   *    float *top_logprobs, char *err, size_t cap) */
+  mp_sample: {
+    parameters: [
+      "buffer",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      ...errArgs,
+    ],
+    result: "i32",
+  },
+
+  // ------------------------------------------------------------
+  // single ops
+
+  /** int32_t mp_op_embedding(int32_t backend, int32_t dtype, const void *table, int32_t vocab,
+   *    int32_t dim, const int32_t *tokens, int32_t n, float *out, char *err, size_t cap) */
+  mp_op_embedding: {
+    parameters: ["i32", "i32", "buffer", "i32", "i32", "buffer", "i32", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** int32_t mp_op_rmsnorm(int32_t backend, const float *x, const float *w, int32_t n,
+   *    int32_t dim, float eps, float *out, char *err, size_t cap) */
+  mp_op_rmsnorm: {
+    parameters: ["i32", "buffer", "buffer", "i32", "i32", "f32", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** int32_t mp_op_rope(int32_t backend, float *x, int32_t n, int32_t heads, int32_t head_dim,
+   *    const int32_t *positions, const mp_rope_params *rope, char *err, size_t cap) */
+  mp_op_rope: {
+    parameters: ["i32", "buffer", "i32", "i32", "i32", "buffer", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** int32_t mp_op_matmul(int32_t backend, int32_t wdtype, const void *w, const float *x,
+   *    int32_t n, int32_t in, int32_t out, float *y, char *err, size_t cap) */
+  mp_op_matmul: {
+    parameters: ["i32", "i32", "buffer", "buffer", "i32", "i32", "i32", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** int32_t mp_op_attention(int32_t backend, int32_t kv_dtype, const float *q, const void *k,
+   *    const void *v, int32_t n, int32_t T, int32_t H, int32_t Hkv, int32_t d, int32_t q_pos0,
+   *    float *out, float *lse2, char *err, size_t cap) */
+  mp_op_attention: {
+    parameters: [
+      "i32",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "buffer",
+      "buffer",
+      ...errArgs,
+    ],
+    result: "i32",
+  },
+  /** int32_t mp_op_swiglu(int32_t backend, const float *gate, const float *up, int64_t n,
+   *    float *out, char *err, size_t cap) */
+  mp_op_swiglu: {
+    parameters: ["i32", "buffer", "buffer", "i64", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1, const float *o2,
+   *    const float *lse2, int32_t n, int32_t d, float *out, float *lse_out, char *err,
+   *    size_t cap) */
+  mp_op_merge: {
+    parameters: [
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "i32",
+      "i32",
+      "buffer",
+      "buffer",
+      ...errArgs,
+    ],
+    result: "i32",
+  },
+
+  // ------------------------------------------------------------
+  // CUDA backend (tests and benchmarks)
+
+  /** int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t cap) */
+  mp_gpu_set_kernel: { parameters: ["buffer", "i32", ...errArgs], result: "i32" },
+  /** int32_t mp_gpu_sample(const float *logits, int32_t n, int32_t vocab,
+   *    const mp_sampling_params *p, const float *u, int32_t *tokens, char *err, size_t cap) */
+  mp_gpu_sample: {
+    parameters: ["buffer", "i32", "i32", "buffer", "buffer", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** int32_t mp_gpu_describe(char *out, size_t cap, char *err, size_t err_cap) */
+  mp_gpu_describe: { parameters: ["buffer", "usize", ...errArgs], result: "i32" },
 
   // ------------------------------------------------------------
   // MagicPIG: LSH index, retrieval, sampled attention, baselines

@@ -71,3 +71,83 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   }
   return m;
 }
+
+// ------------------------------------------------------------
+// 16-bit float formats (bit patterns in Uint16Array), for native tests
+
+const f32buf = new Float32Array(1);
+const u32buf = new Uint32Array(f32buf.buffer);
+
+/** float -> bf16 bits, round to nearest even (NaN stays NaN). */
+export function toBf16(x: ArrayLike<number>): Uint16Array<ArrayBuffer> {
+  const out = new Uint16Array(x.length);
+  for (let i = 0; i < x.length; i++) {
+    f32buf[0] = x[i];
+    const u = u32buf[0];
+    if ((u & 0x7fffffff) > 0x7f800000) out[i] = (u >>> 16) | 0x40;
+    else out[i] = ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+  }
+  return out;
+}
+
+/** bf16 bits -> float. */
+export function fromBf16(h: ArrayLike<number>): Float32Array<ArrayBuffer> {
+  const out = new Float32Array(h.length);
+  for (let i = 0; i < h.length; i++) {
+    u32buf[0] = h[i] << 16;
+    out[i] = f32buf[0];
+  }
+  return out;
+}
+
+/** float -> f16 bits (round to nearest even, via the platform's Float16Array when present). */
+export function toF16(x: ArrayLike<number>): Uint16Array<ArrayBuffer> {
+  const out = new Uint16Array(x.length);
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i];
+    const sign = v < 0 || Object.is(v, -0) ? 0x8000 : 0;
+    const a = Math.abs(v);
+    if (Number.isNaN(v)) out[i] = 0x7e00;
+    else if (a >= 65520) out[i] = sign | 0x7c00;
+    else if (a < 2 ** -24 / 2) out[i] = sign;
+    else {
+      let e = Math.floor(Math.log2(a));
+      if (2 ** e > a) e--;
+      if (2 ** (e + 1) <= a) e++;
+      if (e < -14) {
+        const m = roundEven(a / 2 ** -24);
+        out[i] = sign | m; // m may reach 1024 = the smallest normal, which is the right bits
+      } else {
+        let m = roundEven((a / 2 ** e - 1) * 1024);
+        if (m === 1024) {
+          m = 0;
+          e++;
+        }
+        out[i] = e + 15 >= 31 ? sign | 0x7c00 : sign | ((e + 15) << 10) | m;
+      }
+    }
+  }
+  return out;
+}
+
+/** f16 bits -> float. */
+export function fromF16(h: ArrayLike<number>): Float32Array<ArrayBuffer> {
+  const out = new Float32Array(h.length);
+  for (let i = 0; i < h.length; i++) {
+    const sign = h[i] & 0x8000 ? -1 : 1;
+    const e = (h[i] >>> 10) & 0x1f;
+    const m = h[i] & 0x3ff;
+    if (e === 0) out[i] = sign * m * 2 ** -24;
+    else if (e === 31) out[i] = m ? NaN : sign * Infinity;
+    else out[i] = sign * (1 + m / 1024) * 2 ** (e - 15);
+  }
+  return out;
+}
+
+function roundEven(x: number): number {
+  const f = Math.floor(x);
+  const r = x - f;
+  if (r > 0.5) return f + 1;
+  if (r < 0.5) return f;
+  return f % 2 === 0 ? f : f + 1;
+}

@@ -30,7 +30,7 @@
 #include <tuple>
 
 #include "common/common.h"
-#include "cpu/simd.h"
+#include "cpu/lsh_simd.h"
 
 namespace mp::lsh {
 

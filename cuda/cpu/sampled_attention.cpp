@@ -48,7 +48,7 @@
 #include <vector>
 
 #include "common/common.h"
-#include "cpu/simd.h"
+#include "cpu/lsh_simd.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>

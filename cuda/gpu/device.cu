@@ -1,10 +1,19 @@
-// device.cu — device discovery. cudart is linked statically; on a machine without a
+// device.cu — device discovery, CUDA error mapping, small upload helpers and the kernel
+// variant switches (see cuda_util.h). cudart is linked statically; on a machine without a
 // driver or GPU every runtime call fails cleanly, which counts as zero devices.
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <mutex>
+#include <vector>
+
+#include "gpu/cuda_util.h"
 #include "gpu/gpu.h"
 
 namespace mp::gpu {
+
+// ------------------------------------------------------------
+// devices
 
 int device_count() {
   int n = 0;
@@ -14,6 +23,127 @@ int device_count() {
     return 0;
   }
   return n;
+}
+
+void require_device() {
+  if (device_count() <= 0) MP_FAIL(MP_ERR_NO_DEVICE, "no usable CUDA device");
+  MP_CUDA(cudaSetDevice(0));
+}
+
+int sm_count() {
+  static std::mutex mu;
+  static std::vector<int> cache;
+  int dev = 0;
+  MP_CUDA(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  if ((int)cache.size() <= dev) cache.resize(dev + 1, 0);
+  if (cache[dev] == 0) {
+    int n = 0;
+    MP_CUDA(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    cache[dev] = n > 0 ? n : 1;
+  }
+  return cache[dev];
+}
+
+std::string describe() {
+  require_device();
+  cudaDeviceProp p;
+  MP_CUDA(cudaGetDeviceProperties(&p, 0));
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%s, cc %d.%d, %d SMs, %.1f GiB, L2 %.0f MB", p.name, p.major,
+                p.minor, p.multiProcessorCount, p.totalGlobalMem / 1073741824.0,
+                p.l2CacheSize / 1e6);
+  return buf;
+}
+
+// ------------------------------------------------------------
+// errors
+
+int32_t cuda_status(cudaError_t rc) {
+  switch (rc) {
+    case cudaSuccess:
+      return MP_OK;
+    case cudaErrorMemoryAllocation:
+      return MP_ERR_OOM;
+    case cudaErrorNoDevice:
+    case cudaErrorInsufficientDriver:
+      return MP_ERR_NO_DEVICE;
+    // Sticky errors: the context is corrupt; every later call fails the same way.
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorContextIsDestroyed:
+      return MP_ERR_CUDA_FATAL;
+    default:
+      return MP_ERR_CUDA;
+  }
+}
+
+void cuda_throw(cudaError_t rc, const char *what, const char *file, int line) {
+  int32_t status = cuda_status(rc);
+  // Non-sticky errors are also recorded as the "last error"; clear it so that the next
+  // launch check does not report this one again.
+  if (status != MP_ERR_CUDA_FATAL) (void)cudaGetLastError();
+  ::mp::raise(status, file, line, "%s: %s (%s)", what, cudaGetErrorString(rc),
+              cudaGetErrorName(rc));
+}
+
+// ------------------------------------------------------------
+// uploads
+
+DevBuf<bf16> upload_bf16(const float *src, size_t n, cudaStream_t s) {
+  std::vector<uint16_t> h(n);
+  for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(src[i]);
+  DevBuf<bf16> d(n);
+  if (n) {
+    MP_CUDA(cudaMemcpyAsync(d.p, h.data(), n * 2, cudaMemcpyHostToDevice, s));
+    MP_CUDA(cudaStreamSynchronize(s));  // h goes out of scope
+  }
+  return d;
+}
+
+DevBuf<bf16> upload_as_bf16(int32_t dtype, const void *src, size_t n, cudaStream_t s) {
+  if (dtype == MP_DTYPE_BF16) {
+    DevBuf<bf16> d(n);
+    if (n) {
+      MP_CUDA(cudaMemcpyAsync(d.p, src, n * 2, cudaMemcpyHostToDevice, s));
+      MP_CUDA(cudaStreamSynchronize(s));
+    }
+    return d;
+  }
+  std::vector<float> f(n);
+  to_f32(dtype, src, f.data(), n);
+  return upload_bf16(f.data(), n, s);
+}
+
+// ------------------------------------------------------------
+// kernel variants
+
+static std::atomic<int> g_variant[OP_COUNT];
+
+int forced_variant(Op op) { return g_variant[op].load(std::memory_order_relaxed); }
+void force_variant(Op op, int variant) { g_variant[op].store(variant, std::memory_order_relaxed); }
+
+void set_kernel_variant(const char *op, int variant) {
+  MP_CHECK(op != nullptr, MP_ERR_INVALID, "op is NULL");
+  MP_CHECK(variant >= 0 && variant <= 3, MP_ERR_INVALID,
+           "variant \"%d\" is invalid: must be 0..3", variant);
+  if (std::strcmp(op, "matmul") == 0) return force_variant(OP_MATMUL, variant);
+  if (std::strcmp(op, "attention") == 0) return force_variant(OP_ATTENTION, variant);
+  if (std::strcmp(op, "kv") == 0) {
+    MP_CHECK(variant <= 2, MP_ERR_INVALID, "variant \"%d\" is invalid for \"kv\": must be 0..2",
+             variant);
+    return force_variant(OP_KV, variant);
+  }
+  MP_FAIL(MP_ERR_INVALID, "op \"%s\" is invalid: must be \"matmul\", \"attention\" or \"kv\"",
+          op);
 }
 
 }  // namespace mp::gpu

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "common/common.h"
 
@@ -30,6 +31,15 @@ void op_swiglu(const float *gate, const float *up, int64_t n, float *out);
 void op_merge(const float *o1, const float *lse1, const float *o2, const float *lse2, int n,
               int d, float *out, float *lse_out);
 void lsh_hash(const float *R, const float *x, int n, int d, int K, int L, uint16_t *codes);
+// tokens[i] from logits[i][vocab]: greedy when temperature <= 0, else temperature/top-k/
+// top-p sampling by inverse CDF with the uniform draw u[i] (sampling.cu).
+void op_sample(const float *logits, int n, int vocab, float temperature, int top_k, float top_p,
+               const float *u, int32_t *tokens);
+// Forces a kernel variant of an op family for later op_* calls (tests/benchmarks); 0 = auto.
+// op: "matmul" (1 cuBLAS, 2 skinny, 3 simple), "attention" (1 flash, 2 decode, 3 generic).
+void set_kernel_variant(const char *op, int variant);
+// "NVIDIA H200, cc 9.0, 132 SMs, 139.8 GiB, L2 50 MB" for device 0.
+std::string describe();
 #else
 inline int device_count() { return 0; }
 
@@ -50,6 +60,10 @@ inline void op_merge(const float *, const float *, const float *, const float *,
                      float *, float *) MP_GPU_UNAVAILABLE()
 inline void lsh_hash(const float *, const float *, int, int, int, int, uint16_t *)
     MP_GPU_UNAVAILABLE()
+inline void op_sample(const float *, int, int, float, int, float, const float *, int32_t *)
+    MP_GPU_UNAVAILABLE()
+inline void set_kernel_variant(const char *, int) MP_GPU_UNAVAILABLE()
+inline std::string describe() MP_GPU_UNAVAILABLE()
 #undef MP_GPU_UNAVAILABLE
 #endif
 

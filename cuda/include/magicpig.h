@@ -165,11 +165,13 @@ typedef struct mp_engine_params {
   mp_model_config model;
   int32_t backend;           /* enum mp_backend; default AUTO */
   int32_t device;            /* CUDA device ordinal; default 0 */
-  int32_t weight_dtype;      /* storage: default F32 on CPU, BF16 on CUDA */
-  int32_t kv_dtype;          /* host KV storage: default F32 on CPU, BF16 on CUDA */
+  int32_t weight_dtype;      /* storage: default F32 on CPU, BF16 on CUDA (-1: default) */
+  int32_t kv_dtype;          /* host KV storage, F32 or BF16: default F32 on CPU, BF16 on
+                                CUDA (-1: default) */
   int64_t gpu_memory_budget; /* bytes the engine may take on the GPU; 0 = no limit */
   int32_t max_batch;         /* most sequences in one mp_decode_step; default 16 */
-  int32_t prefill_chunk;     /* tokens per prefill chunk; default 512 CPU, 8192 CUDA */
+  int32_t prefill_chunk;     /* tokens per prefill chunk; default 512 CPU, 8192 CUDA
+                                (0: default) */
 } mp_engine_params;
 
 MP_API void mp_engine_default_params(mp_engine_params *p);
@@ -181,7 +183,10 @@ MP_API int32_t mp_engine_create(const mp_engine_params *p, mp_engine **out, char
 MP_API void mp_engine_free(mp_engine *e);
 
 /* Copies one tensor (given in src_dtype, F32/F16/BF16) into the engine, converting to
- * the engine's weight dtype. `shape` must match the kind's shape for the model config.
+ * the engine's weight dtype (norm vectors are kept in F32). `shape` must match the kind's
+ * shape for the model config ([dim] or [1][dim] for norms) and nbytes the shape × dtype;
+ * errors name the tensor ("blk.3.attn_q", GGUF names). MP_TENSOR_OUTPUT is refused when
+ * the model has tied embeddings; loading after mp_engine_finalize is MP_ERR_STATE.
  * On error the engine is unchanged. */
 MP_API int32_t mp_engine_load_tensor(mp_engine *e, int32_t kind, int32_t layer,
                                      int32_t src_dtype, const int64_t *shape, int32_t ndim,
@@ -269,10 +274,10 @@ MP_API int32_t mp_session_create(mp_engine *e, const mp_session_params *p,
                                  mp_session **out, char *err, size_t err_cap);
 MP_API void mp_session_free(mp_session *s);
 
-/* Appends n tokens with dense exact attention (chunked, layer by layer), writing their K
- * and V into the session. If `logits` is non-NULL it receives the logits [vocab] of the
- * last token. On MP_ABORTED or an error the session is rolled back to its length before
- * the call. */
+/* Appends n >= 1 tokens with dense exact attention (chunked, layer by layer), writing
+ * their K and V into the session. If `logits` is non-NULL it receives the logits [vocab]
+ * of the last token. On MP_ABORTED or an error the session is rolled back to its length
+ * before the call. */
 MP_API int32_t mp_session_prefill(mp_engine *e, mp_session *s, const int32_t *tokens,
                                   int32_t n, float *logits, const int32_t *abort_flag,
                                   char *err, size_t err_cap);
@@ -285,6 +290,14 @@ MP_API int32_t mp_session_commit(mp_engine *e, mp_session *s, char *err, size_t 
  * undo a forked turn. */
 MP_API int32_t mp_session_truncate(mp_engine *e, mp_session *s, int64_t n, char *err,
                                    size_t err_cap);
+
+/* Creates a new session holding a copy of the first n tokens of `src` (n = -1: all of
+ * them): their keys and values in every layer. `p` gives the new session's attention
+ * policy (NULL: the source's); nothing of the source's policy state is copied, so a
+ * MAGICPIG fork is indexed by its own mp_session_commit. Lets one prefill serve several
+ * methods and batch members (benchmarks, forked turns). The source is unchanged. */
+MP_API int32_t mp_session_fork(mp_engine *e, const mp_session *src, const mp_session_params *p,
+                               int64_t n, mp_session **out, char *err, size_t err_cap);
 
 /* Per-step statistics, accumulated per session. */
 typedef struct mp_session_info {
@@ -304,9 +317,9 @@ typedef struct mp_session_info {
 
 MP_API int32_t mp_session_get_info(const mp_session *s, mp_session_info *out);
 
-/* Decode one token for each of n sessions (distinct handles of one engine): appends
- * tokens[i] to sessions[i] and writes the logits of the new position to
- * logits[i][vocab]. Attention follows each session's policy. On error or MP_ABORTED no
+/* Decode one token for each of n sessions (distinct handles of one engine, 1 <= n <=
+ * max_batch): appends tokens[i] to sessions[i] and writes the logits of the new position
+ * to logits[i][vocab]. Attention follows each session's policy. On error or MP_ABORTED no
  * session changed. */
 MP_API int32_t mp_decode_step(mp_engine *e, mp_session *const *sessions, int32_t n,
                               const int32_t *tokens, float *logits,
@@ -316,7 +329,8 @@ MP_API int32_t mp_decode_step(mp_engine *e, mp_session *const *sessions, int32_t
 MP_API int32_t mp_session_save(const mp_engine *e, const mp_session *s, const char *path,
                                char *err, size_t err_cap);
 /* Restores a snapshot; MP_ERR_CORRUPT when the checksum or format fails (nothing loaded),
- * MP_ERR_INVALID when it was made for another model shape. */
+ * MP_ERR_INVALID when it was made for another model shape. The KV is converted to the
+ * engine's kv_dtype when the snapshot was written with another. */
 MP_API int32_t mp_session_load(mp_engine *e, const char *path, mp_session **out, char *err,
                                size_t err_cap);
 
@@ -337,7 +351,13 @@ MP_API void mp_sampling_default_params(mp_sampling_params *p);
 /* Picks a token from logits[vocab]. `rng_state` (caller-owned, seeded by the caller) is
  * advanced. Writes the token, its log-probability under the unmodified distribution
  * (log-softmax of the logits), and the n_logprobs most likely tokens with theirs
- * (top_ids/top_logprobs may be NULL when n_logprobs is 0). */
+ * (top_ids/top_logprobs may be NULL when n_logprobs is 0).
+ * Greedy (temperature 0, or top_k 1) takes the first maximum and needs no rng_state.
+ * Otherwise: temperature, then top-k, then top-p (the shortest prefix of the tokens sorted
+ * by logit, ties by lower id, whose probability reaches top_p), then one uniform draw
+ * (splitmix64 step of *rng_state) over the kept tokens. Alternatives are sorted by logit
+ * descending, ties by lower id; slots beyond vocab get id -1 and -inf. A NaN or +inf
+ * logit is MP_ERR_INVALID. */
 MP_API int32_t mp_sample(const float *logits, int32_t vocab, const mp_sampling_params *p,
                          uint64_t *rng_state, int32_t *token, float *logprob,
                          int32_t *top_ids, float *top_logprobs, char *err, size_t err_cap);
@@ -386,6 +406,36 @@ MP_API int32_t mp_op_swiglu(int32_t backend, const float *gate, const float *up,
 MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
                            const float *o2, const float *lse2, int32_t n, int32_t d,
                            float *out, float *lse_out, char *err, size_t err_cap);
+
+/* ------------------------------------------------------------------------------------
+ * CUDA backend: kernel selection and GPU-only ops, for tests and benchmarks. Each returns
+ * MP_ERR_NO_DEVICE in a build without CUDA or on a machine without a usable GPU.
+ * ---------------------------------------------------------------------------------- */
+
+/* Forces one kernel variant of an op family for later CUDA work in this process (the
+ * mp_op_* calls with backend CUDA and the CUDA forward pass); 0 restores the automatic
+ * choice. op "matmul": 1 cuBLAS (the skinny kernel in a build without cuBLAS), 2 the
+ * skinny tensor-core GEMV kernel (any n, W re-read per 16 rows), 3 the simple kernel.
+ * op "attention": 1 flash (tensor cores, head_dim 64/128), 2 split-K decode (one query
+ * per "sequence"), 3 generic. op "kv" (where decoding keeps the KV of the layers it
+ * attends on the GPU): 1 resident on the GPU (uploaded once per session), 2 streamed from
+ * host memory every step (the "dense from host" baseline); automatic = resident while the
+ * gpu_memory_budget allows, else streamed. A variant that cannot run a shape falls back to
+ * one that can. Process-wide; not meant to change while other calls run. */
+MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t err_cap);
+
+/* Token choice on the GPU for n rows of logits[n][vocab]: p->temperature <= 0 is greedy
+ * (first maximum); otherwise softmax(logits / temperature) restricted to the top_k most
+ * likely tokens (0: all), then to the smallest most-likely set whose mass reaches top_p
+ * (ties at the threshold kept), drawn by inverse CDF over the kept tokens in index order
+ * with the uniform u[i] in [0, 1) (u may be NULL when greedy). p->n_logprobs is ignored. */
+MP_API int32_t mp_gpu_sample(const float *logits, int32_t n, int32_t vocab,
+                             const mp_sampling_params *p, const float *u, int32_t *tokens,
+                             char *err, size_t err_cap);
+
+/* A NUL-terminated description of device 0 ("NVIDIA H200, cc 9.0, 132 SMs, 139.8 GiB,
+ * L2 50 MB") into out[cap]. */
+MP_API int32_t mp_gpu_describe(char *out, size_t cap, char *err, size_t err_cap);
 
 /* ------------------------------------------------------------------------------------
  * MagicPIG: LSH index, retrieval and sampled attention (magicpig.md §4–8)

@@ -55,6 +55,11 @@ export interface LoadedModel {
   readonly tokenizer: Tokenizer | null;
   /** null when the model has no chat template. */
   readonly chatTemplate: ChatTemplate | null;
+  /**
+   * Ids that end generation: the tokenizer's plus config.json / generation_config.json /
+   * GGUF metadata ones (so token-id-only models stop too). Absent: use the tokenizer's.
+   */
+  readonly eosIds?: readonly number[];
   /** Seconds each loading phase took (for the startup log). */
   readonly timings: Record<string, number>;
   /** Frees the engine. */

@@ -1,0 +1,542 @@
+/**
+ * `deno task bench`: prefill and decode speed of the engine, with the floors they are
+ * measured against.
+ *
+ * On a machine with a GPU: the Llama-3.1-8B shape (32 layers, 4096 hidden, 14336 FFN, 32/8
+ * heads of 128, 128,256 vocab) with seeded random bf16 weights generated on the GPU. For
+ * each context length (8K, 32K, 96K by default) one prompt is prefilled once (timed: the
+ * prefill figure), then forked (Session.fork) into the batch members of every method:
+ *   dense-gpu   exact attention, KV resident on the GPU (where it fits)
+ *   dense-host  exact attention, each layer's KV streamed from host memory every step
+ *   magicpig    K10L150 from host memory (dense layers 0 and 16 on the GPU)
+ *   topk, quest the baselines at the default 2% budget
+ * Decode is teacher-forced (bench.py's method, magicpig.md §15): warm-up steps, then timed
+ * steps, each step one native call for the batch, the median step reported as ms/token and
+ * batch/median as tokens/s. Everything runs again under `--gpu-memory-budget` (default
+ * 24GB; `--no-budget-pass` skips it). Each row carries the bytes the step must move and
+ * the floor they imply (HBM 4.3 TB/s, pinned PCIe 55 GB/s, host random gathers 35 GB/s,
+ * cuBLAS bf16 ~790 TFLOP/s: gpu-server.md), the keys fraction, host bytes per token (KV and
+ * index) and the GPU memory peak.
+ *
+ * Without a GPU the same task runs a small CPU configuration and says so.
+ *
+ * Options: --out FILE (JSON), --contexts 8192,32768,98304, --batches 1,4,8,16,
+ * --methods dense-gpu,dense-host,magicpig,topk,quest, --gpu-memory-budget 24GB,
+ * --no-budget-pass, --time-limit SECONDS (default 330), --cpu (force the CPU config).
+ *
+ * @module
+ */
+import {
+  AttentionMethod,
+  Backend,
+  decodeStep,
+  deviceCount,
+  Engine,
+  type ModelConfig,
+  Session,
+  type SessionOptions,
+} from "../ffi/native.ts";
+import { describeGpu, KvPlacement, setKernel } from "../ffi/gpu.ts";
+
+// ------------------------------------------------------------
+// options
+
+interface Options {
+  out: string | null;
+  contexts: number[];
+  batches: number[];
+  methods: string[];
+  budget: bigint;
+  budgetPass: boolean;
+  timeLimit: number;
+  cpu: boolean;
+}
+
+function parseBytes(s: string): bigint {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?$/i.exec(s.trim());
+  if (!m) throw new Error(`Invalid byte size "${s}": use e.g. 24GB`);
+  const mult = { "": 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[m[2].toUpperCase()]!;
+  return BigInt(Math.round(Number(m[1]) * mult));
+}
+
+function parseArgs(args: string[], gpu: boolean): Options {
+  const o: Options = {
+    out: null,
+    contexts: gpu ? [8192, 32768, 98304] : [512, 2048],
+    batches: gpu ? [1, 4, 8, 16] : [1, 4],
+    methods: ["dense-gpu", "dense-host", "magicpig", "topk", "quest"],
+    budget: 24n * 2n ** 30n,
+    budgetPass: gpu,
+    timeLimit: gpu ? 330 : 60,
+    cpu: !gpu,
+  };
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    const next = () => {
+      const v = args[++i];
+      if (v === undefined) throw new Error(`Option "${a}" needs a value`);
+      return v;
+    };
+    const ints = (v: string) => v.split(",").map((x) => Number.parseInt(x, 10));
+    if (a === "--out") o.out = next();
+    else if (a === "--contexts") o.contexts = ints(next());
+    else if (a === "--batches") o.batches = ints(next());
+    else if (a === "--methods") o.methods = next().split(",");
+    else if (a === "--gpu-memory-budget") o.budget = parseBytes(next());
+    else if (a === "--no-budget-pass") o.budgetPass = false;
+    else if (a === "--time-limit") o.timeLimit = Number(next());
+    else if (a === "--cpu") o.cpu = true;
+    else throw new Error(`Unknown option "${a}"`);
+  }
+  if (o.cpu) o.budgetPass = false;
+  return o;
+}
+
+// ------------------------------------------------------------
+// model shapes and floors
+
+const llama8b: ModelConfig = {
+  n_layers: 32,
+  dim: 4096,
+  n_heads: 32,
+  n_kv_heads: 8,
+  head_dim: 128,
+  ffn_dim: 14336,
+  vocab_size: 128256,
+  max_context: 131072,
+  rms_eps: 1e-5,
+  tied_embeddings: false,
+  rope: {
+    theta: 500000,
+    style: 1,
+    scaling: 1,
+    factor: 8,
+    low_freq_factor: 1,
+    high_freq_factor: 4,
+    original_max_position: 8192,
+  },
+};
+
+const cpuModel: ModelConfig = {
+  ...llama8b,
+  n_layers: 4,
+  dim: 256,
+  n_heads: 8,
+  n_kv_heads: 2,
+  head_dim: 32,
+  ffn_dim: 512,
+  vocab_size: 2000,
+};
+
+const FLOOR = { hbm: 4.3e12, pcie: 55e9, gather: 35e9, gemm: 790e12, cpuStream: 82e9 };
+
+function matrixParams(c: ModelConfig): number {
+  const layer = c.dim * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim +
+    c.n_heads * c.head_dim * c.dim + 3 * c.dim * c.ffn_dim;
+  return c.n_layers * layer + c.vocab_size * c.dim;
+}
+
+/** K+V bytes per token over all layers (bf16). */
+function kvBytesPerToken(c: ModelConfig): number {
+  return c.n_layers * c.n_kv_heads * c.head_dim * 2 * 2;
+}
+
+function prefillFlops(c: ModelConfig, n: number): number {
+  const gemm = 2 * (matrixParams(c) - c.vocab_size * c.dim) * n;
+  const attn = 4 * c.head_dim * c.n_heads * c.n_layers * (n * (n + 1)) / 2;
+  return gemm + attn;
+}
+
+// ------------------------------------------------------------
+// methods
+
+interface Method {
+  name: string;
+  options: SessionOptions;
+  placement: number;
+  commit: boolean;
+}
+
+function methodOf(name: string): Method {
+  switch (name) {
+    case "dense-gpu":
+      return {
+        name,
+        options: { attention: { method: AttentionMethod.DENSE } },
+        placement: KvPlacement.RESIDENT,
+        commit: false,
+      };
+    case "dense-host":
+      return {
+        name,
+        options: { attention: { method: AttentionMethod.DENSE } },
+        placement: KvPlacement.STREAMED,
+        commit: false,
+      };
+    case "magicpig":
+      return {
+        name,
+        options: { attention: { method: AttentionMethod.MAGICPIG, lshK: 10, lshL: 150 } },
+        placement: KvPlacement.AUTO,
+        commit: true,
+      };
+    case "topk":
+      return {
+        name,
+        options: { attention: { method: AttentionMethod.TOPK } },
+        placement: KvPlacement.AUTO,
+        commit: true,
+      };
+    case "quest":
+      return {
+        name,
+        options: { attention: { method: AttentionMethod.QUEST } },
+        placement: KvPlacement.AUTO,
+        commit: true,
+      };
+  }
+  throw new Error(`Unknown method "${name}": use dense-gpu, dense-host, magicpig, topk or quest`);
+}
+
+// ------------------------------------------------------------
+// measurement
+
+interface PrefillRow {
+  budget: string;
+  context: number;
+  seconds: number;
+  tokensPerSecond: number;
+  floorSeconds: number;
+  gpuPeakGiB: number;
+}
+
+interface DecodeRow {
+  budget: string;
+  context: number;
+  method: string;
+  batch: number;
+  msPerToken: number | null;
+  tokensPerSecond: number | null;
+  steps: number;
+  floorMs: number | null;
+  floorWhat: string;
+  keysFraction: number | null;
+  hostKvBytesPerToken: number | null;
+  hostIndexBytesPerToken: number | null;
+  gpuPeakGiB: number;
+  note: string;
+}
+
+function tokens(n: number, seed: number, vocab: number): Int32Array<ArrayBuffer> {
+  let x = seed >>> 0;
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    out[i] = 1 + (x % (vocab - 1));
+  }
+  return out;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+const GiB = 2 ** 30;
+
+async function main(): Promise<void> {
+  let gpus = 0;
+  try {
+    gpus = deviceCount();
+  } catch {
+    gpus = 0;
+  }
+  const o = parseArgs(Deno.args, gpus > 0);
+  const useGpu = gpus > 0 && !o.cpu;
+  const cfg = useGpu ? llama8b : cpuModel;
+  const started = performance.now();
+  const elapsed = () => (performance.now() - started) / 1000;
+  const notes: string[] = [];
+  const device = useGpu ? describeGpu() : "cpu";
+  if (!useGpu) {
+    const why = gpus > 0 ? "--cpu was given" : "no GPU is usable on this machine";
+    const msg = `${why}: running a small CPU configuration (${cfg.n_layers} layers, ` +
+      `dim ${cfg.dim}, contexts ${o.contexts}), not the Llama-3.1-8B benchmark`;
+    console.log(msg);
+    notes.push(msg);
+  } else {
+    console.log(`device: ${device}; model: Llama-3.1-8B shape, random bf16 weights (seed 1)`);
+  }
+  const prefills: PrefillRow[] = [];
+  const decodes: DecodeRow[] = [];
+  const methods = o.methods.map(methodOf);
+  const passes: bigint[] = [0n];
+  if (o.budgetPass) passes.push(o.budget);
+  const hostLimit = 100 * GiB; // host memory we allow the bench's sessions to take
+
+  for (const budget of passes) {
+    const bname = budget === 0n ? "none" : `${Number(budget) / GiB}GB`;
+    const engine = Engine.create(cfg, {
+      backend: useGpu ? Backend.CUDA : Backend.CPU,
+      gpuMemoryBudget: budget,
+      maxBatch: Math.max(...o.batches, 1),
+      prefillChunk: useGpu ? 8192 : 256,
+    });
+    try {
+      await engine.initRandom(1n, 0.02);
+      await engine.finalize();
+      const vocab = cfg.vocab_size;
+      for (const N of o.contexts) {
+        if (elapsed() > o.timeLimit) {
+          notes.push(`time limit: context ${N} (${bname}) skipped`);
+          break;
+        }
+        const prompt = tokens(N, N, vocab);
+        const base = await Session.create(engine, {
+          attention: { method: AttentionMethod.DENSE },
+          reserveTokens: N + 256,
+        });
+        try {
+          const t0 = performance.now();
+          await base.prefill(prompt);
+          const secs = (performance.now() - t0) / 1000;
+          const info = engine.info();
+          const row: PrefillRow = {
+            budget: bname,
+            context: N,
+            seconds: secs,
+            tokensPerSecond: N / secs,
+            floorSeconds: prefillFlops(cfg, N) / FLOOR.gemm,
+            gpuPeakGiB: Number(info.gpuBytesPeak) / GiB,
+          };
+          prefills.push(row);
+          console.log(
+            `prefill ${bname} ${N}: ${secs.toFixed(2)} s (${
+              row.tokensPerSecond.toFixed(0)
+            } tok/s; ` +
+              `compute floor ${row.floorSeconds.toFixed(2)} s)`,
+          );
+          const perSessionHost = kvBytesPerToken(cfg) * N * (1 + 0.6);
+          for (const m of methods) {
+            for (const B of o.batches) {
+              if (elapsed() > o.timeLimit) break;
+              const r = await decodeRun(engine, base, m, B, N, bname, perSessionHost, hostLimit);
+              if (r) decodes.push(r);
+            }
+          }
+        } finally {
+          await base.close();
+        }
+      }
+    } catch (e) {
+      const msg = `pass ${bname}: ${e instanceof Error ? e.message : e}`;
+      console.log(msg);
+      notes.push(msg);
+    } finally {
+      await engine.close();
+    }
+  }
+
+  async function decodeRun(
+    engine: Engine,
+    base: Session,
+    m: Method,
+    B: number,
+    N: number,
+    bname: string,
+    perSessionHost: number,
+    hostLimit: number,
+  ): Promise<DecodeRow | null> {
+    const empty = (note: string): DecodeRow => ({
+      budget: bname,
+      context: N,
+      method: m.name,
+      batch: B,
+      msPerToken: null,
+      tokensPerSecond: null,
+      steps: 0,
+      floorMs: null,
+      floorWhat: "",
+      keysFraction: null,
+      hostKvBytesPerToken: null,
+      hostIndexBytesPerToken: null,
+      gpuPeakGiB: Number(engine.info().gpuBytesPeak) / GiB,
+      note,
+    });
+    if (!useGpu && (m.name === "dense-host")) return null; // the same as dense on the CPU
+    if (B * perSessionHost > hostLimit) {
+      return empty(`skipped: ${B} sessions of ${N} tokens need more host memory than allowed`);
+    }
+    if (useGpu) setKernel("kv", m.placement);
+    const forks: Session[] = [];
+    try {
+      for (let i = 0; i < B; i++) {
+        // Room for the warm-up and timed steps, so the host cache never doubles.
+        const f = await base.fork({ ...m.options, reserveTokens: N + 512 });
+        forks.push(f);
+        if (m.commit) await f.commit();
+      }
+      const V = cfg.vocab_size;
+      const logits = new Float32Array(B * V);
+      const teach = tokens(512, 7 * N + B, V);
+      let k = 0;
+      const step = async () => {
+        const t = new Int32Array(B);
+        for (let i = 0; i < B; i++) t[i] = teach[(k + i) % teach.length];
+        k++;
+        const t0 = performance.now();
+        await decodeStep(engine, forks, t, logits);
+        return performance.now() - t0;
+      };
+      // Warm-up (also activates the sessions: uploads their GPU-resident KV).
+      const first = await step();
+      const w2 = await step();
+      const per = Math.min(first, w2);
+      const budgetMs = useGpu ? 2500 : 800;
+      const steps = Math.max(3, Math.min(32, Math.floor(budgetMs / Math.max(per, 1e-3))));
+      const infos0 = forks.map((f) => f.info());
+      const times: number[] = [];
+      for (let i = 0; i < steps; i++) times.push(await step());
+      const infos1 = forks.map((f) => f.info());
+      let att = 0, off = 0;
+      for (let i = 0; i < B; i++) {
+        att += infos1[i].keysAttended - infos0[i].keysAttended;
+        off += infos1[i].keysOffloaded - infos0[i].keysOffloaded;
+      }
+      const ms = median(times);
+      const ctx = N + k;
+      const kvTok = kvBytesPerToken(cfg);
+      const weights = matrixParams(cfg) * 2;
+      let floorMs: number, what: string;
+      const keysFraction = off > 0 ? att / off : null;
+      if (m.name === "dense-gpu") {
+        floorMs = (weights + B * ctx * kvTok) / FLOOR.hbm * 1e3;
+        what = "weights + KV from HBM";
+      } else if (m.name === "dense-host") {
+        floorMs = Math.max(B * ctx * kvTok / FLOOR.pcie, weights / FLOOR.hbm) * 1e3;
+        what = "KV over PCIe";
+      } else {
+        // Sparse layers: the sampled keys' K and V rows gathered on the CPU.
+        const dense = 2 / cfg.n_layers;
+        const gathered = (keysFraction ?? 0.02) * B * ctx * kvTok * (1 - dense) / 4;
+        floorMs = Math.max(gathered / FLOOR.gather, weights / FLOOR.hbm) * 1e3;
+        what = "sampled rows gathered on the CPU";
+      }
+      if (!useGpu) floorMs = NaN;
+      const i0 = infos1[0];
+      return {
+        budget: bname,
+        context: N,
+        method: useGpu ? m.name : m.name.replace("-gpu", ""),
+        batch: B,
+        msPerToken: ms,
+        tokensPerSecond: B / (ms / 1e3),
+        steps,
+        floorMs: Number.isFinite(floorMs) ? floorMs : null,
+        floorWhat: what,
+        keysFraction,
+        hostKvBytesPerToken: Number(i0.hostKvBytes) / Math.max(1, i0.nTokens),
+        hostIndexBytesPerToken: Number(i0.hostIndexBytes) / Math.max(1, i0.nTokens),
+        gpuPeakGiB: Number(engine.info().gpuBytesPeak) / GiB,
+        note: "",
+      };
+    } catch (e) {
+      return empty(e instanceof Error ? e.message.slice(0, 160) : String(e));
+    } finally {
+      for (const f of forks) await f.close();
+      if (useGpu) setKernel("kv", KvPlacement.AUTO);
+    }
+  }
+
+  // ------------------------------------------------------------
+  // report
+  const pad = (s: string | number, n: number) => String(s).padStart(n);
+  const fx = (x: number | null, d = 1) => (x === null || !Number.isFinite(x) ? "-" : x.toFixed(d));
+  console.log("\nprefill");
+  console.log("budget    context   seconds    tok/s  floor s  GPU peak GiB");
+  for (const p of prefills) {
+    console.log(
+      `${p.budget.padEnd(8)} ${pad(p.context, 8)} ${pad(fx(p.seconds, 2), 9)} ${
+        pad(fx(p.tokensPerSecond, 0), 8)
+      } ` +
+        `${pad(fx(p.floorSeconds, 2), 8)} ${pad(fx(p.gpuPeakGiB, 1), 13)}`,
+    );
+  }
+  console.log("\ndecode");
+  console.log(
+    "budget    context  method       B   ms/tok    tok/s  floor ms  %floor  keys%  KV B/tok  idx B/tok  GPU GiB  note",
+  );
+  for (const d of decodes) {
+    const pct = d.msPerToken && d.floorMs ? (100 * d.floorMs / d.msPerToken).toFixed(0) + "%" : "-";
+    console.log(
+      `${d.budget.padEnd(8)} ${pad(d.context, 8)}  ${d.method.padEnd(10)} ${pad(d.batch, 3)} ` +
+        `${pad(fx(d.msPerToken, 2), 8)} ${pad(fx(d.tokensPerSecond, 1), 8)} ${
+          pad(fx(d.floorMs, 2), 9)
+        } ` +
+        `${pad(pct, 7)} ${
+          pad(d.keysFraction === null ? "-" : (100 * d.keysFraction).toFixed(2), 6)
+        } ` +
+        `${pad(fx(d.hostKvBytesPerToken, 0), 9)} ${pad(fx(d.hostIndexBytesPerToken, 0), 10)} ` +
+        `${pad(fx(d.gpuPeakGiB, 1), 8)}  ${d.note}`,
+    );
+  }
+  // Targets of issue 4, where the rows exist.
+  const find = (b: string, n: number, m: string, B: number) =>
+    decodes.find((d) => d.budget === b && d.context === n && d.method === m && d.batch === B);
+  const lastCtx = o.contexts[o.contexts.length - 1];
+  const targets: string[] = [];
+  const mp1 = find("none", lastCtx, "magicpig", 1);
+  if (mp1?.msPerToken) {
+    targets.push(`magicpig ${lastCtx} B=1: ${mp1.msPerToken.toFixed(1)} ms/token (target <= 25)`);
+  }
+  const d1 = find("none", o.contexts[0], "dense-gpu", 1);
+  if (d1?.msPerToken) {
+    targets.push(
+      `dense-gpu ${o.contexts[0]} B=1: ${d1.msPerToken.toFixed(2)} ms/token (target <= 4.5)`,
+    );
+  }
+  const pf = prefills.find((p) => p.budget === "none" && p.context === lastCtx);
+  if (pf) targets.push(`prefill ${lastCtx}: ${pf.seconds.toFixed(2)} s (target <= 6)`);
+  const bname = `${Number(o.budget) / GiB}GB`;
+  const best = (m: string) =>
+    Math.max(
+      0,
+      ...decodes.filter((d) => d.budget === bname && d.context === lastCtx && d.method === m)
+        .map((d) => d.tokensPerSecond ?? 0),
+    );
+  if (o.budgetPass && best("dense-host") > 0) {
+    targets.push(
+      `${bname} ${lastCtx}: magicpig ${best("magicpig").toFixed(1)} tok/s vs dense-host ` +
+        `${best("dense-host").toFixed(1)} tok/s = ${
+          (best("magicpig") / best("dense-host")).toFixed(1)
+        }x (target >= 8x)`,
+    );
+  }
+  if (targets.length && useGpu) {
+    console.log("\ntargets\n" + targets.map((t) => "  " + t).join("\n"));
+  }
+  for (const n of notes) console.log(`note: ${n}`);
+  const result = {
+    device,
+    gpu: useGpu,
+    model: useGpu ? "Llama-3.1-8B shape, random bf16 weights" : "small CPU configuration",
+    config: cfg,
+    floors: FLOOR,
+    prefill: prefills,
+    decode: decodes,
+    targets,
+    notes,
+    seconds: elapsed(),
+  };
+  if (o.out) await Deno.writeTextFile(o.out, JSON.stringify(result, null, 1));
+  console.log(`bench done in ${elapsed().toFixed(0)} s${o.out ? `, JSON in ${o.out}` : ""}`);
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    console.error(e instanceof Error ? e.message : String(e));
+    Deno.exit(1);
+  }
+}

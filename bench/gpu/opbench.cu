@@ -1,0 +1,486 @@
+// opbench.cu — kernel-level check and timing of the CUDA backend on the GPU server.
+//
+// A standalone program (not part of libmagicpig): scripts/gpu_check.sh links it against the
+// library's own CUDA objects (build/obj) and runs it once. For every kernel family it
+//   1. checks a sample of outputs against a float64 host reference computed from the very
+//      same bf16 inputs (relative L2 error over the sample, or differing bits for LSH),
+//   2. times the kernel with CUDA events (warm-up, then the median of several runs; inputs
+//      larger than L2, rotated where a weight would otherwise sit in L2),
+//   3. prints bytes/time or flops/time beside the measured ceilings (device-to-device copy
+//      bandwidth; cuBLAS bf16 GEMM rate).
+// Each section is independent: an exception in one is reported and the next one runs.
+// Output: a table on stdout and one JSON object per line in $OUT/opbench.jsonl (or argv[1]).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/common.h"
+#include "gpu/cuda_util.h"
+#include "gpu/gpu.h"
+#include "gpu/kernels.h"
+
+using namespace mp;
+using namespace mp::gpu;
+
+namespace {
+
+FILE *g_json = nullptr;
+std::vector<std::string> g_table;
+int g_failures = 0;
+
+double bf(const bf16 &v) { return (double)__bfloat162float(v); }
+
+template <class T>
+std::vector<T> to_host_vec(const T *d, size_t n) {
+  std::vector<T> h(n);
+  MP_CUDA(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return h;
+}
+
+// Median time of fn() in ms over `reps` runs after `warm` warm-ups, events on stream s.
+double time_ms(cudaStream_t s, const std::function<void(int)> &fn, int warm = 3, int reps = 10) {
+  for (int i = 0; i < warm; i++) fn(i);
+  MP_CUDA(cudaStreamSynchronize(s));
+  cudaEvent_t a, b;
+  MP_CUDA(cudaEventCreate(&a));
+  MP_CUDA(cudaEventCreate(&b));
+  std::vector<float> t;
+  for (int i = 0; i < reps; i++) {
+    MP_CUDA(cudaEventRecord(a, s));
+    fn(warm + i);
+    MP_CUDA(cudaEventRecord(b, s));
+    MP_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    MP_CUDA(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  (void)cudaEventDestroy(a);
+  (void)cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+struct Rec {
+  std::string name, variant, shape;
+  double ms = 0;
+  double rate = 0;            // GB/s or TFLOP/s
+  std::string unit;           // "GB/s" | "TFLOP/s"
+  double ceiling = 0;         // same unit
+  double err = -1;            // relative error of the sample (or fraction of bits)
+  double tol = 0;
+  std::string note;
+};
+
+void emit(const Rec &r) {
+  const bool ok = r.err < 0 || r.err <= r.tol;
+  if (!ok) g_failures++;
+  char line[512];
+  std::snprintf(line, sizeof line, "%-10s %-8s %-34s %9.4f ms %9.1f %-7s %5.0f%% %10s %s%s",
+                r.name.c_str(), r.variant.c_str(), r.shape.c_str(), r.ms, r.rate, r.unit.c_str(),
+                r.ceiling > 0 ? 100.0 * r.rate / r.ceiling : 0.0,
+                r.err < 0 ? "-" : (std::to_string(r.err).substr(0, 9)).c_str(),
+                ok ? "" : "FAIL ", r.note.c_str());
+  g_table.push_back(line);
+  std::printf("%s\n", line);
+  std::fflush(stdout);
+  if (g_json) {
+    std::fprintf(g_json,
+                 "{\"name\":\"%s\",\"variant\":\"%s\",\"shape\":\"%s\",\"ms\":%.6f,\"rate\":%.3f,"
+                 "\"unit\":\"%s\",\"ceiling\":%.3f,\"err\":%.3e,\"tol\":%.3e,\"ok\":%s,"
+                 "\"note\":\"%s\"}\n",
+                 r.name.c_str(), r.variant.c_str(), r.shape.c_str(), r.ms, r.rate, r.unit.c_str(),
+                 r.ceiling, r.err, r.tol, ok ? "true" : "false", r.note.c_str());
+    std::fflush(g_json);
+  }
+}
+
+void section(const char *name, const std::function<void()> &fn) {
+  try {
+    fn();
+  } catch (const std::exception &e) {
+    g_failures++;
+    char line[600];
+    std::snprintf(line, sizeof line, "%-10s ERROR %s", name, e.what());
+    g_table.push_back(line);
+    std::printf("%s\n", line);
+    if (g_json) std::fprintf(g_json, "{\"name\":\"%s\",\"error\":\"%s\"}\n", name, e.what());
+    (void)cudaGetLastError();
+  }
+}
+
+double g_bw = 0;      // measured device copy bandwidth, GB/s
+double g_tflops = 0;  // measured cuBLAS bf16 rate, TFLOP/s
+
+uint64_t lcg(uint64_t &s) {
+  s = s * 6364136223846793005ull + 1442695040888963407ull;
+  return s >> 33;
+}
+
+// ------------------------------------------------------------
+// sections
+
+void bench_copy(cudaStream_t s) {
+  const size_t bytes = (size_t)2 << 30;
+  DevBuf<uint8_t> a(bytes), b(bytes);
+  MP_CUDA(cudaMemsetAsync(a.p, 1, bytes, s));
+  const double ms = time_ms(s, [&](int) {
+    MP_CUDA(cudaMemcpyAsync(b.p, a.p, bytes, cudaMemcpyDeviceToDevice, s));
+  });
+  g_bw = 2.0 * bytes / (ms * 1e6);
+  emit({"copy", "d2d", "2 GiB", ms, g_bw, "GB/s", 0, -1, 0, "read+write: the HBM ceiling"});
+}
+
+// y = x·Wᵀ for W [out][in]; sampled check against float64.
+void bench_matmul(cudaStream_t s, Gemm &g, int out, int in, int n, int variant, const char *vname,
+                  uint64_t seed) {
+  const size_t wn = (size_t)out * in;
+  // Enough copies of W that the rotation never hits L2 (50 MB) for the timed runs.
+  const int copies = (int)std::max<size_t>(1, std::min<size_t>(8, (200u << 20) / (wn * 2) + 1));
+  DevBuf<bf16> W(wn * copies), X((size_t)n * in);
+  DevBuf<float> Y((size_t)n * out);
+  fill_normal<bf16>(W.p, (int64_t)W.n, seed, 0.02f, 0.f, s);
+  fill_normal<bf16>(X.p, (int64_t)X.n, seed + 1, 1.f, 0.f, s);
+  MP_CUDA(cudaMemsetAsync(Y.p, 0xff, Y.bytes(), s));  // NaN poison
+  int ran = matmul<float>(g, W.p, X.p, in, n, in, out, Y.p, out, false, variant);
+  MP_CUDA(cudaStreamSynchronize(s));
+  // Check 64 sampled outputs (and that nothing stayed NaN).
+  std::vector<float> y = to_host_vec(Y.p, Y.n);
+  std::vector<bf16> x = to_host_vec(X.p, X.n);
+  size_t nan = 0;
+  for (float v : y) nan += !std::isfinite(v);
+  uint64_t st = seed;
+  double num = 0, den = 0;
+  std::vector<bf16> wrow((size_t)in);
+  for (int k = 0; k < 64; k++) {
+    const int i = (int)(lcg(st) % n), o = (int)(lcg(st) % out);
+    MP_CUDA(cudaMemcpy(wrow.data(), W.p + (size_t)o * in, (size_t)in * 2, cudaMemcpyDeviceToHost));
+    double ref = 0;
+    for (int c = 0; c < in; c++) ref += bf(wrow[c]) * bf(x[(size_t)i * in + c]);
+    const double d = y[(size_t)i * out + o] - ref;
+    num += d * d, den += ref * ref;
+  }
+  const double err = nan ? 1e9 : std::sqrt(num / std::max(den, 1e-30));
+  const double ms = time_ms(s, [&](int r) {
+    matmul<float>(g, W.p + (size_t)(r % copies) * wn, X.p, in, n, in, out, Y.p, out, false,
+                  variant);
+  });
+  const double bytes = (double)wn * 2 + (double)n * in * 2 + (double)n * out * 4;
+  const double flops = 2.0 * n * in * out;
+  char shape[96];
+  std::snprintf(shape, sizeof shape, "n=%d %dx%d", n, out, in);
+  const char *vn = ran == GEMM_CUBLAS ? "cublas" : ran == GEMM_SKINNY ? "skinny" : "simple";
+  (void)vname;
+  if (n <= 16)
+    emit({"gemv", vn, shape, ms, bytes / (ms * 1e6), "GB/s", g_bw, err, 1e-2,
+          nan ? "NaN/unwritten outputs" : ""});
+  else
+    emit({"gemm", vn, shape, ms, flops / (ms * 1e9), "TFLOP/s", g_tflops, err, 1e-2,
+          nan ? "NaN/unwritten outputs" : ""});
+  if (n > 16 && ran == GEMM_CUBLAS) g_tflops = std::max(g_tflops, flops / (ms * 1e9));
+}
+
+void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int variant) {
+  const int T = q_pos0 + n;
+  DevBuf<bf16> Q((size_t)n * H * d), K((size_t)T * Hkv * d), V((size_t)T * Hkv * d);
+  DevBuf<bf16> O((size_t)n * H * d);
+  DevBuf<float> lse((size_t)n * H);
+  fill_normal<bf16>(Q.p, (int64_t)Q.n, 11, 1.f, 0.f, s);
+  fill_normal<bf16>(K.p, (int64_t)K.n, 12, 1.f, 0.f, s);
+  fill_normal<bf16>(V.p, (int64_t)V.n, 13, 1.f, 0.f, s);
+  MP_CUDA(cudaMemsetAsync(O.p, 0xff, O.bytes(), s));
+  KVView kv{K.p, V.p, (int64_t)Hkv * d, (int64_t)d};
+  const int ran = attention_prefill<bf16>(Q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, O.p,
+                                          (int64_t)H * d, lse.p, s, variant);
+  MP_CUDA(cudaStreamSynchronize(s));
+  std::vector<bf16> o = to_host_vec(O.p, O.n), q = to_host_vec(Q.p, Q.n);
+  std::vector<bf16> kh = to_host_vec(K.p, K.n), vh = to_host_vec(V.p, V.n);
+  std::vector<float> l = to_host_vec(lse.p, lse.n);
+  size_t bad = 0;
+  for (auto &v : o) bad += !std::isfinite(bf(v));
+  // Reference for 12 sampled (query, head) rows, always including the first and last query.
+  uint64_t st = 99;
+  double num = 0, den = 0, lse_err = 0;
+  for (int k = 0; k < 12; k++) {
+    const int i = k < 2 ? (k == 0 ? 0 : n - 1) : (int)(lcg(st) % n);
+    const int h = (int)(lcg(st) % H), hk = h / (H / Hkv);
+    const int last = std::min(T - 1, q_pos0 + i);
+    std::vector<double> sc((size_t)last + 1);
+    double mx = -1e300;
+    for (int t = 0; t <= last; t++) {
+      const bf16 *kr = kh.data() + ((size_t)t * Hkv + hk) * d;
+      double a = 0;
+      for (int c = 0; c < d; c++) a += bf(q[((size_t)i * H + h) * d + c]) * bf(kr[c]);
+      sc[t] = a / std::sqrt((double)d);
+      mx = std::max(mx, sc[t]);
+    }
+    std::vector<double> acc((size_t)d, 0.0);
+    double z = 0;
+    for (int t = 0; t <= last; t++) {
+      const double p = std::exp(sc[t] - mx);
+      z += p;
+      const bf16 *vr = vh.data() + ((size_t)t * Hkv + hk) * d;
+      for (int c = 0; c < d; c++) acc[c] += p * bf(vr[c]);
+    }
+    for (int c = 0; c < d; c++) {
+      const double ref = acc[c] / z;
+      const double dd = bf(o[((size_t)i * H + h) * d + c]) - ref;
+      num += dd * dd, den += ref * ref;
+    }
+    const double lref = (mx + std::log(z)) / std::log(2.0);
+    lse_err = std::max(lse_err, std::fabs(l[(size_t)i * H + h] - lref));
+  }
+  const double err = bad ? 1e9 : std::sqrt(num / std::max(den, 1e-30));
+  const double ms = time_ms(s, [&](int) {
+    attention_prefill<bf16>(Q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, O.p, (int64_t)H * d,
+                            nullptr, s, variant);
+  }, 2, 5);
+  // Causal flops: 4·d per (query, key, head) pair.
+  double pairs = 0;
+  for (int i = 0; i < n; i++) pairs += std::min(T, q_pos0 + i + 1);
+  const double flops = 4.0 * d * H * pairs;
+  char shape[96], note[96];
+  std::snprintf(shape, sizeof shape, "n=%d pos0=%d H%d/%d d%d", n, q_pos0, H, Hkv, d);
+  std::snprintf(note, sizeof note, "lse max abs err %.2e%s", lse_err, bad ? " NaN/unwritten" : "");
+  emit({"prefill", ran == ATTN_FLASH ? "flash" : "generic", shape, ms, flops / (ms * 1e9),
+        "TFLOP/s", g_tflops, err, 1.5e-2, note});
+}
+
+void bench_decode(cudaStream_t s, int B, int T, int H, int Hkv, int d) {
+  std::vector<DevBuf<bf16>> Ks, Vs;
+  std::vector<SeqKV> seqs;
+  for (int b = 0; b < B; b++) {
+    const int len = T - b * 37;  // lengths differ a little within the batch
+    Ks.emplace_back((size_t)len * Hkv * d);
+    Vs.emplace_back((size_t)len * Hkv * d);
+    fill_normal<bf16>(Ks.back().p, (int64_t)Ks.back().n, 100 + b, 1.f, 0.f, s);
+    fill_normal<bf16>(Vs.back().p, (int64_t)Vs.back().n, 200 + b, 1.f, 0.f, s);
+    seqs.push_back(SeqKV{Ks.back().p, Vs.back().p, (int64_t)Hkv * d, (int64_t)d, len});
+  }
+  DevBuf<SeqKV> dseqs(seqs.size());
+  MP_CUDA(cudaMemcpy(dseqs.p, seqs.data(), seqs.size() * sizeof(SeqKV), cudaMemcpyHostToDevice));
+  DevBuf<bf16> Q((size_t)B * H * d);
+  fill_normal<bf16>(Q.p, (int64_t)Q.n, 7, 1.f, 0.f, s);
+  DevBuf<float> O((size_t)B * H * d), lse((size_t)B * H);
+  const int splits = decode_splits(B, Hkv, T);
+  DevBuf<float> ws(std::max<size_t>(1, decode_workspace_floats(B, H, d, splits)));
+  MP_CUDA(cudaMemsetAsync(O.p, 0xff, O.bytes(), s));
+  attention_decode<bf16, float>(Q.p, (int64_t)H * d, dseqs.p, B, H, Hkv, d, splits, O.p, lse.p,
+                                ws.p, s);
+  MP_CUDA(cudaStreamSynchronize(s));
+  std::vector<float> o = to_host_vec(O.p, O.n), l = to_host_vec(lse.p, lse.n);
+  std::vector<bf16> q = to_host_vec(Q.p, Q.n);
+  size_t bad = 0;
+  for (float v : o) bad += !std::isfinite(v);
+  double num = 0, den = 0, lse_err = 0;
+  for (int k = 0; k < 2; k++) {
+    const int b = k == 0 ? 0 : B - 1, h = k == 0 ? 0 : H - 1, hk = h / (H / Hkv);
+    const int len = seqs[b].len;
+    std::vector<bf16> kk = to_host_vec(Ks[b].p, Ks[b].n), vv = to_host_vec(Vs[b].p, Vs[b].n);
+    std::vector<double> sc((size_t)len);
+    double mx = -1e300;
+    for (int t = 0; t < len; t++) {
+      double a = 0;
+      for (int c = 0; c < d; c++)
+        a += bf(q[((size_t)b * H + h) * d + c]) * bf(kk[((size_t)t * Hkv + hk) * d + c]);
+      sc[t] = a / std::sqrt((double)d);
+      mx = std::max(mx, sc[t]);
+    }
+    std::vector<double> acc((size_t)d, 0.0);
+    double z = 0;
+    for (int t = 0; t < len; t++) {
+      const double p = std::exp(sc[t] - mx);
+      z += p;
+      for (int c = 0; c < d; c++) acc[c] += p * bf(vv[((size_t)t * Hkv + hk) * d + c]);
+    }
+    for (int c = 0; c < d; c++) {
+      const double ref = acc[c] / z, dd = o[((size_t)b * H + h) * d + c] - ref;
+      num += dd * dd, den += ref * ref;
+    }
+    lse_err = std::max(lse_err, std::fabs(l[(size_t)b * H + h] - (mx + std::log(z)) / std::log(2.0)));
+  }
+  const double err = bad ? 1e9 : std::sqrt(num / std::max(den, 1e-30));
+  const double ms = time_ms(s, [&](int) {
+    attention_decode<bf16, float>(Q.p, (int64_t)H * d, dseqs.p, B, H, Hkv, d, splits, O.p, lse.p,
+                                  ws.p, s);
+  });
+  double bytes = 0;
+  for (auto &sq : seqs) bytes += (double)sq.len * Hkv * d * 2 * 2;
+  char shape[96], note[96];
+  std::snprintf(shape, sizeof shape, "B=%d T=%d H%d/%d d%d", B, T, H, Hkv, d);
+  std::snprintf(note, sizeof note, "splits %d, lse max abs err %.2e", splits, lse_err);
+  emit({"decode", "splitk", shape, ms, bytes / (ms * 1e6), "GB/s", g_bw, err, 5e-3, note});
+}
+
+void bench_lsh(cudaStream_t s, int n, int d, int K, int L) {
+  const int KL = K * L;
+  DevBuf<float> R((size_t)d * KL);
+  DevBuf<bf16> X((size_t)n * d);
+  DevBuf<uint16_t> C((size_t)n * L);
+  fill_normal<float>(R.p, (int64_t)R.n, 5, 1.f, 0.f, s);
+  fill_normal<bf16>(X.p, (int64_t)X.n, 6, 1.f, 0.f, s);
+  MP_CUDA(cudaMemsetAsync(C.p, 0xff, C.bytes(), s));
+  lsh_hash<bf16>(R.p, X.p, d, n, d, K, L, C.p, s);
+  MP_CUDA(cudaStreamSynchronize(s));
+  std::vector<float> r = to_host_vec(R.p, R.n);
+  std::vector<bf16> x = to_host_vec(X.p, X.n);
+  std::vector<uint16_t> c = to_host_vec(C.p, C.n);
+  uint64_t st = 3;
+  size_t diff = 0, total = 0, near = 0;
+  for (int k = 0; k < 256; k++) {
+    const int i = (int)(lcg(st) % n);
+    for (int t = 0; t < L; t++) {
+      for (int j = 0; j < K; j++) {
+        double p = 0, nx = 0, nr = 0;
+        for (int e = 0; e < d; e++) {
+          const double xv = bf(x[(size_t)i * d + e]), rv = r[(size_t)e * KL + t * K + j];
+          p += xv * rv, nx += xv * xv, nr += rv * rv;
+        }
+        const int bit = p > 0;
+        const int got = (c[(size_t)i * L + t] >> j) & 1;
+        total++;
+        if (bit != got) {
+          diff++;
+          if (std::fabs(p) < 1e-5 * std::sqrt(nx * nr)) near++;
+        }
+      }
+    }
+  }
+  const double ms = time_ms(s, [&](int) { lsh_hash<bf16>(R.p, X.p, d, n, d, K, L, C.p, s); }, 2, 5);
+  const double flops = 2.0 * n * d * KL;
+  char shape[96], note[128];
+  std::snprintf(shape, sizeof shape, "n=%d d=%d K%dL%d", n, d, K, L);
+  std::snprintf(note, sizeof note, "%zu/%zu bits differ (%zu of them |x.r| < 1e-5 |x||r|)", diff,
+                total, near);
+  // Bits may only differ at rounding level: all differing bits must be near zero.
+  emit({"lsh", "tiled", shape, ms, flops / (ms * 1e9), "TFLOP/s", 0,
+        (double)(diff - near) / (double)total, 0.0, note});
+}
+
+void bench_sample(cudaStream_t s, int n, int vocab) {
+  DevBuf<float> Lg((size_t)n * vocab), U((size_t)n);
+  DevBuf<int32_t> T((size_t)n);
+  fill_normal<float>(Lg.p, (int64_t)Lg.n, 9, 3.f, 0.f, s);
+  MP_CUDA(cudaMemsetAsync(U.p, 0, U.bytes(), s));
+  argmax(Lg.p, n, vocab, T.p, s);
+  MP_CUDA(cudaStreamSynchronize(s));
+  std::vector<float> lg = to_host_vec(Lg.p, Lg.n);
+  std::vector<int32_t> t = to_host_vec(T.p, T.n);
+  int wrong = 0;
+  for (int i = 0; i < n; i++) {
+    int best = 0;
+    for (int j = 1; j < vocab; j++)
+      if (lg[(size_t)i * vocab + j] > lg[(size_t)i * vocab + best]) best = j;
+    wrong += best != t[i];
+  }
+  char shape[64];
+  std::snprintf(shape, sizeof shape, "n=%d vocab=%d", n, vocab);
+  double ms = time_ms(s, [&](int) { argmax(Lg.p, n, vocab, T.p, s); });
+  emit({"argmax", "block", shape, ms, (double)n * vocab * 4 / (ms * 1e6), "GB/s", g_bw,
+        (double)wrong / n, 0.0, ""});
+  ms = time_ms(s, [&](int) { sample(Lg.p, n, vocab, 0.8f, 50, 0.9f, U.p, T.p, s); });
+  emit({"sample", "T.8k50p.9", shape, ms, (double)n * vocab * 4 / (ms * 1e6), "GB/s", g_bw, -1, 0,
+        "top-k and top-p searches: ~66 passes over the row"});
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  // opbench [--quick] [out.jsonl]: --quick runs small shapes only (for compute-sanitizer).
+  bool quick = false;
+  std::string path;
+  for (int i = 1; i < argc; i++) {
+    if (std::string(argv[i]) == "--quick") quick = true;
+    else path = argv[i];
+  }
+  const char *out_env = std::getenv("OUT");
+  if (path.empty() && out_env && !quick) path = std::string(out_env) + "/opbench.jsonl";
+  if (!path.empty()) g_json = std::fopen(path.c_str(), "w");
+  if (device_count() <= 0) {
+    std::printf("opbench: no CUDA device\n");
+    return 2;
+  }
+  MP_CUDA(cudaSetDevice(0));
+  cudaDeviceProp prop;
+  MP_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, %.1f GiB, L2 %.0f MB, cc %d.%d\n", prop.name,
+              prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, prop.l2CacheSize / 1e6,
+              prop.major, prop.minor);
+  Stream s;
+  Gemm g(s);
+  const auto t0 = std::chrono::steady_clock::now();
+
+  if (quick) {
+    section("gemv", [&] {
+      bench_matmul(s, g, 1000, 512, 3, GEMM_SKINNY, "", 1);
+      bench_matmul(s, g, 1000, 512, 13, GEMM_SKINNY, "", 2);
+      bench_matmul(s, g, 100, 172, 5, GEMM_SIMPLE, "", 3);
+      bench_matmul(s, g, 1000, 512, 40, GEMM_AUTO, "", 4);
+    });
+    section("prefill", [&] {
+      bench_flash(s, 200, 0, 4, 2, 128, ATTN_FLASH);
+      bench_flash(s, 130, 70, 4, 2, 64, ATTN_FLASH);
+      bench_flash(s, 50, 20, 4, 2, 8, ATTN_GENERIC);
+    });
+    section("decode", [&] {
+      bench_decode(s, 3, 700, 8, 2, 128);
+      bench_decode(s, 2, 100, 8, 4, 8);
+    });
+    section("lsh", [&] { bench_lsh(s, 300, 128, 10, 150); });
+    section("sample", [&] { bench_sample(s, 3, 5000); });
+    std::printf("opbench --quick: %d failures\n", g_failures);
+    return g_failures ? 1 : 0;
+  }
+  section("copy", [&] { bench_copy(s); });
+  // Prefill-sized GEMMs first: they set the tensor-core ceiling.
+  section("gemm", [&] {
+    bench_matmul(s, g, 4096, 4096, 8192, GEMM_CUBLAS, "cublas", 1);
+    bench_matmul(s, g, 6144, 4096, 8192, GEMM_CUBLAS, "cublas", 2);
+    bench_matmul(s, g, 28672, 4096, 8192, GEMM_CUBLAS, "cublas", 3);
+    bench_matmul(s, g, 4096, 14336, 8192, GEMM_CUBLAS, "cublas", 4);
+  });
+  section("gemv", [&] {
+    const int shapes[5][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336},
+                              {128256, 4096}};
+    for (auto &sh : shapes)
+      for (int n : {1, 8, 16})
+        for (int v : {GEMM_SKINNY, GEMM_CUBLAS})
+          bench_matmul(s, g, sh[0], sh[1], n, v, "", 10 + n + v);
+    bench_matmul(s, g, 172, 64, 5, GEMM_SIMPLE, "simple", 40);  // stories260K-like, odd shape
+    bench_matmul(s, g, 64, 172, 5, GEMM_AUTO, "auto", 41);
+  });
+  section("prefill", [&] {
+    bench_flash(s, 1000, 0, 32, 8, 128, ATTN_FLASH);   // partial tiles
+    bench_flash(s, 777, 0, 8, 4, 64, ATTN_FLASH);      // d = 64, G = 2
+    bench_flash(s, 300, 45, 8, 4, 8, ATTN_GENERIC);    // d = 8 (stories260K)
+    bench_flash(s, 8192, 0, 32, 8, 128, ATTN_FLASH);
+    bench_flash(s, 8192, 24576, 32, 8, 128, ATTN_FLASH);
+    bench_flash(s, 8192, 90112, 32, 8, 128, ATTN_FLASH);
+  });
+  section("decode", [&] {
+    for (int B : {1, 8})
+      for (int T : {8192, 32768, 98304}) bench_decode(s, B, T, 32, 8, 128);
+    bench_decode(s, 3, 300, 8, 4, 8);
+  });
+  section("lsh", [&] {
+    bench_lsh(s, 8192, 128, 10, 150);
+    bench_lsh(s, 98304, 128, 10, 150);
+    bench_lsh(s, 1000, 64, 16, 7);
+  });
+  section("sample", [&] { bench_sample(s, 16, 128256); });
+
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("\n==== opbench summary (%.0f s, %d failures; ceilings: copy %.0f GB/s, cuBLAS %.0f "
+              "TFLOP/s) ====\n",
+              secs, g_failures, g_bw, g_tflops);
+  for (auto &l : g_table) std::printf("%s\n", l.c_str());
+  if (g_json) std::fclose(g_json);
+  return g_failures ? 1 : 0;
+}

@@ -1,0 +1,96 @@
+// backend.h — the forward-pass backend interface of the engine.
+//
+// An Engine owns exactly one ForwardBackend, chosen at mp_engine_create (AUTO resolves to
+// CUDA when make_cuda_backend is built and a device is usable, else CPU). The engine keeps
+// the public API semantics (argument checks, session ownership, rollback on error and
+// abort, length bookkeeping); a backend only computes.
+//
+// Contract
+// --------
+// * Calls are serialised by the caller (magicpig.h threading rule): a backend never sees
+//   two calls at once for one engine, so it may keep workspaces as members.
+// * prepare() runs once in mp_engine_finalize, after every weight is loaded (host copies
+//   in Engine::tensor(), in the engine's weight dtype). Upload/convert here.
+// * prefill(s, tokens, n, logits, abort):
+//     - the first token sits at position p0 = s.n_tokens(); the engine has already called
+//       s.reserve(p0 + n), so rows p0..p0+n-1 of every (layer, kv head) may be written.
+//     - attention is dense and exact (causal) over rows 0..p of the session's cache, for
+//       every layer, whatever the session's policy.
+//     - the backend publishes progress with s.set_n_tokens() (e.g. after each chunk) or at
+//       the end; at return with MP_OK, s.n_tokens() must be p0 + n and rows 0..p0+n-1 of
+//       the host KV (Session::k_row/v_row) must hold the keys (after RoPE) and values.
+//       A device backend that keeps KV on the device must have written it back by then.
+//     - logits (may be NULL): [vocab] of the last token.
+//     - poll `abort` (may be NULL; read it with abort_requested()) between chunks and
+//       layers; when set, return MP_ABORTED. On MP_ABORTED or a throw the engine restores
+//       s.n_tokens() to p0 and calls session_truncated(s, p0); rows beyond are garbage.
+// * decode(ss, n, tokens, logits, abort): one token for each of n distinct sessions.
+//     - session i's token sits at position p_i = ss[i]->n_tokens(); the engine has called
+//       reserve(p_i + 1). Write that row's K/V for every layer, attend to rows 0..p_i.
+//     - attention per (session, layer): when ss[i]->layer_is_dense(l) or the method is
+//       DENSE, exact attention; otherwise call policy_decode_attention() (policy.h) — the
+//       MagicPIG/TopK/Quest/oracle entry point — with the session's rows 0..p_i.
+//     - logits[i][vocab] for each session. Do NOT change n_tokens: on MP_OK the engine
+//       sets n_tokens = p_i + 1 for every session; on MP_ABORTED or a throw it leaves every
+//       length unchanged ("no session changed").
+//     - batch the projections: one matmul per weight per step over all n rows.
+// * session_truncated(s, n): the session's length became n (rollback or mp_session_truncate);
+//   drop any device copies of rows >= n. session_bytes(s): device bytes held for s.
+// * Backends throw mp::Error for failures (MP_ERR_CUDA, MP_ERR_OOM...); never print/abort.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "common/common.h"
+
+namespace mp {
+
+class Engine;
+class Session;
+
+// Reads a caller's abort flag (may be NULL) written by another thread.
+inline bool abort_requested(const int32_t *flag) {
+  return flag && __atomic_load_n(flag, __ATOMIC_RELAXED) != 0;
+}
+
+struct ForwardBackend {
+  virtual ~ForwardBackend() = default;
+
+  // MP_BACKEND_CPU or MP_BACKEND_CUDA.
+  virtual int32_t kind() const = 0;
+
+  // After all weights are loaded (mp_engine_finalize).
+  virtual void prepare() = 0;
+
+  // See the contract above. Return MP_OK or MP_ABORTED; throw on errors.
+  virtual int32_t prefill(Session &s, const int32_t *tokens, int32_t n, float *logits,
+                          const int32_t *abort) = 0;
+  virtual int32_t decode(Session *const *sessions, int32_t n, const int32_t *tokens,
+                         float *logits, const int32_t *abort) = 0;
+
+  // Hooks with no-op defaults.
+
+  // mp_engine_init_random: a device backend may generate the weights on the device (no
+  // host copies: an 8B model's 16 GB never touch host memory). Return true when it did;
+  // the engine then marks every tensor loaded without host data, and prepare() must not
+  // expect host copies of them.
+  virtual bool init_random(uint64_t /*seed*/, float /*scale*/) { return false; }
+  virtual void session_created(Session &) {}
+  virtual void session_truncated(Session &, int64_t /*n*/) {}
+  virtual int64_t session_device_bytes(const Session &) const { return 0; }
+
+  // mp_engine_get_info: fill backend-specific fields (device, gpu_bytes_*, device_name).
+  virtual void fill_info(mp_engine_info *) const {}
+};
+
+// The CPU backend (cuda/engine/cpu_backend.cpp).
+std::unique_ptr<ForwardBackend> make_cpu_backend(Engine &e);
+
+// The CUDA backend. Until the GPU forward pass lands, cuda/engine/cuda_backend_pending.cpp
+// defines these: cuda_forward_available() = false and make_cuda_backend() throws
+// MP_ERR_UNSUPPORTED. The GPU work deletes that file when it adds the real ones.
+bool cuda_forward_available();
+std::unique_ptr<ForwardBackend> make_cuda_backend(Engine &e);
+
+}  // namespace mp

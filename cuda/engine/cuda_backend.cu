@@ -1,0 +1,780 @@
+// cuda_backend.cu — the Llama forward pass on the GPU (ForwardBackend, backend.h).
+//
+// Weights live on the device in bf16, fused per layer: Wqkv [(H + 2·Hkv)·d][dim] (q rows,
+// then k, then v), Wo [dim][H·d], Wgu [2·ffn][dim] (gate rows, then up), Wd [dim][ffn];
+// norms in f32; the LM head is the embedding table when tied. The residual stream is f32;
+// GEMM inputs are bf16; every GEMM accumulates in f32 and the O and down projections add
+// into the residual (cuBLAS beta = 1 / the skinny kernel's accumulate).
+//
+// Prefill (layer-wise, chunked): for a prompt of n tokens at positions p0..p0+n−1 the GPU
+// holds the residual of all n tokens, ONE layer's keys and values for all p0 + n positions
+// ([Hkv][T][d] bf16, the host cache's layout), and one chunk's activations. For each layer:
+//   1. rows 0..p0−1 of the layer's K/V stream in from the session's host cache (follow-up
+//      turns: the earlier tokens are attended exactly, never re-prefilled);
+//   2. chunk by chunk: RMSNorm, QKV GEMM, RoPE (q and k in place), K/V rows into the layer
+//      buffer, causal flash attention over rows 0..pos, O GEMM (+= residual), RMSNorm,
+//      gate/up GEMM, SwiGLU, down GEMM (+= residual);
+//   3. the layer's new K/V rows go to the session's host cache (one 2-D copy each).
+// So a 96K prompt on the 8B shape needs weights + 1.6 GB residual + 0.4 GB of one layer's
+// KV + ~1 GB of chunk activations: it fits a 24 GB budget. The abort flag is polled
+// between layers.
+//
+// Decode (one token for each of B sessions, one call): per layer, one GEMM per weight for
+// the whole batch; RoPE; the new K/V rows are appended to each session's device cache and
+// staged on the device (one copy to the host caches per step); attention:
+//   - layers the session attends exactly (layer_is_dense: every layer of a DENSE session,
+//     the dense layers of the others) run the split-K decode kernel over the session's
+//     keys on the GPU. Where those keys live is the KV placement (mp_gpu_set_kernel "kv"):
+//     RESIDENT keeps them on the device (uploaded once, then one row per step), STREAMED
+//     copies the layer's rows from host memory every step, on a copy stream, one layer
+//     ahead of the compute (the dense-from-host baseline). AUTO = resident within the
+//     gpu_memory_budget, else streamed;
+//   - the other (sparse) layers of MAGICPIG/TOPK/QUEST/ORACLE sessions go to the policy on
+//     the CPU (policy_decode_attention) with q copied to pinned host memory; the result
+//     comes back and joins the batch before the O projection.
+// The logits of every session come back in f32.
+//
+// Device memory is accounted per engine against gpu_memory_budget: an allocation that
+// would pass it fails with MP_ERR_OOM and a message naming what needed the memory, before
+// any work, instead of an out-of-memory error in the middle of a forward pass.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/engine.h"
+#include "engine/policy.h"
+#include "engine/session.h"
+#include "gpu/gpu.h"
+#include "gpu/kernels.h"
+
+namespace mp {
+
+namespace {
+
+using gpu::bf16;
+
+constexpr double GiB = 1073741824.0;
+
+// ------------------------------------------------------------
+// device memory with a budget
+
+class DeviceMemory {
+ public:
+  explicit DeviceMemory(int64_t budget) : budget_(budget) {}
+
+  void *alloc(size_t bytes, const char *what) {
+    if (bytes == 0) return nullptr;
+    if (budget_ > 0 && used_ + (int64_t)bytes > budget_)
+      MP_FAIL(MP_ERR_OOM,
+              "the GPU memory budget is exceeded: %s needs %.2f GiB while %.2f GiB of the "
+              "%.2f GiB budget (gpu_memory_budget) are in use",
+              what, bytes / GiB, used_ / GiB, budget_ / GiB);
+    void *p = nullptr;
+    cudaError_t rc = cudaMalloc(&p, bytes);
+    if (rc == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      (void)cudaMemGetInfo(&free_b, &total_b);
+      MP_FAIL(MP_ERR_OOM, "out of GPU memory: %s needs %.2f GiB, %.2f GiB free on the device",
+              what, bytes / GiB, free_b / GiB);
+    }
+    MP_CUDA(rc);
+    used_ += (int64_t)bytes;
+    peak_ = std::max(peak_, used_);
+    return p;
+  }
+  void free(void *p, size_t bytes) {
+    if (!p) return;
+    (void)cudaFree(p);
+    used_ -= (int64_t)bytes;
+  }
+  // Would `bytes` more fit the budget?
+  bool fits(size_t bytes) const { return budget_ <= 0 || used_ + (int64_t)bytes <= budget_; }
+  int64_t used() const { return used_; }
+  int64_t peak() const { return peak_; }
+
+ private:
+  int64_t budget_;
+  int64_t used_ = 0, peak_ = 0;
+};
+
+// A device array accounted in a DeviceMemory; grow-only reallocation (contents dropped).
+template <class T>
+struct Arr {
+  DeviceMemory *mem = nullptr;
+  T *p = nullptr;
+  size_t n = 0;
+  Arr() = default;
+  Arr(const Arr &) = delete;
+  Arr &operator=(const Arr &) = delete;
+  Arr(Arr &&o) noexcept : mem(o.mem), p(o.p), n(o.n) { o.p = nullptr, o.n = 0; }
+  Arr &operator=(Arr &&o) noexcept {
+    if (this != &o) {
+      release();
+      mem = o.mem, p = o.p, n = o.n;
+      o.p = nullptr, o.n = 0;
+    }
+    return *this;
+  }
+  ~Arr() { release(); }
+  void ensure(DeviceMemory &m, size_t count, const char *what) {
+    if (count <= n) return;
+    release();
+    mem = &m;
+    p = (T *)m.alloc(count * sizeof(T), what);
+    n = count;
+  }
+  void release() {
+    if (p && mem) mem->free(p, n * sizeof(T));
+    p = nullptr, n = 0;
+  }
+  size_t bytes() const { return n * sizeof(T); }
+};
+
+// Pinned host array, grow-only.
+template <class T>
+struct Pinned {
+  gpu::HostPinned<T> b;
+  T *ensure(size_t count) {
+    if (count > b.n) b.alloc(count);
+    return b.p;
+  }
+  T *get() const { return b.p; }
+};
+
+struct LayerDev {
+  Arr<bf16> wqkv, wo, wgu, wd;
+  Arr<float> attn_norm, ffn_norm;
+};
+
+// Per-session device state: the KV of the layers the GPU attends, when resident.
+struct CudaSession final : BackendSessionState {
+  std::vector<Arr<bf16>> k, v;  // [layer] -> [Hkv][cap][d] (empty for CPU layers)
+  int64_t cap = 0;              // rows per head allocated
+  int64_t rows = 0;             // rows valid on the device
+  bool resident = false;
+  int64_t bytes() const {
+    int64_t b = 0;
+    for (auto &a : k) b += (int64_t)a.bytes();
+    for (auto &a : v) b += (int64_t)a.bytes();
+    return b;
+  }
+};
+
+uint64_t tensor_seed(uint64_t seed, int kind, int layer) {
+  uint64_t z = seed ^ ((uint64_t)(kind + 1) * 0x9e3779b97f4a7c15ull) ^
+               ((uint64_t)(layer + 1) * 0xc2b2ae3d27d4eb4full);
+  z = (z ^ (z >> 31)) * 0xbf58476d1ce4e5b9ull;
+  return z ^ (z >> 29);
+}
+
+class CudaBackend final : public ForwardBackend {
+ public:
+  explicit CudaBackend(Engine &e)
+      : e_(e), c_(e.config()), mem_(e.params().gpu_memory_budget) {
+    MP_CHECK(gpu::device_count() > 0, MP_ERR_NO_DEVICE, "no usable CUDA device");
+    int ndev = gpu::device_count();
+    MP_CHECK(e.params().device < ndev, MP_ERR_INVALID,
+             "device \"%d\" is invalid: %d CUDA device(s) present", e.params().device, ndev);
+    MP_CUDA(cudaSetDevice(e.params().device));
+    MP_CHECK(e.kv_dtype() == MP_DTYPE_BF16, MP_ERR_UNSUPPORTED,
+             "kv_dtype \"%d\" is not supported by the CUDA backend: use 2 (BF16)", e.kv_dtype());
+    MP_CHECK(c_.head_dim % 8 == 0 && c_.head_dim <= 256, MP_ERR_UNSUPPORTED,
+             "head_dim %d is not supported by the CUDA backend: must be a multiple of 8, <= 256",
+             c_.head_dim);
+    MP_CUDA(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
+    MP_CUDA(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
+    for (auto &ev : ev_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    gemm_ = std::make_unique<gpu::Gemm>(s_);
+    H_ = c_.n_heads, Hkv_ = c_.n_kv_heads, d_ = c_.head_dim, dim_ = c_.dim, F_ = c_.ffn_dim;
+    QKV_ = (H_ + 2 * Hkv_) * d_;
+    layers_.resize((size_t)c_.n_layers);
+    // The engine's inverse frequencies (double, Llama-3 scaling applied) are the reference.
+    inv_freq_.ensure(mem_, (size_t)d_ / 2, "RoPE frequencies");
+    MP_CUDA(cudaMemcpy(inv_freq_.p, e.rope_inv_freq(), (size_t)d_ / 2 * sizeof(double),
+                       cudaMemcpyHostToDevice));
+  }
+
+  ~CudaBackend() override {
+    (void)cudaStreamSynchronize(s_);
+    (void)cudaStreamSynchronize(copy_);
+    gemm_.reset();
+    for (auto &ev : ev_) (void)cudaEventDestroy(ev);
+    (void)cudaStreamDestroy(s_);
+    (void)cudaStreamDestroy(copy_);
+  }
+
+  int32_t kind() const override { return MP_BACKEND_CUDA; }
+
+  // ------------------------------------------------------------
+  // weights
+
+  bool init_random(uint64_t seed, float scale) override {
+    use_device();
+    alloc_weights();
+    for (int32_t l = 0; l < c_.n_layers; l++) {
+      LayerDev &L = layers_[(size_t)l];
+      // Fused layouts: one fill per source tensor keeps each tensor's own seed.
+      const int64_t qd = (int64_t)H_ * d_ * dim_, kd = (int64_t)Hkv_ * d_ * dim_;
+      gpu::fill_normal<bf16>(L.wqkv.p, qd, tensor_seed(seed, MP_TENSOR_WQ, l), scale, 0.f, s_);
+      gpu::fill_normal<bf16>(L.wqkv.p + qd, kd, tensor_seed(seed, MP_TENSOR_WK, l), scale, 0.f,
+                             s_);
+      gpu::fill_normal<bf16>(L.wqkv.p + qd + kd, kd, tensor_seed(seed, MP_TENSOR_WV, l), scale,
+                             0.f, s_);
+      gpu::fill_normal<bf16>(L.wo.p, (int64_t)L.wo.n, tensor_seed(seed, MP_TENSOR_WO, l), scale,
+                             0.f, s_);
+      const int64_t fd = (int64_t)F_ * dim_;
+      gpu::fill_normal<bf16>(L.wgu.p, fd, tensor_seed(seed, MP_TENSOR_W_GATE, l), scale, 0.f, s_);
+      gpu::fill_normal<bf16>(L.wgu.p + fd, fd, tensor_seed(seed, MP_TENSOR_W_UP, l), scale, 0.f,
+                             s_);
+      gpu::fill_normal<bf16>(L.wd.p, (int64_t)L.wd.n, tensor_seed(seed, MP_TENSOR_W_DOWN, l),
+                             scale, 0.f, s_);
+      gpu::fill_normal<float>(L.attn_norm.p, dim_, 0, 0.f, 1.f, s_);
+      gpu::fill_normal<float>(L.ffn_norm.p, dim_, 0, 0.f, 1.f, s_);
+    }
+    gpu::fill_normal<bf16>(embd_.p, (int64_t)embd_.n, tensor_seed(seed, MP_TENSOR_TOKEN_EMBD, 0),
+                           scale, 0.f, s_);
+    if (!c_.tied_embeddings)
+      gpu::fill_normal<bf16>(head_.p, (int64_t)head_.n, tensor_seed(seed, MP_TENSOR_OUTPUT, 0),
+                             scale, 0.f, s_);
+    gpu::fill_normal<float>(out_norm_.p, dim_, 0, 0.f, 1.f, s_);
+    MP_CUDA(cudaStreamSynchronize(s_));
+    device_init_ = true;
+    return true;
+  }
+
+  void prepare() override {
+    use_device();
+    alloc_weights();
+    // Upload every tensor that has a host copy (all of them after load_tensor; none after
+    // a device init_random).
+    for (int32_t l = 0; l < c_.n_layers; l++) {
+      const LayerWeights &W = e_.layer(l);
+      LayerDev &L = layers_[(size_t)l];
+      const size_t qn = (size_t)H_ * d_ * dim_, kn = (size_t)Hkv_ * d_ * dim_;
+      upload_matrix(W.wq, L.wqkv.p);
+      upload_matrix(W.wk, L.wqkv.p + qn);
+      upload_matrix(W.wv, L.wqkv.p + qn + kn);
+      upload_matrix(W.wo, L.wo.p);
+      upload_matrix(W.w_gate, L.wgu.p);
+      upload_matrix(W.w_up, L.wgu.p + (size_t)F_ * dim_);
+      upload_matrix(W.w_down, L.wd.p);
+      upload_norm(W.attn_norm, L.attn_norm.p);
+      upload_norm(W.ffn_norm, L.ffn_norm.p);
+    }
+    upload_matrix(e_.token_embd(), embd_.p);
+    if (!c_.tied_embeddings) upload_matrix(e_.tensor(MP_TENSOR_OUTPUT, 0), head_.p);
+    upload_norm(e_.output_norm(), out_norm_.p);
+    MP_CUDA(cudaStreamSynchronize(s_));
+    weights_bytes_ = mem_.used();
+  }
+
+  // ------------------------------------------------------------
+  // prefill
+
+  int32_t prefill(Session &s, const int32_t *tokens, int32_t n, float *logits,
+                  const int32_t *abort) override {
+    use_device();
+    const int64_t p0 = s.n_tokens();
+    const int64_t T = p0 + n;
+    const int32_t C = std::min<int32_t>(e_.prefill_chunk(), n);
+    // Everything this call needs, allocated before any work (budget errors come first).
+    Arr<float> x;
+    Arr<bf16> xb, qkv, att, gu, hb, K, V;
+    Arr<int32_t> pos, tok;
+    Arr<float> lg;
+    x.ensure(mem_, (size_t)n * dim_, "prefill residual stream");
+    K.ensure(mem_, (size_t)Hkv_ * T * d_, "prefill layer keys");
+    V.ensure(mem_, (size_t)Hkv_ * T * d_, "prefill layer values");
+    xb.ensure(mem_, (size_t)C * dim_, "prefill chunk activations");
+    qkv.ensure(mem_, (size_t)C * QKV_, "prefill chunk activations");
+    att.ensure(mem_, (size_t)C * H_ * d_, "prefill chunk activations");
+    gu.ensure(mem_, (size_t)C * 2 * F_, "prefill chunk activations");
+    hb.ensure(mem_, (size_t)C * F_, "prefill chunk activations");
+    pos.ensure(mem_, (size_t)n, "prefill positions");
+    tok.ensure(mem_, (size_t)n, "prefill tokens");
+    if (logits) lg.ensure(mem_, (size_t)c_.vocab_size, "prefill logits");
+
+    std::vector<int32_t> hpos((size_t)n);
+    for (int32_t i = 0; i < n; i++) hpos[(size_t)i] = (int32_t)(p0 + i);
+    MP_CUDA(cudaMemcpyAsync(pos.p, hpos.data(), (size_t)n * 4, cudaMemcpyHostToDevice, s_));
+    MP_CUDA(cudaMemcpyAsync(tok.p, tokens, (size_t)n * 4, cudaMemcpyHostToDevice, s_));
+    gpu::embedding(MP_DTYPE_BF16, embd_.p, c_.vocab_size, dim_, tok.p, n, x.p, s_);
+    MP_CUDA(cudaStreamSynchronize(s_));  // hpos and tokens are host memory of this frame
+
+    const size_t row_b = (size_t)d_ * sizeof(bf16);
+    for (int32_t l = 0; l < c_.n_layers; l++) {
+      if (abort_requested(abort)) {
+        MP_CUDA(cudaStreamSynchronize(s_));
+        return MP_ABORTED;
+      }
+      const LayerDev &L = layers_[(size_t)l];
+      if (p0 > 0) {  // earlier tokens of this layer from the host cache
+        MP_CUDA(cudaMemcpy2DAsync(K.p, (size_t)T * row_b, s.k_row(l, 0, 0),
+                                  (size_t)s.capacity() * row_b, (size_t)p0 * row_b, Hkv_,
+                                  cudaMemcpyHostToDevice, s_));
+        MP_CUDA(cudaMemcpy2DAsync(V.p, (size_t)T * row_b, s.v_row(l, 0, 0),
+                                  (size_t)s.capacity() * row_b, (size_t)p0 * row_b, Hkv_,
+                                  cudaMemcpyHostToDevice, s_));
+      }
+      for (int32_t c0 = 0; c0 < n; c0 += C) {
+        const int32_t m = std::min(C, n - c0);
+        const int64_t pos0 = p0 + c0;
+        float *xc = x.p + (size_t)c0 * dim_;
+        gpu::rmsnorm<bf16>(xc, L.attn_norm.p, m, dim_, c_.rms_eps, xb.p, s_);
+        gpu::matmul<bf16>(*gemm_, L.wqkv.p, xb.p, dim_, m, dim_, QKV_, qkv.p, QKV_, false);
+        gpu::rope<bf16>(qkv.p, m, H_ + Hkv_, d_, QKV_, pos.p + c0, inv_freq_.p, c_.rope.style,
+                        s_);
+        gpu::kv_scatter(qkv.p, QKV_, H_ * d_, (H_ + Hkv_) * d_, m, Hkv_, d_, K.p, V.p, T, pos0,
+                        s_);
+        gpu::KVView kv{K.p, V.p, (int64_t)d_, (int64_t)T * d_};
+        gpu::attention_prefill<bf16>(qkv.p, QKV_, kv, m, (int)(pos0 + m), H_, Hkv_, d_,
+                                     (int)pos0, att.p, (int64_t)H_ * d_, nullptr, s_);
+        gpu::matmul<float>(*gemm_, L.wo.p, att.p, (int64_t)H_ * d_, m, H_ * d_, dim_, xc, dim_,
+                           true);
+        gpu::rmsnorm<bf16>(xc, L.ffn_norm.p, m, dim_, c_.rms_eps, xb.p, s_);
+        gpu::matmul<bf16>(*gemm_, L.wgu.p, xb.p, dim_, m, dim_, 2 * F_, gu.p, 2 * F_, false);
+        gpu::swiglu<bf16, bf16>(gu.p, gu.p + F_, m, F_, 2 * F_, hb.p, F_, s_);
+        gpu::matmul<float>(*gemm_, L.wd.p, hb.p, F_, m, F_, dim_, xc, dim_, true);
+      }
+      // The layer's new rows to the session's host cache.
+      MP_CUDA(cudaMemcpy2DAsync(s.k_row(l, 0, p0), (size_t)s.capacity() * row_b,
+                                K.p + (size_t)p0 * d_, (size_t)T * row_b, (size_t)n * row_b,
+                                Hkv_, cudaMemcpyDeviceToHost, s_));
+      MP_CUDA(cudaMemcpy2DAsync(s.v_row(l, 0, p0), (size_t)s.capacity() * row_b,
+                                V.p + (size_t)p0 * d_, (size_t)T * row_b, (size_t)n * row_b,
+                                Hkv_, cudaMemcpyDeviceToHost, s_));
+    }
+    if (logits) {
+      gpu::rmsnorm<bf16>(x.p + (size_t)(n - 1) * dim_, out_norm_.p, 1, dim_, c_.rms_eps, xb.p,
+                         s_);
+      gpu::matmul<float>(*gemm_, head_ptr(), xb.p, dim_, 1, dim_, c_.vocab_size, lg.p,
+                         c_.vocab_size, false);
+      MP_CUDA(cudaMemcpyAsync(logits, lg.p, (size_t)c_.vocab_size * 4, cudaMemcpyDeviceToHost,
+                              s_));
+    }
+    MP_CUDA(cudaStreamSynchronize(s_));
+    s.set_n_tokens(T);
+    return MP_OK;
+  }
+
+  // ------------------------------------------------------------
+  // decode
+
+  int32_t decode(Session *const *ss, int32_t B, const int32_t *tokens, float *logits,
+                 const int32_t *abort) override {
+    use_device();
+    const int32_t NL = c_.n_layers;
+    const int64_t Hd = (int64_t)H_ * d_;
+    const size_t row_b = (size_t)d_ * sizeof(bf16);
+    ensure_decode_workspace(B);
+
+    // Placement and activation of every session.
+    std::vector<int64_t> pos((size_t)B);
+    std::vector<CudaSession *> st((size_t)B);
+    std::vector<char> streamed((size_t)B, 0);
+    int64_t stream_rows = 0;
+    bool any_cpu_layer = false;
+    for (int32_t i = 0; i < B; i++) {
+      Session &s = *ss[i];
+      pos[(size_t)i] = s.n_tokens();
+      st[(size_t)i] = state(s);
+      activate(s, *st[(size_t)i], pos[(size_t)i]);
+      if (!st[(size_t)i]->resident) {
+        streamed[(size_t)i] = 1;
+        stream_rows += pos[(size_t)i] + 1;
+      }
+      for (int32_t l = 0; l < NL; l++) any_cpu_layer |= !s.layer_is_dense(l);
+    }
+    if (stream_rows > 0) {
+      const size_t need = (size_t)stream_rows * Hkv_ * d_;
+      for (auto &b : stream_k_) b.ensure(mem_, need, "streamed KV buffers");
+      for (auto &b : stream_v_) b.ensure(mem_, need, "streamed KV buffers");
+    }
+    int64_t max_len = 1;
+    for (int64_t p : pos) max_len = std::max(max_len, p + 1);
+    splits_ = gpu::decode_splits(B, Hkv_, (int)std::min<int64_t>(max_len, 1 << 30));
+    d_ws_.ensure(mem_, std::max<size_t>(1, gpu::decode_workspace_floats(B, H_, d_, splits_)),
+                 "decode workspace");
+
+    // Per-layer attention tables [NL][B] (resident caches, stream buffers, or none).
+    gpu::SeqKV *tab = h_seqs_.ensure((size_t)NL * B);
+    {
+      int64_t off = 0;
+      std::vector<int64_t> soff((size_t)B, 0);
+      for (int32_t i = 0; i < B; i++)
+        if (streamed[(size_t)i]) soff[(size_t)i] = off, off += pos[(size_t)i] + 1;
+      for (int32_t l = 0; l < NL; l++) {
+        for (int32_t i = 0; i < B; i++) {
+          Session &s = *ss[i];
+          gpu::SeqKV &e = tab[(size_t)l * B + i];
+          e = gpu::SeqKV{nullptr, nullptr, d_, 0, 0};
+          if (!s.layer_is_dense(l)) continue;  // CPU policy layer
+          const int len = (int)(pos[(size_t)i] + 1);
+          if (streamed[(size_t)i]) {
+            const int64_t rows = pos[(size_t)i] + 1;
+            bf16 *kb = stream_k_[l & 1].p + (size_t)soff[(size_t)i] * Hkv_ * d_;
+            bf16 *vb = stream_v_[l & 1].p + (size_t)soff[(size_t)i] * Hkv_ * d_;
+            e = gpu::SeqKV{kb, vb, d_, rows * d_, len};
+          } else {
+            CudaSession &cs = *st[(size_t)i];
+            e = gpu::SeqKV{cs.k[(size_t)l].p, cs.v[(size_t)l].p, d_, cs.cap * d_, len};
+          }
+        }
+      }
+    }
+    int32_t *hpos = h_pos_.ensure((size_t)B);
+    int32_t *htok = h_tok_.ensure((size_t)B);
+    for (int32_t i = 0; i < B; i++) hpos[i] = (int32_t)pos[(size_t)i], htok[i] = tokens[i];
+    MP_CUDA(cudaMemcpyAsync(d_seqs_.p, tab, (size_t)NL * B * sizeof(gpu::SeqKV),
+                            cudaMemcpyHostToDevice, s_));
+    MP_CUDA(cudaMemcpyAsync(d_pos_.p, hpos, (size_t)B * 4, cudaMemcpyHostToDevice, s_));
+    MP_CUDA(cudaMemcpyAsync(d_tok_.p, htok, (size_t)B * 4, cudaMemcpyHostToDevice, s_));
+    gpu::embedding(MP_DTYPE_BF16, embd_.p, c_.vocab_size, dim_, d_tok_.p, B, d_x_.p, s_);
+
+    // Streamed KV: layer l's rows come in on the copy stream while layer l−1 computes.
+    auto stream_in = [&](int32_t l) {
+      if (stream_rows == 0 || l >= NL) return;
+      // The buffer of layer l was last read by layer l−2's attention.
+      MP_CUDA(cudaStreamWaitEvent(copy_, ev_[2 + (l & 1)], 0));
+      for (int32_t i = 0; i < B; i++) {
+        const gpu::SeqKV &e = tab[(size_t)l * B + i];
+        if (!streamed[(size_t)i] || e.k == nullptr || pos[(size_t)i] == 0) continue;
+        Session &s = *ss[i];
+        const int64_t rows = pos[(size_t)i] + 1;
+        MP_CUDA(cudaMemcpy2DAsync(const_cast<bf16 *>(e.k), (size_t)rows * row_b,
+                                  s.k_row(l, 0, 0), (size_t)s.capacity() * row_b,
+                                  (size_t)pos[(size_t)i] * row_b, Hkv_, cudaMemcpyHostToDevice,
+                                  copy_));
+        MP_CUDA(cudaMemcpy2DAsync(const_cast<bf16 *>(e.v), (size_t)rows * row_b,
+                                  s.v_row(l, 0, 0), (size_t)s.capacity() * row_b,
+                                  (size_t)pos[(size_t)i] * row_b, Hkv_, cudaMemcpyHostToDevice,
+                                  copy_));
+      }
+      MP_CUDA(cudaEventRecord(ev_[l & 1], copy_));
+    };
+    if (stream_rows > 0) {
+      // Both buffers start free.
+      MP_CUDA(cudaEventRecord(ev_[2], s_));
+      MP_CUDA(cudaEventRecord(ev_[3], s_));
+      stream_in(0);
+    }
+
+    bf16 *stage = h_stage_.ensure((size_t)NL * B * 2 * Hkv_ * d_);
+    const size_t kvrow = (size_t)Hkv_ * d_;
+    for (int32_t l = 0; l < NL; l++) {
+      if (abort_requested(abort)) {
+        MP_CUDA(cudaStreamSynchronize(copy_));
+        MP_CUDA(cudaStreamSynchronize(s_));
+        return MP_ABORTED;
+      }
+      const LayerDev &L = layers_[(size_t)l];
+      gpu::rmsnorm<bf16>(d_x_.p, L.attn_norm.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
+      gpu::matmul<bf16>(*gemm_, L.wqkv.p, d_xb_.p, dim_, B, dim_, QKV_, d_qkv_.p, QKV_, false);
+      gpu::rope<bf16>(d_qkv_.p, B, H_ + Hkv_, d_, QKV_, d_pos_.p, inv_freq_.p, c_.rope.style, s_);
+      // New K and V rows: into the device caches and into the device staging of the step
+      // ([layer][K|V][B][Hkv·d]), copied to the host caches once after the step (or right
+      // away for the CPU layers below): no copy engine work inside the layer loop.
+      bf16 *dk = d_stage_.p + (size_t)l * B * 2 * kvrow;
+      bf16 *sk = stage + (size_t)l * B * 2 * kvrow;
+      bf16 *sv = sk + (size_t)B * kvrow;
+      const gpu::SeqKV *dseq = d_seqs_.p + (size_t)l * B;
+      if (stream_rows > 0) {
+        MP_CUDA(cudaStreamWaitEvent(s_, ev_[l & 1], 0));  // layer l's rows are in
+      }
+      gpu::kv_append(d_qkv_.p, QKV_, (int)Hd, (int)(Hd + kvrow), dseq, B, Hkv_, d_, dk,
+                     dk + (size_t)B * kvrow, s_);
+      gpu::attention_decode<bf16, bf16>(d_qkv_.p, QKV_, dseq, B, H_, Hkv_, d_, splits_,
+                                        d_att_.p, nullptr, d_ws_.p, s_);
+      if (stream_rows > 0) MP_CUDA(cudaEventRecord(ev_[2 + (l & 1)], s_));  // buffer free
+      if (any_cpu_layer) cpu_layer_attention(ss, B, l, pos, dk, sk, sv);
+      gpu::matmul<float>(*gemm_, L.wo.p, d_att_.p, Hd, B, (int)Hd, dim_, d_x_.p, dim_, true);
+      gpu::rmsnorm<bf16>(d_x_.p, L.ffn_norm.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
+      gpu::matmul<bf16>(*gemm_, L.wgu.p, d_xb_.p, dim_, B, dim_, 2 * F_, d_gu_.p, 2 * F_, false);
+      gpu::swiglu<bf16, bf16>(d_gu_.p, d_gu_.p + F_, B, F_, 2 * F_, d_h_.p, F_, s_);
+      gpu::matmul<float>(*gemm_, L.wd.p, d_h_.p, F_, B, F_, dim_, d_x_.p, dim_, true);
+      // With the whole layer queued, bring in the next layer's streamed rows (a pageable
+      // copy holds this thread until it is staged; the GPU works meanwhile).
+      if (stream_rows > 0) stream_in(l + 1);
+    }
+    gpu::rmsnorm<bf16>(d_x_.p, out_norm_.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
+    gpu::matmul<float>(*gemm_, head_ptr(), d_xb_.p, dim_, B, dim_, c_.vocab_size, d_logits_.p,
+                       c_.vocab_size, false);
+    MP_CUDA(cudaMemcpyAsync(stage, d_stage_.p, (size_t)NL * B * 2 * kvrow * sizeof(bf16),
+                            cudaMemcpyDeviceToHost, s_));
+    MP_CUDA(cudaMemcpyAsync(logits, d_logits_.p, (size_t)B * c_.vocab_size * 4,
+                            cudaMemcpyDeviceToHost, s_));
+    MP_CUDA(cudaStreamSynchronize(s_));
+    if (stream_rows > 0) MP_CUDA(cudaStreamSynchronize(copy_));
+
+    // Host caches: row pos_i of every layer.
+    for (int32_t l = 0; l < NL; l++) {
+      const bf16 *sk = stage + (size_t)l * B * 2 * kvrow;
+      const bf16 *sv = sk + (size_t)B * kvrow;
+      for (int32_t i = 0; i < B; i++) write_host_row(*ss[i], l, pos[(size_t)i], sk, sv, i);
+    }
+    for (int32_t i = 0; i < B; i++)
+      if (st[(size_t)i]->resident) st[(size_t)i]->rows = pos[(size_t)i] + 1;
+    return MP_OK;
+  }
+
+  // ------------------------------------------------------------
+  // hooks
+
+  void session_truncated(Session &s, int64_t n) override {
+    if (auto *cs = dynamic_cast<CudaSession *>(s.backend_state.get()))
+      cs->rows = std::min(cs->rows, n);
+  }
+
+  int64_t session_device_bytes(const Session &s) const override {
+    if (auto *cs = dynamic_cast<const CudaSession *>(s.backend_state.get())) return cs->bytes();
+    return 0;
+  }
+
+  void fill_info(mp_engine_info *out) const override {
+    out->device = e_.params().device;
+    out->weight_bytes = weights_bytes_;
+    out->gpu_bytes_in_use = mem_.used();
+    out->gpu_bytes_peak = mem_.peak();
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) (void)cudaGetLastError();
+    out->gpu_bytes_total = (int64_t)total_b;
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, e_.params().device) == cudaSuccess)
+      std::snprintf(out->device_name, sizeof out->device_name, "%.63s", p.name);
+    else
+      (void)cudaGetLastError();
+  }
+
+ private:
+  const bf16 *head_ptr() const { return c_.tied_embeddings ? embd_.p : head_.p; }
+
+  // Calls arrive on different host threads (nonblocking FFI): select the engine's device.
+  void use_device() const { MP_CUDA(cudaSetDevice(e_.params().device)); }
+
+  void alloc_weights() {
+    if (!embd_.p) {
+      for (LayerDev &L : layers_) {
+        L.wqkv.ensure(mem_, (size_t)QKV_ * dim_, "weights");
+        L.wo.ensure(mem_, (size_t)dim_ * H_ * d_, "weights");
+        L.wgu.ensure(mem_, (size_t)2 * F_ * dim_, "weights");
+        L.wd.ensure(mem_, (size_t)dim_ * F_, "weights");
+        L.attn_norm.ensure(mem_, (size_t)dim_, "weights");
+        L.ffn_norm.ensure(mem_, (size_t)dim_, "weights");
+      }
+      embd_.ensure(mem_, (size_t)c_.vocab_size * dim_, "weights");
+      if (!c_.tied_embeddings) head_.ensure(mem_, (size_t)c_.vocab_size * dim_, "weights");
+      out_norm_.ensure(mem_, (size_t)dim_, "weights");
+      weights_bytes_ = mem_.used();
+    }
+  }
+
+  // Host tensor (any dtype) -> bf16 device rows, through a pinned staging buffer.
+  void upload_matrix(const Tensor &t, bf16 *dst) {
+    if (t.data.empty()) {
+      MP_CHECK(device_init_, MP_ERR_STATE, "a tensor has no host copy to upload");
+      return;
+    }
+    const size_t n = (size_t)t.numel();
+    const size_t chunk = (size_t)8 << 20;
+    uint16_t *stage = (uint16_t *)h_upload_.ensure(chunk * 2);
+    for (size_t i0 = 0; i0 < n; i0 += chunk) {
+      const size_t m = std::min(chunk, n - i0);
+      MP_CUDA(cudaStreamSynchronize(s_));  // the staging buffer is free again
+      if (t.dtype == MP_DTYPE_BF16) {
+        std::memcpy(stage, (const uint16_t *)t.ptr() + i0, m * 2);
+      } else if (t.dtype == MP_DTYPE_F32) {
+        const float *src = (const float *)t.ptr() + i0;
+        for (size_t j = 0; j < m; j++) stage[j] = f32_to_bf16(src[j]);
+      } else {
+        const uint16_t *src = (const uint16_t *)t.ptr() + i0;
+        for (size_t j = 0; j < m; j++) stage[j] = f32_to_bf16(f16_to_f32(src[j]));
+      }
+      MP_CUDA(cudaMemcpyAsync(dst + i0, stage, m * 2, cudaMemcpyHostToDevice, s_));
+    }
+  }
+
+  void upload_norm(const Tensor &t, float *dst) {
+    if (t.data.empty()) {
+      MP_CHECK(device_init_, MP_ERR_STATE, "a norm tensor has no host copy to upload");
+      return;
+    }
+    MP_CHECK(t.dtype == MP_DTYPE_F32, MP_ERR_INTERNAL, "norm weights must be F32 on the host");
+    MP_CUDA(cudaMemcpy(dst, t.ptr(), (size_t)t.numel() * 4, cudaMemcpyHostToDevice));
+  }
+
+  CudaSession *state(Session &s) {
+    if (!s.backend_state) {
+      auto cs = std::make_unique<CudaSession>();
+      cs->k.resize((size_t)c_.n_layers);
+      cs->v.resize((size_t)c_.n_layers);
+      s.backend_state = std::move(cs);
+    }
+    return static_cast<CudaSession *>(s.backend_state.get());
+  }
+
+  // Chooses where a session's GPU-attended KV lives for this step (mp_gpu_set_kernel "kv":
+  // forced resident or streamed, or automatic: resident while the budget allows) and
+  // keeps a resident cache in sync with the host rows 0..pos−1.
+  void activate(Session &s, CudaSession &cs, int64_t pos) {
+    const int32_t NL = c_.n_layers;
+    int gpu_layers = 0;
+    for (int32_t l = 0; l < NL; l++) gpu_layers += s.layer_is_dense(l);
+    const size_t row_b = (size_t)d_ * sizeof(bf16);
+    const int mode = gpu::forced_variant(gpu::OP_KV);
+    const int64_t cap0 = (pos + 1 + 1023) / 1024 * 1024 + 1024;
+    bool want = mode == 1;
+    if (mode == 0)
+      want = cs.resident ||
+             mem_.fits((size_t)gpu_layers * 2 * Hkv_ * cap0 * row_b + ((size_t)256 << 20));
+    if (!want || gpu_layers == 0) {
+      if (cs.resident) release(cs);
+      return;
+    }
+    if (!cs.resident) {
+      cs.rows = 0;
+      cs.cap = 0;
+      grow(s, cs, cap0);
+      cs.resident = true;
+    }
+    if (pos + 1 > cs.cap) grow(s, cs, (pos + 1) * 2);
+    if (cs.rows < pos) {  // rows written on the host since (prefill, other backends)
+      const int64_t r0 = cs.rows, nr = pos - r0;
+      for (int32_t l = 0; l < NL; l++) {
+        if (!s.layer_is_dense(l)) continue;
+        MP_CUDA(cudaMemcpy2DAsync(cs.k[(size_t)l].p + (size_t)r0 * d_, (size_t)cs.cap * row_b,
+                                  s.k_row(l, 0, r0), (size_t)s.capacity() * row_b,
+                                  (size_t)nr * row_b, Hkv_, cudaMemcpyHostToDevice, s_));
+        MP_CUDA(cudaMemcpy2DAsync(cs.v[(size_t)l].p + (size_t)r0 * d_, (size_t)cs.cap * row_b,
+                                  s.v_row(l, 0, r0), (size_t)s.capacity() * row_b,
+                                  (size_t)nr * row_b, Hkv_, cudaMemcpyHostToDevice, s_));
+      }
+      cs.rows = pos;
+    }
+  }
+
+  void release(CudaSession &cs) {
+    MP_CUDA(cudaStreamSynchronize(s_));
+    for (auto &a : cs.k) a.release();
+    for (auto &a : cs.v) a.release();
+    cs.cap = 0, cs.rows = 0, cs.resident = false;
+  }
+
+  // Reallocates a resident cache with `cap` rows per head, keeping the valid rows.
+  void grow(Session &s, CudaSession &cs, int64_t cap) {
+    const size_t row_b = (size_t)d_ * sizeof(bf16);
+    for (int32_t l = 0; l < c_.n_layers; l++) {
+      if (!s.layer_is_dense(l)) continue;
+      for (auto *vec : {&cs.k, &cs.v}) {
+        Arr<bf16> fresh;
+        fresh.ensure(mem_, (size_t)Hkv_ * cap * d_, "a session's KV on the GPU");
+        Arr<bf16> &old = (*vec)[(size_t)l];
+        if (old.p && cs.rows > 0)
+          MP_CUDA(cudaMemcpy2DAsync(fresh.p, (size_t)cap * row_b, old.p, (size_t)cs.cap * row_b,
+                                    (size_t)cs.rows * row_b, Hkv_, cudaMemcpyDeviceToDevice, s_));
+        MP_CUDA(cudaStreamSynchronize(s_));
+        old = std::move(fresh);
+      }
+    }
+    cs.cap = cap;
+  }
+
+  void ensure_decode_workspace(int32_t B) {
+    const int32_t NL = c_.n_layers;
+    if (B > ws_batch_) {
+      d_x_.ensure(mem_, (size_t)B * dim_, "decode workspace");
+      d_xb_.ensure(mem_, (size_t)B * dim_, "decode workspace");
+      d_qkv_.ensure(mem_, (size_t)B * QKV_, "decode workspace");
+      d_att_.ensure(mem_, (size_t)B * H_ * d_, "decode workspace");
+      d_gu_.ensure(mem_, (size_t)B * 2 * F_, "decode workspace");
+      d_h_.ensure(mem_, (size_t)B * F_, "decode workspace");
+      d_logits_.ensure(mem_, (size_t)B * c_.vocab_size, "decode workspace");
+      d_pos_.ensure(mem_, (size_t)B, "decode workspace");
+      d_tok_.ensure(mem_, (size_t)B, "decode workspace");
+      d_qf_.ensure(mem_, (size_t)B * QKV_, "decode workspace");
+      d_of_.ensure(mem_, (size_t)B * H_ * d_, "decode workspace");
+      d_seqs_.ensure(mem_, (size_t)NL * B, "decode workspace");
+      d_stage_.ensure(mem_, (size_t)NL * B * 2 * Hkv_ * d_, "decode workspace");
+      ws_batch_ = B;
+    }
+  }
+
+  // Sparse layers of non-DENSE sessions: the policy on the CPU computes the attention
+  // over the session's host rows 0..pos (row pos written first).
+  void cpu_layer_attention(Session *const *ss, int32_t B, int32_t l,
+                           const std::vector<int64_t> &pos, const bf16 *dk, bf16 *sk,
+                           const bf16 *sv) {
+    std::vector<int32_t> rows;
+    for (int32_t i = 0; i < B; i++)
+      if (!ss[i]->layer_is_dense(l)) rows.push_back(i);
+    if (rows.empty()) return;
+    const int64_t Hd = (int64_t)H_ * d_;
+    float *hq = h_q_.ensure((size_t)B * Hd);
+    float *ho = h_o_.ensure((size_t)B * Hd);
+    gpu::convert<bf16, float>(d_qkv_.p, d_qf_.p, (int64_t)B * QKV_, s_);
+    MP_CUDA(cudaMemcpy2DAsync(hq, (size_t)Hd * 4, d_qf_.p, (size_t)QKV_ * 4, (size_t)Hd * 4, B,
+                              cudaMemcpyDeviceToHost, s_));
+    MP_CUDA(cudaMemcpyAsync(sk, dk, (size_t)B * 2 * Hkv_ * d_ * sizeof(bf16),
+                            cudaMemcpyDeviceToHost, s_));
+    MP_CUDA(cudaStreamSynchronize(s_));  // q and this layer's staged K/V rows are on the host
+    for (int32_t i : rows) {
+      Session &s = *ss[i];
+      write_host_row(s, l, pos[(size_t)i], sk, sv, i);
+      policy_decode_attention(s, l, pos[(size_t)i], hq + (size_t)i * Hd, ho + (size_t)i * Hd);
+    }
+    for (int32_t i : rows) {
+      MP_CUDA(cudaMemcpyAsync(d_of_.p + (size_t)i * Hd, ho + (size_t)i * Hd, (size_t)Hd * 4,
+                              cudaMemcpyHostToDevice, s_));
+      gpu::convert<float, bf16>(d_of_.p + (size_t)i * Hd, d_att_.p + (size_t)i * Hd, Hd, s_);
+    }
+  }
+
+  void write_host_row(Session &s, int32_t l, int64_t p, const bf16 *sk, const bf16 *sv, int i) {
+    const size_t kvrow = (size_t)Hkv_ * d_;
+    for (int32_t h = 0; h < Hkv_; h++) {
+      std::memcpy(s.k_row(l, h, p), sk + (size_t)i * kvrow + (size_t)h * d_, (size_t)d_ * 2);
+      std::memcpy(s.v_row(l, h, p), sv + (size_t)i * kvrow + (size_t)h * d_, (size_t)d_ * 2);
+    }
+  }
+
+  Engine &e_;
+  const mp_model_config &c_;
+  DeviceMemory mem_;
+  cudaStream_t s_ = nullptr, copy_ = nullptr;
+  cudaEvent_t ev_[4] = {};  // [0,1]: stream buffer loaded; [2,3]: stream buffer free
+  std::unique_ptr<gpu::Gemm> gemm_;
+  int H_, Hkv_, d_, dim_, F_, QKV_;
+  bool device_init_ = false;
+  int64_t weights_bytes_ = 0;
+
+  std::vector<LayerDev> layers_;
+  Arr<bf16> embd_, head_;
+  Arr<float> out_norm_;
+  Arr<double> inv_freq_;
+
+  // decode workspaces
+  int32_t ws_batch_ = 0;
+  int splits_ = 1;
+  Arr<float> d_x_, d_logits_, d_qf_, d_of_, d_ws_;
+  Arr<bf16> d_xb_, d_qkv_, d_att_, d_gu_, d_h_, d_stage_;
+  Arr<int32_t> d_pos_, d_tok_;
+  Arr<gpu::SeqKV> d_seqs_;
+  Arr<bf16> stream_k_[2], stream_v_[2];
+  Pinned<gpu::SeqKV> h_seqs_;
+  Pinned<int32_t> h_pos_, h_tok_;
+  Pinned<bf16> h_stage_;
+  Pinned<float> h_q_, h_o_;
+  Pinned<uint8_t> h_upload_;
+};
+
+}  // namespace
+
+bool cuda_forward_available() { return true; }
+
+std::unique_ptr<ForwardBackend> make_cuda_backend(Engine &e) {
+  return std::make_unique<CudaBackend>(e);
+}
+
+}  // namespace mp

@@ -1,0 +1,282 @@
+// attention_decode.cu — one query per sequence over GPU-resident keys/values, split-K, with
+// the base-2 log-sum-exp (FlashInfer's convention) so that partial results merge.
+//
+// Decoding attention is bandwidth-bound: every key and value row (2·d bf16) is read once
+// and serves the G = H / Hkv query heads of its KV head. So a block owns one (sequence,
+// KV head, split) and computes all G heads at once from each row it reads.
+//   - grid (splits, Hkv, B), 128 threads. Split s of a sequence of length len takes keys
+//     [s·c, min(len, (s+1)·c)) with c = ceil(len / splits): the split count is fixed per
+//     launch (so a captured graph stays valid while lengths grow) and short sequences of a
+//     batch simply get short splits.
+//   - A "key group" of LPK = d/8 lanes reads one key row with 16-byte loads (8 dims per
+//     lane); a warp has 32/LPK groups; each group takes KPG consecutive keys per step, all
+//     loads of K and V issued before the math. Scores: per-lane partial dots for G heads,
+//     reduced across the group's lanes with xor-shuffles (every lane ends with the full
+//     score), then a per-group online softmax in base 2 (q pre-scaled by log2(e)/√d) and
+//     f32 accumulation of p·v into 8·G registers per lane.
+//   - The block's groups combine through shared memory; with one split the block writes the
+//     final output and lse directly, otherwise f32 partials [B][H][splits][d] and
+//     [B][H][splits] that a second kernel merges by their LSEs.
+// Sequences of length 0 (or splits past the end) produce lse −∞ and a zero output.
+//
+// q[b][h][:] = q + b·q_stride + h·d (bf16); K[t][hk][:] = seqs[b].k + t·stride_t + hk·stride_h;
+// out[b][h][:]; lse2[b·H + h].
+#include <algorithm>
+#include <cmath>
+
+#include "gpu/gpu.h"
+#include "gpu/kernels.h"
+#include "gpu/mma.cuh"
+#include "gpu/reduce.cuh"
+
+namespace mp::gpu {
+
+namespace {
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr int DEC_THREADS = 128;
+constexpr int DEC_KPG = 4;
+
+__device__ __forceinline__ void load8(const bf16 *p, float (&f)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4 *>(p);
+  float2 x;
+  x = unpack_bf16x2(u.x), f[0] = x.x, f[1] = x.y;
+  x = unpack_bf16x2(u.y), f[2] = x.x, f[3] = x.y;
+  x = unpack_bf16x2(u.z), f[4] = x.x, f[5] = x.y;
+  x = unpack_bf16x2(u.w), f[6] = x.x, f[7] = x.y;
+}
+}  // namespace
+
+// ------------------------------------------------------------
+// kernels
+
+template <int D, int G, class QT, class OutT>
+__global__ void __launch_bounds__(DEC_THREADS)
+    decode_attn_kernel(const QT *__restrict__ q, int64_t q_stride, const SeqKV *__restrict__ seqs,
+                       int H, float sl2, float *__restrict__ part_o, float *__restrict__ part_lse,
+                       OutT *__restrict__ out, float *__restrict__ lse2) {
+  constexpr int LPK = D / 8;                 // lanes per key row
+  constexpr int NG = 32 / LPK;               // key groups per warp
+  constexpr int NGB = NG * (DEC_THREADS / 32);  // key groups per block
+  __shared__ float sm_m[NGB][G];
+  __shared__ float sm_l[NGB][G];
+  __shared__ float sm_acc[NGB][G][D];
+
+  const int s = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int splits = gridDim.x;
+  const SeqKV sq = seqs[b];
+  const int len = sq.len;
+  const int chunk = (len + splits - 1) / splits;
+  const int kb = s * chunk;
+  const int ke = min(len, kb + chunk);
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int grp = lane / LPK, gl = lane % LPK;
+  const int gid = warp * NG + grp;
+
+  float qv[G][8];
+#pragma unroll
+  for (int gi = 0; gi < G; gi++) {
+    load8(q + (int64_t)b * q_stride + (int64_t)(hk * G + gi) * D + gl * 8, qv[gi]);
+#pragma unroll
+    for (int e = 0; e < 8; e++) qv[gi][e] *= sl2;
+  }
+
+  float m[G], l[G], acc[G][8];
+#pragma unroll
+  for (int gi = 0; gi < G; gi++) {
+    m[gi] = -INFINITY, l[gi] = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; e++) acc[gi][e] = 0.f;
+  }
+
+  const bf16 *kbase = sq.k + (int64_t)hk * sq.stride_h + gl * 8;
+  const bf16 *vbase = sq.v + (int64_t)hk * sq.stride_h + gl * 8;
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int t0 = kb + gid * DEC_KPG; t0 < ke; t0 += NGB * DEC_KPG) {
+    uint4 kr[DEC_KPG], vr[DEC_KPG];
+#pragma unroll
+    for (int u = 0; u < DEC_KPG; u++) {
+      const int tt = t0 + u;
+      const bool ok = tt < ke;
+      kr[u] = ok ? ld_stream_16(kbase + (int64_t)tt * sq.stride_t) : zero;
+      vr[u] = ok ? ld_stream_16(vbase + (int64_t)tt * sq.stride_t) : zero;
+    }
+    float sc[G][DEC_KPG];
+#pragma unroll
+    for (int u = 0; u < DEC_KPG; u++) {
+      float kf[8];
+      float2 x;
+      x = unpack_bf16x2(kr[u].x), kf[0] = x.x, kf[1] = x.y;
+      x = unpack_bf16x2(kr[u].y), kf[2] = x.x, kf[3] = x.y;
+      x = unpack_bf16x2(kr[u].z), kf[4] = x.x, kf[5] = x.y;
+      x = unpack_bf16x2(kr[u].w), kf[6] = x.x, kf[7] = x.y;
+#pragma unroll
+      for (int gi = 0; gi < G; gi++) {
+        float a = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; e++) a = fmaf(qv[gi][e], kf[e], a);
+        sc[gi][u] = a;
+      }
+    }
+#pragma unroll
+    for (int off = LPK / 2; off > 0; off >>= 1)
+#pragma unroll
+      for (int gi = 0; gi < G; gi++)
+#pragma unroll
+        for (int u = 0; u < DEC_KPG; u++) sc[gi][u] += __shfl_xor_sync(0xffffffffu, sc[gi][u], off);
+#pragma unroll
+    for (int u = 0; u < DEC_KPG; u++)
+      if (t0 + u >= ke)
+#pragma unroll
+        for (int gi = 0; gi < G; gi++) sc[gi][u] = -INFINITY;
+
+#pragma unroll
+    for (int gi = 0; gi < G; gi++) {
+      float mx = sc[gi][0];
+#pragma unroll
+      for (int u = 1; u < DEC_KPG; u++) mx = fmaxf(mx, sc[gi][u]);
+      const float m_new = fmaxf(m[gi], mx);  // finite: key t0 is always < ke
+      const float alpha = exp2f(m[gi] - m_new);
+      l[gi] *= alpha;
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[gi][e] *= alpha;
+#pragma unroll
+      for (int u = 0; u < DEC_KPG; u++) {
+        const float p = exp2f(sc[gi][u] - m_new);
+        l[gi] += p;
+        float2 x;
+        x = unpack_bf16x2(vr[u].x), acc[gi][0] = fmaf(p, x.x, acc[gi][0]), acc[gi][1] = fmaf(p, x.y, acc[gi][1]);
+        x = unpack_bf16x2(vr[u].y), acc[gi][2] = fmaf(p, x.x, acc[gi][2]), acc[gi][3] = fmaf(p, x.y, acc[gi][3]);
+        x = unpack_bf16x2(vr[u].z), acc[gi][4] = fmaf(p, x.x, acc[gi][4]), acc[gi][5] = fmaf(p, x.y, acc[gi][5]);
+        x = unpack_bf16x2(vr[u].w), acc[gi][6] = fmaf(p, x.x, acc[gi][6]), acc[gi][7] = fmaf(p, x.y, acc[gi][7]);
+      }
+      m[gi] = m_new;
+    }
+  }
+
+  // Combine the block's key groups.
+#pragma unroll
+  for (int gi = 0; gi < G; gi++) {
+    if (gl == 0) sm_m[gid][gi] = m[gi], sm_l[gid][gi] = l[gi];
+#pragma unroll
+    for (int e = 0; e < 8; e++) sm_acc[gid][gi][gl * 8 + e] = acc[gi][e];
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * D; idx += DEC_THREADS) {
+    const int gi = idx / D, dd = idx % D;
+    float M = -INFINITY;
+    for (int j = 0; j < NGB; j++) M = fmaxf(M, sm_m[j][gi]);
+    float L = 0.f, O = 0.f;
+    if (M != -INFINITY) {
+      for (int j = 0; j < NGB; j++) {
+        const float w = exp2f(sm_m[j][gi] - M);
+        L += sm_l[j][gi] * w;
+        O += sm_acc[j][gi][dd] * w;
+      }
+    }
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    const float lse = L > 0.f ? M + log2f(L) : -INFINITY;
+    const int h = hk * G + gi;
+    if (splits == 1) {
+      out[((int64_t)b * H + h) * D + dd] = to_out<OutT>(O * inv);
+      if (lse2 && dd == 0) lse2[(int64_t)b * H + h] = lse;
+    } else {
+      const int64_t row = ((int64_t)b * H + h) * splits + s;
+      part_o[row * D + dd] = O * inv;
+      if (dd == 0) part_lse[row] = lse;
+    }
+  }
+}
+
+// Merges the splits of each (sequence, head) row by their LSEs.
+template <class OutT>
+__global__ void decode_combine_kernel(const float *__restrict__ part_o,
+                                      const float *__restrict__ part_lse, int splits, int d,
+                                      OutT *__restrict__ out, float *__restrict__ lse2) {
+  const int64_t row = blockIdx.x;  // b·H + h
+  const float *pl = part_lse + row * splits;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; s++) M = fmaxf(M, pl[s]);
+  float L = 0.f;
+  if (M != -INFINITY)
+    for (int s = 0; s < splits; s++) L += exp2f(pl[s] - M);
+  const float inv = L > 0.f ? 1.f / L : 0.f;
+  for (int dd = threadIdx.x; dd < d; dd += blockDim.x) {
+    float o = 0.f;
+    if (M != -INFINITY)
+      for (int s = 0; s < splits; s++) o += exp2f(pl[s] - M) * part_o[(row * splits + s) * d + dd];
+    out[row * d + dd] = to_out<OutT>(o * inv);
+  }
+  if (lse2 && threadIdx.x == 0) lse2[row] = L > 0.f ? M + log2f(L) : -INFINITY;
+}
+
+// ------------------------------------------------------------
+// launchers
+
+int decode_splits(int B, int Hkv, int max_len) {
+  const int target = 4 * sm_count();
+  const int pairs = std::max(1, B * Hkv);
+  int splits = (target + pairs - 1) / pairs;
+  splits = std::min(splits, std::max(1, (max_len + 255) / 256));  // >= 256 keys per split
+  return std::max(1, std::min(splits, 1024));
+}
+
+size_t decode_workspace_floats(int B, int H, int d, int splits) {
+  return splits > 1 ? (size_t)B * H * splits * (d + 1) : 0;
+}
+
+template <int D, int G, class QT, class OutT>
+static void launch_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, int H, int Hkv, int splits,
+                          OutT *out, float *lse2, float *ws, cudaStream_t s) {
+  const float sl2 = LOG2E / sqrtf((float)D);
+  float *part_o = ws;
+  float *part_lse = ws ? ws + (size_t)B * H * splits * D : nullptr;
+  decode_attn_kernel<D, G, QT, OutT>
+      <<<dim3(splits, Hkv, B), DEC_THREADS, 0, s>>>(q, q_stride, seqs, H, sl2, part_o, part_lse, out, lse2);
+  MP_CUDA_LAUNCH("decode_attn_kernel");
+  if (splits > 1) {
+    decode_combine_kernel<OutT><<<B * H, D < 128 ? 64 : 128, 0, s>>>(part_o, part_lse, splits, D,
+                                                                    out, lse2);
+    MP_CUDA_LAUNCH("decode_combine_kernel");
+  }
+}
+
+template <int D, class QT, class OutT>
+static void dispatch_g(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, int H, int Hkv, int splits,
+                       OutT *out, float *lse2, float *ws, cudaStream_t s) {
+  switch (H / Hkv) {
+    case 1: return launch_decode<D, 1, QT, OutT>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, ws, s);
+    case 2: return launch_decode<D, 2, QT, OutT>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, ws, s);
+    case 4: return launch_decode<D, 4, QT, OutT>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, ws, s);
+    case 8: return launch_decode<D, 8, QT, OutT>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, ws, s);
+  }
+  MP_FAIL(MP_ERR_UNSUPPORTED, "decode attention: GQA group of %d heads is not supported",
+          H / Hkv);
+}
+
+template <class QT, class OutT>
+void attention_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, int H, int Hkv, int d, int splits,
+                      OutT *out, float *lse2, float *workspace, cudaStream_t s) {
+  if (B <= 0) return;
+  MP_CHECK(H > 0 && Hkv > 0 && H % Hkv == 0, MP_ERR_INVALID,
+           "decode attention: %d query heads are not a multiple of %d KV heads", H, Hkv);
+  MP_CHECK(B <= 65535 && Hkv <= 65535 && splits >= 1 && splits <= 65535, MP_ERR_INVALID,
+           "decode attention: grid too large");
+  MP_CHECK(splits == 1 || workspace, MP_ERR_INTERNAL, "decode attention: no workspace");
+  switch (d) {
+    case 8: return dispatch_g<8>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, s);
+    case 16: return dispatch_g<16>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, s);
+    case 32: return dispatch_g<32>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, s);
+    case 64: return dispatch_g<64>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, s);
+    case 128: return dispatch_g<128>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, s);
+    case 256: return dispatch_g<256>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, s);
+  }
+  MP_FAIL(MP_ERR_UNSUPPORTED, "decode attention: head_dim %d is not supported", d);
+}
+
+template void attention_decode<bf16, float>(const bf16 *, int64_t, const SeqKV *, int, int, int,
+                                            int, int, float *, float *, float *, cudaStream_t);
+template void attention_decode<bf16, bf16>(const bf16 *, int64_t, const SeqKV *, int, int, int,
+                                           int, int, bf16 *, float *, float *, cudaStream_t);
+
+}  // namespace mp::gpu

@@ -1,0 +1,406 @@
+// attention_prefill.cu — causal GQA attention for a chunk of queries of one sequence.
+//
+// Flash kernel (head_dim 64 or 128; FlashAttention-2 structure on mma.sync tensor cores):
+//   - A block owns BR = 64 queries of one query head h (4 warps × 16 rows) and walks the
+//     key/value tiles of BC = 64 keys of KV head h / G (G = H / Hkv) up to its last query's
+//     position. Blocks are ordered longest-first (blockIdx.y reversed) so that the causal
+//     triangle's long rows start early.
+//   - Q, K and V tiles go global → shared with 16-byte cp.async; K/V are double-buffered
+//     (tile j+1 loads while tile j computes). Shared rows are D bf16 long and XOR-swizzled
+//     in 16-byte chunks (chunk c of row r lives at c ^ (r & 7)), so the 8 row addresses of
+//     every ldmatrix phase fall in 8 different bank groups.
+//   - Each warp keeps its Q fragments in registers (ldmatrix once), computes S = Q·Kᵀ for
+//     16×64 with mma.m16n8k16 (K fragments by ldmatrix), applies the causal mask on the
+//     tiles that cross the diagonal or the end, and runs the online softmax in base 2
+//     (scores pre-scaled by log2(e)/√d, exp2f). The row max is shared by the 4 lanes of a
+//     row with two xor-shuffles; the row sum stays per-lane until the end.
+//   - P is packed to bf16 straight from the S accumulators: the C fragment of two adjacent
+//     n8 tiles is exactly the A fragment of one k16 step. O += P·V uses V fragments from
+//     ldmatrix.trans. O (16×D per warp) stays in f32 registers.
+//   - Epilogue: O / l, written as OutT; lse2 = m + log2(l) (base-2 log-sum-exp of s/√d).
+//   Shared memory: (BR + 4·BC)·D·2 bytes = 80 KB at D = 128 (opt-in above 48 KB).
+//
+// Generic kernel (any head_dim <= 256; tests, tiny models): one block per (query, head),
+// scores of 512-key chunks in shared memory, online softmax across chunks, thread c owns
+// output dims c and c + 128.
+//
+// Layouts: q[i][h][:] = q + i·q_stride + h·d; K[t][hk][:] = k + t·stride_t + hk·stride_h;
+// out[i][h][:] = out + i·out_stride + h·d; lse2[i·H + h]. Query i sits at position
+// q_pos0 + i and sees keys 0..min(q_pos0 + i, T − 1).
+#include <cmath>
+
+#include "gpu/gpu.h"
+#include "gpu/kernels.h"
+#include "gpu/mma.cuh"
+#include "gpu/reduce.cuh"
+
+namespace mp::gpu {
+
+namespace {
+
+constexpr int FA_BR = 64;
+constexpr int FA_BC = 64;
+constexpr float LOG2E = 1.4426950408889634f;
+
+template <int D>
+constexpr size_t flash_smem_bytes() {
+  return (size_t)(FA_BR + 4 * FA_BC) * D * sizeof(bf16);
+}
+
+// Element offset of (row, 16-byte chunk) in a swizzled [rows][D] bf16 tile.
+template <int D>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  return row * D + ((chunk ^ (row & 7)) << 3);
+}
+
+__device__ __forceinline__ void store2(float *p, float a, float b) {
+  *reinterpret_cast<float2 *>(p) = make_float2(a, b);
+}
+__device__ __forceinline__ void store2(bf16 *p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(a, b);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------
+// kernels
+
+template <int D, class OutT>
+__global__ void __launch_bounds__(128)
+    flash_prefill_kernel(const bf16 *__restrict__ q, int64_t q_stride,
+                         const bf16 *__restrict__ k, const bf16 *__restrict__ v, int64_t kv_st,
+                         int64_t kv_sh, int n, int T, int G, int q_pos0, float sl2,
+                         OutT *__restrict__ out, int64_t out_stride, float *__restrict__ lse2,
+                         int H) {
+  constexpr int CH = D / 8;  // 16-byte chunks per row
+  extern __shared__ uint4 smem_u4[];
+  bf16 *Qs = reinterpret_cast<bf16 *>(smem_u4);
+  bf16 *Ks = Qs + FA_BR * D;      // [2][BC][D]
+  bf16 *Vs = Ks + 2 * FA_BC * D;  // [2][BC][D]
+
+  const int h = blockIdx.x;
+  const int m0 = (gridDim.y - 1 - blockIdx.y) * FA_BR;
+  const int hk = h / G;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+
+  const int rows_here = min(FA_BR, n - m0);
+  const int pmin = q_pos0 + m0;                  // position of the block's first query
+  const int pmax = q_pos0 + m0 + rows_here - 1;  // and of its last
+  const int kv_end = min(T, pmax + 1);
+  const int ntiles = kv_end > 0 ? (kv_end + FA_BC - 1) / FA_BC : 0;
+
+  // Q tile (rows past n zero-filled).
+  for (int i = tid; i < FA_BR * CH; i += 128) {
+    const int r = i / CH, c = i % CH;
+    const bool ok = r < rows_here;
+    const bf16 *src = q + (int64_t)(ok ? m0 + r : 0) * q_stride + (int64_t)h * D + c * 8;
+    cp_async_16(Qs + swz<D>(r, c), src, ok);
+  }
+  auto load_kv = [&](int tile, int buf) {
+    const int k0 = tile * FA_BC;
+    bf16 *kd = Ks + buf * FA_BC * D;
+    bf16 *vd = Vs + buf * FA_BC * D;
+    for (int i = tid; i < FA_BC * CH; i += 128) {
+      const int r = i / CH, c = i % CH;
+      const bool ok = k0 + r < kv_end;
+      const int64_t off = (int64_t)(ok ? k0 + r : 0) * kv_st + (int64_t)hk * kv_sh + c * 8;
+      cp_async_16(kd + swz<D>(r, c), k + off, ok);
+      cp_async_16(vd + swz<D>(r, c), v + off, ok);
+    }
+  };
+  if (ntiles > 0) load_kv(0, 0);
+  cp_async_commit();
+
+  uint32_t qf[D / 16][4];
+  float o[D / 8][4];
+#pragma unroll
+  for (int j = 0; j < D / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  float mrow[2] = {-INFINITY, -INFINITY};
+  float lrow[2] = {0.f, 0.f};
+
+  // Positions of this lane's two query rows.
+  const int prow0 = pmin + warp * 16 + g;
+  const int prow1 = prow0 + 8;
+
+  for (int j = 0; j < ntiles; j++) {
+    if (j + 1 < ntiles) load_kv(j + 1, (j + 1) & 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+
+    if (j == 0) {
+#pragma unroll
+      for (int s = 0; s < D / 16; s++) {
+        const int row = warp * 16 + (lane & 15);
+        const int chunk = 2 * s + (lane >> 4);
+        ldmatrix_x4(qf[s][0], qf[s][1], qf[s][2], qf[s][3], Qs + swz<D>(row, chunk));
+      }
+    }
+
+    const bf16 *Kt = Ks + (j & 1) * FA_BC * D;
+    const bf16 *Vt = Vs + (j & 1) * FA_BC * D;
+    const int k0 = j * FA_BC;
+
+    // S = Q·Kᵀ (16 × 64 per warp)
+    float sc[FA_BC / 8][4];
+#pragma unroll
+    for (int jj = 0; jj < FA_BC / 8; jj++) sc[jj][0] = sc[jj][1] = sc[jj][2] = sc[jj][3] = 0.f;
+#pragma unroll
+    for (int s = 0; s < D / 16; s++) {
+#pragma unroll
+      for (int jj = 0; jj < FA_BC / 8; jj += 2) {
+        const int row = 8 * jj + (lane & 7) + ((lane >> 4) << 3);
+        const int chunk = 2 * s + ((lane >> 3) & 1);
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4(b0, b1, b2, b3, Kt + swz<D>(row, chunk));
+        mma_bf16_16816(sc[jj], qf[s][0], qf[s][1], qf[s][2], qf[s][3], b0, b1);
+        mma_bf16_16816(sc[jj + 1], qf[s][0], qf[s][1], qf[s][2], qf[s][3], b2, b3);
+      }
+    }
+
+    // Scale to the log2 domain; mask keys past a row's position or past the end.
+    const bool need_mask = (k0 + FA_BC - 1 > pmin) || (k0 + FA_BC > kv_end);
+#pragma unroll
+    for (int jj = 0; jj < FA_BC / 8; jj++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        float x = sc[jj][e] * sl2;
+        if (need_mask) {
+          const int col = k0 + 8 * jj + 2 * t + (e & 1);
+          const int prow = (e & 2) ? prow1 : prow0;
+          if (col > prow || col >= kv_end) x = -INFINITY;
+        }
+        sc[jj][e] = x;
+      }
+    }
+
+    // Online softmax, rows g (r = 0) and g + 8 (r = 1).
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int jj = 0; jj < FA_BC / 8; jj++) mx = fmaxf(mx, fmaxf(sc[jj][2 * r], sc[jj][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(mrow[r], mx);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = exp2f(mrow[r] - m_use);
+      float sum = 0.f;
+#pragma unroll
+      for (int jj = 0; jj < FA_BC / 8; jj++) {
+        const float p0 = exp2f(sc[jj][2 * r] - m_use);
+        const float p1 = exp2f(sc[jj][2 * r + 1] - m_use);
+        sc[jj][2 * r] = p0;
+        sc[jj][2 * r + 1] = p1;
+        sum += p0 + p1;
+      }
+      lrow[r] = lrow[r] * alpha + sum;
+      mrow[r] = m_new;
+#pragma unroll
+      for (int dj = 0; dj < D / 8; dj++) {
+        o[dj][2 * r] *= alpha;
+        o[dj][2 * r + 1] *= alpha;
+      }
+    }
+
+    // O += P·V
+#pragma unroll
+    for (int u = 0; u < FA_BC / 16; u++) {
+      const uint32_t a0 = pack_bf16x2(sc[2 * u][0], sc[2 * u][1]);
+      const uint32_t a1 = pack_bf16x2(sc[2 * u][2], sc[2 * u][3]);
+      const uint32_t a2 = pack_bf16x2(sc[2 * u + 1][0], sc[2 * u + 1][1]);
+      const uint32_t a3 = pack_bf16x2(sc[2 * u + 1][2], sc[2 * u + 1][3]);
+#pragma unroll
+      for (int dj = 0; dj < D / 8; dj += 2) {
+        const int row = 16 * u + (lane & 7) + (((lane >> 3) & 1) << 3);
+        const int chunk = dj + (lane >> 4);
+        uint32_t b0, b1, b2, b3;
+        ldmatrix_x4_trans(b0, b1, b2, b3, Vt + swz<D>(row, chunk));
+        mma_bf16_16816(o[dj], a0, a1, a2, a3, b0, b1);
+        mma_bf16_16816(o[dj + 1], a0, a1, a2, a3, b2, b3);
+      }
+    }
+    __syncthreads();  // the next iteration's cp.async overwrites this buffer
+  }
+  cp_async_wait<0>();
+
+  // Epilogue
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    float l = lrow[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = m0 + warp * 16 + g + 8 * r;
+    if (row >= n) continue;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    OutT *dst = out + (int64_t)row * out_stride + (int64_t)h * D + 2 * t;
+#pragma unroll
+    for (int dj = 0; dj < D / 8; dj++) store2(dst + 8 * dj, o[dj][2 * r] * inv, o[dj][2 * r + 1] * inv);
+    if (lse2 && t == 0) lse2[(int64_t)row * H + h] = l > 0.f ? mrow[r] + log2f(l) : -INFINITY;
+  }
+}
+
+constexpr int GEN_CHUNK = 512;
+
+template <class OutT>
+__global__ void __launch_bounds__(128)
+    attn_generic_kernel(const bf16 *__restrict__ q, int64_t q_stride,
+                        const bf16 *__restrict__ k, const bf16 *__restrict__ v, int64_t kv_st,
+                        int64_t kv_sh, int T, int H, int G, int d, int q_pos0, float sl2,
+                        OutT *__restrict__ out, int64_t out_stride, float *__restrict__ lse2) {
+  __shared__ float qs[256];
+  __shared__ float sc[GEN_CHUNK];
+  __shared__ float scratch[32];
+  const int i = blockIdx.x, h = blockIdx.y, hk = h / G;
+  const int tid = threadIdx.x;
+  for (int c = tid; c < d; c += blockDim.x)
+    qs[c] = __bfloat162float(q[(int64_t)i * q_stride + (int64_t)h * d + c]);
+  __syncthreads();
+  const int kv_end = min(T, q_pos0 + i + 1);
+  const bf16 *kb = k + (int64_t)hk * kv_sh;
+  const bf16 *vb = v + (int64_t)hk * kv_sh;
+  float m = -INFINITY, l = 0.f, acc0 = 0.f, acc1 = 0.f;
+  for (int c0 = 0; c0 < kv_end; c0 += GEN_CHUNK) {
+    const int cn = min(GEN_CHUNK, kv_end - c0);
+    float mx = -INFINITY;
+    for (int j = tid; j < cn; j += blockDim.x) {
+      const bf16 *kr = kb + (int64_t)(c0 + j) * kv_st;
+      float s = 0.f;
+      for (int c = 0; c < d; c++) s += qs[c] * __bfloat162float(kr[c]);
+      s *= sl2;
+      sc[j] = s;
+      mx = fmaxf(mx, s);
+    }
+    mx = block_max(mx, scratch);
+    const float m_new = fmaxf(m, mx);
+    const float alpha = exp2f(m - m_new);  // m_new is finite: the chunk is not empty
+    float sum = 0.f;
+    for (int j = tid; j < cn; j += blockDim.x) {
+      const float p = exp2f(sc[j] - m_new);
+      sc[j] = p;
+      sum += p;
+    }
+    sum = block_sum(sum, scratch);  // its barriers also publish sc[]
+    l = l * alpha + sum;
+    acc0 *= alpha;
+    acc1 *= alpha;
+    for (int j = 0; j < cn; j++) {
+      const float p = sc[j];
+      const bf16 *vr = vb + (int64_t)(c0 + j) * kv_st;
+      if (tid < d) acc0 += p * __bfloat162float(vr[tid]);
+      if (tid + 128 < d) acc1 += p * __bfloat162float(vr[tid + 128]);
+    }
+    m = m_new;
+    __syncthreads();  // sc[] is rewritten by the next chunk
+  }
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  OutT *dst = out + (int64_t)i * out_stride + (int64_t)h * d;
+  if (tid < d) dst[tid] = to_out<OutT>(acc0 * inv);
+  if (tid + 128 < d) dst[tid + 128] = to_out<OutT>(acc1 * inv);
+  if (lse2 && tid == 0) lse2[(int64_t)i * H + h] = l > 0.f ? m + log2f(l) : -INFINITY;
+}
+
+// ------------------------------------------------------------
+// launchers
+
+template <int D, class OutT>
+static void launch_flash(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H,
+                         int G, int q_pos0, OutT *out, int64_t out_stride, float *lse2,
+                         cudaStream_t s) {
+  constexpr size_t smem = flash_smem_bytes<D>();
+  static bool configured = false;  // idempotent attribute set; a race only repeats it
+  if (!configured) {
+    MP_CUDA(cudaFuncSetAttribute(flash_prefill_kernel<D, OutT>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    configured = true;
+  }
+  const int ntq = (n + FA_BR - 1) / FA_BR;
+  MP_CHECK(ntq <= 65535, MP_ERR_INVALID, "attention: %d queries is too many for one launch", n);
+  const float sl2 = LOG2E / sqrtf((float)D);
+  flash_prefill_kernel<D, OutT><<<dim3(H, ntq), 128, smem, s>>>(
+      q, q_stride, kv.k, kv.v, kv.stride_t, kv.stride_h, n, T, G, q_pos0, sl2, out, out_stride,
+      lse2, H);
+  MP_CUDA_LAUNCH("flash_prefill_kernel");
+}
+
+template <class OutT>
+int attention_prefill(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H, int Hkv,
+                      int d, int q_pos0, OutT *out, int64_t out_stride, float *lse2,
+                      cudaStream_t s, int variant) {
+  if (n <= 0) return variant;
+  MP_CHECK(H > 0 && Hkv > 0 && H % Hkv == 0, MP_ERR_INVALID,
+           "attention: %d query heads are not a multiple of %d KV heads", H, Hkv);
+  MP_CHECK(d > 0 && d <= 256, MP_ERR_UNSUPPORTED, "attention: head_dim %d is not supported", d);
+  MP_CHECK(H <= 65535 && n <= 65535 * 64, MP_ERR_INVALID, "attention: too many heads or queries");
+  const int G = H / Hkv;
+  if (variant == ATTN_AUTO) variant = forced_variant(OP_ATTENTION);
+  const bool flash_ok = (d == 64 || d == 128) && q_stride % 8 == 0 && kv.stride_t % 8 == 0 &&
+                        kv.stride_h % 8 == 0 && out_stride % 2 == 0 &&
+                        ((uintptr_t)q & 15) == 0 && ((uintptr_t)kv.k & 15) == 0 &&
+                        ((uintptr_t)kv.v & 15) == 0 && ((uintptr_t)out & 7) == 0;
+  if (variant == ATTN_AUTO || variant == ATTN_DECODE) variant = flash_ok ? ATTN_FLASH : ATTN_GENERIC;
+  if (variant == ATTN_FLASH && !flash_ok) variant = ATTN_GENERIC;
+  if (variant == ATTN_FLASH) {
+    if (d == 64)
+      launch_flash<64, OutT>(q, q_stride, kv, n, T, H, G, q_pos0, out, out_stride, lse2, s);
+    else
+      launch_flash<128, OutT>(q, q_stride, kv, n, T, H, G, q_pos0, out, out_stride, lse2, s);
+    return ATTN_FLASH;
+  }
+  const float sl2 = LOG2E / sqrtf((float)d);
+  attn_generic_kernel<OutT><<<dim3(n, H), 128, 0, s>>>(q, q_stride, kv.k, kv.v, kv.stride_t,
+                                                       kv.stride_h, T, H, G, d, q_pos0, sl2, out,
+                                                       out_stride, lse2);
+  MP_CUDA_LAUNCH("attn_generic_kernel");
+  return ATTN_GENERIC;
+}
+
+template int attention_prefill<float>(const bf16 *, int64_t, KVView, int, int, int, int, int,
+                                      int, float *, int64_t, float *, cudaStream_t, int);
+template int attention_prefill<bf16>(const bf16 *, int64_t, KVView, int, int, int, int, int,
+                                     int, bf16 *, int64_t, float *, cudaStream_t, int);
+
+// ------------------------------------------------------------
+// host-pointer op (tests)
+
+// q is rounded to bf16 (as the forward pass feeds it); K/V are given in kv_dtype and stored
+// as bf16. Variant ATTN_DECODE runs the split-K decode kernel with one "sequence" per query
+// (query i sees min(T, q_pos0 + i + 1) keys), which is exactly its use in decoding.
+void op_attention(int32_t kv_dtype, const float *q, const void *k, const void *v, int n, int T,
+                  int H, int Hkv, int d, int q_pos0, float *out, float *lse2) {
+  MP_CHECK(n >= 0 && T >= 0 && q_pos0 >= 0, MP_ERR_INVALID, "attention: negative size");
+  require_device();
+  Stream s;
+  DevBuf<bf16> d_q = upload_bf16(q, (size_t)n * H * d, s);
+  DevBuf<bf16> d_k = upload_as_bf16(kv_dtype, k, (size_t)T * Hkv * d, s);
+  DevBuf<bf16> d_v = upload_as_bf16(kv_dtype, v, (size_t)T * Hkv * d, s);
+  DevBuf<float> d_out((size_t)n * H * d);
+  DevBuf<float> d_lse((size_t)n * H);
+  int variant = forced_variant(OP_ATTENTION);
+  if (variant == ATTN_AUTO && n == 1) variant = ATTN_DECODE;
+  if (variant == ATTN_DECODE) {
+    std::vector<SeqKV> seqs((size_t)n);
+    int max_len = 0;
+    for (int i = 0; i < n; i++) {
+      const int len = std::min(T, q_pos0 + i + 1);
+      seqs[i] = SeqKV{d_k.p, d_v.p, (int64_t)Hkv * d, (int64_t)d, len};
+      max_len = std::max(max_len, len);
+    }
+    DevBuf<SeqKV> d_seqs = upload(seqs.data(), seqs.size(), s);
+    const int splits = decode_splits(n, Hkv, max_len);
+    DevBuf<float> ws(decode_workspace_floats(n, H, d, splits));
+    attention_decode<bf16, float>(d_q.p, (int64_t)H * d, d_seqs.p, n, H, Hkv, d, splits, d_out.p, d_lse.p, ws.p,
+                                  s);
+    s.sync();  // seqs and ws must outlive the kernels
+  } else {
+    KVView kv{d_k.p, d_v.p, (int64_t)Hkv * d, (int64_t)d};
+    attention_prefill<float>(d_q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, d_out.p,
+                             (int64_t)H * d, d_lse.p, s, variant);
+  }
+  to_host(out, d_out.p, d_out.n, s);
+  if (lse2) to_host(lse2, d_lse.p, d_lse.n, s);
+  s.sync();
+}
+
+}  // namespace mp::gpu

@@ -1,0 +1,172 @@
+// cuda_util.h — helpers shared by the CUDA translation units (included from .cu files only).
+//
+// Errors: every CUDA runtime call goes through MP_CUDA(call), which throws mp::Error with
+// "file:line: <call>: <cudaGetErrorString>" and a status chosen by the error kind:
+//   - sticky errors (illegal address, launch failure, ...): MP_ERR_CUDA_FATAL — the context
+//     is lost and the engine must be freed;
+//   - allocation failures: MP_ERR_OOM;
+//   - no device / no driver: MP_ERR_NO_DEVICE;
+//   - anything else: MP_ERR_CUDA.
+// After a kernel launch, MP_CUDA_LAUNCH() checks cudaGetLastError (launch configuration
+// errors); asynchronous faults surface at the next synchronising call, which is checked too.
+//
+// DevBuf<T> owns a cudaMalloc'd array (plain device memory, never managed memory);
+// HostPinned<T> a cudaHostAlloc'd one. Both free in their destructors without throwing.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <utility>
+
+#include "common/common.h"
+
+namespace mp::gpu {
+
+using bf16 = __nv_bfloat16;
+
+// ------------------------------------------------------------
+// errors
+
+// Status for a CUDA error code (see the file comment).
+int32_t cuda_status(cudaError_t rc);
+
+// Throws mp::Error for rc != cudaSuccess. `what` is the failing expression.
+void cuda_throw(cudaError_t rc, const char *what, const char *file, int line);
+
+#define MP_CUDA(call)                                                       \
+  do {                                                                      \
+    cudaError_t mp_cuda_rc_ = (call);                                       \
+    if (mp_cuda_rc_ != cudaSuccess)                                         \
+      ::mp::gpu::cuda_throw(mp_cuda_rc_, #call, __FILE__, __LINE__);        \
+  } while (0)
+
+#define MP_CUDA_LAUNCH(name)                                                \
+  do {                                                                      \
+    cudaError_t mp_cuda_rc_ = cudaGetLastError();                           \
+    if (mp_cuda_rc_ != cudaSuccess)                                         \
+      ::mp::gpu::cuda_throw(mp_cuda_rc_, "launch of " name, __FILE__, __LINE__); \
+  } while (0)
+
+// ------------------------------------------------------------
+// memory
+
+template <class T>
+struct DevBuf {
+  T *p = nullptr;
+  size_t n = 0;
+  DevBuf() = default;
+  explicit DevBuf(size_t count) { alloc(count); }
+  DevBuf(const DevBuf &) = delete;
+  DevBuf &operator=(const DevBuf &) = delete;
+  DevBuf(DevBuf &&o) noexcept : p(o.p), n(o.n) { o.p = nullptr, o.n = 0; }
+  DevBuf &operator=(DevBuf &&o) noexcept {
+    if (this != &o) {
+      release();
+      p = o.p, n = o.n;
+      o.p = nullptr, o.n = 0;
+    }
+    return *this;
+  }
+  ~DevBuf() { release(); }
+  void alloc(size_t count) {
+    release();
+    if (count == 0) return;
+    MP_CUDA(cudaMalloc((void **)&p, count * sizeof(T)));
+    n = count;
+  }
+  void release() noexcept {
+    if (p) (void)cudaFree(p);
+    p = nullptr, n = 0;
+  }
+  size_t bytes() const { return n * sizeof(T); }
+  T *get() const { return p; }
+};
+
+template <class T>
+struct HostPinned {
+  T *p = nullptr;
+  size_t n = 0;
+  HostPinned() = default;
+  explicit HostPinned(size_t count) { alloc(count); }
+  HostPinned(const HostPinned &) = delete;
+  HostPinned &operator=(const HostPinned &) = delete;
+  HostPinned(HostPinned &&o) noexcept : p(o.p), n(o.n) { o.p = nullptr, o.n = 0; }
+  HostPinned &operator=(HostPinned &&o) noexcept {
+    if (this != &o) {
+      release();
+      p = o.p, n = o.n;
+      o.p = nullptr, o.n = 0;
+    }
+    return *this;
+  }
+  ~HostPinned() { release(); }
+  void alloc(size_t count) {
+    release();
+    if (count == 0) return;
+    MP_CUDA(cudaHostAlloc((void **)&p, count * sizeof(T), cudaHostAllocDefault));
+    n = count;
+  }
+  void release() noexcept {
+    if (p) (void)cudaFreeHost(p);
+    p = nullptr, n = 0;
+  }
+  T *get() const { return p; }
+};
+
+// A stream that is destroyed with its owner (used by the host-pointer ops).
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() { MP_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
+  Stream(const Stream &) = delete;
+  Stream &operator=(const Stream &) = delete;
+  ~Stream() {
+    if (s) (void)cudaStreamDestroy(s);
+  }
+  operator cudaStream_t() const { return s; }
+  void sync() const { MP_CUDA(cudaStreamSynchronize(s)); }
+};
+
+// Copies n elements host -> device / device -> host on a stream (pageable memory is fine
+// for the test ops: the copy is synchronous with respect to the host buffer).
+template <class T>
+void to_device(T *dst, const T *src, size_t n, cudaStream_t s) {
+  if (n) MP_CUDA(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyHostToDevice, s));
+}
+template <class T>
+void to_host(T *dst, const T *src, size_t n, cudaStream_t s) {
+  if (n) MP_CUDA(cudaMemcpyAsync(dst, src, n * sizeof(T), cudaMemcpyDeviceToHost, s));
+}
+
+// Uploads n floats as bf16 (round to nearest even, as mp::f32_to_bf16).
+DevBuf<bf16> upload_bf16(const float *src, size_t n, cudaStream_t s);
+// Uploads n elements given in `dtype` (F32/F16/BF16) as bf16.
+DevBuf<bf16> upload_as_bf16(int32_t dtype, const void *src, size_t n, cudaStream_t s);
+template <class T>
+DevBuf<T> upload(const T *src, size_t n, cudaStream_t s) {
+  DevBuf<T> d(n);
+  to_device(d.p, src, n, s);
+  return d;
+}
+
+// Selects device 0 for the host-pointer ops; throws MP_ERR_NO_DEVICE when none exists.
+void require_device();
+
+// Multiprocessor count of the current device (cached per device).
+int sm_count();
+
+// ------------------------------------------------------------
+// kernel variants (tests and benchmarks force one; 0 = automatic choice)
+
+enum Op : int {
+  OP_MATMUL = 0,     // 1 = cuBLAS, 2 = skinny tensor-core kernel, 3 = simple kernel
+  OP_ATTENTION = 1,  // 1 = flash (tensor cores), 2 = split-K decode, 3 = generic
+  OP_LSH = 2,        // reserved
+  OP_KV = 3,         // decode KV placement: 1 = resident on the GPU, 2 = streamed from host
+  OP_COUNT = 4,
+};
+int forced_variant(Op op);
+void force_variant(Op op, int variant);
+
+}  // namespace mp::gpu

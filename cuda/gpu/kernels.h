@@ -1,0 +1,196 @@
+// kernels.h — the device-pointer launchers of the CUDA backend (included from .cu files).
+//
+// Every launcher takes device pointers and a cudaStream_t, enqueues its kernels, checks the
+// launch, and returns without synchronising. Shapes are written outermost first; strides
+// are in elements. Activations are bf16 (matrix inputs) or f32 (residual stream, logits,
+// partial attention outputs); weights are bf16; accumulation is f32 everywhere.
+//
+// One file per concept implements each group below (embedding.cu, rmsnorm.cu, rope.cu,
+// matmul.cu, attention_prefill.cu, attention_decode.cu, merge.cu, swiglu.cu, sampling.cu,
+// lsh.cu, random.cu); each ends with the host-pointer op of gpu.h that the parity tests
+// call, where it has one.
+#pragma once
+
+#include <vector>
+
+#include "gpu/cuda_util.h"
+
+namespace mp::gpu {
+
+// ------------------------------------------------------------
+// embedding.cu
+
+// out[i][dim] = f32(table[tokens[i]]); table [vocab][dim] in `dtype` (F32/F16/BF16).
+// A token outside [0, vocab) gives a zero row.
+void embedding(int32_t dtype, const void *table, int vocab, int dim, const int32_t *tokens,
+               int n, float *out, cudaStream_t s);
+
+// ------------------------------------------------------------
+// rmsnorm.cu
+
+// out[i][:] = x[i][:] / sqrt(mean(x[i]²) + eps) * w; OutT = float or bf16.
+template <class OutT>
+void rmsnorm(const float *x, const float *w, int n, int dim, float eps, OutT *out,
+             cudaStream_t s);
+
+// ------------------------------------------------------------
+// rope.cu
+
+// Inverse frequencies [head_dim/2] (double, on the host) for a RoPE configuration, Llama-3
+// scaling included.
+std::vector<double> rope_inv_freq(const mp_rope_params &p, int head_dim);
+
+// Rotates x in place: token i (row i, `token_stride` elements apart) has `heads` heads of
+// head_dim values at position positions[i]; style MP_ROPE_INTERLEAVED or MP_ROPE_HALF.
+// T = float or bf16 (angles in double, rotation in f32); head_dim <= 256.
+template <class T>
+void rope(T *x, int n, int heads, int head_dim, int64_t token_stride, const int32_t *positions,
+          const double *inv_freq, int style, cudaStream_t s);
+
+// ------------------------------------------------------------
+// matmul.cu
+
+// A GEMM context bound to one stream: a cuBLAS handle and workspace where the build has
+// cuBLAS, nothing otherwise. Not thread-safe; one per stream.
+struct Gemm {
+  explicit Gemm(cudaStream_t s);
+  ~Gemm();
+  Gemm(const Gemm &) = delete;
+  Gemm &operator=(const Gemm &) = delete;
+  cudaStream_t stream;
+  void *handle = nullptr;    // cublasHandle_t
+  void *workspace = nullptr; // device workspace for cuBLAS
+  size_t workspace_bytes = 0;
+};
+
+enum GemmVariant : int {
+  GEMM_AUTO = 0,
+  GEMM_CUBLAS = 1,  // cuBLAS, bf16 inputs, f32 compute (falls back when absent)
+  GEMM_SKINNY = 2,  // mma.sync kernel streaming W once per 16 rows of x (decode GEMV)
+  GEMM_SIMPLE = 3,  // one warp per output, any shape and alignment
+};
+
+// y[n][out] (+)= x[n][in] · W[out][in]^T. x rows are ldx apart, y rows ldy apart.
+// accumulate: y += (only for OutT = float). Returns the variant that ran.
+template <class OutT>
+int matmul(Gemm &g, const bf16 *W, const bf16 *x, int64_t ldx, int n, int in, int out, OutT *y,
+           int64_t ldy, bool accumulate, int variant = GEMM_AUTO);
+
+// ------------------------------------------------------------
+// attention_prefill.cu
+
+// Keys and values of one sequence: K[t][h][:] = k + t*stride_t + h*stride_h (same for v).
+struct KVView {
+  const bf16 *k;
+  const bf16 *v;
+  int64_t stride_t;
+  int64_t stride_h;
+};
+
+enum AttnVariant : int {
+  ATTN_AUTO = 0,
+  ATTN_FLASH = 1,    // tensor cores, head_dim 64 or 128
+  ATTN_DECODE = 2,   // split-K decode kernel (one query per sequence)
+  ATTN_GENERIC = 3,  // any head_dim <= 256, f32 CUDA cores
+};
+
+// Causal GQA attention for n queries of one sequence: q[i][h][:] = q + i*q_stride + h*d,
+// query i at position q_pos0 + i attends keys 0..min(q_pos0 + i, T - 1). Scale 1/sqrt(d).
+// out[i][h][:] = out + i*out_stride + h*d; lse2[i*H + h] = log2 Σ exp(s/√d) (may be null).
+// Returns the variant that ran.
+template <class OutT>
+int attention_prefill(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H, int Hkv,
+                      int d, int q_pos0, OutT *out, int64_t out_stride, float *lse2,
+                      cudaStream_t s, int variant = ATTN_AUTO);
+
+// ------------------------------------------------------------
+// attention_decode.cu
+
+// One decoding sequence's keys/values (device memory) and its current length.
+struct SeqKV {
+  const bf16 *k;
+  const bf16 *v;
+  int64_t stride_t;
+  int64_t stride_h;
+  int len;
+};
+
+// Split count for a batch: enough blocks to fill the GPU at `max_len` keys.
+int decode_splits(int B, int Hkv, int max_len);
+// f32 workspace the decode kernel needs for `splits`.
+size_t decode_workspace_floats(int B, int H, int d, int splits);
+
+// One query per sequence: q[b][h][:] = q + b·q_stride + h·d (QT = bf16), keys of sequence b in
+// seqs[b] (device array). out[b][h][:] (OutT), lse2[b*H + h] (may be null). A sequence of
+// length 0 gives a zero output and lse −∞. `splits` blocks per (sequence, KV head) each
+// take a contiguous range of keys; a second kernel combines them by their LSEs.
+template <class QT, class OutT>
+void attention_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, int H, int Hkv, int d, int splits,
+                      OutT *out, float *lse2, float *workspace, cudaStream_t s);
+
+// ------------------------------------------------------------
+// merge.cu
+
+// o = (2^a·o1 + 2^b·o2) / (2^a + 2^b), lse = log2(2^a + 2^b) per row of d values
+// (a = lse1[i], b = lse2[i]); a −∞ side contributes nothing, both −∞ give 0 and −∞.
+// lse_out may be null.
+template <class T1, class T2, class OutT>
+void merge(const T1 *o1, const float *lse1, const T2 *o2, const float *lse2, int n, int d,
+           OutT *out, float *lse_out, cudaStream_t s);
+
+// ------------------------------------------------------------
+// swiglu.cu
+
+// out[r][c] = silu(gate[r][c]) * up[r][c] for r < rows, c < cols; gate and up rows are
+// in_stride apart (so a fused [rows][gate | up] buffer works), out rows out_stride apart.
+template <class T, class OutT>
+void swiglu(const T *gate, const T *up, int64_t rows, int64_t cols, int64_t in_stride,
+            OutT *out, int64_t out_stride, cudaStream_t s);
+
+// ------------------------------------------------------------
+// sampling.cu
+
+// tokens[i] = first index of the maximum of logits[i][vocab] (NaN never wins).
+void argmax(const float *logits, int n, int vocab, int32_t *tokens, cudaStream_t s);
+
+// Samples tokens[i] from softmax(logits[i] / temperature) restricted to the top_k most
+// likely tokens (0: all) and to the smallest prefix, in decreasing probability, whose mass
+// reaches top_p (1: all). u[i] in [0, 1) is the row's uniform draw (inverse CDF over the
+// kept tokens in index order). temperature <= 0 is greedy.
+void sample(const float *logits, int n, int vocab, float temperature, int top_k, float top_p,
+            const float *u, int32_t *tokens, cudaStream_t s);
+
+// ------------------------------------------------------------
+// lsh.cu
+
+// codes[i][t] = Σ_j [x_i · R[:, t·K + j] > 0] << j for t < L, with R [d][K·L] f32 and
+// x rows x_stride apart (XT = float or bf16). Dot products in f32.
+template <class XT>
+void lsh_hash(const float *R, const XT *x, int64_t x_stride, int n, int d, int K, int L,
+              uint16_t *codes, cudaStream_t s);
+
+// ------------------------------------------------------------
+// kvcache.cu
+
+// K/V rows of a prefill chunk: qkv rows i < m (key heads at koff, value heads at voff) ->
+// K, V [Hkv][cap][d] rows pos0 + i. head_dim % 8 == 0.
+void kv_scatter(const bf16 *qkv, int64_t row_stride, int koff, int voff, int m, int Hkv, int d,
+                bf16 *K, bf16 *V, int64_t cap, int64_t pos0, cudaStream_t s);
+// Decode: qkv row i -> row seqs[i].len − 1 of sequence i's cache (seqs on the device; a
+// null k skips the cache) and -> stage_k/stage_v[i][Hkv][d] (may be null).
+void kv_append(const bf16 *qkv, int64_t row_stride, int koff, int voff, const SeqKV *seqs, int n,
+               int Hkv, int d, bf16 *stage_k, bf16 *stage_v, cudaStream_t s);
+// b[i] = a[i] converted (bf16 <-> f32).
+template <class From, class To>
+void convert(const From *a, To *b, int64_t n, cudaStream_t s);
+// x[i] += y[i]
+void add_inplace(float *x, const float *y, int64_t n, cudaStream_t s);
+
+// ------------------------------------------------------------
+// random.cu
+
+// p[i] = mean + scale·N(0, 1), element i a pure function of (seed, i).
+template <class T>
+void fill_normal(T *p, int64_t n, uint64_t seed, float scale, float mean, cudaStream_t s);
+
+}  // namespace mp::gpu

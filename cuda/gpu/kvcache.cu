@@ -1,0 +1,119 @@
+// kvcache.cu — moving key/value rows between the fused QKV projection output and the KV
+// caches on the device, and dtype conversions of activations.
+//
+// The QKV GEMM writes qkv[m][(H + 2·Hkv)·d] bf16: per row, H query heads, then Hkv key heads
+// (offset H·d), then Hkv value heads (offset (H + Hkv)·d). Caches are [Hkv][cap][d] bf16
+// (the session's host layout, so that a layer moves between host and device with one 2-D
+// copy per K or V).
+//   kv_scatter: rows i < m of one sequence into K/V rows pos0 + i (prefill chunk);
+//   kv_append:  row i of qkv into sequence i's cache at row len_i − 1 (decode; one query
+//               per sequence, caches addressed through the SeqKV table; a null cache is
+//               skipped) and into staging rows [n][Hkv][d] for the host caches.
+// Both copy 16 bytes (8 values) per thread.
+#include "gpu/gpu.h"
+#include "gpu/kernels.h"
+#include "gpu/reduce.cuh"
+
+namespace mp::gpu {
+
+// ------------------------------------------------------------
+// kernels
+
+__global__ void kv_scatter_kernel(const bf16 *__restrict__ qkv, int64_t row_stride, int koff,
+                                  int voff, int m, int Hkv, int d, bf16 *__restrict__ K,
+                                  bf16 *__restrict__ V, int64_t cap, int64_t pos0) {
+  const int per_row = Hkv * d / 8;  // 16-byte pieces per row of K (and of V)
+  const int64_t total = (int64_t)m * per_row;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+       e += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t i = e / per_row;
+    const int r = (int)(e % per_row);
+    const int h = r / (d / 8), c = (r % (d / 8)) * 8;
+    const bf16 *src = qkv + i * row_stride;
+    const int64_t dst = ((int64_t)h * cap + pos0 + i) * d + c;
+    *reinterpret_cast<uint4 *>(K + dst) =
+        *reinterpret_cast<const uint4 *>(src + koff + h * d + c);
+    *reinterpret_cast<uint4 *>(V + dst) =
+        *reinterpret_cast<const uint4 *>(src + voff + h * d + c);
+  }
+}
+
+__global__ void kv_append_kernel(const bf16 *__restrict__ qkv, int64_t row_stride, int koff,
+                                 int voff, const SeqKV *__restrict__ seqs, int Hkv, int d,
+                                 bf16 *__restrict__ stage_k, bf16 *__restrict__ stage_v) {
+  const int i = blockIdx.x;
+  const SeqKV s = seqs[i];
+  const bool cache = s.len > 0 && s.k != nullptr;
+  const int64_t t = s.len - 1;
+  const bf16 *src = qkv + (int64_t)i * row_stride;
+  const int per = Hkv * d / 8;
+  for (int e = threadIdx.x; e < per; e += blockDim.x) {
+    const int h = e / (d / 8), c = (e % (d / 8)) * 8;
+    const uint4 kv = *reinterpret_cast<const uint4 *>(src + koff + h * d + c);
+    const uint4 vv = *reinterpret_cast<const uint4 *>(src + voff + h * d + c);
+    if (cache) {
+      const int64_t dst = t * s.stride_t + (int64_t)h * s.stride_h + c;
+      *reinterpret_cast<uint4 *>(const_cast<bf16 *>(s.k) + dst) = kv;
+      *reinterpret_cast<uint4 *>(const_cast<bf16 *>(s.v) + dst) = vv;
+    }
+    if (stage_k) {
+      *reinterpret_cast<uint4 *>(stage_k + (int64_t)i * Hkv * d + h * d + c) = kv;
+      *reinterpret_cast<uint4 *>(stage_v + (int64_t)i * Hkv * d + h * d + c) = vv;
+    }
+  }
+}
+
+template <class From, class To>
+__global__ void convert_kernel(const From *__restrict__ a, To *__restrict__ b, int64_t n) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    b[i] = to_out<To>(to_f32(a[i]));
+}
+
+__global__ void add_kernel(float *__restrict__ x, const float *__restrict__ y, int64_t n) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    x[i] += y[i];
+}
+
+// ------------------------------------------------------------
+// launchers
+
+static unsigned grid_for(int64_t n, int threads) {
+  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, 132LL * 32));
+}
+
+void kv_scatter(const bf16 *qkv, int64_t row_stride, int koff, int voff, int m, int Hkv, int d,
+                bf16 *K, bf16 *V, int64_t cap, int64_t pos0, cudaStream_t s) {
+  if (m <= 0) return;
+  MP_CHECK(d % 8 == 0, MP_ERR_UNSUPPORTED, "kv cache: head_dim %d is not a multiple of 8", d);
+  const int64_t total = (int64_t)m * Hkv * d / 8;
+  kv_scatter_kernel<<<grid_for(total, 256), 256, 0, s>>>(qkv, row_stride, koff, voff, m, Hkv, d,
+                                                         K, V, cap, pos0);
+  MP_CUDA_LAUNCH("kv_scatter_kernel");
+}
+
+void kv_append(const bf16 *qkv, int64_t row_stride, int koff, int voff, const SeqKV *seqs, int n,
+               int Hkv, int d, bf16 *stage_k, bf16 *stage_v, cudaStream_t s) {
+  if (n <= 0) return;
+  MP_CHECK(d % 8 == 0, MP_ERR_UNSUPPORTED, "kv cache: head_dim %d is not a multiple of 8", d);
+  kv_append_kernel<<<n, 128, 0, s>>>(qkv, row_stride, koff, voff, seqs, Hkv, d, stage_k, stage_v);
+  MP_CUDA_LAUNCH("kv_append_kernel");
+}
+
+template <class From, class To>
+void convert(const From *a, To *b, int64_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  convert_kernel<From, To><<<grid_for(n, 256), 256, 0, s>>>(a, b, n);
+  MP_CUDA_LAUNCH("convert_kernel");
+}
+template void convert<bf16, float>(const bf16 *, float *, int64_t, cudaStream_t);
+template void convert<float, bf16>(const float *, bf16 *, int64_t, cudaStream_t);
+
+void add_inplace(float *x, const float *y, int64_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  add_kernel<<<grid_for(n, 256), 256, 0, s>>>(x, y, n);
+  MP_CUDA_LAUNCH("add_kernel");
+}
+
+}  // namespace mp::gpu

@@ -1,0 +1,156 @@
+// lsh.cu — SimHash codes of keys and queries (magicpig.md §4).
+//
+// codes[v][t] = Σ_j [x_v · R[:, t·K + j] > 0] << j for tables t < L, bit 0 the least
+// significant, packed with integer operations (exact for any K <= 16). R is [d][K·L] f32
+// (mp_lsh_projection), x rows are f32 or bf16 (centered keys, queries).
+//
+// The projections are a (n × d)·(d × K·L) product, large at prefill (96K keys × 8 KV heads
+// × 30 layers × 1500 columns × 128 dims ≈ 4.5e12 FMA), so the kernel is a register-tiled
+// f32 GEMM rather than one dot product per thread:
+//   - a block owns 64 vectors and a range of tables; it walks that range's columns in tiles
+//     of 64 and d in chunks of 32, staging xᵀ [32][64 + 4] (f32, padded against bank
+//     conflicts on the transposing store) and R [32][64] in shared memory;
+//   - each of the 256 threads accumulates a 4 vectors × 4 columns tile with two 16-byte
+//     shared loads per 16 FMAs; every dot product is a sequential fmaf chain over d, so the
+//     result does not depend on the tiling (it matches a plain f32 loop bit for bit);
+//   - the signs go into a per-vector bit mask in shared memory (atomicOr), and after the
+//     last column tile each thread packs whole tables' K bits into uint16 codes.
+// Bits can differ from another backend only where |x·r| is at f32 rounding level.
+#include <algorithm>
+
+#include "gpu/gpu.h"
+#include "gpu/kernels.h"
+#include "gpu/reduce.cuh"
+
+namespace mp::gpu {
+
+namespace {
+constexpr int LSH_VB = 64;         // vectors per block
+constexpr int LSH_CB = 64;         // columns per tile
+constexpr int LSH_DB = 32;         // d per chunk
+constexpr int LSH_XS = LSH_VB + 4; // padded row of the xᵀ tile
+constexpr int LSH_MAX_COLS = 3072; // columns per launch (bit mask: 64 × 96 words = 24 KB)
+
+__device__ __forceinline__ float ld_f32(const float *p) { return *p; }
+__device__ __forceinline__ float ld_f32(const bf16 *p) { return __bfloat162float(*p); }
+}  // namespace
+
+// ------------------------------------------------------------
+// kernels
+
+// Tables [t0, t0 + nt) of vectors [64·blockIdx.x, +64).
+template <class XT>
+__global__ void __launch_bounds__(256)
+    lsh_hash_kernel(const float *__restrict__ R, int KL, const XT *__restrict__ x,
+                    int64_t x_stride, int n, int d, int K, int L, int t0, int nt,
+                    uint16_t *__restrict__ codes) {
+  __shared__ __align__(16) float xs[LSH_DB][LSH_XS];
+  __shared__ __align__(16) float rs[LSH_DB][LSH_CB];
+  extern __shared__ uint32_t bits[];  // [LSH_VB][words]
+  const int c_begin = t0 * K, c_end = (t0 + nt) * K;
+  const int words = (c_end - c_begin + 31) / 32;
+  const int v0 = blockIdx.x * LSH_VB;
+  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+
+  for (int i = tid; i < LSH_VB * words; i += 256) bits[i] = 0;
+
+  for (int c0 = c_begin; c0 < c_end; c0 += LSH_CB) {
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; a++) acc[a][0] = acc[a][1] = acc[a][2] = acc[a][3] = 0.f;
+    for (int i0 = 0; i0 < d; i0 += LSH_DB) {
+      __syncthreads();  // previous chunk consumed
+      for (int e = tid; e < LSH_DB * LSH_VB; e += 256) {
+        const int v = e / LSH_DB, i = e % LSH_DB;  // consecutive threads: consecutive i
+        const bool ok = v0 + v < n && i0 + i < d;
+        xs[i][v] = ok ? ld_f32(x + (int64_t)(v0 + v) * x_stride + i0 + i) : 0.f;
+      }
+      for (int e = tid; e < LSH_DB * LSH_CB; e += 256) {
+        const int i = e / LSH_CB, c = e % LSH_CB;
+        const bool ok = i0 + i < d && c0 + c < c_end;
+        rs[i][c] = ok ? R[(int64_t)(i0 + i) * KL + c0 + c] : 0.f;
+      }
+      __syncthreads();
+      const int di = min(LSH_DB, d - i0);
+      for (int i = 0; i < di; i++) {
+        const float4 xv = *reinterpret_cast<const float4 *>(&xs[i][ty * 4]);
+        const float4 rv = *reinterpret_cast<const float4 *>(&rs[i][tx * 4]);
+        const float xa[4] = {xv.x, xv.y, xv.z, xv.w};
+        const float ra[4] = {rv.x, rv.y, rv.z, rv.w};
+#pragma unroll
+        for (int a = 0; a < 4; a++)
+#pragma unroll
+          for (int b = 0; b < 4; b++) acc[a][b] = fmaf(xa[a], ra[b], acc[a][b]);
+      }
+    }
+    // Signs into the bit mask.
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+#pragma unroll
+      for (int b = 0; b < 4; b++) {
+        const int c = c0 + tx * 4 + b;
+        if (c < c_end && acc[a][b] > 0.f) {
+          const int rel = c - c_begin;
+          atomicOr(&bits[(ty * 4 + a) * words + (rel >> 5)], 1u << (rel & 31));
+        }
+      }
+    }
+  }
+  __syncthreads();
+
+  // Pack K bits per (vector, table).
+  for (int e = tid; e < LSH_VB * nt; e += 256) {
+    const int v = e / nt, tt = e % nt;
+    if (v0 + v >= n) continue;
+    const int rel = tt * K;
+    const uint32_t *wv = bits + v * words;
+    const int w = rel >> 5, sh = rel & 31;
+    uint64_t pair = wv[w];
+    if (w + 1 < words) pair |= (uint64_t)wv[w + 1] << 32;
+    const uint32_t code = (uint32_t)(pair >> sh) & ((1u << K) - 1u);
+    codes[(int64_t)(v0 + v) * L + t0 + tt] = (uint16_t)code;
+  }
+}
+
+// ------------------------------------------------------------
+// launchers
+
+template <class XT>
+void lsh_hash(const float *R, const XT *x, int64_t x_stride, int n, int d, int K, int L,
+              uint16_t *codes, cudaStream_t s) {
+  if (n <= 0 || L <= 0) return;
+  MP_CHECK(K >= 1 && K <= 16, MP_ERR_INVALID, "lsh: K = %d is outside 1..16", K);
+  MP_CHECK(d >= 1, MP_ERR_INVALID, "lsh: d = %d", d);
+  const int KL = K * L;
+  const int tables_per_launch = std::max(1, LSH_MAX_COLS / K);
+  const unsigned blocks = (unsigned)((n + LSH_VB - 1) / LSH_VB);
+  for (int t0 = 0; t0 < L; t0 += tables_per_launch) {
+    const int nt = std::min(tables_per_launch, L - t0);
+    const int words = (nt * K + 31) / 32;
+    const size_t smem = (size_t)LSH_VB * words * sizeof(uint32_t);
+    lsh_hash_kernel<XT><<<blocks, 256, smem, s>>>(R, KL, x, x_stride, n, d, K, L, t0, nt, codes);
+    MP_CUDA_LAUNCH("lsh_hash_kernel");
+  }
+}
+
+template void lsh_hash<float>(const float *, const float *, int64_t, int, int, int, int,
+                              uint16_t *, cudaStream_t);
+template void lsh_hash<bf16>(const float *, const bf16 *, int64_t, int, int, int, int,
+                             uint16_t *, cudaStream_t);
+
+// ------------------------------------------------------------
+// host-pointer op (tests)
+
+void lsh_hash(const float *R, const float *x, int n, int d, int K, int L, uint16_t *codes) {
+  MP_CHECK(n >= 0 && d > 0 && L > 0, MP_ERR_INVALID, "lsh: bad shape");
+  require_device();
+  Stream s;
+  DevBuf<float> d_r = upload(R, (size_t)d * K * L, s);
+  DevBuf<float> d_x = upload(x, (size_t)n * d, s);
+  DevBuf<uint16_t> d_c((size_t)n * L);
+  lsh_hash<float>(d_r.p, d_x.p, d, n, d, K, L, d_c.p, s);
+  to_host(codes, d_c.p, d_c.n, s);
+  s.sync();
+}
+
+}  // namespace mp::gpu

@@ -1,0 +1,120 @@
+// rope.cu — rotary position embedding, both pair conventions, with Llama-3 scaling.
+//
+// For head vectors of head_dim values and pair index i < head_dim/2 with inverse frequency
+// f_i, a token at position p rotates the pair (a, b) by θ = p·f_i:
+//   a' = a·cos θ − b·sin θ,  b' = a·sin θ + b·cos θ.
+// MP_ROPE_INTERLEAVED pairs (x[2i], x[2i+1]) (GGUF / llama2.c files); MP_ROPE_HALF pairs
+// (x[i], x[i + head_dim/2]) (Hugging Face files).
+//
+// Inverse frequencies are computed once on the host in double (f_i = θ_base^(−2i/d), then
+// the "llama3" rope_type: wavelengths longer than orig_ctx/low_freq_factor are divided by
+// `factor`, shorter than orig_ctx/high_freq_factor kept, and the band between interpolated
+// smoothly). The angle p·f_i is formed in double and cos/sin are rounded once to f32, as the
+// CPU backend does, so large positions lose no precision (an f32 angle would be off by
+// about p·6e-8 rad: 6e-3 at 96K).
+//
+// Layout: x is [n][token_stride], each token's `heads` heads contiguous from the row start
+// (so a fused QKV row [q heads | k heads | v heads] rotates q and k with heads = H + Hkv).
+// One block per token: its threads first fill the token's cos/sin table (head_dim/2 <= 128
+// entries, double precision, in shared memory), then rotate every (head, pair).
+#include <cmath>
+
+#include "gpu/gpu.h"
+#include "gpu/kernels.h"
+#include "gpu/reduce.cuh"
+
+namespace mp::gpu {
+
+// ------------------------------------------------------------
+// host: inverse frequencies
+
+std::vector<double> rope_inv_freq(const mp_rope_params &p, int head_dim) {
+  const int half = head_dim / 2;
+  std::vector<double> f(half);
+  const double pi = 3.14159265358979323846;
+  for (int i = 0; i < half; i++) {
+    double inv = 1.0 / std::pow((double)p.theta, (2.0 * i) / (double)head_dim);
+    if (p.scaling == MP_ROPE_SCALING_LLAMA3) {
+      const double orig = (double)p.original_max_position;
+      const double low_wavelen = orig / p.low_freq_factor;
+      const double high_wavelen = orig / p.high_freq_factor;
+      const double wavelen = 2.0 * pi / inv;
+      if (wavelen > low_wavelen) {
+        inv = inv / p.factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth =
+            (orig / wavelen - p.low_freq_factor) / (p.high_freq_factor - p.low_freq_factor);
+        inv = (1.0 - smooth) * inv / p.factor + smooth * inv;
+      }
+    }
+    f[i] = inv;
+  }
+  return f;
+}
+
+// ------------------------------------------------------------
+// kernels
+
+template <class T>
+__global__ void rope_kernel(T *__restrict__ x, int heads, int head_dim, int64_t token_stride,
+                            const int32_t *__restrict__ positions,
+                            const double *__restrict__ inv_freq, int style) {
+  __shared__ float cs[128], sn[128];
+  const int half = head_dim >> 1;
+  const int64_t t = blockIdx.x;
+  const double p = (double)positions[t];
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    double sd, cd;
+    sincos(p * inv_freq[i], &sd, &cd);
+    cs[i] = (float)cd, sn[i] = (float)sd;
+  }
+  __syncthreads();
+  T *row = x + t * token_stride;
+  for (int e = threadIdx.x; e < heads * half; e += blockDim.x) {
+    const int h = e / half, i = e % half;
+    T *v = row + (int64_t)h * head_dim;
+    const int ia = style == MP_ROPE_INTERLEAVED ? 2 * i : i;
+    const int ib = style == MP_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
+    const float a = to_f32(v[ia]), b = to_f32(v[ib]);
+    v[ia] = to_out<T>(a * cs[i] - b * sn[i]);
+    v[ib] = to_out<T>(a * sn[i] + b * cs[i]);
+  }
+}
+
+// ------------------------------------------------------------
+// launchers
+
+template <class T>
+void rope(T *x, int n, int heads, int head_dim, int64_t token_stride, const int32_t *positions,
+          const double *inv_freq, int style, cudaStream_t s) {
+  if (n <= 0 || heads <= 0 || head_dim < 2) return;
+  MP_CHECK(head_dim <= 256, MP_ERR_UNSUPPORTED, "rope: head_dim %d is over 256", head_dim);
+  rope_kernel<T><<<n, 128, 0, s>>>(x, heads, head_dim, token_stride, positions, inv_freq, style);
+  MP_CUDA_LAUNCH("rope_kernel");
+}
+
+template void rope<float>(float *, int, int, int, int64_t, const int32_t *, const double *, int,
+                          cudaStream_t);
+template void rope<bf16>(bf16 *, int, int, int, int64_t, const int32_t *, const double *, int,
+                         cudaStream_t);
+
+// ------------------------------------------------------------
+// host-pointer op (tests)
+
+void op_rope(float *x, int n, int heads, int head_dim, const int32_t *positions,
+             const mp_rope_params *p) {
+  MP_CHECK(head_dim % 2 == 0, MP_ERR_INVALID, "rope: head_dim %d is odd", head_dim);
+  MP_CHECK(p->style == MP_ROPE_INTERLEAVED || p->style == MP_ROPE_HALF, MP_ERR_INVALID,
+           "rope: unknown style %d", p->style);
+  require_device();
+  Stream s;
+  std::vector<double> f = rope_inv_freq(*p, head_dim);
+  DevBuf<double> d_f = upload(f.data(), f.size(), s);
+  DevBuf<float> d_x = upload(x, (size_t)n * heads * head_dim, s);
+  DevBuf<int32_t> d_pos = upload(positions, (size_t)n, s);
+  rope<float>(d_x.p, n, heads, head_dim, (int64_t)heads * head_dim, d_pos.p, d_f.p, p->style, s);
+  to_host(x, d_x.p, d_x.n, s);
+  s.sync();
+}
+
+}  // namespace mp::gpu

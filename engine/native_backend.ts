@@ -1,0 +1,150 @@
+/**
+ * The scheduler's {@link Backend} over the real native library (`ffi/native.ts`):
+ * sessions, batched decode steps and sampling on one engine. Native statuses become
+ * engine errors where the scheduler handles them: an aborted call becomes
+ * {@link AbortedError}; everything else stays a `MagicpigError`, which the scheduler turns
+ * into an `EngineError` by its code (out of memory → overloaded).
+ *
+ * @example
+ * ```ts
+ * import { nativeBackend } from "./native_backend.ts";
+ * import { Scheduler } from "./scheduler.ts";
+ * declare const engine: import("../ffi/native.ts").Engine;
+ * const scheduler = new Scheduler(nativeBackend(engine));
+ * ```
+ *
+ * @module
+ */
+import {
+  AttentionMethod as MethodCode,
+  decodeStep,
+  type Engine,
+  MagicpigError,
+  sample,
+  Session,
+} from "../ffi/native.ts";
+import type { AttentionMethod, AttentionOptions } from "./attention.ts";
+import {
+  AbortedError,
+  type Backend,
+  type BackendSession,
+  type SampleParams,
+  type SampleResult,
+  type SessionStats,
+} from "./backend.ts";
+
+const codeOf: Record<AttentionMethod, number> = {
+  dense: MethodCode.DENSE,
+  magicpig: MethodCode.MAGICPIG,
+  topk: MethodCode.TOPK,
+  quest: MethodCode.QUEST,
+  oracle: MethodCode.ORACLE,
+};
+const methodOf = new Map<number, AttentionMethod>(
+  Object.entries(codeOf).map(([name, code]) => [code, name as AttentionMethod]),
+);
+
+/** Defaults of the engine (mp_engine_params) the scheduler plans with. */
+const DEFAULT_MAX_BATCH = 16;
+const DEFAULT_PREFILL_CHUNK = 512;
+
+function rethrow(e: unknown): never {
+  if (e instanceof MagicpigError && e.code === "aborted") throw new AbortedError(e.message);
+  throw e;
+}
+
+/** A native session as the scheduler sees it. */
+export class NativeSession implements BackendSession {
+  /** The native session (a session manager keeps it between requests). */
+  readonly session: Session;
+
+  constructor(session: Session) {
+    this.session = session;
+  }
+
+  async prefill(
+    tokens: Int32Array<ArrayBuffer>,
+    logits: Float32Array<ArrayBuffer> | null,
+    abort: Int32Array<ArrayBuffer> | null,
+  ): Promise<void> {
+    try {
+      await this.session.prefill(tokens, {
+        logits: logits ?? undefined,
+        abort: abort ?? undefined,
+      });
+    } catch (e) {
+      rethrow(e);
+    }
+  }
+
+  commit(): Promise<void> {
+    return this.session.commit();
+  }
+
+  stats(): SessionStats {
+    const info = this.session.info();
+    return {
+      nTokens: info.nTokens,
+      keysAttended: info.keysAttended,
+      keysOffloaded: info.keysOffloaded,
+      method: methodOf.get(info.method) ?? "dense",
+    };
+  }
+
+  close(): Promise<void> {
+    return this.session.close();
+  }
+}
+
+/** Options of {@link nativeBackend}. */
+export interface NativeBackendOptions {
+  /** Most sessions per decode step (the engine's `max_batch`; default 16). */
+  maxBatch?: number;
+  /** Prompt tokens per prefill call the scheduler issues (default 512). */
+  prefillChunk?: number;
+}
+
+/** The {@link Backend} of one native engine. */
+export function nativeBackend(engine: Engine, options: NativeBackendOptions = {}): Backend {
+  const config = engine.config;
+  return {
+    vocabSize: config.vocab_size,
+    maxContext: config.max_context,
+    maxBatch: options.maxBatch ?? DEFAULT_MAX_BATCH,
+    prefillChunk: options.prefillChunk ?? DEFAULT_PREFILL_CHUNK,
+    async createSession(attention: AttentionOptions, reserveTokens: number) {
+      const session = await Session.create(engine, {
+        attention: {
+          method: codeOf[attention.method],
+          lshK: attention.lshK,
+          lshL: attention.lshL,
+          sinks: attention.sinks,
+          window: attention.window,
+          genBuffer: attention.genBuffer,
+          budget: attention.budget,
+          pageSize: attention.pageSize,
+          seed: attention.seed,
+          denseLayers: attention.denseLayers,
+        },
+        reserveTokens,
+      });
+      return new NativeSession(session);
+    },
+    async decodeStep(sessions, tokens, logits, abort) {
+      try {
+        await decodeStep(
+          engine,
+          sessions.map((s) => (s as NativeSession).session),
+          tokens,
+          logits,
+          abort ?? undefined,
+        );
+      } catch (e) {
+        rethrow(e);
+      }
+    },
+    sample(logits: Float32Array<ArrayBuffer>, params: SampleParams, rngState): SampleResult {
+      return sample(logits, params, rngState);
+    },
+  };
+}
