@@ -14,28 +14,41 @@
  * (sample size / indexed keys, per query head) and the row fraction (distinct rows / keys,
  * after sharing within a GQA group). JSON goes to --out.
  *
+ * Queries are independent N(0, 1) per head by default — the worst case for sharing the
+ * gathers of a GQA group (real heads of a group are correlated); `--group-corr ρ` gives
+ * the heads of a group a shared component of variance ρ.
+ *
  * Usage:
  *   deno task bench:attention [--n 98304] [--batch 1,8] [--layers 4] [--reps 30]
- *                             [--threads 0] [--k 10] [--l 150] [--out bench.json]
+ *                             [--threads 0] [--k 10] [--l 150] [--group-corr 0]
+ *                             [--out bench.json]
  *
  * @module
  */
-import { parseArgs } from "node:util";
 import { buildInfo, DType, getThreads, setThreads } from "../ffi/native.ts";
 import { lshAttention, lshHash, LshIndex, lshProjection } from "../ffi/lsh.ts";
 
-const { values: args } = parseArgs({
-  args: Deno.args,
-  options: {
-    n: { type: "string", default: "98304" },
-    batch: { type: "string", default: "1,8" },
-    layers: { type: "string", default: "4" },
-    reps: { type: "string", default: "30" },
-    threads: { type: "string", default: "0" },
-    k: { type: "string", default: "10" },
-    l: { type: "string", default: "150" },
-    out: { type: "string" },
-  },
+/** `--name value` options over defaults; unknown names are an error. */
+function options<T extends Record<string, string>>(argv: string[], defaults: T): T {
+  const out: Record<string, string> = { ...defaults };
+  for (let i = 0; i < argv.length; i++) {
+    const m = /^--([a-z-]+)(?:=(.*))?$/.exec(argv[i]);
+    if (!m || !(m[1] in defaults)) throw new Error(`Unknown option "${argv[i]}"`);
+    out[m[1]] = m[2] ?? argv[++i] ?? "";
+  }
+  return out as T;
+}
+
+const args = options(Deno.args, {
+  n: "98304",
+  batch: "1,8",
+  layers: "4",
+  reps: "30",
+  threads: "0",
+  k: "10",
+  l: "150",
+  "group-corr": "0",
+  out: "",
 });
 
 const n = Number(args.n), H = 32, hkv = 8, d = 128;
@@ -88,9 +101,22 @@ function synth(seed: number, offset: number): Uint16Array<ArrayBuffer> {
   return toBf16(f);
 }
 
+// Queries: N(0, 1) per head; with --group-corr ρ the heads of a GQA group share a
+// component, q = √ρ·z_group + √(1 − ρ)·z_head (ρ = 0: independent heads, the worst case
+// for sharing gathers within a group).
+const rho = Number(args["group-corr"]);
 function queries(B: number, seed: number): Float32Array<ArrayBuffer> {
   const r = xorshift(seed);
-  return Float32Array.from({ length: B * H * d }, () => NORMALS[r() & 0xffff]);
+  const q = new Float32Array(B * H * d);
+  const G = H / hkv, a = Math.sqrt(rho), b = Math.sqrt(1 - rho);
+  for (let bg = 0; bg < B * hkv; bg++) {
+    const shared = Float32Array.from({ length: d }, () => NORMALS[r() & 0xffff]);
+    for (let g = 0; g < G; g++) {
+      const o = (bg * G + g) * d;
+      for (let e = 0; e < d; e++) q[o + e] = a * shared[e] + b * NORMALS[r() & 0xffff];
+    }
+  }
+  return q;
 }
 
 // ------------------------------------------------------------
@@ -122,7 +148,7 @@ const genS = (performance.now() - t0) / 1000;
 const distinct = Math.max(layers, ...batches);
 console.error(
   `magicpig bench: n ${n}, H ${H}, Hkv ${hkv}, d ${d}, K${K}L${L}, bf16, ${getThreads()} threads, ` +
-    `${distinct} indexes (${buildInfo()}); data ${genS.toFixed(1)}s`,
+    `${distinct} indexes, GQA query correlation ${rho} (${buildInfo()}); data ${genS.toFixed(1)}s`,
 );
 const indexes: LshIndex[] = [];
 const buildMs: number[] = [];
@@ -216,7 +242,7 @@ for (const r of rows) {
 if (args.out) {
   const json = {
     bench: "attention_cpu",
-    shape: { n, H, hkv, d, K, L, kv_dtype: "bf16" },
+    shape: { n, H, hkv, d, K, L, kv_dtype: "bf16", group_corr: rho },
     threads: getThreads(),
     build_info: buildInfo(),
     index: {

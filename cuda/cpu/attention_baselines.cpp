@@ -125,31 +125,76 @@ void topk(const KV &kv, const float *q, int H, float budget, float *out, float *
   }
 }
 
+// min/max of the keys of page p of KV head hk (tokens [p·page, min(n, (p+1)·page)))
+static void page_minmax(const KV &kv, int hk, int64_t p, int page, float *mn, float *mx) {
+  const int d = kv.d;
+  std::fill(mn, mn + d, INFINITY);
+  std::fill(mx, mx + d, -INFINITY);
+  std::vector<float> k(d);
+  for (int64_t i = p * page; i < std::min(kv.n, (p + 1) * page); i++) {
+    load_row(kv.view, row_ptr(kv.view, kv.view.k, hk, i, d), d, k.data());
+    for (int e = 0; e < d; e++) {
+      mn[e] = std::min(mn[e], k[e]);
+      mx[e] = std::max(mx[e], k[e]);
+    }
+  }
+}
+
+void quest_pages(const KV &kv, int page, QuestPages &meta) {
+  const int d = kv.d;
+  const int64_t full = kv.n / page;
+  if (full <= meta.pages) return;
+  if (full > meta.stride) {  // grow: new stride, keep the filled pages
+    const int64_t stride = std::max<int64_t>(full, meta.stride * 2);
+    std::vector<float> mins((size_t)kv.Hkv * stride * d), maxs((size_t)kv.Hkv * stride * d);
+    for (int h = 0; h < kv.Hkv; h++)
+      for (int64_t p = 0; p < meta.pages; p++) {
+        std::memcpy(&mins[((size_t)h * stride + p) * d], &meta.mins[((size_t)h * meta.stride + p) * d],
+                    sizeof(float) * d);
+        std::memcpy(&maxs[((size_t)h * stride + p) * d], &meta.maxs[((size_t)h * meta.stride + p) * d],
+                    sizeof(float) * d);
+      }
+    meta.mins.swap(mins);
+    meta.maxs.swap(maxs);
+    meta.stride = stride;
+  }
+  const int64_t p0 = meta.pages, np = full - p0;
+#pragma omp parallel for num_threads(threads()) schedule(static)
+  for (int64_t hp = 0; hp < kv.Hkv * np; hp++) {
+    const int hk = (int)(hp / np);
+    const int64_t p = p0 + hp % np;
+    page_minmax(kv, hk, p, page, &meta.mins[((size_t)hk * meta.stride + p) * d],
+                &meta.maxs[((size_t)hk * meta.stride + p) * d]);
+  }
+  meta.pages = full;
+}
+
 void quest(const KV &kv, const float *q, int H, float budget, int page, float *out,
-           float *lse2, int32_t *nsel) {
+           float *lse2, int32_t *nsel, const QuestPages *meta) {
   check(kv, H, budget);
   MP_CHECK(page >= 1, MP_ERR_INVALID, "page size \"%d\" must be >= 1", page);
   const int G = H / kv.Hkv, d = kv.d;
   const int64_t np = (kv.n + page - 1) / page;
   const int64_t kp = count_of(budget, np);
-  // per KV head, per page: min[d], max[d]
-  std::vector<float> mins((size_t)kv.Hkv * np * d), maxs((size_t)kv.Hkv * np * d);
+  // metadata of the pages `meta` does not hold, per KV head
+  const int64_t cached = meta ? std::min(meta->pages, np) : 0;
+  const int64_t rest = np - cached;
+  std::vector<float> mins((size_t)kv.Hkv * rest * d), maxs((size_t)kv.Hkv * rest * d);
 #pragma omp parallel for num_threads(threads()) schedule(static)
-  for (int64_t hp = 0; hp < kv.Hkv * np; hp++) {
-    const int hk = (int)(hp / np);
-    const int64_t p = hp % np;
-    float *mn = &mins[(size_t)hp * d], *mx = &maxs[(size_t)hp * d];
-    std::fill(mn, mn + d, INFINITY);
-    std::fill(mx, mx + d, -INFINITY);
-    std::vector<float> k(d);
-    for (int64_t i = p * page; i < std::min(kv.n, (p + 1) * page); i++) {
-      load_row(kv.view, row_ptr(kv.view, kv.view.k, hk, i, d), d, k.data());
-      for (int e = 0; e < d; e++) {
-        mn[e] = std::min(mn[e], k[e]);
-        mx[e] = std::max(mx[e], k[e]);
-      }
-    }
+  for (int64_t hp = 0; hp < kv.Hkv * rest; hp++) {
+    const int hk = (int)(hp / rest);
+    const int64_t p = cached + hp % rest;
+    page_minmax(kv, hk, p, page, &mins[(size_t)hp * d], &maxs[(size_t)hp * d]);
   }
+  auto page_meta = [&](int hk, int64_t p, const float **mn, const float **mx) {
+    if (p < cached) {
+      *mn = &meta->mins[((size_t)hk * meta->stride + p) * d];
+      *mx = &meta->maxs[((size_t)hk * meta->stride + p) * d];
+    } else {
+      *mn = &mins[((size_t)hk * rest + (p - cached)) * d];
+      *mx = &maxs[((size_t)hk * rest + (p - cached)) * d];
+    }
+  };
   const float scale = 1.0f / std::sqrt((float)d);
 #pragma omp parallel for num_threads(threads()) schedule(dynamic, 1)
   for (int h = 0; h < H; h++) {
@@ -157,7 +202,8 @@ void quest(const KV &kv, const float *q, int H, float budget, int page, float *o
     const float *qh = q + (size_t)h * d;
     std::vector<float> bound(np);
     for (int64_t p = 0; p < np; p++) {
-      const float *mn = &mins[((size_t)hk * np + p) * d], *mx = &maxs[((size_t)hk * np + p) * d];
+      const float *mn, *mx;
+      page_meta(hk, p, &mn, &mx);
       float b = 0.0f;
       for (int e = 0; e < d; e++) b += std::max(qh[e] * mn[e], qh[e] * mx[e]);
       bound[p] = b;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "cpu/sampled_attention.h"
 
@@ -21,10 +22,21 @@ struct KV {
 void topk(const KV &kv, const float *q, int H, float budget, float *out, float *lse2,
           int32_t *nsel);
 
+// Quest page metadata: per KV head and page, the per-dimension min and max key,
+// mins/maxs[(h·stride + p)·d + e]. Pages [0, pages) are filled.
+struct QuestPages {
+  std::vector<float> mins, maxs;
+  int64_t pages = 0, stride = 0;
+};
+
+// Fills pages [pages, ⌊n/page⌋) (complete pages only) of `meta`, growing its storage.
+void quest_pages(const KV &kv, int page, QuestPages &meta);
+
 // Quest: pages of `page` tokens with per-dimension key min/max; a page's bound is
 // Σ_e max(q_e·min_e, q_e·max_e); exact attention over the top ⌈budget·pages⌉ pages.
+// `meta` (may be null) holds the metadata of its first pages; the rest is computed here.
 void quest(const KV &kv, const float *q, int H, float budget, int page, float *out,
-           float *lse2, int32_t *nsel);
+           float *lse2, int32_t *nsel, const QuestPages *meta = nullptr);
 
 // Oracle sampling: max(1, round(budget·n)) draws with replacement from the exact
 // softmax; out = mean of the drawn values, lse2 = the exact LSE over all n; nsel =

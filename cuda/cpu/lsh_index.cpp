@@ -319,17 +319,17 @@ namespace {
 
 constexpr char MAGIC[8] = {'M', 'P', 'L', 'S', 'H', 'I', 'X', '1'};
 
+using Sink = std::function<void(const void *, size_t)>;
+
 template <class T>
-void put(std::vector<uint8_t> &out, const T &v) {
-  const uint8_t *p = (const uint8_t *)&v;
-  out.insert(out.end(), p, p + sizeof(T));
+void put(const Sink &out, const T &v) {
+  out(&v, sizeof(T));
 }
 template <class V>
-void put_vec(std::vector<uint8_t> &out, const V &v) {
+void put_vec(const Sink &out, const V &v) {
   using T = typename V::value_type;
   put<uint64_t>(out, v.size());
-  const uint8_t *p = (const uint8_t *)v.data();
-  out.insert(out.end(), p, p + v.size() * sizeof(T));
+  out(v.data(), v.size() * sizeof(T));
 }
 
 struct Reader {
@@ -357,8 +357,14 @@ struct Reader {
 
 }  // namespace
 
-void Index::write(std::vector<uint8_t> &out) const {
-  out.insert(out.end(), MAGIC, MAGIC + 8);
+uint64_t Index::image_bytes() const {
+  uint64_t n = 0;
+  write([&n](const void *, size_t k) { n += k; });
+  return n;
+}
+
+void Index::write(const Sink &out) const {
+  out(MAGIC, 8);
   put<int32_t>(out, p_.K);
   put<int32_t>(out, p_.L);
   put<uint64_t>(out, p_.seed);

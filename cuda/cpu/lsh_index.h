@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -94,8 +95,10 @@ class Index {
   void table(int h, int t, uint32_t *offsets, int32_t *indices) const;
 
   // Serialisation: a flat byte image of everything but the projection (rebuilt from the
-  // seed). `read` throws MP_ERR_CORRUPT on a malformed image.
-  void write(std::vector<uint8_t> &out) const;
+  // seed), streamed to `sink` in pieces; image_bytes() is its exact size. `read` throws
+  // MP_ERR_CORRUPT on a malformed image.
+  void write(const std::function<void(const void *, size_t)> &sink) const;
+  uint64_t image_bytes() const;
   static std::unique_ptr<Index> read(const uint8_t *data, size_t size);
 
  private:

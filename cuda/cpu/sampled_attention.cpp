@@ -337,7 +337,7 @@ struct Ctx {
 // between tasks.
 struct Scratch {
   std::vector<uint64_t> seen1, seen2;  // per token: hit once / hit twice (bitmaps)
-  std::vector<uint32_t> touched;       // words of seen1 that became non-zero
+  std::vector<uint32_t> touched;       // words of seen1 that became non-zero (+1 slot)
   std::vector<uint32_t> rs, re;        // per table: the bucket's entry range
   std::vector<const uint32_t *> optr;  // per table: the bucket's offsets
   std::vector<int32_t> hits;           // phase A: the sample, unordered
@@ -434,7 +434,7 @@ static void sample_head(Ctx &cx, int b, int h) {
     const size_t words = (size_t)(I.n_blocked() + 63) / 64;
     grow(sc.seen1, words);
     grow(sc.seen2, words);
-    grow(sc.touched, words);
+    grow(sc.touched, words + 1);  // the branch-free store writes one slot past the count
     grow(sc.rs, L);
     grow(sc.re, L);
     grow(sc.optr, L);
