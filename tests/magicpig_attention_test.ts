@@ -33,6 +33,7 @@ import {
   lshRetrieve,
 } from "../ffi/lsh.ts";
 import { DType } from "../ffi/native.ts";
+import * as ops from "../ffi/ops.ts";
 
 // ------------------------------------------------------------
 // u(θ)
@@ -366,6 +367,9 @@ Deno.test("merging the attentions of a split by LSE equals attention over the un
     const ra = lshAttentionSets([idx], q, H, A, flags);
     const rb = lshAttentionSets([idx], q, H, B, flags);
     const ru = lshAttentionSets([idx], q, H, U, flags);
+    const nm = ops.merge(ra.out, ra.lse2, rb.out, rb.lse2, H, d);
+    assertLessOrEqual(maxDiff(nm.out, ru.out), 1e-6, `native merge, flags ${flags}`);
+    assertLessOrEqual(maxDiff(nm.lse, ru.lse2), 1e-5, `native merge, flags ${flags}`);
     for (let h = 0; h < H; h++) {
       const m = refMerge(
         ra.out.subarray(h * d, (h + 1) * d),
@@ -391,8 +395,15 @@ Deno.test("an empty sample gives a zero output and −∞, which merges to the d
   const empty = lshAttentionSets([idx], q, H, [[], []]);
   assertEquals(Array.from(empty.out), new Array(H * d).fill(0));
   assertEquals(Array.from(empty.lse2), [-Infinity, -Infinity]);
-  // an exact part computed in fp32 (the sink/local side), merged with the empty sample
+  // an exact part computed in fp32 (the sink/local side), merged with the empty sample by
+  // the library's merge op (and by the float64 reference): the exact side comes back bit
+  // for bit
   const dense = lshAttention([idx], q, H, { flags: LshFlags.FORCE_U1 | LshFlags.RETRIEVE_ALL });
+  const native = ops.merge(dense.out, dense.lse2, empty.out, empty.lse2, H, d);
+  assertEquals(native.out, dense.out);
+  assertEquals(native.lse, dense.lse2);
+  const swapped = ops.merge(empty.out, empty.lse2, dense.out, dense.lse2, H, d);
+  assertEquals(swapped.out, dense.out);
   for (let h = 0; h < H; h++) {
     const o = dense.out.subarray(h * d, (h + 1) * d);
     const m = refMerge(o, dense.lse2[h], empty.out.subarray(h * d, (h + 1) * d), empty.lse2[h]);
