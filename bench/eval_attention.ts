@@ -104,7 +104,8 @@ function exactPart(
   }
   const o = new Float64Array(d);
   if (ids.length === 0) return { o, lse2: -Infinity };
-  const m = Math.max(...ls);
+  let m = -Infinity;
+  for (const x of ls) m = Math.max(m, x); // (spreading 128K arguments overflows the stack)
   let l = 0;
   ids.forEach((r, j) => {
     const w = Math.exp(ls[j] - m);
