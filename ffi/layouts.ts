@@ -109,6 +109,49 @@ export const samplingParams = new StructLayout([
   ["n_logprobs", "i32"],
 ]);
 
+/** mp_lsh_params */
+export const lshParams = new StructLayout([
+  ["size", "usize"],
+  ["k", "i32"],
+  ["l", "i32"],
+  ["seed", "u64"],
+  ["eps", "f32"],
+  ["center", "i32"],
+  ["tail_max", "i64"],
+]);
+
+/** mp_lsh_index_info */
+export const lshIndexInfo = new StructLayout([
+  ["size", "usize"],
+  ["n_tokens", "i64"],
+  ["n_blocked", "i64"],
+  ["n_tail", "i64"],
+  ["n_kv_heads", "i32"],
+  ["head_dim", "i32"],
+  ["kv_dtype", "i32"],
+  ["k", "i32"],
+  ["l", "i32"],
+  ["center", "i32"],
+  ["seed", "u64"],
+  ["eps", "f32"],
+  ["entry_bytes", "i64"],
+  ["offset_bytes", "i64"],
+  ["tail_bytes", "i64"],
+  ["norm_bytes", "i64"],
+  ["kv_bytes", "i64"],
+  ["bytes_per_token", "f64"],
+]);
+
+/** mp_lsh_stats */
+export const lshStats = new StructLayout([
+  ["size", "usize"],
+  ["rows", "i64"],
+  ["sampled", "i64"],
+  ["entries", "i64"],
+  ["bytes", "i64"],
+  ["tasks", "i64"],
+]);
+
 /** Every layout by its C name, for the size check. */
 export const allLayouts: Record<string, StructLayout> = {
   mp_rope_params: ropeParams,
@@ -119,4 +162,7 @@ export const allLayouts: Record<string, StructLayout> = {
   mp_session_params: sessionParams,
   mp_session_info: sessionInfo,
   mp_sampling_params: samplingParams,
+  mp_lsh_params: lshParams,
+  mp_lsh_index_info: lshIndexInfo,
+  mp_lsh_stats: lshStats,
 };

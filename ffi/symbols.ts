@@ -264,6 +264,187 @@ export const symbols = {
   },
   /** int32_t mp_gpu_describe(char *out, size_t cap, char *err, size_t err_cap) */
   mp_gpu_describe: { parameters: ["buffer", "usize", ...errArgs], result: "i32" },
+
+  // ------------------------------------------------------------
+  // MagicPIG: LSH index, retrieval, sampled attention, baselines
+
+  /** int32_t mp_lsh_projection(uint64_t seed, int32_t d, int32_t K, int32_t L, float *R,
+   *    char *err, size_t cap) */
+  mp_lsh_projection: {
+    parameters: ["u64", "i32", "i32", "i32", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** int32_t mp_lsh_hash(int32_t backend, const float *R, const float *x, int32_t n, int32_t d,
+   *    int32_t K, int32_t L, uint16_t *codes, char *err, size_t cap) */
+  mp_lsh_hash: {
+    parameters: ["i32", "buffer", "buffer", "i32", "i32", "i32", "i32", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** void mp_lsh_default_params(mp_lsh_params *p) */
+  mp_lsh_default_params: { parameters: ["buffer"], result: "void" },
+  /** int32_t mp_lsh_index_create(const mp_lsh_params *p, int32_t n_kv_heads, int32_t head_dim,
+   *    int32_t kv_dtype, const void *keys, const void *values, int64_t n, mp_lsh_index **out,
+   *    char *err, size_t cap) */
+  mp_lsh_index_create_async: {
+    name: "mp_lsh_index_create",
+    parameters: ["buffer", "i32", "i32", "i32", "buffer", "buffer", "i64", "buffer", ...errArgs],
+    result: "i32",
+    nonblocking: true,
+  },
+  /** int32_t mp_lsh_index_append(mp_lsh_index *idx, const void *keys, const void *values,
+   *    int64_t m, int32_t merge, char *err, size_t cap) */
+  mp_lsh_index_append_async: {
+    name: "mp_lsh_index_append",
+    parameters: ["pointer", "buffer", "buffer", "i64", "i32", ...errArgs],
+    result: "i32",
+    nonblocking: true,
+  },
+  /** void mp_lsh_index_free(mp_lsh_index *idx) */
+  mp_lsh_index_free: { parameters: ["pointer"], result: "void" },
+  /** int32_t mp_lsh_index_get_info(const mp_lsh_index *idx, mp_lsh_index_info *out) */
+  mp_lsh_index_get_info: { parameters: ["pointer", "buffer"], result: "i32" },
+  /** int32_t mp_lsh_index_get_codes(const mp_lsh_index *idx, int32_t head, int64_t start,
+   *    int64_t count, uint16_t *codes, char *err, size_t cap) */
+  mp_lsh_index_get_codes: {
+    parameters: ["pointer", "i32", "i64", "i64", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** int32_t mp_lsh_index_get_table(const mp_lsh_index *idx, int32_t head, int32_t table,
+   *    uint32_t *offsets, int32_t *indices, char *err, size_t cap) */
+  mp_lsh_index_get_table: {
+    parameters: ["pointer", "i32", "i32", "buffer", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** int32_t mp_lsh_index_get_mean(const mp_lsh_index *idx, float *mean, float *norms,
+   *    char *err, size_t cap) */
+  mp_lsh_index_get_mean: { parameters: ["pointer", "buffer", "buffer", ...errArgs], result: "i32" },
+  /** int32_t mp_lsh_retrieve(mp_lsh_index *const *idx, int32_t B, const float *q, int32_t H,
+   *    const uint16_t *qcodes, int32_t flags, int64_t cap, int32_t *indices, int32_t *nnz,
+   *    char *err, size_t cap) */
+  mp_lsh_retrieve: {
+    parameters: [
+      "buffer",
+      "i32",
+      "buffer",
+      "i32",
+      "buffer",
+      "i32",
+      "i64",
+      "buffer",
+      "buffer",
+      ...errArgs,
+    ],
+    result: "i32",
+  },
+  /** int32_t mp_lsh_attention(mp_lsh_index *const *idx, int32_t B, const float *q, int32_t H,
+   *    const uint16_t *qcodes, int32_t flags, float *out, float *lse2, int32_t *nnz,
+   *    mp_lsh_stats *stats, char *err, size_t cap) */
+  mp_lsh_attention: {
+    parameters: [
+      "buffer",
+      "i32",
+      "buffer",
+      "i32",
+      "buffer",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      ...errArgs,
+    ],
+    result: "i32",
+  },
+  /** int32_t mp_lsh_attention_sets(mp_lsh_index *const *idx, int32_t B, const float *q,
+   *    int32_t H, const int32_t *sets, const int32_t *set_n, int64_t set_cap, int32_t flags,
+   *    float *out, float *lse2, char *err, size_t cap) */
+  mp_lsh_attention_sets: {
+    parameters: [
+      "buffer",
+      "i32",
+      "buffer",
+      "i32",
+      "buffer",
+      "buffer",
+      "i64",
+      "i32",
+      "buffer",
+      "buffer",
+      ...errArgs,
+    ],
+    result: "i32",
+  },
+  /** int32_t mp_lsh_collision_weights(int32_t k, int32_t l, float eps, const float *cos,
+   *    int64_t n, float *u, float *lnw, char *err, size_t cap) */
+  mp_lsh_collision_weights: {
+    parameters: ["i32", "i32", "f32", "buffer", "i64", "buffer", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** int32_t mp_attention_topk(int32_t kv_dtype, const void *keys, const void *values,
+   *    int64_t n, int32_t n_kv_heads, int32_t head_dim, const float *q, int32_t H, float budget,
+   *    float *out, float *lse2, int32_t *nsel, char *err, size_t cap) */
+  mp_attention_topk: {
+    parameters: [
+      "i32",
+      "buffer",
+      "buffer",
+      "i64",
+      "i32",
+      "i32",
+      "buffer",
+      "i32",
+      "f32",
+      "buffer",
+      "buffer",
+      "buffer",
+      ...errArgs,
+    ],
+    result: "i32",
+  },
+  /** int32_t mp_attention_quest(int32_t kv_dtype, const void *keys, const void *values,
+   *    int64_t n, int32_t n_kv_heads, int32_t head_dim, const float *q, int32_t H, float budget,
+   *    int32_t page_size, float *out, float *lse2, int32_t *nsel, char *err, size_t cap) */
+  mp_attention_quest: {
+    parameters: [
+      "i32",
+      "buffer",
+      "buffer",
+      "i64",
+      "i32",
+      "i32",
+      "buffer",
+      "i32",
+      "f32",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      ...errArgs,
+    ],
+    result: "i32",
+  },
+  /** int32_t mp_attention_oracle(int32_t kv_dtype, const void *keys, const void *values,
+   *    int64_t n, int32_t n_kv_heads, int32_t head_dim, const float *q, int32_t H, float budget,
+   *    uint64_t seed, float *out, float *lse2, int32_t *nsel, char *err, size_t cap) */
+  mp_attention_oracle: {
+    parameters: [
+      "i32",
+      "buffer",
+      "buffer",
+      "i64",
+      "i32",
+      "i32",
+      "buffer",
+      "i32",
+      "f32",
+      "u64",
+      "buffer",
+      "buffer",
+      "buffer",
+      ...errArgs,
+    ],
+    result: "i32",
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened library's symbol functions. */

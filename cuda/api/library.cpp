@@ -64,6 +64,9 @@ MP_API size_t mp_struct_size(const char *name) {
       {"mp_session_params", sizeof(mp_session_params)},
       {"mp_session_info", sizeof(mp_session_info)},
       {"mp_sampling_params", sizeof(mp_sampling_params)},
+      {"mp_lsh_params", sizeof(mp_lsh_params)},
+      {"mp_lsh_index_info", sizeof(mp_lsh_index_info)},
+      {"mp_lsh_stats", sizeof(mp_lsh_stats)},
   };
   for (const Entry &e : table)
     if (std::strcmp(e.name, name) == 0) return e.size;

@@ -1,37 +1,308 @@
-// policy.cpp — FALLBACK attention policy: exact dense attention for every method.
-//
-// Until the MagicPIG work lands its real policies (magicpig.md), MAGICPIG, TOPK, QUEST and
-// ORACLE sessions attend every key exactly on their sparse layers, index nothing
-// (n_indexed = 0, no index bytes, commit is a no-op) and count every key as attended:
-// keys_attended = keys_offloaded = Σ over sparse layers and query heads of (pos + 1).
-// Those files replace this one and keep the signatures of policy.h.
+/*
+ * policy.cpp — the attention policies of sparse layers: MAGICPIG, TOPK, QUEST, ORACLE
+ * (magicpig.md; the hooks are declared in policy.h).
+ *
+ * Regions of a session's tokens, for a sparse layer (dense layers are always exact):
+ *
+ *   [0, S)   sinks      exact
+ *   [S, E)   offloaded  MAGICPIG samples it through the layer's LSH index;
+ *                       TOPK / QUEST / ORACLE select keys within it
+ *   [E, n)   local      exact (the window, plus MAGICPIG's generation buffer)
+ *
+ * The exact parts and the sampled/selected part are partial attentions with base-2 LSEs,
+ * merged by cpu::merge: for MAGICPIG that is the self-normalised estimator of §7, for the
+ * baselines their selection renormalised together with the exact part.
+ *
+ * MAGICPIG. E is the end of the indexed region, E = S + index.n(). mp_session_commit moves
+ * it to n − W; the first commit creates the layer's index (μ = the mean of the keys it
+ * indexes, then fixed). During decode the local region grows by one token per step; once
+ * it is longer than W + gen_buffer its oldest tokens (all but the last W) are flushed into
+ * the index (they join its tail and are merged into the blocks when the tail is full), so
+ * the generation buffer never overflows. A session whose prompt has n ≤ S + W tokens has no
+ * offloaded region and stays dense until generation makes one.
+ * The session's cache keeps the keys as computed, uncentered: the index holds μ and applies
+ * it where angles matter (hash codes, u), while logits use the stored keys — the same
+ * softmax, since q·μ is one constant per query — so the exact parts, later prefills,
+ * dense layers and snapshots read the cache unchanged.
+ *
+ * TOPK / QUEST / ORACLE have no index: at every step E = max(S, pos + 1 − W). QUEST keeps
+ * per-layer page metadata (min/max per dimension) of the complete pages of [S, E).
+ *
+ * Keys fraction: each sparse (layer, step) adds Σ_h |sample_h| attended and H·(E − S)
+ * offloaded keys (the exact tokens are not counted, as in the reference's "computation
+ * cost").
+ */
 #include "engine/policy.h"
 
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <vector>
+
 #include "cpu/attention.h"
+#include "cpu/attention_baselines.h"
+#include "cpu/lsh_index.h"
+#include "cpu/merge.h"
+#include "cpu/sampled_attention.h"
 #include "engine/engine.h"
+#include "engine/snapshot.h"
 
 namespace mp {
 
-void policy_decode_attention(Session &s, int32_t layer, int64_t pos, const float *q,
-                             float *out) {
+namespace {
+
+// Snapshot section of one layer's LSH index: i32 layer, u64 image bytes, the image.
+constexpr uint32_t SNAP_TAG_LSH = snap_tag('L', 'S', 'H', 'X');
+
+struct LayerState {
+  std::unique_ptr<lsh::Index> index;  // MAGICPIG
+  baseline::QuestPages quest;         // QUEST
+};
+
+struct State : PolicyState {
+  std::vector<LayerState> layers;
+  std::vector<float> o1, l1, o2, l2, o3, l3;  // decode scratch
+  std::vector<int32_t> nnz;
+};
+
+State &state(Session &s) {
+  if (!s.policy) {
+    auto st = std::make_unique<State>();
+    st->layers.resize((size_t)s.n_layers());
+    s.policy = std::move(st);
+  }
+  return static_cast<State &>(*s.policy);
+}
+
+const State *state_if(const Session &s) { return static_cast<const State *>(s.policy.get()); }
+
+int64_t index_end(const Session &s, const LayerState &ls) {
+  return ls.index ? (int64_t)s.attention().sinks + ls.index->n() : 0;
+}
+
+// The session's rows of one layer as the sampled-attention kernel reads them: token i of
+// the offloaded region is row `base + i`.
+lsh::KVView kv_view(Session &s, int32_t layer, int64_t base) {
+  lsh::KVView v;
+  v.k = s.k_row(layer, 0, 0);
+  v.v = s.v_row(layer, 0, 0);
+  v.dtype = s.kv_dtype();
+  v.head_rows = s.capacity();
+  v.base = base;
+  return v;
+}
+
+// Indexes tokens [E, target) of a layer (creating the index on the first call).
+void advance(Session &s, int32_t layer, int64_t target) {
+  LayerState &ls = state(s).layers[(size_t)layer];
+  const mp_attention_params &a = s.attention();
+  const int64_t S = a.sinks;
+  const int64_t E = ls.index ? index_end(s, ls) : S;
+  if (target <= E) return;
+  lsh::KeyRows keys;
+  keys.k = s.k_row(layer, 0, E);
+  keys.dtype = s.kv_dtype();
+  keys.head_rows = s.capacity();
+  if (!ls.index) {
+    lsh::Params p;
+    p.K = a.lsh_k;
+    p.L = a.lsh_l;
+    p.seed = a.seed;
+    p.eps = a.eps;
+    p.center = true;
+    auto idx = std::make_unique<lsh::Index>(p, s.n_kv_heads(), s.head_dim());
+    idx->add(keys, target - E, /*merge=*/true);
+    ls.index = std::move(idx);
+  } else {
+    ls.index->add(keys, target - E);
+  }
+}
+
+// Exact attention of q[H][d] over rows [t0, t1) of a layer: o[H][d], lse[H] (zeros and −∞
+// for an empty range).
+void exact(Session &s, int32_t layer, int64_t t0, int64_t t1, const float *q, float *o,
+           float *lse) {
+  const mp_model_config &c = s.engine().config();
+  if (t1 <= t0) {
+    std::fill(o, o + (size_t)c.n_heads * c.head_dim, 0.0f);
+    std::fill(lse, lse + c.n_heads, -INFINITY);
+    return;
+  }
+  const cpu::KvView kv{s.k_row(layer, 0, t0), s.v_row(layer, 0, t0), s.kv_dtype(), s.head_dim(),
+                       s.head_stride()};
+  cpu::attention(q, 1, c.n_heads, c.n_kv_heads, c.head_dim, t1 - t0 - 1, t1 - t0, kv, o, lse);
+}
+
+void dense(Session &s, int32_t layer, int64_t pos, const float *q, float *out) {
   const mp_model_config &c = s.engine().config();
   const cpu::KvView kv{s.k_row(layer, 0, 0), s.v_row(layer, 0, 0), s.kv_dtype(), s.head_dim(),
                        s.head_stride()};
   cpu::attention(q, 1, c.n_heads, c.n_kv_heads, c.head_dim, pos, pos + 1, kv, out, nullptr);
-  const double keys = (double)c.n_heads * (double)(pos + 1);
-  s.add_key_stats(keys, keys);
 }
 
-void policy_commit(Session &) {}
+// out = merge(sinks [0, S), local [E, pos], the part in o3/l3).
+void combine(Session &s, int32_t layer, int64_t E, int64_t pos, const float *q, State &st,
+             float *out) {
+  const mp_model_config &c = s.engine().config();
+  const int64_t S = s.attention().sinks;
+  const size_t H = (size_t)c.n_heads, d = (size_t)c.head_dim;
+  exact(s, layer, 0, S, q, st.o1.data(), st.l1.data());
+  exact(s, layer, E, pos + 1, q, st.o2.data(), st.l2.data());
+  cpu::merge(st.o1.data(), st.l1.data(), st.o2.data(), st.l2.data(), (int64_t)H, (int64_t)d,
+             st.o1.data(), st.l1.data());
+  cpu::merge(st.o1.data(), st.l1.data(), st.o3.data(), st.l3.data(), (int64_t)H, (int64_t)d,
+             out, st.l2.data());
+}
 
-void policy_truncate(Session &, int64_t) {}
+}  // namespace
 
-int64_t policy_n_indexed(const Session &) { return 0; }
+void policy_decode_attention(Session &s, int32_t layer, int64_t pos, const float *q,
+                             float *out) {
+  const mp_model_config &c = s.engine().config();
+  const mp_attention_params &a = s.attention();
+  const int H = c.n_heads, d = c.head_dim;
+  const int64_t S = a.sinks, W = a.window;
+  State &st = state(s);
+  for (auto *v : {&st.o1, &st.o2, &st.o3})
+    if (v->size() < (size_t)H * d) v->resize((size_t)H * d);
+  for (auto *v : {&st.l1, &st.l2, &st.l3})
+    if (v->size() < (size_t)H) v->resize((size_t)H);
+  if (st.nnz.size() < (size_t)H) st.nnz.resize((size_t)H);
+  LayerState &ls = st.layers[(size_t)layer];
 
-int64_t policy_host_bytes(const Session &) { return 0; }
+  int64_t E;
+  if (a.method == MP_ATTN_MAGICPIG) {
+    E = ls.index ? index_end(s, ls) : S;
+    // the generation buffer is full: flush its oldest tokens into the index
+    if (pos + 1 - E > W + a.gen_buffer && pos + 1 - W > S) {
+      advance(s, layer, pos + 1 - W);
+      E = index_end(s, ls);
+    }
+    if (!ls.index || E <= S) {
+      dense(s, layer, pos, q, out);
+      return;
+    }
+    const lsh::Index *idx = ls.index.get();
+    const lsh::KVView kv = kv_view(s, layer, S);
+    lsh::Batch batch;
+    batch.idx = &idx;
+    batch.kv = &kv;
+    batch.B = 1;
+    batch.H = H;
+    batch.q = q;
+    lsh::attention(batch, 0, nullptr, nullptr, 0, st.o3.data(), st.l3.data(), st.nnz.data(),
+                   nullptr);
+  } else {
+    E = std::max(S, pos + 1 - W);
+    if (E <= S || a.method == MP_ATTN_DENSE) {
+      dense(s, layer, pos, q, out);
+      return;
+    }
+    baseline::KV kv;
+    kv.view = kv_view(s, layer, S);
+    kv.n = E - S;
+    kv.Hkv = c.n_kv_heads;
+    kv.d = d;
+    switch (a.method) {
+      case MP_ATTN_TOPK:
+        baseline::topk(kv, q, H, a.budget, st.o3.data(), st.l3.data(), st.nnz.data());
+        break;
+      case MP_ATTN_QUEST:
+        baseline::quest_pages(kv, a.page_size, ls.quest);
+        baseline::quest(kv, q, H, a.budget, a.page_size, st.o3.data(), st.l3.data(),
+                        st.nnz.data(), &ls.quest);
+        break;
+      case MP_ATTN_ORACLE: {
+        const uint64_t seed = a.seed + 0x9e3779b97f4a7c15ull * (uint64_t)(layer + 1) +
+                              0xbf58476d1ce4e5b9ull * (uint64_t)pos;
+        baseline::oracle(kv, q, H, a.budget, seed, st.o3.data(), st.l3.data(), st.nnz.data());
+        break;
+      }
+      default:
+        MP_FAIL(MP_ERR_INTERNAL, "attention method %d has no decode policy", a.method);
+    }
+  }
+  combine(s, layer, E, pos, q, st, out);
+  double attended = 0;
+  for (int h = 0; h < H; h++) attended += st.nnz[(size_t)h];
+  s.add_key_stats(attended, (double)H * (double)(E - S));
+}
 
-void policy_save(const Session &, SnapshotWriter &) {}
+void policy_commit(Session &s) {
+  const mp_attention_params &a = s.attention();
+  if (a.method != MP_ATTN_MAGICPIG) return;
+  const int64_t target = s.n_tokens() - a.window;
+  if (target <= a.sinks) return;  // short prompt: no offloaded region yet
+  for (int32_t l = 0; l < s.n_layers(); l++)
+    if (!s.layer_is_dense(l)) advance(s, l, target);
+}
 
-bool policy_load_section(Session &, uint32_t, SnapshotReader &) { return false; }
+void policy_truncate(Session &s, int64_t n) {
+  if (!s.policy) return;
+  State &st = state(s);
+  const int64_t S = s.attention().sinks, page = std::max(1, s.attention().page_size);
+  for (LayerState &ls : st.layers)  // pages past the new end are recomputed when needed
+    ls.quest.pages = std::min(ls.quest.pages, std::max<int64_t>(0, (n - S) / page));
+}
+
+int64_t policy_n_indexed(const Session &s) {
+  const State *st = state_if(s);
+  if (!st) return 0;
+  int64_t e = -1;
+  for (const LayerState &ls : st->layers)
+    if (ls.index) e = e < 0 ? index_end(s, ls) : std::min(e, index_end(s, ls));
+  return std::max<int64_t>(e, 0);
+}
+
+int64_t policy_host_bytes(const Session &s) {
+  const State *st = state_if(s);
+  if (!st) return 0;
+  int64_t b = 0;
+  for (const LayerState &ls : st->layers) {
+    if (ls.index) b += ls.index->bytes().total();
+    b += (int64_t)((ls.quest.mins.capacity() + ls.quest.maxs.capacity()) * sizeof(float));
+  }
+  return b;
+}
+
+void policy_save(const Session &s, SnapshotWriter &w) {
+  const State *st = state_if(s);
+  if (!st) return;
+  for (int32_t l = 0; l < s.n_layers(); l++) {
+    const lsh::Index *idx = st->layers[(size_t)l].index.get();
+    if (!idx) continue;
+    const uint64_t bytes = idx->image_bytes();
+    w.begin_section(SNAP_TAG_LSH, 4 + 8 + bytes);
+    w.put((int32_t)l);
+    w.put(bytes);
+    idx->write([&w](const void *p, size_t n) { w.write(p, n); });
+    w.end_section();
+  }
+}
+
+bool policy_load_section(Session &s, uint32_t tag, SnapshotReader &r) {
+  if (tag != SNAP_TAG_LSH) return false;
+  const mp_attention_params &a = s.attention();
+  const int32_t l = r.get<int32_t>();
+  const uint64_t bytes = r.get<uint64_t>();
+  MP_CHECK(l >= 0 && l < s.n_layers() && !s.layer_is_dense(l) && a.method == MP_ATTN_MAGICPIG &&
+               bytes == r.remaining(),
+           MP_ERR_CORRUPT, "snapshot \"%s\" has an invalid LSH index section (layer %d)",
+           r.path().c_str(), l);
+  std::vector<uint8_t> image(bytes);
+  r.read(image.data(), image.size());
+  std::unique_ptr<lsh::Index> idx = lsh::Index::read(image.data(), image.size());
+  const lsh::Params &p = idx->params();
+  MP_CHECK(p.K == a.lsh_k && p.L == a.lsh_l && p.seed == a.seed &&
+               idx->n_kv_heads() == s.n_kv_heads() && idx->head_dim() == s.head_dim() &&
+               a.sinks + idx->n() <= s.capacity(),
+           MP_ERR_CORRUPT, "snapshot \"%s\": the LSH index of layer %d does not fit the session",
+           r.path().c_str(), l);
+  LayerState &ls = state(s).layers[(size_t)l];
+  MP_CHECK(!ls.index, MP_ERR_CORRUPT, "snapshot \"%s\" has two LSH indexes for layer %d",
+           r.path().c_str(), l);
+  ls.index = std::move(idx);
+  return true;
+}
 
 }  // namespace mp

@@ -452,6 +452,151 @@ MP_API int32_t mp_lsh_hash(int32_t backend, const float *R, const float *x, int3
                            int32_t d, int32_t K, int32_t L, uint16_t *codes, char *err,
                            size_t err_cap);
 
+/* An LSH index of one sequence and one layer: for every KV head, the keys' SimHash
+ * codes sorted into 2^K buckets per table (a CSR per block of 65,536 tokens with 16-bit
+ * entries: 2·L bytes per token per KV head, plus 4·L·(2^K + 1) bytes of offsets per
+ * block), key norms ‖k − μ‖, the key mean μ, and — for this standalone handle — a copy
+ * of the keys and values. Appended tokens wait in an unsorted tail (scanned linearly)
+ * until `tail_max` of them are merged into the blocks. */
+typedef struct mp_lsh_index mp_lsh_index;
+
+typedef struct mp_lsh_params {
+  size_t size;       /* sizeof(mp_lsh_params) */
+  int32_t k;         /* bits per table, 1..16; default 10 */
+  int32_t l;         /* tables, 2..1024; default 150 */
+  uint64_t seed;     /* hyperplanes R = mp_lsh_projection(seed, head_dim, k, l); default 0x5eed */
+  float eps;         /* logit correction −ln(u + eps), >= 0 (0: exact 1/u); default 1e-4 */
+  int32_t center;    /* 1: μ = mean key of the first non-empty batch, per KV head, subtracted
+                        before hashing and in cos (queries are not centered); default 1 */
+  int64_t tail_max;  /* appended tokens kept unsorted before a merge; default 4096 */
+} mp_lsh_params;
+
+MP_API void mp_lsh_default_params(mp_lsh_params *p);
+
+/* Builds an index over n tokens (all sorted into blocks): keys, values
+ * [n_kv_heads][n][head_dim] in kv_dtype (F32 or BF16), copied. n may be 0 (then μ comes
+ * from the first append). */
+MP_API int32_t mp_lsh_index_create(const mp_lsh_params *p, int32_t n_kv_heads,
+                                   int32_t head_dim, int32_t kv_dtype, const void *keys,
+                                   const void *values, int64_t n, mp_lsh_index **out,
+                                   char *err, size_t err_cap);
+/* Appends m tokens (keys, values [n_kv_heads][m][head_dim]) as ids n .. n+m−1, centered
+ * with the existing μ. merge != 0 merges the tail into the blocks now. On error the
+ * index is unchanged unless the error is MP_ERR_OOM (then free it). */
+MP_API int32_t mp_lsh_index_append(mp_lsh_index *idx, const void *keys, const void *values,
+                                   int64_t m, int32_t merge, char *err, size_t err_cap);
+MP_API void mp_lsh_index_free(mp_lsh_index *idx);
+
+typedef struct mp_lsh_index_info {
+  size_t size;             /* sizeof(mp_lsh_index_info), set by the caller */
+  int64_t n_tokens;        /* tokens indexed */
+  int64_t n_blocked;       /* of them, in the block structure */
+  int64_t n_tail;          /* of them, in the unsorted tail */
+  int32_t n_kv_heads;
+  int32_t head_dim;
+  int32_t kv_dtype;
+  int32_t k;
+  int32_t l;
+  int32_t center;
+  uint64_t seed;
+  float eps;
+  int64_t entry_bytes;     /* CSR entries (uint16) */
+  int64_t offset_bytes;    /* CSR bucket offsets (uint32) */
+  int64_t tail_bytes;      /* tail codes */
+  int64_t norm_bytes;      /* key norms (fp32) and means */
+  int64_t kv_bytes;        /* this handle's copy of K and V */
+  double bytes_per_token;  /* (entries + offsets + tail) / (n_tokens · n_kv_heads) */
+} mp_lsh_index_info;
+
+MP_API int32_t mp_lsh_index_get_info(const mp_lsh_index *idx, mp_lsh_index_info *out);
+
+/* Codes of tokens [start, start + count) of one KV head: codes[count][l]. */
+MP_API int32_t mp_lsh_index_get_codes(const mp_lsh_index *idx, int32_t head, int64_t start,
+                                      int64_t count, uint16_t *codes, char *err,
+                                      size_t err_cap);
+/* The bucket table of (head, table) over all tokens in global ids: offsets[2^k + 1]
+ * (bucket c is indices[offsets[c] .. offsets[c+1])), indices[n_tokens], ascending ids
+ * within a bucket. */
+MP_API int32_t mp_lsh_index_get_table(const mp_lsh_index *idx, int32_t head, int32_t table,
+                                      uint32_t *offsets, int32_t *indices, char *err,
+                                      size_t err_cap);
+/* mean[n_kv_heads][head_dim] = μ; norms[n_kv_heads][n_tokens] = ‖k − μ‖ (may be NULL). */
+MP_API int32_t mp_lsh_index_get_mean(const mp_lsh_index *idx, float *mean, float *norms,
+                                     char *err, size_t err_cap);
+
+enum mp_lsh_flags {
+  MP_LSH_EXACT_U = 1,       /* u and ln(u + eps) in float64 scalar code */
+  MP_LSH_FORCE_U1 = 2,      /* u ≡ 1: a plain softmax over the sample */
+  MP_LSH_RETRIEVE_ALL = 4,  /* the sample is every indexed token */
+  MP_LSH_CENTER_QUERY = 8,  /* also center the query (wrong on purpose, for tests) */
+};
+
+/* Work counters of one retrieval/attention call. */
+typedef struct mp_lsh_stats {
+  size_t size;      /* sizeof(mp_lsh_stats), set by the caller */
+  int64_t rows;     /* distinct K and V rows gathered (shared by a GQA group) */
+  int64_t sampled;  /* Σ over query heads of the sample size */
+  int64_t entries;  /* bucket entries scanned + tail tokens compared */
+  int64_t bytes;    /* bytes of K/V rows, norms, entries, offsets and tail codes touched */
+  int64_t tasks;    /* parallel tasks */
+} mp_lsh_stats;
+
+/* Collision retrieval for a batch of B sequences (idx[B], one layer, same shape): query
+ * head h of sequence b, q[B][H][head_dim], retrieves every token whose code equals the
+ * query's in >= 2 of the l tables. qcodes[B][H][l] may give the query codes (else they
+ * are hashed from q). nnz[B][H]; indices[B][H][cap] ascending, first min(nnz, cap)
+ * (may be NULL). flags: MP_LSH_RETRIEVE_ALL, MP_LSH_CENTER_QUERY. */
+MP_API int32_t mp_lsh_retrieve(mp_lsh_index *const *idx, int32_t B, const float *q,
+                               int32_t H, const uint16_t *qcodes, int32_t flags, int64_t cap,
+                               int32_t *indices, int32_t *nnz, char *err, size_t err_cap);
+
+/* Sampled attention over the retrieved keys (magicpig.md §7): s = q·k, cos =
+ * q·(k − μ)/(‖q‖‖k − μ‖) clamped, p = (1 − acos(cos)/π)^k, u = P[>= 2 of l collide],
+ * ℓ = s/√head_dim − ln(u + eps). out[B][H][head_dim] = Σ softmax(ℓ)·v (fp32),
+ * lse2[B][H] = log2 Σ e^ℓ; an empty sample gives zeros and −∞. nnz[B][H] and stats may
+ * be NULL. */
+MP_API int32_t mp_lsh_attention(mp_lsh_index *const *idx, int32_t B, const float *q,
+                                int32_t H, const uint16_t *qcodes, int32_t flags, float *out,
+                                float *lse2, int32_t *nnz, mp_lsh_stats *stats, char *err,
+                                size_t err_cap);
+
+/* The same weights over given samples instead of retrieved ones: the sample of (b, h) is
+ * sets[b][h][0 .. set_n[b][h]) (token ids, set_cap per head; duplicates ignored). */
+MP_API int32_t mp_lsh_attention_sets(mp_lsh_index *const *idx, int32_t B, const float *q,
+                                     int32_t H, const int32_t *sets, const int32_t *set_n,
+                                     int64_t set_cap, int32_t flags, float *out, float *lse2,
+                                     char *err, size_t err_cap);
+
+/* u(cos) and lnw = ln(u + eps) (eps = 0: ln u, floored at −100) for n cosines, by the
+ * kernel's own vector code (for tests). */
+MP_API int32_t mp_lsh_collision_weights(int32_t k, int32_t l, float eps, const float *cos,
+                                        int64_t n, float *u, float *lnw, char *err,
+                                        size_t err_cap);
+
+/* Baselines over raw keys and values [n_kv_heads][n][head_dim] (F32 or BF16) for one
+ * sequence and q[H][head_dim]: out[H][head_dim], lse2[H] (base-2 LSE of q·k/√d over the
+ * keys used), nsel[H] keys attended (may be NULL).
+ *  topk:   the exact top ⌈budget·n⌉ keys per head;
+ *  quest:  pages of page_size keys ranked by Σ_e max(q_e·min_e, q_e·max_e), the top
+ *          ⌈budget·pages⌉ pages attended exactly;
+ *  oracle: max(1, round(budget·n)) draws with replacement from the exact softmax,
+ *          out = mean of the drawn values, lse2 = the exact LSE (head h draws with
+ *          seed + h). */
+MP_API int32_t mp_attention_topk(int32_t kv_dtype, const void *keys, const void *values,
+                                 int64_t n, int32_t n_kv_heads, int32_t head_dim,
+                                 const float *q, int32_t H, float budget, float *out,
+                                 float *lse2, int32_t *nsel, char *err, size_t err_cap);
+MP_API int32_t mp_attention_quest(int32_t kv_dtype, const void *keys, const void *values,
+                                  int64_t n, int32_t n_kv_heads, int32_t head_dim,
+                                  const float *q, int32_t H, float budget, int32_t page_size,
+                                  float *out, float *lse2, int32_t *nsel, char *err,
+                                  size_t err_cap);
+MP_API int32_t mp_attention_oracle(int32_t kv_dtype, const void *keys, const void *values,
+                                   int64_t n, int32_t n_kv_heads, int32_t head_dim,
+                                   const float *q, int32_t H, float budget, uint64_t seed,
+                                   float *out, float *lse2, int32_t *nsel, char *err,
+                                   size_t err_cap);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,384 @@
+// lsh.cpp — the exported MagicPIG entry points (magicpig.h, "MagicPIG" section): thin
+// validation around cpu/lsh_hash, cpu/lsh_index, cpu/sampled_attention and
+// cpu/attention_baselines.
+#include <algorithm>
+#include <cmath>
+#include <memory>
+
+#include "common/common.h"
+#include "cpu/attention_baselines.h"
+#include "cpu/lsh_hash.h"
+#include "cpu/lsh_index.h"
+#include "cpu/sampled_attention.h"
+#include "gpu/gpu.h"
+
+// A standalone index: the LSH structure plus its own copy of K and V, [Hkv][cap][d].
+struct mp_lsh_index {
+  std::unique_ptr<mp::lsh::Index> index;
+  int32_t kv_dtype = MP_DTYPE_F32;
+  int hkv = 0, d = 0;
+  int64_t cap = 0;
+  std::unique_ptr<uint8_t, mp::HugeFree> k, v;  // huge pages: rows are gathered at random
+
+  size_t esz() const { return mp::dtype_size(kv_dtype); }
+
+  // Makes room for `need` tokens per head, keeping the first n.
+  void reserve(int64_t need, int64_t n) {
+    if (need <= cap) return;
+    const int64_t nc = std::max<int64_t>(need, cap + cap / 2);
+    const size_t row = (size_t)d * esz();
+    std::unique_ptr<uint8_t, mp::HugeFree> nk((uint8_t *)mp::huge_alloc((size_t)hkv * nc * row));
+    std::unique_ptr<uint8_t, mp::HugeFree> nv((uint8_t *)mp::huge_alloc((size_t)hkv * nc * row));
+    for (int h = 0; h < hkv && n > 0; h++) {
+      std::memcpy(nk.get() + (size_t)h * nc * row, k.get() + (size_t)h * cap * row, n * row);
+      std::memcpy(nv.get() + (size_t)h * nc * row, v.get() + (size_t)h * cap * row, n * row);
+    }
+    k.swap(nk);
+    v.swap(nv);
+    cap = nc;
+  }
+
+  // Copies m tokens ([Hkv][m][d]) to ids n .. n+m−1.
+  void copy_in(const void *keys, const void *values, int64_t n, int64_t m) {
+    const size_t row = (size_t)d * esz();
+#pragma omp parallel for num_threads(mp::threads()) schedule(static)
+    for (int h = 0; h < hkv; h++) {
+      std::memcpy(k.get() + ((size_t)h * cap + n) * row, (const uint8_t *)keys + (size_t)h * m * row,
+                  m * row);
+      std::memcpy(v.get() + ((size_t)h * cap + n) * row,
+                  (const uint8_t *)values + (size_t)h * m * row, m * row);
+    }
+  }
+
+  mp::lsh::KVView view() const {
+    mp::lsh::KVView kv;
+    kv.k = k.get();
+    kv.v = v.get();
+    kv.dtype = kv_dtype;
+    kv.head_rows = cap;
+    kv.base = 0;
+    return kv;
+  }
+};
+
+namespace {
+
+mp::lsh::Params to_params(const mp_lsh_params *p) {
+  MP_CHECK(p, MP_ERR_INVALID, "LSH parameters are required");
+  MP_CHECK(p->size >= sizeof(mp_lsh_params), MP_ERR_INVALID,
+           "mp_lsh_params size \"%zu\" is smaller than %zu: fill it with mp_lsh_default_params",
+           p->size, sizeof(mp_lsh_params));
+  mp::lsh::Params q;
+  q.K = p->k;
+  q.L = p->l;
+  q.seed = p->seed;
+  q.eps = p->eps;
+  q.center = p->center != 0;
+  q.tail_max = p->tail_max;
+  return q;
+}
+
+void check_kv_dtype(int32_t dtype) {
+  MP_CHECK(dtype == MP_DTYPE_F32 || dtype == MP_DTYPE_BF16, MP_ERR_UNSUPPORTED,
+           "KV dtype \"%s\" is not supported: use F32 or BF16", mp::dtype_name(dtype));
+}
+
+struct BatchHolder {
+  std::vector<const mp::lsh::Index *> idx;
+  std::vector<mp::lsh::KVView> kv;
+  mp::lsh::Batch batch;
+  BatchHolder(mp_lsh_index *const *in, int32_t B, const float *q, int32_t H,
+              const uint16_t *qcodes) {
+    MP_CHECK(in && B >= 1, MP_ERR_INVALID, "a batch of at least one index is required");
+    MP_CHECK(q, MP_ERR_INVALID, "queries are required");
+    for (int b = 0; b < B; b++) {
+      MP_CHECK(in[b], MP_ERR_INVALID, "index %d of the batch is null", b);
+      idx.push_back(in[b]->index.get());
+      kv.push_back(in[b]->view());
+    }
+    batch.idx = idx.data();
+    batch.kv = kv.data();
+    batch.B = B;
+    batch.H = H;
+    batch.q = q;
+    batch.qcodes = qcodes;
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+MP_API int32_t mp_lsh_projection(uint64_t seed, int32_t d, int32_t K, int32_t L, float *R,
+                                 char *err, size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    MP_CHECK(d >= 1 && K >= 1 && K <= 16 && L >= 1 && R, MP_ERR_INVALID,
+             "invalid projection shape: d %d, K %d, L %d", d, K, L);
+    mp::lsh::projection(seed, d, K, L, R);
+    return MP_OK;
+  });
+}
+
+MP_API int32_t mp_lsh_hash(int32_t backend, const float *R, const float *x, int32_t n,
+                           int32_t d, int32_t K, int32_t L, uint16_t *codes, char *err,
+                           size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    MP_CHECK(d >= 1 && K >= 1 && K <= 16 && L >= 1 && n >= 0, MP_ERR_INVALID,
+             "invalid hash shape: n %d, d %d, K %d, L %d", n, d, K, L);
+    MP_CHECK(R && ((x && codes) || n == 0), MP_ERR_INVALID, "R, x and codes are required");
+    if (backend == MP_BACKEND_CUDA) {
+      mp::gpu::lsh_hash(R, x, n, d, K, L, codes);
+      return MP_OK;
+    }
+    MP_CHECK(backend == MP_BACKEND_CPU || backend == MP_BACKEND_AUTO, MP_ERR_INVALID,
+             "unknown backend %d", backend);
+    auto P = mp::lsh::Projection::from_matrix(R, d, K, L);
+    mp::lsh::hash_rows(*P, x, n, d, codes, L, 1);
+    return MP_OK;
+  });
+}
+
+MP_API void mp_lsh_default_params(mp_lsh_params *p) {
+  if (!p) return;
+  mp::lsh::Params d;
+  p->size = sizeof(mp_lsh_params);
+  p->k = d.K;
+  p->l = d.L;
+  p->seed = d.seed;
+  p->eps = d.eps;
+  p->center = d.center ? 1 : 0;
+  p->tail_max = d.tail_max;
+}
+
+MP_API int32_t mp_lsh_index_create(const mp_lsh_params *p, int32_t n_kv_heads,
+                                   int32_t head_dim, int32_t kv_dtype, const void *keys,
+                                   const void *values, int64_t n, mp_lsh_index **out,
+                                   char *err, size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    MP_CHECK(out, MP_ERR_INVALID, "out is required");
+    *out = nullptr;
+    check_kv_dtype(kv_dtype);
+    MP_CHECK(n >= 0 && (n == 0 || (keys && values)), MP_ERR_INVALID,
+             "keys and values of %lld tokens are required", (long long)n);
+    auto h = std::make_unique<mp_lsh_index>();
+    h->index = std::make_unique<mp::lsh::Index>(to_params(p), n_kv_heads, head_dim);
+    h->kv_dtype = kv_dtype;
+    h->hkv = n_kv_heads;
+    h->d = head_dim;
+    h->reserve(std::max<int64_t>(n, 1), 0);
+    if (n > 0) {
+      h->copy_in(keys, values, 0, n);
+      mp::lsh::KeyRows kr{h->k.get(), kv_dtype, h->cap};
+      h->index->add(kr, n, true);  // a build sorts everything; the tail is for appends
+    }
+    *out = h.release();
+    return MP_OK;
+  });
+}
+
+MP_API int32_t mp_lsh_index_append(mp_lsh_index *idx, const void *keys, const void *values,
+                                   int64_t m, int32_t merge, char *err, size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    MP_CHECK(idx, MP_ERR_INVALID, "index is required");
+    MP_CHECK(m >= 0 && (m == 0 || (keys && values)), MP_ERR_INVALID,
+             "keys and values of %lld tokens are required", (long long)m);
+    const int64_t n = idx->index->n();
+    idx->reserve(n + m, n);
+    if (m > 0) idx->copy_in(keys, values, n, m);
+    mp::lsh::KeyRows kr{idx->k.get() + (size_t)n * idx->d * idx->esz(), idx->kv_dtype, idx->cap};
+    idx->index->add(kr, m, merge != 0);
+    return MP_OK;
+  });
+}
+
+MP_API void mp_lsh_index_free(mp_lsh_index *idx) { delete idx; }
+
+MP_API int32_t mp_lsh_index_get_info(const mp_lsh_index *idx, mp_lsh_index_info *out) {
+  if (!idx || !out || out->size < sizeof(mp_lsh_index_info)) return MP_ERR_INVALID;
+  const mp::lsh::Index &I = *idx->index;
+  const mp::lsh::Params &p = I.params();
+  const mp::lsh::Index::Bytes b = I.bytes();
+  out->n_tokens = I.n();
+  out->n_blocked = I.n_blocked();
+  out->n_tail = I.n_tail();
+  out->n_kv_heads = I.n_kv_heads();
+  out->head_dim = I.head_dim();
+  out->kv_dtype = idx->kv_dtype;
+  out->k = p.K;
+  out->l = p.L;
+  out->center = p.center ? 1 : 0;
+  out->seed = p.seed;
+  out->eps = p.eps;
+  out->entry_bytes = b.entries;
+  out->offset_bytes = b.offsets;
+  out->tail_bytes = b.tail;
+  out->norm_bytes = b.norms;
+  out->kv_bytes = (int64_t)(2 * (size_t)idx->hkv * idx->cap * idx->d * idx->esz());
+  out->bytes_per_token =
+      I.n() > 0 ? (double)(b.entries + b.offsets + b.tail) / ((double)I.n() * I.n_kv_heads())
+                : 0.0;
+  return MP_OK;
+}
+
+MP_API int32_t mp_lsh_index_get_codes(const mp_lsh_index *idx, int32_t head, int64_t start,
+                                      int64_t count, uint16_t *codes, char *err,
+                                      size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    MP_CHECK(idx && codes, MP_ERR_INVALID, "index and codes are required");
+    const mp::lsh::Index &I = *idx->index;
+    MP_CHECK(head >= 0 && head < I.n_kv_heads(), MP_ERR_INVALID, "KV head \"%d\" is out of range",
+             head);
+    MP_CHECK(start >= 0 && count >= 0 && start + count <= I.n(), MP_ERR_INVALID,
+             "token range %lld + %lld is outside 0..%lld", (long long)start, (long long)count,
+             (long long)I.n());
+    I.codes(head, start, count, codes);
+    return MP_OK;
+  });
+}
+
+MP_API int32_t mp_lsh_index_get_table(const mp_lsh_index *idx, int32_t head, int32_t table,
+                                      uint32_t *offsets, int32_t *indices, char *err,
+                                      size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    MP_CHECK(idx && offsets && (indices || idx->index->n() == 0), MP_ERR_INVALID,
+             "index, offsets and indices are required");
+    const mp::lsh::Index &I = *idx->index;
+    MP_CHECK(head >= 0 && head < I.n_kv_heads(), MP_ERR_INVALID, "KV head \"%d\" is out of range",
+             head);
+    MP_CHECK(table >= 0 && table < I.params().L, MP_ERR_INVALID, "table \"%d\" is out of range",
+             table);
+    I.table(head, table, offsets, indices);
+    return MP_OK;
+  });
+}
+
+MP_API int32_t mp_lsh_index_get_mean(const mp_lsh_index *idx, float *mean, float *norms,
+                                     char *err, size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    MP_CHECK(idx, MP_ERR_INVALID, "index is required");
+    const mp::lsh::Index &I = *idx->index;
+    for (int h = 0; h < I.n_kv_heads(); h++) {
+      if (mean) std::memcpy(mean + (size_t)h * I.head_dim(), I.head(h).mean.data(),
+                            sizeof(float) * I.head_dim());
+      if (norms) std::memcpy(norms + (size_t)h * I.n(), I.head(h).norms.data(),
+                             sizeof(float) * I.n());
+    }
+    return MP_OK;
+  });
+}
+
+MP_API int32_t mp_lsh_retrieve(mp_lsh_index *const *idx, int32_t B, const float *q,
+                               int32_t H, const uint16_t *qcodes, int32_t flags, int64_t cap,
+                               int32_t *indices, int32_t *nnz, char *err, size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    MP_CHECK(nnz, MP_ERR_INVALID, "nnz is required");
+    MP_CHECK(cap >= 0, MP_ERR_INVALID, "capacity \"%lld\" must be >= 0", (long long)cap);
+    BatchHolder bh(idx, B, q, H, qcodes);
+    mp::lsh::retrieve(bh.batch, flags, cap, indices, nnz, nullptr);
+    return MP_OK;
+  });
+}
+
+MP_API int32_t mp_lsh_attention(mp_lsh_index *const *idx, int32_t B, const float *q,
+                                int32_t H, const uint16_t *qcodes, int32_t flags, float *out,
+                                float *lse2, int32_t *nnz, mp_lsh_stats *stats, char *err,
+                                size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    MP_CHECK(out && lse2, MP_ERR_INVALID, "out and lse2 are required");
+    MP_CHECK(!stats || stats->size >= sizeof(mp_lsh_stats), MP_ERR_INVALID,
+             "mp_lsh_stats size is too small");
+    BatchHolder bh(idx, B, q, H, qcodes);
+    mp::lsh::Stats st;
+    mp::lsh::attention(bh.batch, flags, nullptr, nullptr, 0, out, lse2, nnz, &st);
+    if (stats) {
+      stats->rows = st.rows;
+      stats->sampled = st.sampled;
+      stats->entries = st.entries;
+      stats->bytes = st.bytes;
+      stats->tasks = st.tasks;
+    }
+    return MP_OK;
+  });
+}
+
+MP_API int32_t mp_lsh_attention_sets(mp_lsh_index *const *idx, int32_t B, const float *q,
+                                     int32_t H, const int32_t *sets, const int32_t *set_n,
+                                     int64_t set_cap, int32_t flags, float *out, float *lse2,
+                                     char *err, size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    MP_CHECK(out && lse2 && sets && set_n, MP_ERR_INVALID,
+             "out, lse2, sets and set_n are required");
+    MP_CHECK(set_cap >= 0, MP_ERR_INVALID, "capacity \"%lld\" must be >= 0", (long long)set_cap);
+    BatchHolder bh(idx, B, q, H, nullptr);
+    mp::lsh::attention(bh.batch, flags, sets, set_n, set_cap, out, lse2, nullptr, nullptr);
+    return MP_OK;
+  });
+}
+
+MP_API int32_t mp_lsh_collision_weights(int32_t k, int32_t l, float eps, const float *cos,
+                                        int64_t n, float *u, float *lnw, char *err,
+                                        size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    MP_CHECK(k >= 1 && k <= 16 && l >= 2 && eps >= 0.0f && n >= 0, MP_ERR_INVALID,
+             "invalid parameters: k %d, l %d, eps %g, n %lld", k, l, (double)eps, (long long)n);
+    MP_CHECK(n == 0 || (cos && u && lnw), MP_ERR_INVALID, "cos, u and lnw are required");
+    mp::lsh::collision_weights(k, l, eps, cos, n, u, lnw);
+    return MP_OK;
+  });
+}
+
+static mp::baseline::KV raw_kv(int32_t kv_dtype, const void *keys, const void *values,
+                               int64_t n, int32_t hkv, int32_t d, const float *q,
+                               const float *out, const float *lse2) {
+  check_kv_dtype(kv_dtype);
+  MP_CHECK(n >= 0 && (n == 0 || (keys && values)) && q && out && lse2, MP_ERR_INVALID,
+           "keys, values, queries, out and lse2 are required");
+  MP_CHECK(hkv >= 1 && d >= 1, MP_ERR_INVALID, "invalid shape: %d KV heads, head dim %d", hkv, d);
+  mp::baseline::KV kv;
+  kv.view.k = keys;
+  kv.view.v = values;
+  kv.view.dtype = kv_dtype;
+  kv.view.head_rows = n;
+  kv.view.base = 0;
+  kv.n = n;
+  kv.Hkv = hkv;
+  kv.d = d;
+  return kv;
+}
+
+MP_API int32_t mp_attention_topk(int32_t kv_dtype, const void *keys, const void *values,
+                                 int64_t n, int32_t n_kv_heads, int32_t head_dim,
+                                 const float *q, int32_t H, float budget, float *out,
+                                 float *lse2, int32_t *nsel, char *err, size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    auto kv = raw_kv(kv_dtype, keys, values, n, n_kv_heads, head_dim, q, out, lse2);
+    mp::baseline::topk(kv, q, H, budget, out, lse2, nsel);
+    return MP_OK;
+  });
+}
+
+MP_API int32_t mp_attention_quest(int32_t kv_dtype, const void *keys, const void *values,
+                                  int64_t n, int32_t n_kv_heads, int32_t head_dim,
+                                  const float *q, int32_t H, float budget, int32_t page_size,
+                                  float *out, float *lse2, int32_t *nsel, char *err,
+                                  size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    auto kv = raw_kv(kv_dtype, keys, values, n, n_kv_heads, head_dim, q, out, lse2);
+    mp::baseline::quest(kv, q, H, budget, page_size, out, lse2, nsel);
+    return MP_OK;
+  });
+}
+
+MP_API int32_t mp_attention_oracle(int32_t kv_dtype, const void *keys, const void *values,
+                                   int64_t n, int32_t n_kv_heads, int32_t head_dim,
+                                   const float *q, int32_t H, float budget, uint64_t seed,
+                                   float *out, float *lse2, int32_t *nsel, char *err,
+                                   size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    auto kv = raw_kv(kv_dtype, keys, values, n, n_kv_heads, head_dim, q, out, lse2);
+    mp::baseline::oracle(kv, q, H, budget, seed, out, lse2, nsel);
+    return MP_OK;
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,56 @@
+// huge_alloc.h — large host buffers on transparent huge pages.
+//
+// Sampled attention gathers rows at random from hundreds of megabytes (K, V, the bucket
+// entries). With 4 KiB pages nearly every gathered row misses the TLB and pays a page
+// walk on top of the DRAM access; 2 MiB pages make the TLB cover the working set. Linux
+// often runs THP in "madvise" mode, so large buffers are 2 MiB-aligned and marked with
+// madvise(MADV_HUGEPAGE). Small buffers use plain malloc. Memory is not touched here.
+#pragma once
+
+#include <sys/mman.h>
+
+#include <cstddef>
+#include <cstdlib>
+#include <new>
+
+namespace mp {
+
+constexpr size_t HUGE_PAGE = (size_t)2 << 20;
+
+inline void *huge_alloc(size_t bytes) {
+  if (bytes == 0) bytes = 1;
+  void *p;
+  if (bytes >= HUGE_PAGE) {
+    const size_t rounded = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
+    p = std::aligned_alloc(HUGE_PAGE, rounded);
+    if (p) (void)madvise(p, rounded, MADV_HUGEPAGE);  // advisory: failure is harmless
+  } else {
+    p = std::malloc(bytes);
+  }
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+
+inline void huge_free(void *p) { std::free(p); }
+
+// std allocator over huge_alloc, for std::vector of large arrays.
+template <class T>
+struct HugeAllocator {
+  using value_type = T;
+  HugeAllocator() = default;
+  template <class U>
+  HugeAllocator(const HugeAllocator<U> &) {}
+  T *allocate(size_t n) { return (T *)huge_alloc(n * sizeof(T)); }
+  void deallocate(T *p, size_t) { huge_free(p); }
+  template <class U>
+  bool operator==(const HugeAllocator<U> &) const { return true; }
+  template <class U>
+  bool operator!=(const HugeAllocator<U> &) const { return false; }
+};
+
+// An owning pointer to huge_alloc memory.
+struct HugeFree {
+  void operator()(void *p) const { huge_free(p); }
+};
+
+}  // namespace mp

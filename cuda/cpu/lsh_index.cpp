@@ -1,0 +1,451 @@
+/*
+ * lsh_index.cpp — the compact LSH bucket index (magicpig.md §5, architecture.md §7).
+ *
+ * What it stores, per KV head h of one (sequence, layer):
+ *   mean[d]        μ, the mean of the keys of the first non-empty add (centering on)
+ *   norms[n]       ‖k_i − μ‖ in fp32
+ *   blocks         tokens [0, n_blocked) in blocks of BLOCK = 65,536 tokens. A block is
+ *                  its own per-table CSR:
+ *                    offsets[L][2^K + 1]  uint32, bucket c of table t is entries
+ *                                         [offsets[t][c], offsets[t][c+1]) of table t
+ *                    entries[L][n_block]  uint16 in-block token ids, ascending within a
+ *                                         bucket (the counting sort is stable)
+ *   tail[n_tail][Lp] uint16 codes of tokens [n_blocked, n), token-major, each row padded
+ *                  to Lp = L rounded up to 16 with zeros (the retrieval kernel compares
+ *                  16 codes per instruction; query rows are padded with a value ≠ 0).
+ *
+ * Bytes per token per KV head: 2·L for entries (the reference: 4·L), plus
+ * 4·L·(2^K + 1)/65,536 for offsets when blocks are full (K10L150: 300 + 9.4 B), plus 4 B
+ * for the norm. Codes are not kept for blocked tokens (`codes()` reads them back from
+ * the CSR).
+ *
+ * Appending (a session's later turns, flushed generated tokens): new tokens are hashed
+ * into the tail (O(m·d·K·L) flops, nothing else). Retrieval scans the tail linearly
+ * (L/16 vector compares per tail token per query head). When the tail reaches tail_max
+ * tokens it is merged into the block structure: the last block's buckets are copied to
+ * their new positions and the tail tokens, whose ids are all larger, are appended at the
+ * end of their buckets, so the merge is O(L·(n_last_block + n_tail)) sequential copying
+ * with no re-sort; tokens beyond the last block's capacity start new blocks (a counting
+ * sort of their codes). Full blocks are never touched again.
+ */
+#include "cpu/lsh_index.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/common.h"
+
+namespace mp::lsh {
+
+Index::Index(const Params &p, int n_kv_heads, int head_dim)
+    : p_(p), hkv_(n_kv_heads), d_(head_dim), lp_((p.L + 15) / 16 * 16) {
+  MP_CHECK(p.K >= 1 && p.K <= 16, MP_ERR_INVALID, "LSH bits per table \"%d\" must be in 1..16",
+           p.K);
+  MP_CHECK(p.L >= 2 && p.L <= 1024, MP_ERR_INVALID, "LSH tables \"%d\" must be in 2..1024",
+           p.L);
+  MP_CHECK(n_kv_heads >= 1 && head_dim >= 1, MP_ERR_INVALID,
+           "invalid index shape: %d KV heads, head dim %d", n_kv_heads, head_dim);
+  MP_CHECK(p.eps >= 0.0f && std::isfinite(p.eps), MP_ERR_INVALID,
+           "LSH epsilon \"%g\" must be finite and >= 0", (double)p.eps);
+  MP_CHECK(p.tail_max >= 0, MP_ERR_INVALID, "tail_max \"%lld\" must be >= 0",
+           (long long)p.tail_max);
+  proj_ = Projection::get(p.seed, head_dim, p.K, p.L);
+  heads_.resize(n_kv_heads);
+  for (HeadIndex &hi : heads_) hi.mean.assign(head_dim, 0.0f);
+  has_mean_ = !p.center;
+}
+
+// ------------------------------------------------------------
+// adding tokens
+
+static inline float key_at(const KeyRows &k, int64_t off) {
+  switch (k.dtype) {
+    case MP_DTYPE_F32: return ((const float *)k.k)[off];
+    case MP_DTYPE_BF16: return bf16_to_f32(((const uint16_t *)k.k)[off]);
+    default: return f16_to_f32(((const uint16_t *)k.k)[off]);
+  }
+}
+
+void Index::add(const KeyRows &keys, int64_t m, bool merge) {
+  MP_CHECK(m >= 0, MP_ERR_INVALID, "token count \"%lld\" must be >= 0", (long long)m);
+  if (m == 0) {
+    if (merge) merge_tail();
+    return;
+  }
+  MP_CHECK(keys.dtype == MP_DTYPE_F32 || keys.dtype == MP_DTYPE_BF16 ||
+               keys.dtype == MP_DTYPE_F16,
+           MP_ERR_INVALID, "unknown key dtype %d", keys.dtype);
+  // Bound the scratch memory: add very long inputs in pieces.
+  constexpr int64_t PIECE = 4 * BLOCK;
+  if (m > PIECE) {
+    for (int64_t o = 0; o < m; o += PIECE) {
+      KeyRows part = keys;
+      part.k = (const uint8_t *)keys.k + (size_t)o * d_ * dtype_size(keys.dtype);
+      int64_t c = std::min(PIECE, m - o);
+      add(part, c, merge && o + c == m);
+    }
+    return;
+  }
+  const int d = d_, L = p_.L;
+  if (!has_mean_) {
+#pragma omp parallel for num_threads(threads()) schedule(static)
+    for (int h = 0; h < hkv_; h++) {
+      std::vector<double> acc(d, 0.0);
+      for (int64_t j = 0; j < m; j++) {
+        const int64_t base = (h * keys.head_rows + j) * d;
+        for (int e = 0; e < d; e++) acc[e] += key_at(keys, base + e);
+      }
+      for (int e = 0; e < d; e++) heads_[h].mean[e] = (float)(acc[e] / (double)m);
+    }
+    has_mean_ = true;
+  }
+  const int64_t n_tail = n_ - n_blocked_;
+  const bool do_merge = merge || n_tail + m >= p_.tail_max;
+  // x[j] = k_j − μ (fp32) for head h, and the norms
+  std::vector<float> x((size_t)m * d);
+  auto center = [&](int h) {
+    HeadIndex &hi = heads_[h];
+    const float *mu = hi.mean.data();
+    hi.norms.resize(n_ + m);
+    float *norms = hi.norms.data() + n_;
+#pragma omp parallel for num_threads(threads()) schedule(static)
+    for (int64_t j = 0; j < m; j++) {
+      float *xr = &x[(size_t)j * d];
+      const int64_t base = (h * keys.head_rows + j) * d;
+      float ss = 0.0f;
+      for (int e = 0; e < d; e++) {
+        float v = key_at(keys, base + e) - mu[e];
+        xr[e] = v;
+        ss += v * v;
+      }
+      norms[j] = std::sqrt(ss);
+    }
+  };
+  if (do_merge) {
+    const int64_t T = n_tail + m;
+    std::vector<uint16_t> codesT((size_t)L * T);
+    this->merge(T, [&](int h) -> const uint16_t * {
+      center(h);
+      const HeadIndex &hi = heads_[h];
+      for (int64_t j = 0; j < n_tail; j++)
+        for (int t = 0; t < L; t++) codesT[(size_t)t * T + j] = hi.tail[(size_t)j * lp_ + t];
+      hash_rows(*proj_, x.data(), m, d, codesT.data() + n_tail, 1, T);
+      return codesT.data();
+    });
+    n_ += m;
+    n_blocked_ = n_;
+  } else {
+    for (int h = 0; h < hkv_; h++) {
+      center(h);
+      HeadIndex &hi = heads_[h];
+      hi.tail.resize((size_t)(n_tail + m) * lp_, 0);
+      hash_rows(*proj_, x.data(), m, d, hi.tail.data() + (size_t)n_tail * lp_, lp_, 1);
+    }
+    n_ += m;
+  }
+}
+
+void Index::merge_tail() {
+  const int64_t T = n_ - n_blocked_;
+  if (T == 0) return;
+  const int L = p_.L;
+  std::vector<uint16_t> codesT((size_t)L * T);
+  merge(T, [&](int h) -> const uint16_t * {
+    const HeadIndex &hi = heads_[h];
+    for (int64_t j = 0; j < T; j++)
+      for (int t = 0; t < L; t++) codesT[(size_t)t * T + j] = hi.tail[(size_t)j * lp_ + t];
+    return codesT.data();
+  });
+  n_blocked_ = n_;
+}
+
+// Appends tokens to block `nb`'s (head h) part: the tokens of `ob` (n0 of them, may be
+// null) keep their order, then m new ones with codes codesT[t·ld + off + j] take ids
+// n0 .. n0 + m − 1 at the end of their buckets.
+static void merge_head(const Index &I, const Block *ob, Block &nb, int h, const uint16_t *codesT,
+                       int64_t ld, int64_t off, int64_t m) {
+  const int L = I.params().L;
+  const int NB = 1 << I.params().K;
+  const int64_t n0 = ob ? ob->n : 0, n1 = nb.n;
+#pragma omp parallel num_threads(threads())
+  {
+    std::vector<uint32_t> hist(NB), cur(NB);
+#pragma omp for schedule(dynamic, 4)
+    for (int t = 0; t < L; t++) {
+      const uint16_t *codes = codesT + (size_t)t * ld + off;
+      std::fill(hist.begin(), hist.end(), 0u);
+      for (int64_t j = 0; j < m; j++) hist[codes[j]]++;
+      const uint32_t *oo = ob ? I.offsets(*ob, h, t) : nullptr;
+      const uint16_t *oe = ob ? I.entries(*ob, h, t) : nullptr;
+      uint32_t *no = const_cast<uint32_t *>(I.offsets(nb, h, t));
+      uint16_t *ne = const_cast<uint16_t *>(I.entries(nb, h, t));
+      uint32_t run = 0;
+      for (int c = 0; c < NB; c++) {
+        const uint32_t os = oo ? oo[c] : 0, oz = oo ? oo[c + 1] - oo[c] : 0;
+        no[c] = os + run;
+        if (oz) std::memcpy(ne + no[c], oe + os, sizeof(uint16_t) * oz);
+        cur[c] = no[c] + oz;
+        run += hist[c];
+      }
+      no[NB] = (uint32_t)n1;
+      for (int64_t j = 0; j < m; j++) ne[cur[codes[j]]++] = (uint16_t)(n0 + j);
+    }
+  }
+}
+
+template <class CodesOf>
+void Index::merge(int64_t T, CodesOf &&codes_of) {
+  const int L = p_.L;
+  const size_t NB1 = ((size_t)1 << p_.K) + 1;
+  // plan: which block each run of the T tokens goes to
+  struct Seg {
+    int64_t off, m;
+    bool extends;  // fills up the existing last block
+  };
+  std::vector<Seg> segs;
+  std::vector<Block> fresh;
+  int64_t off = 0;
+  const bool extend = !blocks_.empty() && blocks_.back().n < BLOCK;
+  int64_t next_start =
+      blocks_.empty() ? 0 : blocks_.back().start + (extend ? BLOCK : blocks_.back().n);
+  if (extend) {
+    const int64_t k = std::min<int64_t>(BLOCK - blocks_.back().n, T);
+    segs.push_back({0, k, true});
+    Block b;
+    b.start = blocks_.back().start;
+    b.n = (int32_t)(blocks_.back().n + k);
+    fresh.push_back(std::move(b));
+    off = k;
+  }
+  while (off < T) {
+    const int64_t k = std::min<int64_t>(BLOCK, T - off);
+    segs.push_back({off, k, false});
+    Block b;
+    b.start = next_start;
+    b.n = (int32_t)k;
+    next_start += k;
+    fresh.push_back(std::move(b));
+    off += k;
+  }
+  for (Block &b : fresh) {
+    b.offsets.resize((size_t)hkv_ * L * NB1);
+    b.entries.resize((size_t)hkv_ * L * b.n);
+  }
+  for (int h = 0; h < hkv_; h++) {
+    const uint16_t *codesT = codes_of(h);
+    for (size_t i = 0; i < segs.size(); i++)
+      merge_head(*this, segs[i].extends ? &blocks_.back() : nullptr, fresh[i], h, codesT, T,
+                 segs[i].off, segs[i].m);
+  }
+  size_t i = 0;
+  if (!segs.empty() && segs[0].extends) blocks_.back() = std::move(fresh[i++]);
+  for (; i < fresh.size(); i++) blocks_.push_back(std::move(fresh[i]));
+  for (HeadIndex &hi : heads_) {
+    hi.tail.clear();
+    hi.tail.shrink_to_fit();
+  }
+}
+
+// ------------------------------------------------------------
+// inspection
+
+Index::Bytes Index::bytes() const {
+  Bytes r;
+  for (const Block &b : blocks_) {
+    r.entries += (int64_t)(b.entries.capacity() * sizeof(uint16_t));
+    r.offsets += (int64_t)(b.offsets.capacity() * sizeof(uint32_t));
+  }
+  for (const HeadIndex &hi : heads_) {
+    r.tail += (int64_t)(hi.tail.capacity() * sizeof(uint16_t));
+    r.norms += (int64_t)((hi.norms.capacity() + hi.mean.capacity()) * sizeof(float));
+  }
+  return r;
+}
+
+void Index::codes(int h, int64_t start, int64_t count, uint16_t *out) const {
+  const HeadIndex &hi = heads_[h];
+  const int L = p_.L, NB = 1 << p_.K;
+  const int64_t end = start + count;
+  for (const Block &b : blocks_) {
+    if (b.start + b.n <= start || b.start >= end) continue;
+    for (int t = 0; t < L; t++) {
+      const uint32_t *o = offsets(b, h, t);
+      const uint16_t *e = entries(b, h, t);
+      for (int c = 0; c < NB; c++)
+        for (uint32_t i = o[c]; i < o[c + 1]; i++) {
+          int64_t tok = b.start + e[i];
+          if (tok >= start && tok < end) out[(tok - start) * L + t] = (uint16_t)c;
+        }
+    }
+  }
+  for (int64_t tok = std::max(start, n_blocked_); tok < end; tok++)
+    for (int t = 0; t < L; t++)
+      out[(tok - start) * L + t] = hi.tail[(size_t)(tok - n_blocked_) * lp_ + t];
+}
+
+void Index::table(int h, int t, uint32_t *offs, int32_t *indices) const {
+  const HeadIndex &hi = heads_[h];
+  const int NB = 1 << p_.K;
+  const int64_t n_tail = n_ - n_blocked_;
+  // tail tokens by bucket (stable)
+  std::vector<uint32_t> th(NB + 1, 0);
+  for (int64_t j = 0; j < n_tail; j++) th[hi.tail[(size_t)j * lp_ + t] + 1]++;
+  for (int c = 0; c < NB; c++) th[c + 1] += th[c];
+  std::vector<int32_t> tt(n_tail);
+  {
+    std::vector<uint32_t> cur(th.begin(), th.end() - 1);
+    for (int64_t j = 0; j < n_tail; j++)
+      tt[cur[hi.tail[(size_t)j * lp_ + t]]++] = (int32_t)(n_blocked_ + j);
+  }
+  uint32_t pos = 0;
+  for (int c = 0; c < NB; c++) {
+    offs[c] = pos;
+    for (const Block &b : blocks_) {
+      const uint32_t *o = offsets(b, h, t);
+      const uint16_t *e = entries(b, h, t);
+      for (uint32_t i = o[c]; i < o[c + 1]; i++) indices[pos++] = (int32_t)(b.start + e[i]);
+    }
+    for (uint32_t i = th[c]; i < th[c + 1]; i++) indices[pos++] = tt[i];
+  }
+  offs[NB] = pos;
+}
+
+// ------------------------------------------------------------
+// serialisation
+
+namespace {
+
+constexpr char MAGIC[8] = {'M', 'P', 'L', 'S', 'H', 'I', 'X', '1'};
+
+using Sink = std::function<void(const void *, size_t)>;
+
+template <class T>
+void put(const Sink &out, const T &v) {
+  out(&v, sizeof(T));
+}
+template <class V>
+void put_vec(const Sink &out, const V &v) {
+  using T = typename V::value_type;
+  put<uint64_t>(out, v.size());
+  out(v.data(), v.size() * sizeof(T));
+}
+
+struct Reader {
+  const uint8_t *p, *end;
+  template <class T>
+  T get() {
+    MP_CHECK((size_t)(end - p) >= sizeof(T), MP_ERR_CORRUPT, "LSH index image is truncated");
+    T v;
+    std::memcpy(&v, p, sizeof(T));
+    p += sizeof(T);
+    return v;
+  }
+  template <class V>
+  void get_vec(V &v, uint64_t expect) {
+    using T = typename V::value_type;
+    uint64_t n = get<uint64_t>();
+    MP_CHECK(n == expect, MP_ERR_CORRUPT, "LSH index image has %llu elements where %llu belong",
+             (unsigned long long)n, (unsigned long long)expect);
+    MP_CHECK((size_t)(end - p) / sizeof(T) >= n, MP_ERR_CORRUPT, "LSH index image is truncated");
+    v.resize(n);
+    std::memcpy(v.data(), p, n * sizeof(T));
+    p += n * sizeof(T);
+  }
+};
+
+}  // namespace
+
+uint64_t Index::image_bytes() const {
+  uint64_t n = 0;
+  write([&n](const void *, size_t k) { n += k; });
+  return n;
+}
+
+void Index::write(const Sink &out) const {
+  out(MAGIC, 8);
+  put<int32_t>(out, p_.K);
+  put<int32_t>(out, p_.L);
+  put<uint64_t>(out, p_.seed);
+  put<float>(out, p_.eps);
+  put<int32_t>(out, p_.center ? 1 : 0);
+  put<int64_t>(out, p_.tail_max);
+  put<int32_t>(out, hkv_);
+  put<int32_t>(out, d_);
+  put<int64_t>(out, n_);
+  put<int64_t>(out, n_blocked_);
+  put<int32_t>(out, has_mean_ ? 1 : 0);
+  for (const HeadIndex &hi : heads_) {
+    put_vec(out, hi.mean);
+    put_vec(out, hi.norms);
+    put_vec(out, hi.tail);
+  }
+  put<uint64_t>(out, blocks_.size());
+  for (const Block &b : blocks_) {
+    put<int64_t>(out, b.start);
+    put<int32_t>(out, b.n);
+    put_vec(out, b.offsets);
+    put_vec(out, b.entries);
+  }
+}
+
+std::unique_ptr<Index> Index::read(const uint8_t *data, size_t size) {
+  Reader r{data, data + size};
+  MP_CHECK(size >= 8 && std::memcmp(data, MAGIC, 8) == 0, MP_ERR_CORRUPT,
+           "not an LSH index image");
+  r.p += 8;
+  Params p;
+  p.K = r.get<int32_t>();
+  p.L = r.get<int32_t>();
+  p.seed = r.get<uint64_t>();
+  p.eps = r.get<float>();
+  p.center = r.get<int32_t>() != 0;
+  p.tail_max = r.get<int64_t>();
+  int hkv = r.get<int32_t>(), d = r.get<int32_t>();
+  MP_CHECK(p.K >= 1 && p.K <= 16 && p.L >= 2 && p.L <= 1024 && hkv >= 1 && hkv <= 4096 &&
+               d >= 1 && d <= 65536,
+           MP_ERR_CORRUPT, "LSH index image has an invalid shape");
+  auto idx = std::make_unique<Index>(p, hkv, d);
+  idx->n_ = r.get<int64_t>();
+  idx->n_blocked_ = r.get<int64_t>();
+  idx->has_mean_ = r.get<int32_t>() != 0;
+  MP_CHECK(idx->n_ >= 0 && idx->n_blocked_ >= 0 && idx->n_blocked_ <= idx->n_, MP_ERR_CORRUPT,
+           "LSH index image has invalid token counts");
+  const int NB = 1 << p.K;
+  for (HeadIndex &hi : idx->heads_) {
+    r.get_vec(hi.mean, (uint64_t)d);
+    r.get_vec(hi.norms, (uint64_t)idx->n_);
+    r.get_vec(hi.tail, (uint64_t)(idx->n_ - idx->n_blocked_) * idx->lp_);
+  }
+  const uint64_t nb = r.get<uint64_t>();
+  MP_CHECK(nb == (uint64_t)((idx->n_blocked_ + BLOCK - 1) / BLOCK), MP_ERR_CORRUPT,
+           "LSH index image has a wrong block count");
+  idx->blocks_.resize(nb);
+  int64_t start = 0;
+  for (Block &b : idx->blocks_) {
+    b.start = r.get<int64_t>();
+    b.n = r.get<int32_t>();
+    MP_CHECK(b.start == start && b.n > 0 && b.n <= BLOCK && b.start + b.n <= idx->n_blocked_,
+             MP_ERR_CORRUPT, "LSH index image has an invalid block");
+    r.get_vec(b.offsets, (uint64_t)hkv * p.L * (NB + 1));
+    r.get_vec(b.entries, (uint64_t)hkv * p.L * b.n);
+    for (int h = 0; h < hkv; h++)
+      for (int t = 0; t < p.L; t++) {
+        const uint32_t *o = idx->offsets(b, h, t);
+        MP_CHECK(o[0] == 0 && o[NB] == (uint32_t)b.n, MP_ERR_CORRUPT,
+                 "LSH index image has invalid bucket offsets");
+        for (int c = 0; c < NB; c++)
+          MP_CHECK(o[c] <= o[c + 1], MP_ERR_CORRUPT, "LSH index image has invalid bucket offsets");
+        const uint16_t *e = idx->entries(b, h, t);
+        for (int32_t i = 0; i < b.n; i++)
+          MP_CHECK(e[i] < b.n, MP_ERR_CORRUPT, "LSH index image has an invalid entry");
+      }
+    start += b.n;
+  }
+  MP_CHECK(start == idx->n_blocked_, MP_ERR_CORRUPT, "LSH index image blocks do not cover it");
+  MP_CHECK(r.p == r.end, MP_ERR_CORRUPT, "LSH index image has trailing bytes");
+  return idx;
+}
+
+}  // namespace mp::lsh

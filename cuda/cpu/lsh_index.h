@@ -1,0 +1,119 @@
+// lsh_index.h — the compact LSH bucket index of one (sequence, layer): per KV head and
+// table, a CSR of token ids by bucket, in blocks of 65,536 tokens with 16-bit entries,
+// plus an unsorted tail of recently appended tokens. See lsh_index.cpp for the layout.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "cpu/huge_alloc.h"
+#include "cpu/lsh_hash.h"
+
+namespace mp::lsh {
+
+constexpr int BLOCK_BITS = 16;
+constexpr int64_t BLOCK = (int64_t)1 << BLOCK_BITS;  // tokens per block (16-bit entries)
+
+struct Params {
+  int K = 10;                // bits per table, 1..16
+  int L = 150;               // tables, 2..1024
+  uint64_t seed = 0x5eed;    // hyperplanes: Projection::get(seed, d, K, L)
+  float eps = 1e-4f;         // ℓ = s/√d − ln(u + eps)
+  bool center = true;        // subtract the mean key (per KV head) before hashing
+  int64_t tail_max = 4096;   // appended tokens kept unsorted before a merge into blocks
+};
+
+// One block: tokens [start, start + n) of every KV head, n ≤ BLOCK. Both arrays are
+// shared by the KV heads (one huge-page allocation each, so bucket lookups stay in the TLB).
+struct Block {
+  int64_t start = 0;
+  int32_t n = 0;
+  // [Hkv][L][2^K + 1]: bucket c of (head h, table t) is entries [o[c], o[c+1]) of (h, t)
+  std::vector<uint32_t, HugeAllocator<uint32_t>> offsets;
+  // [Hkv][L][n]: in-block token ids, sorted by (bucket, id)
+  std::vector<uint16_t, HugeAllocator<uint16_t>> entries;
+};
+
+struct HeadIndex {
+  std::vector<uint16_t> tail; // [n_tail][Lp] codes of tokens [n_blocked, n), padded with 0
+  std::vector<float> norms;   // [n] ‖k − μ‖ in fp32
+  std::vector<float> mean;    // [d] μ (zeros when centering is off)
+};
+
+// Where the keys of tokens come from when tokens are added: the key of token j of KV
+// head h is the row k + (h·head_rows + j)·d (elements of `dtype`, F32/F16/BF16).
+struct KeyRows {
+  const void *k = nullptr;
+  int32_t dtype = 0;
+  int64_t head_rows = 0;
+};
+
+class Index {
+ public:
+  Index(const Params &p, int n_kv_heads, int head_dim);
+
+  // Adds m tokens (the next ids n .. n+m−1). On the first non-empty call with centering
+  // on, μ is the mean of these keys (per KV head) and stays fixed afterwards. Tokens go to
+  // the tail; once the tail reaches tail_max (or `merge` is set) it is merged into blocks.
+  void add(const KeyRows &keys, int64_t m, bool merge = false);
+  // Merges the tail into the blocks now.
+  void merge_tail();
+
+  const Params &params() const { return p_; }
+  int n_kv_heads() const { return hkv_; }
+  int head_dim() const { return d_; }
+  int64_t n() const { return n_; }
+  int64_t n_blocked() const { return n_blocked_; }
+  int64_t n_tail() const { return n_ - n_blocked_; }
+  int Lp() const { return lp_; }
+  bool has_mean() const { return has_mean_; }
+  const Projection &projection() const { return *proj_; }
+  const HeadIndex &head(int h) const { return heads_[h]; }
+  const std::vector<Block> &blocks() const { return blocks_; }
+  // Bucket offsets [2^K + 1] and entries [n] of (block b, head h, table t).
+  const uint32_t *offsets(const Block &b, int h, int t) const {
+    return &b.offsets[((size_t)h * p_.L + t) * ((1u << p_.K) + 1)];
+  }
+  const uint16_t *entries(const Block &b, int h, int t) const {
+    return &b.entries[((size_t)h * p_.L + t) * b.n];
+  }
+
+  // Bytes held: CSR entries, CSR offsets, tail codes, norms + means.
+  struct Bytes {
+    int64_t entries = 0, offsets = 0, tail = 0, norms = 0;
+    int64_t total() const { return entries + offsets + tail + norms; }
+  };
+  Bytes bytes() const;
+
+  // Codes of tokens [start, start + count) of head h, token-major out[count][L]. Blocked
+  // tokens' codes are read back from the CSR (codes are not stored for them).
+  void codes(int h, int64_t start, int64_t count, uint16_t *out) const;
+  // The CSR of (head h, table t) over all n tokens in global ids: offsets[2^K + 1],
+  // indices[n], ascending ids within each bucket.
+  void table(int h, int t, uint32_t *offsets, int32_t *indices) const;
+
+  // Serialisation: a flat byte image of everything but the projection (rebuilt from the
+  // seed), streamed to `sink` in pieces; image_bytes() is its exact size. `read` throws
+  // MP_ERR_CORRUPT on a malformed image.
+  void write(const std::function<void(const void *, size_t)> &sink) const;
+  uint64_t image_bytes() const;
+  static std::unique_ptr<Index> read(const uint8_t *data, size_t size);
+
+ private:
+  // Tokens [n_blocked, n_blocked + T) join the blocks; codes(h) gives head h's codes
+  // [L][T] (called once per head, in order).
+  template <class CodesOf>
+  void merge(int64_t T, CodesOf &&codes_of);
+
+  Params p_;
+  int hkv_, d_, lp_;
+  int64_t n_ = 0, n_blocked_ = 0;
+  bool has_mean_ = false;
+  std::shared_ptr<const Projection> proj_;
+  std::vector<HeadIndex> heads_;
+  std::vector<Block> blocks_;  // in token order, all full but the last
+};
+
+}  // namespace mp::lsh

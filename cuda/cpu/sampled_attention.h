@@ -1,0 +1,67 @@
+// sampled_attention.h — LSH collision retrieval and importance-weighted sampled attention
+// over an Index (magicpig.md §6–8). See sampled_attention.cpp for the algorithm.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/lsh_index.h"
+
+namespace mp::lsh {
+
+// Flags (mirrors of enum mp_lsh_flags in magicpig.h).
+enum : int32_t {
+  FLAG_EXACT_U = 1,       // u and ln(u + eps) in float64 scalar code (reference path)
+  FLAG_FORCE_U1 = 2,      // u ≡ 1: plain softmax over the sample
+  FLAG_RETRIEVE_ALL = 4,  // the sample is every indexed token
+  FLAG_CENTER_QUERY = 8,  // also subtract μ from the query (wrong on purpose: for tests)
+};
+
+// The keys and values of indexed tokens: token i of KV head h has its key row at
+// k + (h·head_rows + base + i)·d (elements of dtype, F32 or BF16); values alike.
+// Keys are the stored keys, not centered: the kernel subtracts q·μ where it needs
+// q·(k − μ), which leaves the logits (and so the output and LSE) those of the stored keys.
+struct KVView {
+  const void *k = nullptr;
+  const void *v = nullptr;
+  int32_t dtype = 0;
+  int64_t head_rows = 0;  // rows between KV heads (a cache's capacity)
+  int64_t base = 0;       // row of indexed token 0 (e.g. the sink count)
+};
+
+struct Stats {
+  int64_t rows = 0;     // distinct (sequence, KV head, token) K and V rows gathered
+  int64_t sampled = 0;  // Σ over query heads of the sample size (nnz)
+  int64_t entries = 0;  // bucket entries scanned + tail tokens compared
+  int64_t bytes = 0;    // K/V rows + norms + entries + bucket offsets + tail codes touched
+  int64_t tasks = 0;    // parallel tasks the call ran
+};
+
+// One layer of a batch: B sequences, each with its index and KV.
+struct Batch {
+  const Index *const *idx = nullptr;  // [B], same KV-head count and head dim
+  const KVView *kv = nullptr;         // [B] (attention only)
+  int B = 0;
+  int H = 0;                          // query heads, a multiple of the KV heads
+  const float *q = nullptr;           // [B][H][d]
+  const uint16_t *qcodes = nullptr;   // [B][H][L] precomputed query codes, or null
+};
+
+// Per query head, the ids of indexed tokens that collide with the query in >= 2 tables:
+// nnz[B][H], and indices[B][H][cap] ascending (the first min(nnz, cap); may be null).
+void retrieve(const Batch &batch, int32_t flags, int64_t cap, int32_t *indices, int32_t *nnz,
+              Stats *stats);
+
+// Sampled attention: out[B][H][d] and lse2[B][H] (base-2 log-sum-exp of the logits
+// ℓ_i = s_i/√d − ln(u_i + eps)); nnz[B][H] (may be null). With `sets` non-null the sample
+// of (b, h) is the given ids sets[(b·H + h)·set_cap + j], j < set_n[b·H + h], instead of
+// the retrieved set. An empty sample gives a zero output and lse2 = −∞.
+void attention(const Batch &batch, int32_t flags, const int32_t *sets, const int32_t *set_n,
+               int64_t set_cap, float *out, float *lse2, int32_t *nnz, Stats *stats);
+
+// u(cos) = P[≥ 2 of L tables collide] with p = (1 − acos(cos)/π)^K, and the logit
+// correction lnw = ln(u + eps) (ln u when eps = 0, floored at −100), by the same vector
+// code the attention kernel uses.
+void collision_weights(int K, int L, float eps, const float *cos, int64_t n, float *u,
+                       float *lnw);
+
+}  // namespace mp::lsh

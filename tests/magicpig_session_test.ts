@@ -1,0 +1,210 @@
+/**
+ * MagicPIG in sessions (cuda/engine/policy.cpp): commit builds the per-layer LSH indexes
+ * over [sinks, n − window), decode merges exact sinks + local tokens with the sampled
+ * offloaded region, the generation buffer flushes into the index, the keys fraction is
+ * counted, snapshots keep the index, and the TopK/Quest/oracle baselines run on sparse
+ * layers. A random model of a small shape on the CPU backend.
+ */
+import {
+  assert,
+  assertAlmostEquals,
+  assertEquals,
+  assertLessOrEqual,
+  assertRejects,
+} from "./_std.ts";
+import { maxAbsDiff } from "./_util.ts";
+import { tempDir } from "./_tmp.ts";
+import {
+  AttentionMethod,
+  type AttentionOptions,
+  Backend,
+  decodeStep,
+  Engine,
+  MagicpigError,
+  type ModelConfig,
+  Session,
+} from "../ffi/native.ts";
+
+const config: ModelConfig = {
+  n_layers: 4, // dense layers {0, 2} by default: layers 1 and 3 are sparse
+  dim: 64,
+  n_heads: 4,
+  n_kv_heads: 2,
+  head_dim: 16,
+  ffn_dim: 96,
+  vocab_size: 64,
+  max_context: 0,
+  rms_eps: 1e-5,
+  tied_embeddings: false,
+  rope: {
+    theta: 10000,
+    style: 0,
+    scaling: 0,
+    factor: 8,
+    low_freq_factor: 1,
+    high_freq_factor: 4,
+    original_max_position: 8192,
+  },
+};
+const SPARSE_LAYERS = 2;
+
+let engineCache: Promise<Engine> | null = null;
+function engine(): Promise<Engine> {
+  engineCache ??= (async () => {
+    const e = Engine.create(config, { backend: Backend.CPU });
+    await e.initRandom(7n, 0.5);
+    await e.finalize();
+    return e;
+  })();
+  return engineCache;
+}
+
+function tokens(n: number, seed: number): Int32Array<ArrayBuffer> {
+  return Int32Array.from({ length: n }, (_, i) => (i * 7 + seed * 13 + ((i * i) % 11)) % 64);
+}
+
+async function session(attention: AttentionOptions, prompt: Int32Array<ArrayBuffer>) {
+  const s = await Session.create(await engine(), { attention });
+  await s.prefill(prompt);
+  return s;
+}
+
+async function step(s: Session, token: number): Promise<Float32Array<ArrayBuffer>> {
+  const logits = new Float32Array(config.vocab_size);
+  await decodeStep(s.engine, [s], new Int32Array([token]), logits);
+  return logits;
+}
+
+const dense: AttentionOptions = { method: AttentionMethod.DENSE };
+
+Deno.test("commit() indexes [sinks, n − window) of every sparse layer and reports its bytes", async () => {
+  const K = 8, L = 50, n = 600;
+  await using s = await session({ lshK: K, lshL: L }, tokens(n, 1));
+  assertEquals(s.info().nIndexed, 0);
+  await s.commit();
+  const info = s.info();
+  assertEquals(info.nIndexed, n - 64);
+  const m = n - 64 - 4; // indexed tokens per layer
+  const entries = SPARSE_LAYERS * 2 * L * m * 2;
+  const offsets = SPARSE_LAYERS * 2 * L * ((1 << K) + 1) * 4;
+  const norms = SPARSE_LAYERS * 2 * (m + 16) * 4;
+  assertEquals(Number(info.hostIndexBytes), entries + offsets + norms);
+  // committing again without new tokens changes nothing
+  await s.commit();
+  assertEquals(s.info().nIndexed, n - 64);
+});
+
+Deno.test("MAGICPIG decode counts sampled and offloaded keys per sparse layer and head", async () => {
+  const n = 500;
+  await using s = await session({ lshK: 6, lshL: 40 }, tokens(n, 2));
+  await s.commit();
+  await step(s, 5);
+  const info = s.info();
+  const E = n - 64;
+  assertEquals(info.keysOffloaded, SPARSE_LAYERS * config.n_heads * (E - 4));
+  assert(info.keysAttended > 0 && info.keysAttended < info.keysOffloaded, `${info.keysAttended}`);
+});
+
+Deno.test("short prompts (≤ sinks + window) decode exactly like dense", async () => {
+  const p = tokens(40, 3);
+  await using m = await session({}, p);
+  await using d = await session(dense, p);
+  await m.commit();
+  assertEquals(m.info().nIndexed, 0);
+  for (let i = 0; i < 5; i++) assertEquals(await step(m, i), await step(d, i));
+  assertEquals([m.info().keysAttended, m.info().keysOffloaded], [0, 0]);
+});
+
+Deno.test("a sampler that retrieves every key (K1L1024) decodes like dense", async () => {
+  const p = tokens(400, 4);
+  await using m = await session({ lshK: 1, lshL: 1024 }, p);
+  await using d = await session(dense, p);
+  await m.commit();
+  for (let i = 0; i < 4; i++) {
+    const a = await step(m, i), b = await step(d, i);
+    // u = 1 to float precision: only the −ln(1 + ε) shift of the sampled part remains
+    assertLessOrEqual(maxAbsDiff(a, b), 1e-3);
+  }
+  const info = m.info();
+  assertLessOrEqual(info.keysOffloaded - info.keysAttended, 1e-3 * info.keysOffloaded);
+});
+
+Deno.test("the generation buffer flushes its oldest tokens into the index", async () => {
+  const W = 8, gb = 16, S = 4;
+  await using s = await session({ lshK: 6, lshL: 40, window: W, genBuffer: gb }, tokens(100, 5));
+  await s.commit();
+  assertEquals(s.info().nIndexed, 92);
+  let flushes = 0, last = 92;
+  for (let i = 0; i < 60; i++) {
+    await step(s, i % 64);
+    const { nTokens, nIndexed } = s.info();
+    assertLessOrEqual(nTokens - nIndexed, W + gb, "the local region never overflows");
+    if (nIndexed !== last) {
+      assertEquals(nIndexed, nTokens - W, "a flush keeps the last window exact");
+      flushes++;
+      last = nIndexed;
+    }
+  }
+  assert(flushes >= 2, `${flushes} flushes`);
+  // a long prompt that was never committed is indexed at its first decode step
+  await using u = await session({ lshK: 6, lshL: 40, window: W, genBuffer: gb }, tokens(200, 6));
+  await step(u, 1);
+  assertEquals(u.info().nIndexed, 201 - W);
+  assert(u.info().keysOffloaded === SPARSE_LAYERS * config.n_heads * (201 - W - S));
+});
+
+Deno.test("truncate() refuses to cut into the indexed tokens; a fork is indexed by its own commit", async () => {
+  await using s = await session({ lshK: 6, lshL: 40 }, tokens(300, 7));
+  await s.commit();
+  await using f = await s.fork();
+  assertEquals(f.info().nIndexed, 0);
+  await f.commit();
+  assertEquals(f.info().nIndexed, s.info().nIndexed);
+  assertEquals(await step(f, 3), await step(s, 3), "same tokens, same index: same logits");
+  const e = await assertRejects(() => s.truncate(100), MagicpigError);
+  assert(e.message.includes('"100"'), e.message);
+  await s.truncate(s.info().nIndexed);
+  assertEquals(s.info().nTokens, s.info().nIndexed);
+});
+
+Deno.test("a snapshot keeps the LSH index: the restored session decodes bit for bit the same", async () => {
+  // a flushed tail and merged blocks both travel
+  await using s = await session({ lshK: 6, lshL: 40, window: 8, genBuffer: 16 }, tokens(700, 8));
+  await s.commit();
+  for (let i = 0; i < 30; i++) await step(s, i);
+  const path = `${await tempDir("mpsnap")}/s.snap`;
+  await s.save(path);
+  await using r = await Session.load(s.engine, path);
+  const a = s.info(), b = r.info();
+  assertEquals([b.nTokens, b.nIndexed], [a.nTokens, a.nIndexed]);
+  // bytes count allocations: the restored index is compacted (no growth slack)
+  assert(b.hostIndexBytes > 0n && b.hostIndexBytes <= a.hostIndexBytes);
+  assertEquals([b.keysAttended, b.keysOffloaded], [a.keysAttended, a.keysOffloaded]);
+  for (let i = 0; i < 3; i++) assertEquals(await step(r, i), await step(s, i));
+});
+
+Deno.test("TopK and Quest with budget 1 decode like dense; their keys fraction is the budget", async () => {
+  const p = tokens(300, 9);
+  await using d = await session(dense, p);
+  const want = await step(d, 1);
+  for (const method of [AttentionMethod.TOPK, AttentionMethod.QUEST]) {
+    await using s = await session({ method, budget: 1 }, p);
+    assertLessOrEqual(maxAbsDiff(await step(s, 1), want), 1e-4);
+    const info = s.info();
+    assertEquals(info.keysAttended, info.keysOffloaded);
+    assertEquals(info.keysOffloaded, SPARSE_LAYERS * config.n_heads * (301 - 64 - 4));
+  }
+  await using t = await session({ method: AttentionMethod.TOPK, budget: 0.1 }, p);
+  await step(t, 1);
+  const off = 301 - 64 - 4;
+  assertAlmostEquals(
+    t.info().keysAttended,
+    SPARSE_LAYERS * config.n_heads * Math.ceil(0.1 * off),
+    0,
+  );
+  await using o = await session({ method: AttentionMethod.ORACLE, budget: 0.5 }, p);
+  const lo = await step(o, 1);
+  assert(lo.every(Number.isFinite));
+  const oi = o.info();
+  assert(oi.keysAttended > 0 && oi.keysAttended <= oi.keysOffloaded);
+});
