@@ -92,7 +92,13 @@ __global__ void __launch_bounds__(DEC_THREADS)
   const bf16 *kbase = sq.k + (int64_t)hk * sq.stride_h + gl * 8;
   const bf16 *vbase = sq.v + (int64_t)hk * sq.stride_h + gl * 8;
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  for (int t0 = kb + gid * DEC_KPG; t0 < ke; t0 += NGB * DEC_KPG) {
+  // The loop bound is warp-uniform (w0 is the same for every lane of a warp): the
+  // __shfl_xor_sync below names all 32 lanes, so the key groups of a warp must run the same
+  // number of iterations. A group whose keys are all past the end scores −∞ and adds
+  // nothing. (A per-group bound made the groups of a warp diverge whenever a split's length
+  // was not a multiple of NG·KPG, and the full-mask shuffle then waited forever.)
+  for (int w0 = kb + warp * NG * DEC_KPG; w0 < ke; w0 += NGB * DEC_KPG) {
+    const int t0 = w0 + grp * DEC_KPG;
     uint4 kr[DEC_KPG], vr[DEC_KPG];
 #pragma unroll
     for (int u = 0; u < DEC_KPG; u++) {
@@ -135,14 +141,15 @@ __global__ void __launch_bounds__(DEC_THREADS)
       float mx = sc[gi][0];
 #pragma unroll
       for (int u = 1; u < DEC_KPG; u++) mx = fmaxf(mx, sc[gi][u]);
-      const float m_new = fmaxf(m[gi], mx);  // finite: key t0 is always < ke
-      const float alpha = exp2f(m[gi] - m_new);
+      const float m_new = fmaxf(m[gi], mx);  // −∞ while this group has seen no key
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = exp2f(m[gi] - m_use);
       l[gi] *= alpha;
 #pragma unroll
       for (int e = 0; e < 8; e++) acc[gi][e] *= alpha;
 #pragma unroll
       for (int u = 0; u < DEC_KPG; u++) {
-        const float p = exp2f(sc[gi][u] - m_new);
+        const float p = exp2f(sc[gi][u] - m_use);
         l[gi] += p;
         float2 x;
         x = unpack_bf16x2(vr[u].x), acc[gi][0] = fmaf(p, x.x, acc[gi][0]), acc[gi][1] = fmaf(p, x.y, acc[gi][1]);
