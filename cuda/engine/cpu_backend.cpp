@@ -23,11 +23,13 @@
 // chunk and each layer. Decode batches the projections of all sessions: one matmul per
 // weight per step.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "cpu/attention.h"
 #include "cpu/embedding.h"
 #include "cpu/matmul.h"
+#include "cpu/merge.h"
 #include "cpu/rmsnorm.h"
 #include "cpu/rope.h"
 #include "cpu/simd.h"
@@ -81,21 +83,34 @@ class CpuBackend final : public ForwardBackend {
     begin(tokens, n);
     for (int32_t i = 0; i < n; i++) pos_[(size_t)i] = (int32_t)ss[i]->n_tokens();
     tables(n);
+    std::vector<int64_t> posv((size_t)n), E((size_t)n);
+    for (int32_t i = 0; i < n; i++) posv[(size_t)i] = pos_[(size_t)i];
     for (int32_t l = 0; l < c.n_layers; l++) {
       if (abort_requested(abort)) return MP_ABORTED;
       attn_in(l, n);
+      // Sparse layers go through the policy's split API (policy.h), batched over the
+      // sessions: E per session (0: exact), the offloaded parts in one call, then the
+      // exact parts merged in — the same arithmetic as policy_decode_attention().
+      bool split = false;
       for (int32_t i = 0; i < n; i++) {
         Session &s = *ss[i];
         const int64_t pos = pos_[(size_t)i];
         store_kv(s, l, pos, i);
         const float *q = q_.data() + (size_t)i * hd;
         float *out = att_.data() + (size_t)i * hd;
-        if (s.layer_is_dense(l))
-          cpu::attention(q, 1, c.n_heads, c.n_kv_heads, c.head_dim, pos, pos + 1, view(s, l),
-                         out, nullptr);
-        else
-          policy_decode_attention(s, l, pos, q, out);
+        E[(size_t)i] = 0;
+        if (!s.layer_is_dense(l)) {
+          E[(size_t)i] = policy_split_begin(s, l, pos);
+          if (E[(size_t)i] > s.attention().sinks) {
+            split = true;
+            continue;
+          }
+          E[(size_t)i] = 0;  // nothing offloaded yet: exact over every row
+        }
+        cpu::attention(q, 1, c.n_heads, c.n_kv_heads, c.head_dim, pos, pos + 1, view(s, l), out,
+                       nullptr);
       }
+      if (split) split_attention(ss, n, l, posv.data(), E.data());
       attn_out_ffn(l, n);
     }
     head(x_.data(), n, logits);
@@ -167,6 +182,45 @@ class CpuBackend final : public ForwardBackend {
     for (int64_t i = 0; i < n; i++) x[i] += y[i];
   }
 
+  // Rows i with E[i] > 0: out = merge(merge(sinks [0, S), local [E, pos]), offloaded).
+  void split_attention(Session *const *ss, int32_t n, int32_t l, const int64_t *pos,
+                       const int64_t *E) {
+    const mp_model_config &c = e_.config();
+    const size_t hd = (size_t)c.n_heads * c.head_dim, H = (size_t)c.n_heads;
+    auto fit = [](std::vector<float> &v, size_t m) {
+      if (v.size() < m) v.resize(m);
+    };
+    fit(so_, (size_t)n * hd), fit(sl_, (size_t)n * H);
+    fit(o1_, hd), fit(o2_, hd), fit(l1_, H), fit(l2_, H);
+    policy_split_offloaded(ss, n, l, pos, E, q_.data(), so_.data(), sl_.data());
+    for (int32_t i = 0; i < n; i++) {
+      if (E[i] <= 0) continue;
+      Session &s = *ss[i];
+      const float *q = q_.data() + (size_t)i * hd;
+      exact(s, l, 0, s.attention().sinks, q, o1_.data(), l1_.data());
+      exact(s, l, E[i], pos[i] + 1, q, o2_.data(), l2_.data());
+      cpu::merge(o1_.data(), l1_.data(), o2_.data(), l2_.data(), (int64_t)H, c.head_dim,
+                 o1_.data(), l1_.data());
+      cpu::merge(o1_.data(), l1_.data(), so_.data() + (size_t)i * hd, sl_.data() + (size_t)i * H,
+                 (int64_t)H, c.head_dim, att_.data() + (size_t)i * hd, l2_.data());
+    }
+  }
+
+  // Exact attention of q[H][d] over rows [t0, t1) of layer l: o[H][d], lse[H] (zeros and −∞
+  // for an empty range).
+  void exact(Session &s, int32_t l, int64_t t0, int64_t t1, const float *q, float *o,
+             float *lse) {
+    const mp_model_config &c = e_.config();
+    if (t1 <= t0) {
+      std::fill(o, o + (size_t)c.n_heads * c.head_dim, 0.0f);
+      std::fill(lse, lse + c.n_heads, -INFINITY);
+      return;
+    }
+    const cpu::KvView kv{s.k_row(l, 0, t0), s.v_row(l, 0, t0), s.kv_dtype(), s.head_dim(),
+                         s.head_stride()};
+    cpu::attention(q, 1, c.n_heads, c.n_kv_heads, c.head_dim, t1 - t0 - 1, t1 - t0, kv, o, lse);
+  }
+
   // Row `row` of k_/v_ -> the session's cache at position pos.
   void store_kv(Session &s, int32_t l, int64_t pos, int64_t row) {
     const mp_model_config &c = e_.config();
@@ -198,6 +252,7 @@ class CpuBackend final : public ForwardBackend {
 
   Engine &e_;
   std::vector<float> x_, xb_, tmp_, q_, att_, k_, v_, g_, u_, cos_, sin_;
+  std::vector<float> so_, sl_, o1_, o2_, l1_, l2_;  // split decode scratch
   std::vector<int32_t> pos_;
 };
 

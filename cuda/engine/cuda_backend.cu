@@ -29,9 +29,17 @@
 //     copies the layer's rows from host memory every step, on a copy stream, one layer
 //     ahead of the compute (the dense-from-host baseline). AUTO = resident within the
 //     gpu_memory_budget, else streamed;
-//   - the other (sparse) layers of MAGICPIG/TOPK/QUEST/ORACLE sessions go to the policy on
-//     the CPU (policy_decode_attention) with q copied to pinned host memory; the result
-//     comes back and joins the batch before the O projection.
+//   - the other (sparse) layers of MAGICPIG/TOPK/QUEST/ORACLE sessions are split (policy.h,
+//     "split decode"): the GPU attends the exact part — sinks, local window and generated
+//     tokens, kept per (session, sparse layer) in a small device "window" buffer [Hkv][wcap][d]
+//     (slot t for a sink t < S, slot S + t − E for a local token t >= E; re-filled from the
+//     host rows when the policy moves E) — while the CPU runs the policy's offloaded part
+//     [S, E) (MAGICPIG retrieval + sampled attention, batched over the sessions; TopK,
+//     Quest, oracle) from the host KV. Per sparse layer: q (f32) goes to pinned host memory
+//     and an event marks it; the window attention (f32 out + base-2 LSE) is queued right
+//     behind it, so it runs while the calling thread waits for q and then computes the
+//     CPU part; the CPU's out + LSE come back (pinned) and one merge kernel joins the two
+//     into the batch's attention output before the O projection.
 // The logits of every session come back in f32.
 //
 // Device memory is accounted per engine against gpu_memory_budget: an allocation that
@@ -55,6 +63,7 @@ namespace mp {
 namespace {
 
 using gpu::bf16;
+using gpu::trace;
 
 constexpr double GiB = 1073741824.0;
 
@@ -156,10 +165,17 @@ struct CudaSession final : BackendSessionState {
   int64_t cap = 0;              // rows per head allocated
   int64_t rows = 0;             // rows valid on the device
   bool resident = false;
+  // Sparse layers: the exact part's rows (see the file comment), [layer] -> [Hkv][wcap][d].
+  std::vector<Arr<bf16>> wk, wv;
+  std::vector<int64_t> wbase;  // E the window's local slots start at (-1: nothing valid)
+  std::vector<int64_t> wrows;  // valid slots
+  int64_t wcap = 0;
   int64_t bytes() const {
     int64_t b = 0;
     for (auto &a : k) b += (int64_t)a.bytes();
     for (auto &a : v) b += (int64_t)a.bytes();
+    for (auto &a : wk) b += (int64_t)a.bytes();
+    for (auto &a : wv) b += (int64_t)a.bytes();
     return b;
   }
 };
@@ -188,6 +204,7 @@ class CudaBackend final : public ForwardBackend {
     MP_CUDA(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
     MP_CUDA(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
     for (auto &ev : ev_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    MP_CUDA(cudaEventCreateWithFlags(&ev_q_, cudaEventDisableTiming));
     gemm_ = std::make_unique<gpu::Gemm>(s_);
     H_ = c_.n_heads, Hkv_ = c_.n_kv_heads, d_ = c_.head_dim, dim_ = c_.dim, F_ = c_.ffn_dim;
     QKV_ = (H_ + 2 * Hkv_) * d_;
@@ -204,6 +221,7 @@ class CudaBackend final : public ForwardBackend {
     (void)cudaStreamSynchronize(copy_);
     gemm_.reset();
     for (auto &ev : ev_) (void)cudaEventDestroy(ev);
+    (void)cudaEventDestroy(ev_q_);
     (void)cudaStreamDestroy(s_);
     (void)cudaStreamDestroy(copy_);
   }
@@ -304,14 +322,16 @@ class CudaBackend final : public ForwardBackend {
     MP_CUDA(cudaMemcpyAsync(pos.p, hpos.data(), (size_t)n * 4, cudaMemcpyHostToDevice, s_));
     MP_CUDA(cudaMemcpyAsync(tok.p, tokens, (size_t)n * 4, cudaMemcpyHostToDevice, s_));
     gpu::embedding(MP_DTYPE_BF16, embd_.p, c_.vocab_size, dim_, tok.p, n, x.p, s_);
-    MP_CUDA(cudaStreamSynchronize(s_));  // hpos and tokens are host memory of this frame
+    gpu::stream_wait(s_, "the prefill's uploads");  // hpos and tokens: host memory of this frame
 
     const size_t row_b = (size_t)d_ * sizeof(bf16);
     for (int32_t l = 0; l < c_.n_layers; l++) {
       if (abort_requested(abort)) {
-        MP_CUDA(cudaStreamSynchronize(s_));
+        gpu::stream_wait(s_, "the aborted prefill");
         return MP_ABORTED;
       }
+      trace("prefill: layer %d of %d queued (%d tokens at %lld)", l, c_.n_layers, n,
+            (long long)p0);
       const LayerDev &L = layers_[(size_t)l];
       if (p0 > 0) {  // earlier tokens of this layer from the host cache
         MP_CUDA(cudaMemcpy2DAsync(K.p, (size_t)T * row_b, s.k_row(l, 0, 0),
@@ -357,7 +377,8 @@ class CudaBackend final : public ForwardBackend {
       MP_CUDA(cudaMemcpyAsync(logits, lg.p, (size_t)c_.vocab_size * 4, cudaMemcpyDeviceToHost,
                               s_));
     }
-    MP_CUDA(cudaStreamSynchronize(s_));
+    gpu::stream_wait(s_, "the prefill");
+    trace("prefill: done");
     s.set_n_tokens(T);
     return MP_OK;
   }
@@ -372,6 +393,7 @@ class CudaBackend final : public ForwardBackend {
     const int64_t Hd = (int64_t)H_ * d_;
     const size_t row_b = (size_t)d_ * sizeof(bf16);
     ensure_decode_workspace(B);
+    trace("decode: step of %d session(s)", B);
 
     // Placement and activation of every session.
     std::vector<int64_t> pos((size_t)B);
@@ -384,11 +406,32 @@ class CudaBackend final : public ForwardBackend {
       pos[(size_t)i] = s.n_tokens();
       st[(size_t)i] = state(s);
       activate(s, *st[(size_t)i], pos[(size_t)i]);
-      if (!st[(size_t)i]->resident) {
+      bool has_dense = false;
+      for (int32_t l = 0; l < NL; l++) has_dense |= s.layer_is_dense(l);
+      if (!st[(size_t)i]->resident && has_dense) {
         streamed[(size_t)i] = 1;
         stream_rows += pos[(size_t)i] + 1;
       }
       for (int32_t l = 0; l < NL; l++) any_cpu_layer |= !s.layer_is_dense(l);
+    }
+    // Sparse layers (split decode, policy.h): the policy's E per (layer, session), which
+    // may flush MAGICPIG's generation buffer into the index (host rows < pos only), and
+    // the device windows brought in line with it. E = 0 for layers a session attends
+    // exactly (no offloaded part).
+    std::vector<int64_t> split_E((size_t)NL * B, 0);
+    std::vector<char> split_layer((size_t)NL, 0);
+    if (any_cpu_layer) {
+      for (int32_t i = 0; i < B; i++) {
+        Session &s = *ss[i];
+        for (int32_t l = 0; l < NL; l++) {
+          if (s.layer_is_dense(l)) continue;
+          split_layer[(size_t)l] = 1;
+          const int64_t E = policy_split_begin(s, l, pos[(size_t)i]);
+          split_E[(size_t)l * B + i] = E;
+          sync_window(s, *st[(size_t)i], l, pos[(size_t)i], E);
+        }
+      }
+      trace("decode: split-decode windows ready");
     }
     if (stream_rows > 0) {
       const size_t need = (size_t)stream_rows * Hkv_ * d_;
@@ -398,10 +441,14 @@ class CudaBackend final : public ForwardBackend {
     int64_t max_len = 1;
     for (int64_t p : pos) max_len = std::max(max_len, p + 1);
     splits_ = gpu::decode_splits(B, Hkv_, (int)std::min<int64_t>(max_len, 1 << 30));
-    d_ws_.ensure(mem_, std::max<size_t>(1, gpu::decode_workspace_floats(B, H_, d_, splits_)),
-                 "decode workspace");
+    {
+      const size_t before = d_ws_.n;
+      d_ws_.ensure(mem_, std::max<size_t>(1, gpu::decode_workspace_floats(B, H_, d_, splits_)),
+                   "decode workspace");
+      if (d_ws_.n != before) ws_gen_++;
+    }
 
-    // Per-layer attention tables [NL][B] (resident caches, stream buffers, or none).
+    // Per-layer attention tables [NL][B] (resident caches, stream buffers, or windows).
     gpu::SeqKV *tab = h_seqs_.ensure((size_t)NL * B);
     {
       int64_t off = 0;
@@ -413,7 +460,12 @@ class CudaBackend final : public ForwardBackend {
           Session &s = *ss[i];
           gpu::SeqKV &e = tab[(size_t)l * B + i];
           e = gpu::SeqKV{nullptr, nullptr, d_, 0, 0};
-          if (!s.layer_is_dense(l)) continue;  // CPU policy layer
+          CudaSession &cs = *st[(size_t)i];
+          if (!s.layer_is_dense(l)) {  // the exact part of a split layer: its window
+            const int64_t len = window_slot(s, pos[(size_t)i], split_E[(size_t)l * B + i]) + 1;
+            e = gpu::SeqKV{cs.wk[(size_t)l].p, cs.wv[(size_t)l].p, d_, cs.wcap * d_, (int)len};
+            continue;
+          }
           const int len = (int)(pos[(size_t)i] + 1);
           if (streamed[(size_t)i]) {
             const int64_t rows = pos[(size_t)i] + 1;
@@ -421,7 +473,6 @@ class CudaBackend final : public ForwardBackend {
             bf16 *vb = stream_v_[l & 1].p + (size_t)soff[(size_t)i] * Hkv_ * d_;
             e = gpu::SeqKV{kb, vb, d_, rows * d_, len};
           } else {
-            CudaSession &cs = *st[(size_t)i];
             e = gpu::SeqKV{cs.k[(size_t)l].p, cs.v[(size_t)l].p, d_, cs.cap * d_, len};
           }
         }
@@ -442,7 +493,9 @@ class CudaBackend final : public ForwardBackend {
       MP_CUDA(cudaStreamWaitEvent(copy_, ev_[2 + (l & 1)], 0));
       for (int32_t i = 0; i < B; i++) {
         const gpu::SeqKV &e = tab[(size_t)l * B + i];
-        if (!streamed[(size_t)i] || e.k == nullptr || pos[(size_t)i] == 0) continue;
+        if (!streamed[(size_t)i] || !ss[i]->layer_is_dense(l) || e.k == nullptr ||
+            pos[(size_t)i] == 0)
+          continue;
         Session &s = *ss[i];
         const int64_t rows = pos[(size_t)i] + 1;
         MP_CUDA(cudaMemcpy2DAsync(const_cast<bf16 *>(e.k), (size_t)rows * row_b,
@@ -471,8 +524,8 @@ class CudaBackend final : public ForwardBackend {
       gpu::embedding(MP_DTYPE_BF16, embd_.p, c_.vocab_size, dim_, d_tok_.p, B, d_x_.p, s_);
       for (int32_t l = 0; l < NL; l++) {
         if (!capturing && abort_requested(abort)) {
-          MP_CUDA(cudaStreamSynchronize(copy_));
-          MP_CUDA(cudaStreamSynchronize(s_));
+          gpu::stream_wait(copy_, "the aborted decode step's copies");
+          gpu::stream_wait(s_, "the aborted decode step");
           return false;
         }
         const LayerDev &L = layers_[(size_t)l];
@@ -480,22 +533,22 @@ class CudaBackend final : public ForwardBackend {
         gpu::matmul<bf16>(*gemm_, L.wqkv.p, d_xb_.p, dim_, B, dim_, QKV_, d_qkv_.p, QKV_, false);
         gpu::rope<bf16>(d_qkv_.p, B, H_ + Hkv_, d_, QKV_, d_pos_.p, inv_freq_.p, c_.rope.style,
                         s_);
-        // New K and V rows: into the device caches and into the device staging of the step
-        // ([layer][K|V][B][Hkv·d]), copied to the host caches once after the step (or right
-        // away for the CPU layers below): no copy engine work inside the layer loop.
+        // New K and V rows: into the device caches (and windows) and into the device staging
+        // of the step ([layer][K|V][B][Hkv·d]), copied to the host caches once after the step.
         bf16 *dk = d_stage_.p + (size_t)l * B * 2 * kvrow;
-        bf16 *sk = stage + (size_t)l * B * 2 * kvrow;
-        bf16 *sv = sk + (size_t)B * kvrow;
         const gpu::SeqKV *dseq = d_seqs_.p + (size_t)l * B;
         if (stream_rows > 0) {
           MP_CUDA(cudaStreamWaitEvent(s_, ev_[l & 1], 0));  // layer l's rows are in
         }
         gpu::kv_append(d_qkv_.p, QKV_, (int)Hd, (int)(Hd + kvrow), dseq, B, Hkv_, d_, dk,
                        dk + (size_t)B * kvrow, s_);
-        gpu::attention_decode<bf16, bf16>(d_qkv_.p, QKV_, dseq, B, H_, Hkv_, d_, splits_,
-                                          d_att_.p, nullptr, d_ws_.p, s_);
+        if (split_layer[(size_t)l]) {
+          split_layer_attention(ss, B, l, pos, split_E, dseq);
+        } else {
+          gpu::attention_decode<bf16, bf16>(d_qkv_.p, QKV_, dseq, B, H_, Hkv_, d_, splits_,
+                                            d_att_.p, nullptr, d_ws_.p, s_);
+        }
         if (stream_rows > 0) MP_CUDA(cudaEventRecord(ev_[2 + (l & 1)], s_));  // buffer free
-        if (any_cpu_layer) cpu_layer_attention(ss, B, l, pos, dk, sk, sv);
         gpu::matmul<float>(*gemm_, L.wo.p, d_att_.p, Hd, B, (int)Hd, dim_, d_x_.p, dim_, true);
         gpu::rmsnorm<bf16>(d_x_.p, L.ffn_norm.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
         gpu::matmul<bf16>(*gemm_, L.wgu.p, d_xb_.p, dim_, B, dim_, 2 * F_, d_gu_.p, 2 * F_,
@@ -513,19 +566,30 @@ class CudaBackend final : public ForwardBackend {
     };
     // A step whose GPU part needs no host work (every attended layer resident on the GPU)
     // replays a CUDA graph: ~400 launches become one (mp_gpu_set_kernel "graphs": 1 on,
-    // 2 off; automatic = on). The graph is captured again when the batch size, the split
-    // count or a workspace address changes; a capture that fails disables graphs.
+    // 2 off; automatic = on). A graph is captured on the second consecutive step with the
+    // same key (batch size, split count, workspace generation): the first runs eagerly, so
+    // every kernel is loaded (lazy module loading) and every workspace exists before the
+    // capture. A capture that fails disables graphs.
     const int gmode = gpu::forced_variant(gpu::OP_GRAPHS);
     const bool graphable = stream_rows == 0 && !any_cpu_layer && gmode != 2 && !graphs_failed_;
+    const GraphKey key{B, splits_, ws_gen_};
+    bool replay = false;
     if (graphable) {
-      const GraphKey key{B, splits_, d_x_.p, d_ws_.p, d_seqs_.p, d_stage_.p};
-      if (!graph_exec_ || !(key == graph_key_)) capture_graph(key, body);
+      if (graph_exec_ && key == graph_key_) {
+        replay = true;
+      } else if (seen_valid_ && key == seen_key_) {
+        trace("decode: capturing a CUDA graph (B=%d, splits %d)", B, splits_);
+        capture_graph(key, body);
+        replay = graph_exec_ != nullptr;
+      }
+      seen_key_ = key, seen_valid_ = true;
     }
     MP_CHECK(!(gmode == 1 && graphs_failed_), MP_ERR_CUDA,
              "CUDA graphs were forced on but capturing the decode step failed: %s",
              graph_error_.c_str());
-    if (graphable && graph_exec_) {
+    if (replay) {
       if (abort_requested(abort)) return MP_ABORTED;
+      trace("decode: graph launch");
       MP_CUDA(cudaGraphLaunch(graph_exec_, s_));
     } else if (!body(false)) {
       return MP_ABORTED;
@@ -534,8 +598,10 @@ class CudaBackend final : public ForwardBackend {
                             cudaMemcpyDeviceToHost, s_));
     MP_CUDA(cudaMemcpyAsync(logits, d_logits_.p, (size_t)B * c_.vocab_size * 4,
                             cudaMemcpyDeviceToHost, s_));
-    MP_CUDA(cudaStreamSynchronize(s_));
-    if (stream_rows > 0) MP_CUDA(cudaStreamSynchronize(copy_));
+    trace("decode: step queued, waiting for the GPU");
+    gpu::stream_wait(s_, "the decode step");
+    if (stream_rows > 0) gpu::stream_wait(copy_, "the decode step's KV copies");
+    trace("decode: step done");
 
     // Host caches: row pos_i of every layer.
     for (int32_t l = 0; l < NL; l++) {
@@ -543,8 +609,12 @@ class CudaBackend final : public ForwardBackend {
       const bf16 *sv = sk + (size_t)B * kvrow;
       for (int32_t i = 0; i < B; i++) write_host_row(*ss[i], l, pos[(size_t)i], sk, sv, i);
     }
-    for (int32_t i = 0; i < B; i++)
-      if (st[(size_t)i]->resident) st[(size_t)i]->rows = pos[(size_t)i] + 1;
+    for (int32_t i = 0; i < B; i++) {
+      CudaSession &cs = *st[(size_t)i];
+      if (cs.resident) cs.rows = pos[(size_t)i] + 1;
+      for (int32_t l = 0; l < NL; l++)
+        if (!ss[i]->layer_is_dense(l)) cs.wrows[(size_t)l]++;  // the appended row
+    }
     return MP_OK;
   }
 
@@ -552,8 +622,11 @@ class CudaBackend final : public ForwardBackend {
   // hooks
 
   void session_truncated(Session &s, int64_t n) override {
-    if (auto *cs = dynamic_cast<CudaSession *>(s.backend_state.get()))
+    if (auto *cs = dynamic_cast<CudaSession *>(s.backend_state.get())) {
       cs->rows = std::min(cs->rows, n);
+      for (auto &w : cs->wbase) w = -1;  // windows are filled again from the host rows
+      for (auto &r : cs->wrows) r = 0;
+    }
   }
 
   int64_t session_device_bytes(const Session &s) const override {
@@ -579,13 +652,15 @@ class CudaBackend final : public ForwardBackend {
  private:
   const bf16 *head_ptr() const { return c_.tied_embeddings ? embd_.p : head_.p; }
 
+  // What a captured decode graph depends on besides the data in its buffers: the batch
+  // size (grids, row counts), the split count, and the workspace generation (bumped
+  // whenever a decode workspace is reallocated, so no stale address survives).
   struct GraphKey {
-    int32_t B;
-    int splits;
-    const void *x, *ws, *seqs, *stage;
+    int32_t B = 0;
+    int splits = 0;
+    int64_t gen = 0;
     bool operator==(const GraphKey &o) const {
-      return B == o.B && splits == o.splits && x == o.x && ws == o.ws && seqs == o.seqs &&
-             stage == o.stage;
+      return B == o.B && splits == o.splits && gen == o.gen;
     }
   };
 
@@ -595,9 +670,11 @@ class CudaBackend final : public ForwardBackend {
       (void)cudaGraphExecDestroy(graph_exec_);
       graph_exec_ = nullptr;
     }
-    MP_CUDA(cudaStreamSynchronize(s_));
+    gpu::stream_wait(s_, "the work before a graph capture");
     cudaGraph_t g = nullptr;
-    MP_CUDA(cudaStreamBeginCapture(s_, cudaStreamCaptureModeRelaxed));
+    // Thread-local mode: an unsafe call from this thread during the capture fails the
+    // capture (and graphs are then off) instead of racing it.
+    MP_CUDA(cudaStreamBeginCapture(s_, cudaStreamCaptureModeThreadLocal));
     bool ok = true;
     try {
       body(true);
@@ -684,6 +761,10 @@ class CudaBackend final : public ForwardBackend {
       auto cs = std::make_unique<CudaSession>();
       cs->k.resize((size_t)c_.n_layers);
       cs->v.resize((size_t)c_.n_layers);
+      cs->wk.resize((size_t)c_.n_layers);
+      cs->wv.resize((size_t)c_.n_layers);
+      cs->wbase.assign((size_t)c_.n_layers, -1);
+      cs->wrows.assign((size_t)c_.n_layers, 0);
       s.backend_state = std::move(cs);
     }
     return static_cast<CudaSession *>(s.backend_state.get());
@@ -771,38 +852,110 @@ class CudaBackend final : public ForwardBackend {
       d_of_.ensure(mem_, (size_t)B * H_ * d_, "decode workspace");
       d_seqs_.ensure(mem_, (size_t)NL * B, "decode workspace");
       d_stage_.ensure(mem_, (size_t)NL * B * 2 * Hkv_ * d_, "decode workspace");
+      d_lse_.ensure(mem_, (size_t)B * H_, "decode workspace");
+      d_ocpu_.ensure(mem_, (size_t)B * H_ * d_, "decode workspace");
+      d_lcpu_.ensure(mem_, (size_t)B * H_, "decode workspace");
       ws_batch_ = B;
+      ws_gen_++;
     }
   }
 
-  // Sparse layers of non-DENSE sessions: the policy on the CPU computes the attention
-  // over the session's host rows 0..pos (row pos written first).
-  void cpu_layer_attention(Session *const *ss, int32_t B, int32_t l,
-                           const std::vector<int64_t> &pos, const bf16 *dk, bf16 *sk,
-                           const bf16 *sv) {
-    std::vector<int32_t> rows;
-    for (int32_t i = 0; i < B; i++)
-      if (!ss[i]->layer_is_dense(l)) rows.push_back(i);
-    if (rows.empty()) return;
+  // ------------------------------------------------------------
+  // split decode of sparse layers (policy.h): windows and the per-layer hand-off
+
+  // Window slot of token t (see the file comment); the window holds slots [0, slot(pos)].
+  static int64_t window_slot(const Session &s, int64_t t, int64_t E) {
+    const int64_t S = s.attention().sinks;
+    return t < S ? t : S + t - std::max(E, S);
+  }
+
+  // Makes layer l's window hold the exact part's rows before `pos` for this step's E
+  // (row `pos` itself is appended on the device by kv_append): re-fills the local slots
+  // from the host rows when E moved, uploads the rows written since, grows when needed.
+  void sync_window(Session &s, CudaSession &cs, int32_t l, int64_t pos, int64_t E) {
+    const int64_t S = s.attention().sinks;
+    const int64_t need = window_slot(s, pos, E) + 1;  // slots after this step's append
+    if (cs.wcap < need || !cs.wk[(size_t)l].p) {
+      const mp_attention_params &a = s.attention();
+      int64_t cap = std::max<int64_t>(cs.wcap, (int64_t)a.sinks + a.window + a.gen_buffer + 16);
+      while (cap < need) cap *= 2;
+      grow_windows(s, cs, cap);
+    }
+    if (cs.wbase[(size_t)l] != std::max(E, S))  // E moved: the local slots are stale
+      cs.wrows[(size_t)l] = std::min<int64_t>(cs.wrows[(size_t)l], S);
+    cs.wbase[(size_t)l] = std::max(E, S);
+    const int64_t have = cs.wrows[(size_t)l], want = need - 1;  // slots [have, want) missing
+    if (have >= want) {
+      cs.wrows[(size_t)l] = want;
+      return;
+    }
+    const size_t row_b = (size_t)d_ * sizeof(bf16), pitch = (size_t)cs.wcap * row_b;
+    auto upload = [&](int64_t slot0, int64_t t0, int64_t rows) {
+      if (rows <= 0) return;
+      MP_CUDA(cudaMemcpy2DAsync(cs.wk[(size_t)l].p + (size_t)slot0 * d_, pitch, s.k_row(l, 0, t0),
+                                (size_t)s.capacity() * row_b, (size_t)rows * row_b, Hkv_,
+                                cudaMemcpyHostToDevice, s_));
+      MP_CUDA(cudaMemcpy2DAsync(cs.wv[(size_t)l].p + (size_t)slot0 * d_, pitch, s.v_row(l, 0, t0),
+                                (size_t)s.capacity() * row_b, (size_t)rows * row_b, Hkv_,
+                                cudaMemcpyHostToDevice, s_));
+    };
+    const int64_t sink_end = std::min(S, pos);  // sinks present before this step
+    if (have < sink_end) upload(have, have, sink_end - have);
+    // local tokens [wbase, pos): slots S + (t − wbase)
+    const int64_t wb = cs.wbase[(size_t)l];
+    const int64_t slot0 = std::max(have, S);
+    const int64_t t0 = wb + (slot0 - S);
+    if (pos > S) upload(slot0, t0, pos - t0);
+    cs.wrows[(size_t)l] = want;
+  }
+
+  // Reallocates every sparse layer's window of a session with `cap` slots, keeping the
+  // valid ones.
+  void grow_windows(Session &s, CudaSession &cs, int64_t cap) {
+    const size_t row_b = (size_t)d_ * sizeof(bf16);
+    for (int32_t l = 0; l < c_.n_layers; l++) {
+      if (s.layer_is_dense(l)) continue;
+      for (auto *vec : {&cs.wk, &cs.wv}) {
+        Arr<bf16> fresh;
+        fresh.ensure(mem_, (size_t)Hkv_ * cap * d_, "a session's local window on the GPU");
+        Arr<bf16> &old = (*vec)[(size_t)l];
+        if (old.p && cs.wrows[(size_t)l] > 0)
+          MP_CUDA(cudaMemcpy2DAsync(fresh.p, (size_t)cap * row_b, old.p, (size_t)cs.wcap * row_b,
+                                    (size_t)cs.wrows[(size_t)l] * row_b, Hkv_,
+                                    cudaMemcpyDeviceToDevice, s_));
+        gpu::stream_wait(s_, "a window reallocation");
+        old = std::move(fresh);
+      }
+    }
+    cs.wcap = cap;
+  }
+
+  // Attention of layer l when some session of the batch attends it through its policy:
+  // every row's exact part on the GPU (window or cache; f32 out + LSE), the offloaded parts
+  // on the CPU meanwhile, one merge into d_att_.
+  void split_layer_attention(Session *const *ss, int32_t B, int32_t l,
+                             const std::vector<int64_t> &pos, const std::vector<int64_t> &E,
+                             const gpu::SeqKV *dseq) {
     const int64_t Hd = (int64_t)H_ * d_;
     float *hq = h_q_.ensure((size_t)B * Hd);
     float *ho = h_o_.ensure((size_t)B * Hd);
+    float *hl = h_lse_.ensure((size_t)B * H_);
+    // q (f32) to the host, marked by an event; the exact part queued right behind it.
     gpu::convert<bf16, float>(d_qkv_.p, d_qf_.p, (int64_t)B * QKV_, s_);
     MP_CUDA(cudaMemcpy2DAsync(hq, (size_t)Hd * 4, d_qf_.p, (size_t)QKV_ * 4, (size_t)Hd * 4, B,
                               cudaMemcpyDeviceToHost, s_));
-    MP_CUDA(cudaMemcpyAsync(sk, dk, (size_t)B * 2 * Hkv_ * d_ * sizeof(bf16),
-                            cudaMemcpyDeviceToHost, s_));
-    MP_CUDA(cudaStreamSynchronize(s_));  // q and this layer's staged K/V rows are on the host
-    for (int32_t i : rows) {
-      Session &s = *ss[i];
-      write_host_row(s, l, pos[(size_t)i], sk, sv, i);
-      policy_decode_attention(s, l, pos[(size_t)i], hq + (size_t)i * Hd, ho + (size_t)i * Hd);
-    }
-    for (int32_t i : rows) {
-      MP_CUDA(cudaMemcpyAsync(d_of_.p + (size_t)i * Hd, ho + (size_t)i * Hd, (size_t)Hd * 4,
-                              cudaMemcpyHostToDevice, s_));
-      gpu::convert<float, bf16>(d_of_.p + (size_t)i * Hd, d_att_.p + (size_t)i * Hd, Hd, s_);
-    }
+    MP_CUDA(cudaEventRecord(ev_q_, s_));
+    gpu::attention_decode<bf16, float>(d_qkv_.p, QKV_, dseq, B, H_, Hkv_, d_, splits_, d_of_.p,
+                                       d_lse_.p, d_ws_.p, s_);
+    gpu::event_wait(ev_q_, "the decode step's queries");
+    trace("decode: layer %d: CPU part starts", l);
+    // The offloaded parts (E = 0 for sessions that attend this layer exactly: none).
+    policy_split_offloaded(ss, B, l, pos.data(), E.data() + (size_t)l * B, hq, ho, hl);
+    trace("decode: layer %d: CPU part done", l);
+    MP_CUDA(cudaMemcpyAsync(d_ocpu_.p, ho, (size_t)B * Hd * 4, cudaMemcpyHostToDevice, s_));
+    MP_CUDA(cudaMemcpyAsync(d_lcpu_.p, hl, (size_t)B * H_ * 4, cudaMemcpyHostToDevice, s_));
+    gpu::merge<float, float, bf16>(d_of_.p, d_lse_.p, d_ocpu_.p, d_lcpu_.p, B * H_, d_, d_att_.p,
+                                   nullptr, s_);
   }
 
   void write_host_row(Session &s, int32_t l, int64_t p, const bf16 *sk, const bf16 *sv, int i) {
@@ -833,17 +986,22 @@ class CudaBackend final : public ForwardBackend {
   GraphKey graph_key_{};
   bool graphs_failed_ = false;
   std::string graph_error_;
+  GraphKey seen_key_{};  // the previous graphable step's key (capture on a repeat)
+  bool seen_valid_ = false;
+  int64_t ws_gen_ = 0;
   int32_t ws_batch_ = 0;
   int splits_ = 1;
   Arr<float> d_x_, d_logits_, d_qf_, d_of_, d_ws_;
   Arr<bf16> d_xb_, d_qkv_, d_att_, d_gu_, d_h_, d_stage_;
+  Arr<float> d_lse_, d_ocpu_, d_lcpu_;  // split decode: exact-part LSE, CPU part out + LSE
+  cudaEvent_t ev_q_ = nullptr;          // split decode: q is on the host
   Arr<int32_t> d_pos_, d_tok_;
   Arr<gpu::SeqKV> d_seqs_;
   Arr<bf16> stream_k_[2], stream_v_[2];
   Pinned<gpu::SeqKV> h_seqs_;
   Pinned<int32_t> h_pos_, h_tok_;
   Pinned<bf16> h_stage_;
-  Pinned<float> h_q_, h_o_;
+  Pinned<float> h_q_, h_o_, h_lse_;
   Pinned<uint8_t> h_upload_;
 };
 

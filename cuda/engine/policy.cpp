@@ -306,3 +306,113 @@ bool policy_load_section(Session &s, uint32_t tag, SnapshotReader &r) {
 }
 
 }  // namespace mp
+
+// ------------------------------------------------------------
+// split decode (policy.h): the exact part is the caller's, the offloaded part is here.
+// The same decisions as policy_decode_attention(), in two calls.
+
+namespace mp {
+
+int64_t policy_split_begin(Session &s, int32_t layer, int64_t pos) {
+  const mp_attention_params &a = s.attention();
+  // The query's own row is always exact here (window >= 1): the caller computes that row
+  // and its host copy may not exist yet.
+  const int64_t S = a.sinks, W = std::max<int64_t>(a.window, 1);
+  if (a.method == MP_ATTN_MAGICPIG) {
+    State &st = state(s);
+    LayerState &ls = st.layers[(size_t)layer];
+    int64_t E = ls.index ? index_end(s, ls) : S;
+    if (pos + 1 - E > W + a.gen_buffer && pos + 1 - W > S) {
+      advance(s, layer, pos + 1 - W);
+      E = index_end(s, ls);
+    }
+    return (!ls.index || E <= S) ? S : E;
+  }
+  if (a.method == MP_ATTN_DENSE) return S;
+  return std::max(S, pos + 1 - W);
+}
+
+void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const int64_t *pos,
+                            const int64_t *E, const float *q, float *out, float *lse2) {
+  if (n <= 0) return;
+  const mp_model_config &c = ss[0]->engine().config();
+  const int H = c.n_heads, d = c.head_dim;
+  const size_t Hd = (size_t)H * d;
+  // MAGICPIG sessions with an offloaded part: one batched retrieval + sampled attention.
+  std::vector<int32_t> mp_rows;
+  for (int32_t i = 0; i < n; i++) {
+    Session &s = *ss[i];
+    const int64_t S = s.attention().sinks;
+    if (E[i] <= S) {
+      std::fill(out + (size_t)i * Hd, out + (size_t)(i + 1) * Hd, 0.0f);
+      std::fill(lse2 + (size_t)i * H, lse2 + (size_t)(i + 1) * H, -INFINITY);
+      continue;
+    }
+    if (s.attention().method == MP_ATTN_MAGICPIG) {
+      mp_rows.push_back(i);
+      continue;
+    }
+    // Baselines: one session at a time (each parallel inside).
+    const mp_attention_params &a = s.attention();
+    State &st = state(s);
+    LayerState &ls = st.layers[(size_t)layer];
+    if (st.nnz.size() < (size_t)H) st.nnz.resize((size_t)H);
+    baseline::KV kv;
+    kv.view = kv_view(s, layer, S);
+    kv.n = E[i] - S;
+    kv.Hkv = c.n_kv_heads;
+    kv.d = d;
+    const float *qi = q + (size_t)i * Hd;
+    float *oi = out + (size_t)i * Hd, *li = lse2 + (size_t)i * H;
+    switch (a.method) {
+      case MP_ATTN_TOPK:
+        baseline::topk(kv, qi, H, a.budget, oi, li, st.nnz.data());
+        break;
+      case MP_ATTN_QUEST:
+        baseline::quest_pages(kv, a.page_size, ls.quest);
+        baseline::quest(kv, qi, H, a.budget, a.page_size, oi, li, st.nnz.data(), &ls.quest);
+        break;
+      case MP_ATTN_ORACLE: {
+        const uint64_t seed = a.seed + 0x9e3779b97f4a7c15ull * (uint64_t)(layer + 1) +
+                              0xbf58476d1ce4e5b9ull * (uint64_t)pos[i];
+        baseline::oracle(kv, qi, H, a.budget, seed, oi, li, st.nnz.data());
+        break;
+      }
+      default:
+        MP_FAIL(MP_ERR_INTERNAL, "attention method %d has no decode policy", a.method);
+    }
+    double attended = 0;
+    for (int h = 0; h < H; h++) attended += st.nnz[(size_t)h];
+    s.add_key_stats(attended, (double)H * (double)(E[i] - S));
+  }
+  if (mp_rows.empty()) return;
+  const size_t B = mp_rows.size();
+  std::vector<const lsh::Index *> idx(B);
+  std::vector<lsh::KVView> kv(B);
+  std::vector<float> qb(B * Hd), ob(B * Hd), lb(B * (size_t)H);
+  std::vector<int32_t> nnz(B * (size_t)H);
+  for (size_t j = 0; j < B; j++) {
+    Session &s = *ss[mp_rows[j]];
+    idx[j] = state(s).layers[(size_t)layer].index.get();
+    kv[j] = kv_view(s, layer, s.attention().sinks);
+    std::copy(q + (size_t)mp_rows[j] * Hd, q + (size_t)(mp_rows[j] + 1) * Hd, qb.data() + j * Hd);
+  }
+  lsh::Batch batch;
+  batch.idx = idx.data();
+  batch.kv = kv.data();
+  batch.B = (int)B;
+  batch.H = H;
+  batch.q = qb.data();
+  lsh::attention(batch, 0, nullptr, nullptr, 0, ob.data(), lb.data(), nnz.data(), nullptr);
+  for (size_t j = 0; j < B; j++) {
+    const int32_t i = mp_rows[j];
+    std::copy(ob.data() + j * Hd, ob.data() + (j + 1) * Hd, out + (size_t)i * Hd);
+    std::copy(lb.data() + j * H, lb.data() + (j + 1) * H, lse2 + (size_t)i * H);
+    double attended = 0;
+    for (int h = 0; h < H; h++) attended += nnz[j * H + h];
+    Session &s = *ss[i];
+    s.add_key_stats(attended, (double)H * (double)(E[i] - s.attention().sinks));
+  }
+}
+
+}  // namespace mp

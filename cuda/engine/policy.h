@@ -32,6 +32,30 @@ class SnapshotReader;
 void policy_decode_attention(Session &s, int32_t layer, int64_t pos, const float *q,
                              float *out);
 
+// ------------------------------------------------------------
+// Split decode (a forward backend that attends the exact part itself, e.g. the CUDA
+// backend: sinks, local window and generated tokens on the GPU; the offloaded part on the
+// CPU; the two merged by their base-2 LSEs). For a sparse layer at a decode step whose
+// query sits at `pos`, the session's rows 0..pos split into
+//   exact     [0, min(S, pos + 1)) ∪ [E, pos]    (S = attention.sinks)
+//   offloaded [S, E)                             (empty when E == S: all rows are exact)
+// and merge(exact, offloaded) equals policy_decode_attention() up to rounding (with
+// attention.window = 0 the split path keeps the query's own row exact: E <= pos; the host
+// copy of row `pos` need not exist during the step).
+//
+// policy_split_begin: does what policy_decode_attention() does before attending (MAGICPIG
+// flushes the generation buffer into the index; needs host rows < pos only) and returns
+// E >= S. Call once per (session, sparse layer, step), before policy_split_offloaded.
+int64_t policy_split_begin(Session &s, int32_t layer, int64_t pos);
+
+// The offloaded part for n sessions of one step at one layer (sparse in each of them):
+// q[n][H][d] after RoPE, E[i] from policy_split_begin. Writes out[n][H][d] and base-2
+// lse2[n][H] (zeros and −∞ for a session with E == S) and adds each session's key stats
+// as policy_decode_attention() would. MAGICPIG sessions are retrieved and sampled in one
+// batched call (OpenMP over sessions × heads); runs on the calling thread.
+void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const int64_t *pos,
+                            const int64_t *E, const float *q, float *out, float *lse2);
+
 // mp_session_commit: end of a turn (index the new tokens). No-op for non-MAGICPIG.
 void policy_commit(Session &s);
 

@@ -156,6 +156,20 @@ void require_device();
 // Multiprocessor count of the current device (cached per device).
 int sm_count();
 
+// Waits until the work queued on `s` has finished, like cudaStreamSynchronize, but never
+// forever: after $MP_GPU_TIMEOUT seconds (default 120) it throws MP_ERR_CUDA_FATAL naming
+// `what` ("the GPU did not finish <what> within 120 s"), so a hung kernel fails a call
+// instead of hanging the process. Spins (yielding) for the first 20 ms, then polls every
+// 0.5 ms.
+void stream_wait(cudaStream_t s, const char *what);
+void event_wait(cudaEvent_t e, const char *what);
+
+// True when $MP_TRACE is set to a non-empty value other than "0": the engine then writes a
+// line per stage of its GPU work to stderr (diagnostics on the GPU server only).
+bool trace_enabled();
+// printf-style line to stderr with a timestamp, when trace_enabled().
+void trace(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 // ------------------------------------------------------------
 // kernel variants (tests and benchmarks force one; 0 = automatic choice)
 

@@ -4,7 +4,13 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "gpu/cuda_util.h"
@@ -43,6 +49,72 @@ int sm_count() {
     cache[dev] = n > 0 ? n : 1;
   }
   return cache[dev];
+}
+
+// ------------------------------------------------------------
+// bounded waits and tracing
+
+static double gpu_timeout_s() {
+  static const double t = [] {
+    const char *v = std::getenv("MP_GPU_TIMEOUT");
+    const double x = v ? std::atof(v) : 0.0;
+    return x > 0 ? x : 120.0;
+  }();
+  return t;
+}
+
+template <class Query>
+static void bounded_wait(Query &&query, const char *what) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  for (long polls = 0;; polls++) {
+    const cudaError_t rc = query();
+    if (rc == cudaSuccess) return;
+    if (rc != cudaErrorNotReady) cuda_throw(rc, what, __FILE__, __LINE__);
+    if ((polls & 63) == 0) {
+      const double el = std::chrono::duration<double>(clock::now() - t0).count();
+      if (el > gpu_timeout_s())
+        MP_FAIL(MP_ERR_CUDA_FATAL,
+                "the GPU did not finish %s within %.0f s (a hung kernel?); set MP_GPU_TIMEOUT "
+                "to wait longer",
+                what, gpu_timeout_s());
+      if (el > 0.02) {
+        std::this_thread::sleep_for(std::chrono::microseconds(500));
+        continue;
+      }
+    }
+    std::this_thread::yield();
+  }
+}
+
+void stream_wait(cudaStream_t s, const char *what) {
+  bounded_wait([&] { return cudaStreamQuery(s); }, what);
+}
+
+void event_wait(cudaEvent_t e, const char *what) {
+  bounded_wait([&] { return cudaEventQuery(e); }, what);
+}
+
+bool trace_enabled() {
+  static const bool on = [] {
+    const char *v = std::getenv("MP_TRACE");
+    return v && *v && std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+void trace(const char *fmt, ...) {
+  if (!trace_enabled()) return;
+  static const auto t0 = std::chrono::steady_clock::now();
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  std::fprintf(stderr, "[mp %10.3f ms] %s\n", ms, buf);
+  std::fflush(stderr);
 }
 
 std::string describe() {
