@@ -110,6 +110,24 @@ function tokens(n: number, seed: number): Int32Array<ArrayBuffer> {
 const denseOpts = { attention: { method: AttentionMethod.DENSE } };
 // A non-DENSE method whose sparse layer (1) goes to the CPU policy; layers 0 and 2 dense.
 const sparseOpts = { attention: { method: AttentionMethod.MAGICPIG, denseLayers: [0, 2] } };
+// MAGICPIG with an index after commit and a small window and generation buffer, so that
+// decode splits layer 1 (GPU window + CPU sample) and flushes the buffer every few steps;
+// K1L1024 samples every key (u = 1 within rounding), so the result must equal dense.
+const splitOpts = {
+  attention: {
+    method: AttentionMethod.MAGICPIG,
+    denseLayers: [0, 2],
+    sinks: 4,
+    window: 16,
+    genBuffer: 3,
+    lshK: 1,
+    lshL: 1024,
+  },
+};
+// TOPK over every offloaded key (budget 1): the window slides every step.
+const topkOpts = {
+  attention: { method: AttentionMethod.TOPK, denseLayers: [0, 2], window: 16, budget: 1 },
+};
 
 Deno.test({
   name: "CUDA engine: chunked and follow-up prefill match the CPU engine",
@@ -120,6 +138,7 @@ Deno.test({
     const V = cfg.vocab_size;
     const f: (string | null)[] = [];
     const prompt = tokens(300, 1), more = tokens(77, 2);
+    console.log("prefill 300 tokens (chunks of 96) on both engines, then 77 more");
     const lc = new Float32Array(V), lg = new Float32Array(V);
     await using sc = await Session.create(cpu, denseOpts);
     await using sg = await Session.create(gpu, denseOpts);
@@ -146,14 +165,18 @@ Deno.test({
     await using gpu = await makeEngine(Backend.CUDA);
     const V = cfg.vocab_size;
     const f: (string | null)[] = [];
+    // Graph case last: a failure there leaves the others' results printed first.
     for (
-      const [name, placement, opts, graphs] of [
-        ["resident, CUDA graph", KvPlacement.RESIDENT, denseOpts, Graphs.ON],
-        ["resident, no graph", KvPlacement.RESIDENT, denseOpts, Graphs.OFF],
-        ["streamed", KvPlacement.STREAMED, denseOpts, Graphs.AUTO],
-        ["policy layer on the CPU", KvPlacement.AUTO, sparseOpts, Graphs.AUTO],
+      const [name, placement, opts, graphs, commit] of [
+        ["resident, no graph", KvPlacement.RESIDENT, denseOpts, Graphs.OFF, false],
+        ["streamed", KvPlacement.STREAMED, denseOpts, Graphs.AUTO, false],
+        ["policy layer, no index yet", KvPlacement.AUTO, sparseOpts, Graphs.AUTO, false],
+        ["split decode: MAGICPIG index + flushes", KvPlacement.AUTO, splitOpts, Graphs.AUTO, true],
+        ["split decode: TOPK sliding window", KvPlacement.AUTO, topkOpts, Graphs.AUTO, false],
+        ["resident, CUDA graph", KvPlacement.RESIDENT, denseOpts, Graphs.ON, false],
       ] as const
     ) {
+      console.log(`case: ${name}: prefill 3 sessions, then 8 decode steps`);
       setKernel("kv", placement);
       setKernel("graphs", graphs);
       try {
@@ -163,20 +186,33 @@ Deno.test({
           const c = await Session.create(cpu, opts), g = await Session.create(gpu, opts);
           await c.prefill(tokens(n, 10 + i));
           await g.prefill(tokens(n, 10 + i));
+          if (commit) await c.commit(), await g.commit();
           cs.push(c), gs.push(g);
         }
         let worst = 0;
+        const steps = 8;
         const lc = new Float32Array(3 * V), lg = new Float32Array(3 * V);
-        for (let step = 0; step < 6; step++) {
+        for (let step = 0; step < steps; step++) {
           const t = tokens(3, 100 + step);
           await decodeStep(cpu, cs, t, lc);
           await decodeStep(gpu, gs, t, lg);
           worst = Math.max(worst, relError(lg, lc));
         }
         f.push(
-          check("engine", `decode 6 steps, batch of 3 (lengths ${lens}), ${name}`, worst, 2.5e-2),
+          check(
+            "engine",
+            `decode ${steps} steps, batch of 3 (lengths ${lens}), ${name}`,
+            worst,
+            2.5e-2,
+          ),
         );
-        assertEquals(gs.map((s) => s.info().nTokens), lens.map((n) => n + 6));
+        assertEquals(gs.map((s) => s.info().nTokens), lens.map((n) => n + steps));
+        if (commit || opts === topkOpts) {
+          // the offloaded part ran (and was counted) on both engines alike
+          const [ci, gi] = [cs[2].info(), gs[2].info()];
+          assert(gi.keysOffloaded > 0, `${name}: nothing was offloaded`);
+          assertEquals(gi.keysOffloaded, ci.keysOffloaded);
+        }
         for (const s of [...cs, ...gs]) await s.close();
       } finally {
         setKernel("kv", KvPlacement.AUTO);
@@ -200,6 +236,7 @@ Deno.test({
       await s.prefill(tokens(50, 3), { logits: l });
       return l;
     };
+    console.log("three engines with GPU-generated weights (seeds 7, 7, 8), prefill 50 tokens");
     const a = await logitsOf(7n), b = await logitsOf(7n), c = await logitsOf(8n);
     assert(a.every(Number.isFinite), "non-finite logits");
     assertEquals(Array.from(a), Array.from(b));
@@ -211,6 +248,7 @@ Deno.test({
   name: "CUDA engine: a gpu_memory_budget below the weights is refused with a clear error",
   ignore,
   async fn() {
+    console.log("an engine with a 1 MiB GPU budget generates its weights");
     const e = Engine.create(cfg, { backend: Backend.CUDA, gpuMemoryBudget: 1024n * 1024n });
     try {
       const err = await assertRejects(() => e.initRandom(1n, 0.05), MagicpigError, "budget");
@@ -239,6 +277,7 @@ Deno.test({
     const ref = JSON.parse(
       await Deno.readTextFile(`${dir}/reference/stories260K_reference.json`),
     ) as StoriesRef;
+    console.log("stories260K on the CUDA engine: prompt run, then 256 steps from BOS");
     const model = await loadModel({
       path: `${dir}/stories260K/stories260K.gguf`,
       backend: Backend.CUDA,

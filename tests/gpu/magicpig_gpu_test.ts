@@ -101,6 +101,7 @@ Deno.test({
   name: "a MAGICPIG session of a CUDA engine decodes like dense when every key is sampled",
   ignore,
   async fn() {
+    console.log("CUDA engine, dense and MAGICPIG K1L1024 sessions of 600 tokens, 4 decode steps");
     await using e = Engine.create(config, { backend: Backend.CUDA });
     await e.initRandom(11n, 0.05);
     await e.finalize();
