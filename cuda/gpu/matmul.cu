@@ -15,13 +15,19 @@
 //    through a per-lane permutation of k (logical columns {2t, 2t+1, 2t+8, 2t+9} of a step
 //    are physical k = 8t + {0,1,2,3} for step 0 and 8t + {4..7} for step 1) applied to A and
 //    B alike, so no shuffles or shared-memory staging are needed: the dot products are
-//    unchanged because the sum over k does not care about its order. The 4 warps of a block
-//    split k and reduce through shared memory; blockIdx.y walks 8·NT-row tiles of x, so any
-//    n works (W is re-read per tile, from L2 when it fits). Needs in % 8 == 0 and 16-byte
-//    aligned W/x rows.
+//    unchanged because the sum over k does not care about its order. The WARPS warps of a
+//    block split k and reduce through shared memory; blockIdx.y walks 8·NT-row tiles of x,
+//    so any n works (W is re-read per tile, from L2 when it fits). Needs in % 8 == 0 and
+//    16-byte aligned W/x rows.
+//    WARPS (4, 8 or 16) is chosen per shape so that the grid holds about 24 warps per SM:
+//    a 4096-row matrix has only 256 blocks of 16 rows, and with 4 warps each warp walked
+//    8 dependent load→mma rounds over k = 4096 (31% of HBM bandwidth in GPU run 1); with 16
+//    warps it is 2 rounds and 4× the loads in flight.
 //
 // 3. Simple kernel: one warp per output value, any shape and alignment (tests, odd models
 //    such as stories260K's ffn 172).
+#include <cstdlib>
+
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
 #include "gpu/mma.cuh"
@@ -37,12 +43,12 @@ namespace mp::gpu {
 // kernels
 
 // NT: 8-row tiles of x per block (1 or 2); U: k chunks in flight per warp iteration.
-template <int NT, int U, class OutT>
-__global__ void __launch_bounds__(128)
+template <int NT, int U, int WARPS, class OutT>
+__global__ void __launch_bounds__(32 * WARPS)
     gemm_skinny_kernel(const bf16 *__restrict__ W, const bf16 *__restrict__ x, int64_t ldx,
                        int n, int in, int out, OutT *__restrict__ y, int64_t ldy,
                        int accumulate) {
-  __shared__ float red[4][NT][4][32];
+  __shared__ float red[WARPS][NT][4][32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int r0 = blockIdx.x * 16;
@@ -66,11 +72,11 @@ __global__ void __launch_bounds__(128)
 
   const int nchunks = (in + 31) >> 5;
   const uint4 zero = make_uint4(0, 0, 0, 0);
-  for (int c0 = warp; c0 < nchunks; c0 += 4 * U) {
+  for (int c0 = warp; c0 < nchunks; c0 += WARPS * U) {
     uint4 va[U], vb[U], vx[U][NT];
 #pragma unroll
     for (int u = 0; u < U; u++) {
-      const int c = c0 + 4 * u;
+      const int c = c0 + WARPS * u;
       const int k = c * 32;
       const bool kv = c < nchunks && k + 8 * t + 8 <= in;
       va[u] = (kv && ra) ? ld_stream_16(wa + k) : zero;
@@ -99,8 +105,9 @@ __global__ void __launch_bounds__(128)
   for (int j = 0; j < NT; j++) {
 #pragma unroll
     for (int e = 0; e < 4; e++) {
-      const float v = red[0][j][e][lane] + red[1][j][e][lane] + red[2][j][e][lane] +
-                      red[3][j][e][lane];
+      float v = 0.f;
+#pragma unroll
+      for (int w = 0; w < WARPS; w++) v += red[w][j][e][lane];
       // c0,c1: (W row g, x row 2t, 2t+1); c2,c3: (W row g+8, same x rows).
       const int orow = r0 + g + ((e & 2) ? 8 : 0);
       const int xrow = m0 + 8 * j + 2 * t + (e & 1);
@@ -177,19 +184,44 @@ Gemm::~Gemm() {
 #endif
 }
 
+// Warps per block for a grid of `blocks` blocks over k = in: about 24 warps per SM, and at
+// least U chunks of 32 per warp. $MP_SKINNY_WARPS (4, 8 or 16) forces it (opbench).
+static int skinny_warps(int64_t blocks, int in) {
+  static const int forced = [] {
+    const char *v = std::getenv("MP_SKINNY_WARPS");
+    return v ? std::atoi(v) : 0;
+  }();
+  if (forced == 4 || forced == 8 || forced == 16) return forced;
+  const int64_t target = 24LL * sm_count();
+  const int64_t chunks = (in + 31) / 32;
+  int w = 4;
+  while (w < 16 && blocks * w < target && chunks >= 2LL * w * 4) w *= 2;
+  return w;
+}
+
+template <int NT, int WARPS, class OutT>
+static void launch_skinny_w(dim3 grid, const bf16 *W, const bf16 *x, int64_t ldx, int n, int in,
+                            int out, OutT *y, int64_t ldy, bool accumulate, cudaStream_t s) {
+  gemm_skinny_kernel<NT, 4, WARPS, OutT>
+      <<<grid, 32 * WARPS, 0, s>>>(W, x, ldx, n, in, out, y, ldy, accumulate ? 1 : 0);
+}
+
 template <class OutT>
 static void launch_skinny(const bf16 *W, const bf16 *x, int64_t ldx, int n, int in, int out,
                           OutT *y, int64_t ldy, bool accumulate, cudaStream_t s) {
   const unsigned gx = (unsigned)((out + 15) / 16);
+  const unsigned gy = n <= 8 ? 1u : (unsigned)((n + 15) / 16);
+  MP_CHECK(gy <= 65535u, MP_ERR_INVALID, "matmul: n = %d is too large for the skinny kernel", n);
+  const dim3 grid(gx, gy);
+  const int w = skinny_warps((int64_t)gx * gy, in);
   if (n <= 8) {
-    gemm_skinny_kernel<1, 4, OutT>
-        <<<dim3(gx, 1), 128, 0, s>>>(W, x, ldx, n, in, out, y, ldy, accumulate ? 1 : 0);
+    if (w == 16) launch_skinny_w<1, 16, OutT>(grid, W, x, ldx, n, in, out, y, ldy, accumulate, s);
+    else if (w == 8) launch_skinny_w<1, 8, OutT>(grid, W, x, ldx, n, in, out, y, ldy, accumulate, s);
+    else launch_skinny_w<1, 4, OutT>(grid, W, x, ldx, n, in, out, y, ldy, accumulate, s);
   } else {
-    const unsigned gy = (unsigned)((n + 15) / 16);
-    MP_CHECK(gy <= 65535u, MP_ERR_INVALID, "matmul: n = %d is too large for the skinny kernel",
-             n);
-    gemm_skinny_kernel<2, 4, OutT>
-        <<<dim3(gx, gy), 128, 0, s>>>(W, x, ldx, n, in, out, y, ldy, accumulate ? 1 : 0);
+    if (w == 16) launch_skinny_w<2, 16, OutT>(grid, W, x, ldx, n, in, out, y, ldy, accumulate, s);
+    else if (w == 8) launch_skinny_w<2, 8, OutT>(grid, W, x, ldx, n, in, out, y, ldy, accumulate, s);
+    else launch_skinny_w<2, 4, OutT>(grid, W, x, ldx, n, in, out, y, ldy, accumulate, s);
   }
   MP_CUDA_LAUNCH("gemm_skinny_kernel");
 }
