@@ -14,6 +14,7 @@
  */
 import { ConfigError, parseConfig } from "./engine/config.ts";
 import { Logger } from "./engine/log.ts";
+import { loadApiKeys } from "./routes/_auth.ts";
 import { startServer } from "./server.ts";
 
 /** Runs the server until a signal; returns the exit code. */
@@ -40,6 +41,13 @@ export async function main(args: readonly string[]): Promise<number> {
       error: r instanceof Error ? r.stack ?? r.message : String(r),
     });
   });
+  let apiKeys: string[];
+  try {
+    apiKeys = await loadApiKeys(config.apiKeys, config.apiKeyFile);
+  } catch (e) {
+    console.error(e instanceof Error ? e.message : String(e));
+    return 2;
+  }
   const server = await startServer({
     port: config.port,
     host: config.host,
@@ -48,6 +56,15 @@ export async function main(args: readonly string[]): Promise<number> {
     maxRunning: config.maxRunning,
     maxBodyBytes: config.maxBodyBytes,
     drainTimeoutMs: config.drainTimeoutSeconds * 1000,
+    gpuMemoryBudget: config.gpuMemoryBudget,
+    apiKeys,
+    functions: config.functions,
+    sessions: {
+      dir: config.sessionDir,
+      hostMemoryBudget: config.hostMemoryBudget,
+      defaultTtlSeconds: config.sessionTtlSeconds,
+      maxTtlSeconds: config.sessionMaxTtlSeconds,
+    },
     log,
   });
 

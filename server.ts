@@ -19,7 +19,12 @@
 import type { LLM } from "./engine/llm.ts";
 import { Logger } from "./engine/log.ts";
 import { openLLM, type OpenOptions } from "./engine/load.ts";
+import { Metrics } from "./engine/metrics.ts";
 import { type AppState, createApp } from "./routes/app.ts";
+import { FunctionHost, logSinkFor } from "./engine/functions/host.ts";
+import { llmServices } from "./engine/functions/llm_services.ts";
+import { sessionServices } from "./engine/session_services.ts";
+import { EngineError } from "./engine/errors.ts";
 
 /** Options of {@link startServer}. */
 export interface ServerOptions extends OpenOptions {
@@ -33,8 +38,15 @@ export interface ServerOptions extends OpenOptions {
   drainTimeoutMs?: number;
   /** Logger (default: JSON lines on stdout at info level). */
   log?: Logger;
-  /** Opens the model instead of {@link openLLM} (tests: a model variant). */
-  open?: (log: Logger) => Promise<LLM>;
+  /**
+   * Opens the model instead of {@link openLLM} (tests: a model variant); pass `metrics` on to
+   * `openLLM` so that `/metrics` shows the model's request and session metrics.
+   */
+  open?: (log: Logger, metrics: Metrics) => Promise<LLM>;
+  /** API keys accepted as `Authorization: Bearer`; none: an open server (logged as a warning). */
+  apiKeys?: readonly string[];
+  /** Folder of user functions served at /v1/functions/NAME; null or absent: functions are off. */
+  functions?: string | null;
 }
 
 /** A running server. */
@@ -53,12 +65,34 @@ export interface Server {
 /** Starts listening and loads the model in the background. */
 export async function startServer(options: ServerOptions = {}): Promise<Server> {
   const log = options.log ?? new Logger();
+  const metrics = options.metrics ?? new Metrics();
+  const apiKeys = options.apiKeys ?? [];
   const state: AppState = {
     phase: "loading",
     llm: null,
     log,
     maxBodyBytes: options.maxBodyBytes ?? 16 * 1024 * 1024,
+    apiKeys,
+    metrics,
   };
+  if (apiKeys.length === 0) {
+    log.warn("no API keys configured: the server is open and every caller shares one owner", {
+      hint: "use --api-key, --api-key-file or MAGICPIG_API_KEYS",
+    });
+  }
+  const readyLLM = (): LLM => {
+    if (state.phase === "ready" && state.llm) return state.llm;
+    throw new EngineError("unavailable", "The model is not ready: retry shortly");
+  };
+  state.functions = null;
+  if (options.functions) {
+    state.functions = new FunctionHost({
+      dir: options.functions,
+      services: llmServices(readyLLM, sessionServices(readyLLM)),
+      log: logSinkFor(log),
+    });
+    log.info("functions enabled", { dir: options.functions });
+  }
   const app = createApp(state);
   const { promise: listening, resolve: onListen } = Promise.withResolvers<Deno.NetAddr>();
   const http = Deno.serve({
@@ -78,10 +112,10 @@ export async function startServer(options: ServerOptions = {}): Promise<Server> 
   const url = `http://${host.includes(":") ? `[${host}]` : host}:${addr.port}`;
   log.info("listening", { url, host: addr.hostname, port: addr.port });
 
-  const open = options.open ?? ((l: Logger) => openLLM(options, l));
+  const open = options.open ?? ((l: Logger, m: Metrics) => openLLM({ ...options, metrics: m }, l));
   const ready = (async () => {
     try {
-      const llm = await open(log);
+      const llm = await open(log, metrics);
       if (state.phase === "stopping") {
         await llm.close();
         throw new Error("The server was stopped while the model loaded");
@@ -114,6 +148,7 @@ export async function startServer(options: ServerOptions = {}): Promise<Server> 
         await state.llm.close({ drain: true, timeoutMs: options.drainTimeoutMs ?? 30_000 });
       }
       await httpDone;
+      await state.functions?.close();
       log.info("stopped", { ms: Math.round(performance.now() - t0) });
     })();
 

@@ -6,7 +6,9 @@
  * heads of 128, 128,256 vocab) with seeded random bf16 weights generated on the GPU. For
  * each context length (8K, 32K, 96K by default) one prompt is prefilled once (timed: the
  * prefill figure), then forked (Session.fork) into the batch members of every method:
- *   dense-gpu   exact attention, KV resident on the GPU (where it fits)
+ *   dense-gpu   exact attention, KV resident on the GPU (where it fits); decode steps
+ *               replay a CUDA graph (dense-gpu-nographs: the same launched kernel by kernel,
+ *               at the first context and batch 1 only)
  *   dense-host  exact attention, each layer's KV streamed from host memory every step
  *   magicpig    K10L150 from host memory (dense layers 0 and 16 on the GPU)
  *   topk, quest the baselines at the default 2% budget
@@ -36,7 +38,7 @@ import {
   Session,
   type SessionOptions,
 } from "../ffi/native.ts";
-import { describeGpu, KvPlacement, setKernel } from "../ffi/gpu.ts";
+import { describeGpu, Graphs, KvPlacement, setKernel } from "../ffi/gpu.ts";
 
 // ------------------------------------------------------------
 // options
@@ -64,7 +66,7 @@ function parseArgs(args: string[], gpu: boolean): Options {
     out: null,
     contexts: gpu ? [8192, 32768, 98304] : [512, 2048],
     batches: gpu ? [1, 4, 8, 16] : [1, 4],
-    methods: ["dense-gpu", "dense-host", "magicpig", "topk", "quest"],
+    methods: ["dense-gpu", "dense-gpu-nographs", "dense-host", "magicpig", "topk", "quest"],
     budget: 24n * 2n ** 30n,
     budgetPass: gpu,
     timeLimit: gpu ? 330 : 60,
@@ -155,6 +157,7 @@ interface Method {
   options: SessionOptions;
   placement: number;
   commit: boolean;
+  graphs?: number;
 }
 
 function methodOf(name: string): Method {
@@ -165,6 +168,14 @@ function methodOf(name: string): Method {
         options: { attention: { method: AttentionMethod.DENSE } },
         placement: KvPlacement.RESIDENT,
         commit: false,
+      };
+    case "dense-gpu-nographs":
+      return {
+        name,
+        options: { attention: { method: AttentionMethod.DENSE } },
+        placement: KvPlacement.RESIDENT,
+        commit: false,
+        graphs: Graphs.OFF,
       };
     case "dense-host":
       return {
@@ -195,7 +206,9 @@ function methodOf(name: string): Method {
         commit: true,
       };
   }
-  throw new Error(`Unknown method "${name}": use dense-gpu, dense-host, magicpig, topk or quest`);
+  throw new Error(
+    `Unknown method "${name}": use dense-gpu, dense-gpu-nographs, dense-host, magicpig, topk or quest`,
+  );
 }
 
 // ------------------------------------------------------------
@@ -269,72 +282,164 @@ async function main(): Promise<void> {
   }
   const prefills: PrefillRow[] = [];
   const decodes: DecodeRow[] = [];
-  const methods = o.methods.map(methodOf);
-  const passes: bigint[] = [0n];
-  if (o.budgetPass) passes.push(o.budget);
-  const hostLimit = 100 * GiB; // host memory we allow the bench's sessions to take
+  for (const m of o.methods) methodOf(m); // validates the names
+  const hostLimit = 110 * GiB; // host memory the bench's sessions may take (125 GiB machine)
 
-  for (const budget of passes) {
-    const bname = budget === 0n ? "none" : `${Number(budget) / GiB}GB`;
-    const engine = Engine.create(cfg, {
-      backend: useGpu ? Backend.CUDA : Backend.CPU,
-      gpuMemoryBudget: budget,
-      maxBatch: Math.max(...o.batches, 1),
-      prefillChunk: useGpu ? 8192 : 256,
-    });
-    try {
-      await engine.initRandom(1n, 0.02);
-      await engine.finalize();
-      const vocab = cfg.vocab_size;
-      for (const N of o.contexts) {
-        if (elapsed() > o.timeLimit) {
-          notes.push(`time limit: context ${N} (${bname}) skipped`);
-          break;
-        }
-        const prompt = tokens(N, N, vocab);
-        const base = await Session.create(engine, {
-          attention: { method: AttentionMethod.DENSE },
-          reserveTokens: N + 256,
-        });
-        try {
-          const t0 = performance.now();
-          await base.prefill(prompt);
-          const secs = (performance.now() - t0) / 1000;
-          const info = engine.info();
-          const row: PrefillRow = {
-            budget: bname,
-            context: N,
-            seconds: secs,
-            tokensPerSecond: N / secs,
-            floorSeconds: prefillFlops(cfg, N) / FLOOR.gemm,
-            gpuPeakGiB: Number(info.gpuBytesPeak) / GiB,
-          };
-          prefills.push(row);
-          console.log(
-            `prefill ${bname} ${N}: ${secs.toFixed(2)} s (${
-              row.tokensPerSecond.toFixed(0)
-            } tok/s; ` +
-              `compute floor ${row.floorSeconds.toFixed(2)} s)`,
-          );
-          const perSessionHost = kvBytesPerToken(cfg) * N * (1 + 0.6);
-          for (const m of methods) {
-            for (const B of o.batches) {
-              if (elapsed() > o.timeLimit) break;
-              const r = await decodeRun(engine, base, m, B, N, bname, perSessionHost, hostLimit);
-              if (r) decodes.push(r);
-            }
-          }
-        } finally {
-          await base.close();
-        }
-      }
-    } catch (e) {
-      const msg = `pass ${bname}: ${e instanceof Error ? e.message : e}`;
-      console.log(msg);
-      notes.push(msg);
-    } finally {
-      await engine.close();
+  // Engines (one per budget) and prefilled base sessions are made on first use; the jobs
+  // run in priority order so that the figures that matter most exist when the time limit
+  // stops the run: prefill at every context, batch 1 of the main methods, the budget pass
+  // at the longest context, then larger batches and the other baselines.
+  const engines = new Map<string, Engine>();
+  const bases = new Map<string, Session>();
+  const budgetName = (b: bigint) => (b === 0n ? "none" : `${Number(b) / GiB}GB`);
+  const engineFor = async (budget: bigint): Promise<Engine> => {
+    const key = budgetName(budget);
+    let e = engines.get(key);
+    if (!e) {
+      e = Engine.create(cfg, {
+        backend: useGpu ? Backend.CUDA : Backend.CPU,
+        gpuMemoryBudget: budget,
+        maxBatch: Math.max(...o.batches, 1),
+        prefillChunk: useGpu ? 8192 : 256,
+      });
+      engines.set(key, e);
+      await e.initRandom(1n, 0.02);
+      await e.finalize();
     }
+    return e;
+  };
+  const baseFor = async (budget: bigint, N: number): Promise<Session> => {
+    const bname = budgetName(budget);
+    const key = `${bname}:${N}`;
+    let base = bases.get(key);
+    if (base) return base;
+    const engine = await engineFor(budget);
+    base = await Session.create(engine, {
+      attention: { method: AttentionMethod.DENSE },
+      reserveTokens: N + 256,
+    });
+    bases.set(key, base);
+    const t0 = performance.now();
+    await base.prefill(tokens(N, N, cfg.vocab_size));
+    const secs = (performance.now() - t0) / 1000;
+    if (prefills.some((p) => p.budget === bname && p.context === N)) return base; // again
+    const row: PrefillRow = {
+      budget: bname,
+      context: N,
+      seconds: secs,
+      tokensPerSecond: N / secs,
+      floorSeconds: prefillFlops(cfg, N) / FLOOR.gemm,
+      gpuPeakGiB: Number(engine.info().gpuBytesPeak) / GiB,
+    };
+    prefills.push(row);
+    console.log(
+      `prefill ${bname} ${N}: ${secs.toFixed(2)} s (${row.tokensPerSecond.toFixed(0)} tok/s; ` +
+        `compute floor ${row.floorSeconds.toFixed(2)} s)`,
+    );
+    return base;
+  };
+  const dropBases = async (bname: string) => {
+    for (const [k, b] of bases) {
+      if (k.startsWith(`${bname}:`)) {
+        await b.close();
+        bases.delete(k);
+      }
+    }
+  };
+
+  type Job = { budget: bigint; N: number; method: string; B: number };
+  const jobs: Job[] = [];
+  const want = (m: string) => o.methods.includes(m);
+  const main = ["dense-gpu", "dense-gpu-nographs", "dense-host", "magicpig"].filter(want);
+  const others = ["topk", "quest"].filter(want);
+  const Nmax = o.contexts[o.contexts.length - 1];
+  for (const N of o.contexts) jobs.push({ budget: 0n, N, method: "", B: 0 }); // prefill
+  for (const N of o.contexts) {
+    for (const m of main) {
+      if (m !== "dense-gpu-nographs" || N === o.contexts[0]) {
+        jobs.push({ budget: 0n, N, method: m, B: 1 });
+      }
+    }
+  }
+  if (o.budgetPass) {
+    for (const B of [1, 4].filter((b) => o.batches.includes(b))) {
+      for (const m of ["dense-host", "magicpig", "dense-gpu"].filter(want)) {
+        if (m !== "dense-gpu" || B === 1) jobs.push({ budget: o.budget, N: Nmax, method: m, B });
+      }
+    }
+  }
+  for (const B of o.batches.filter((b) => b !== 1)) {
+    for (const N of o.contexts) {
+      for (const m of main.filter((x) => x !== "dense-gpu-nographs")) {
+        jobs.push({ budget: 0n, N, method: m, B });
+      }
+    }
+  }
+  for (const B of o.batches.filter((b) => b <= 4)) {
+    for (const N of o.contexts) for (const m of others) jobs.push({ budget: 0n, N, method: m, B });
+  }
+
+  try {
+    let lastBudget = 0n;
+    for (const job of jobs) {
+      if (elapsed() > o.timeLimit) {
+        notes.push(
+          `time limit (${o.timeLimit} s) reached: ${jobs.length - jobs.indexOf(job)} jobs skipped`,
+        );
+        break;
+      }
+      if (job.budget !== lastBudget) {
+        // Leaving the budget pass frees its host sessions (the unlimited pass keeps its
+        // bases: the later jobs fork them again).
+        if (lastBudget !== 0n) await dropBases(budgetName(lastBudget));
+        // Entering it frees the unlimited pass's longest base (host memory for the budget
+        // pass's own sessions); it is prefilled again if a later job needs it.
+        if (job.budget !== 0n) {
+          const big = bases.get(`none:${Nmax}`);
+          if (big) {
+            await big.close();
+            bases.delete(`none:${Nmax}`);
+          }
+        }
+        lastBudget = job.budget;
+      }
+      try {
+        const base = await baseFor(job.budget, job.N);
+        if (job.method === "") continue;
+        const engine = await engineFor(job.budget);
+        const perSessionHost = kvBytesPerToken(cfg) * job.N * (1 + 0.6);
+        let held = 0; // host bytes of the base sessions alive now
+        for (const k of bases.keys()) held += kvBytesPerToken(cfg) * Number(k.split(":")[1]);
+        const r = await decodeRun(
+          engine,
+          base,
+          methodOf(job.method),
+          job.B,
+          job.N,
+          budgetName(job.budget),
+          perSessionHost,
+          hostLimit - held,
+        );
+        if (r) {
+          decodes.push(r);
+          const d = r;
+          console.log(
+            `decode ${d.budget} ${d.context} ${d.method} B=${d.batch}: ` +
+              (d.msPerToken === null ? d.note : `${d.msPerToken.toFixed(2)} ms/token, ` +
+                `${d.tokensPerSecond!.toFixed(1)} tok/s`),
+          );
+        }
+      } catch (e) {
+        const msg = `${budgetName(job.budget)} ${job.N} ${job.method || "prefill"}: ${
+          e instanceof Error ? e.message : e
+        }`;
+        console.log(msg);
+        notes.push(msg.slice(0, 300));
+      }
+    }
+  } finally {
+    for (const b of bases.values()) await b.close();
+    for (const e of engines.values()) await e.close();
   }
 
   async function decodeRun(
@@ -363,11 +468,13 @@ async function main(): Promise<void> {
       gpuPeakGiB: Number(engine.info().gpuBytesPeak) / GiB,
       note,
     });
-    if (!useGpu && (m.name === "dense-host")) return null; // the same as dense on the CPU
+    // On the CPU these are the same as plain dense.
+    if (!useGpu && (m.name === "dense-host" || m.name === "dense-gpu-nographs")) return null;
     if (B * perSessionHost > hostLimit) {
       return empty(`skipped: ${B} sessions of ${N} tokens need more host memory than allowed`);
     }
     if (useGpu) setKernel("kv", m.placement);
+    if (useGpu) setKernel("graphs", m.graphs ?? Graphs.AUTO);
     const forks: Session[] = [];
     try {
       for (let i = 0; i < B; i++) {
@@ -409,7 +516,7 @@ async function main(): Promise<void> {
       const weights = matrixParams(cfg) * 2;
       let floorMs: number, what: string;
       const keysFraction = off > 0 ? att / off : null;
-      if (m.name === "dense-gpu") {
+      if (m.name.startsWith("dense-gpu")) {
         floorMs = (weights + B * ctx * kvTok) / FLOOR.hbm * 1e3;
         what = "weights + KV from HBM";
       } else if (m.name === "dense-host") {
@@ -445,6 +552,7 @@ async function main(): Promise<void> {
     } finally {
       for (const f of forks) await f.close();
       if (useGpu) setKernel("kv", KvPlacement.AUTO);
+      if (useGpu) setKernel("graphs", Graphs.AUTO);
     }
   }
 

@@ -105,3 +105,56 @@ export class AbortedError extends Error {
     this.name = "AbortedError";
   }
 }
+
+// ------------------------------------------------------------
+// pinned sessions (the session manager's side of the native layer)
+
+/** Where a session's bytes are (mp_session_info), as plain numbers. */
+export interface SessionMemory {
+  /** Tokens in the KV cache. */
+  nTokens: number;
+  /** Tokens covered by the LSH index (they cannot be truncated away). */
+  nIndexed: number;
+  /** Host bytes held for K, V (allocated capacity) and key norms. */
+  hostKvBytes: number;
+  /** Host bytes held for the LSH index. */
+  hostIndexBytes: number;
+  /** Device bytes held for this session (0 on the CPU backend). */
+  gpuBytes: number;
+}
+
+/**
+ * A session that a session manager keeps between requests: a {@link BackendSession} that
+ * can also be rolled back (a forked or aborted turn), written to disk, and measured.
+ */
+export interface PinnedSession extends BackendSession {
+  /** Drops every token after the first `n` (n >= the indexed length). */
+  truncate(n: number): Promise<void>;
+  /** Writes a checksummed snapshot to `path` atomically (`path`.tmp, fsync, rename). */
+  save(path: string): Promise<void>;
+  /** Lengths and byte counts (cheap, synchronous). */
+  memory(): SessionMemory;
+}
+
+/** Why a snapshot could not be restored. */
+export type SnapshotFailure = "corrupt" | "incompatible" | "io";
+
+/** A snapshot that could not be restored; `reason` says whether it is damaged. */
+export class SnapshotError extends Error {
+  readonly reason: SnapshotFailure;
+  constructor(reason: SnapshotFailure, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "SnapshotError";
+    this.reason = reason;
+  }
+}
+
+/** Creates and restores {@link PinnedSession}s on one engine. */
+export interface SessionStore {
+  /** Host bytes of K and V per token (all layers), for admission estimates. */
+  readonly kvBytesPerToken: number;
+  /** An empty session with room for `reserveTokens`. */
+  create(attention: AttentionOptions, reserveTokens: number): Promise<PinnedSession>;
+  /** Restores a snapshot; throws a {@link SnapshotError}. */
+  load(path: string): Promise<PinnedSession>;
+}

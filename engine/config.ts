@@ -30,6 +30,22 @@ export interface Config {
   maxRunning: number | null;
   /** How long shutdown lets running requests finish before aborting them. */
   drainTimeoutSeconds: number;
+  /** API keys accepted in `Authorization: Bearer`; none (and no key file): an open server. */
+  apiKeys: string[];
+  /** A file with one API key per line (`#` comments); null: none. */
+  apiKeyFile: string | null;
+  /** Folder of session snapshots; null: sessions are not persisted. */
+  sessionDir: string | null;
+  /** Host bytes pinned sessions may hold; null: half of the machine's memory. */
+  hostMemoryBudget: number | null;
+  /** GPU bytes the engine and its sessions may hold; null: no limit. */
+  gpuMemoryBudget: number | null;
+  /** TTL of sessions that name none. */
+  sessionTtlSeconds: number;
+  /** Largest `ttl_seconds` accepted. */
+  sessionMaxTtlSeconds: number;
+  /** Folder of user functions served at /v1/functions/NAME; null: functions are off. */
+  functions: string | null;
 }
 
 /** Values used when neither a flag nor the environment sets an option. */
@@ -42,6 +58,14 @@ export const defaults: Config = {
   maxBodyBytes: 16 * 1024 * 1024,
   maxRunning: null,
   drainTimeoutSeconds: 30,
+  apiKeys: [],
+  apiKeyFile: null,
+  sessionDir: null,
+  hostMemoryBudget: null,
+  gpuMemoryBudget: null,
+  sessionTtlSeconds: 3600,
+  sessionMaxTtlSeconds: 7 * 24 * 3600,
+  functions: "functions",
 };
 
 /** One row of {@link optionTable}. */
@@ -60,6 +84,11 @@ export interface OptionSpec {
    * (no `value`) given bare receives "true"; see {@link boolean}.
    */
   parse: (text: string) => unknown;
+  /**
+   * The flag may be given several times; each value (parsed to an array) is appended. The
+   * environment value is parsed once; flags, when given, replace it.
+   */
+  repeatable?: boolean;
 }
 
 function int(min: number, max: number): (text: string) => number {
@@ -82,6 +111,38 @@ export function boolean(text: string): boolean {
 function positive(text: string): number {
   const n = Number(text);
   if (text.trim() === "" || !Number.isFinite(n) || n < 0) throw "expected a number >= 0";
+  return n;
+}
+
+const byteUnits: Record<string, number> = {
+  "": 1,
+  b: 1,
+  k: 1024,
+  kib: 1024,
+  kb: 1000,
+  m: 1024 ** 2,
+  mib: 1024 ** 2,
+  mb: 1000 ** 2,
+  g: 1024 ** 3,
+  gib: 1024 ** 3,
+  gb: 1000 ** 3,
+  t: 1024 ** 4,
+  tib: 1024 ** 4,
+  tb: 1000 ** 4,
+};
+
+/**
+ * Parses a byte count: a number with an optional unit, `K`/`M`/`G`/`T` and `KiB`...`TiB`
+ * binary, `KB`...`TB` decimal ("64G", "100GB", "1.5GiB", "123456").
+ */
+export function bytes(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
+  const unit = m ? byteUnits[m[2].toLowerCase()] : undefined;
+  if (!m || unit === undefined) {
+    throw "expected a byte count like 64G, 100GB or 1073741824";
+  }
+  const n = Math.floor(Number(m[1]) * unit);
+  if (!Number.isSafeInteger(n)) throw "the byte count is too large";
   return n;
 }
 
@@ -164,6 +225,84 @@ export const optionTable: OptionSpec[] = [
       "on SIGINT/SIGTERM, how long running requests may finish before they are aborted (default 30)",
     parse: positive,
   },
+  {
+    flag: "api-key",
+    env: "MAGICPIG_API_KEYS",
+    key: "apiKeys",
+    value: "KEY",
+    help:
+      'an API key clients send as "Authorization: Bearer KEY"; repeatable (the variable takes a comma-separated list); with no keys the server is open',
+    parse: (text) => {
+      const keys = text.split(",").map((k) => k.trim()).filter((k) => k.length > 0);
+      if (keys.length === 0) throw "expected a non-empty key";
+      return keys;
+    },
+    repeatable: true,
+  },
+  {
+    flag: "api-key-file",
+    env: "MAGICPIG_API_KEY_FILE",
+    key: "apiKeyFile",
+    value: "PATH",
+    help: "a file of API keys, one per line (# starts a comment)",
+    parse: nonEmpty,
+  },
+  {
+    flag: "functions",
+    env: "MAGICPIG_FUNCTIONS",
+    key: "functions",
+    value: "DIR",
+    help:
+      'folder of user functions (NAME.ts, served at /v1/functions/NAME in sandboxed workers); "off" disables them (default: functions)',
+    parse: (text) => {
+      const t = text.trim();
+      if (t.length === 0) throw 'expected a folder or "off"';
+      return t === "off" ? null : t;
+    },
+  },
+  {
+    flag: "session-dir",
+    env: "MAGICPIG_SESSION_DIR",
+    key: "sessionDir",
+    value: "DIR",
+    help:
+      "folder for session snapshots: written on eviction, on shutdown and on request, restored on start (default: sessions are not persisted)",
+    parse: nonEmpty,
+  },
+  {
+    flag: "host-memory-budget",
+    env: "MAGICPIG_HOST_MEMORY_BUDGET",
+    key: "hostMemoryBudget",
+    value: "BYTES",
+    help:
+      "host memory pinned sessions may hold (KV cache and LSH index), e.g. 64G; least recently used sessions are evicted beyond it (default: half of the machine's memory)",
+    parse: bytes,
+  },
+  {
+    flag: "gpu-memory-budget",
+    env: "MAGICPIG_GPU_MEMORY_BUDGET",
+    key: "gpuMemoryBudget",
+    value: "BYTES",
+    help:
+      "GPU memory the engine may take and that sessions' device parts may hold, e.g. 24G (default: no limit)",
+    parse: bytes,
+  },
+  {
+    flag: "session-ttl",
+    env: "MAGICPIG_SESSION_TTL",
+    key: "sessionTtlSeconds",
+    value: "SECONDS",
+    help: "lifetime of an unused session that names no ttl_seconds (default 3600)",
+    parse: int(1, 10 * 365 * 24 * 3600),
+  },
+  {
+    flag: "session-max-ttl",
+    env: "MAGICPIG_SESSION_MAX_TTL",
+    key: "sessionMaxTtlSeconds",
+    value: "SECONDS",
+    help: "largest ttl_seconds a client may ask for (default 604800, 7 days)",
+    parse: int(1, 10 * 365 * 24 * 3600),
+  },
 ];
 
 /** What {@link parseConfig} found: a config, or a request for the help text. */
@@ -182,7 +321,8 @@ export function usage(): string {
   const lines = [
     "Usage: deno task start [OPTIONS]",
     "",
-    "Serves an OpenAI-compatible API for one model (completions, chat, tokenize, health).",
+    "Serves an OpenAI-compatible API for one model (completions, chat, pinned sessions,",
+    "tokenize, metrics, health).",
     "",
     "Options (environment variable in brackets):",
   ];
@@ -203,11 +343,20 @@ export function parseConfig(
   env: Readonly<Record<string, string | undefined>>,
 ): ParseResult {
   const config: Record<string, unknown> = { ...defaults };
+  const fromFlags = new Set<string>();
   const apply = (o: OptionSpec, text: string, source: string) => {
+    let value: unknown;
     try {
-      config[o.key] = o.parse(text);
+      value = o.parse(text);
     } catch (why) {
       throw new ConfigError(`Invalid ${source} ${JSON.stringify(text)}: ${String(why)}`);
+    }
+    if (o.repeatable && source.startsWith("--")) {
+      const before = fromFlags.has(o.key) ? config[o.key] as unknown[] : [];
+      fromFlags.add(o.key);
+      config[o.key] = [...before, ...(value as unknown[])];
+    } else {
+      config[o.key] = value;
     }
   };
   for (const o of optionTable) {

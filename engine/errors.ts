@@ -17,7 +17,9 @@
  * - `invalid_request`: the request cannot be served as given (bad value, too long);
  * - `not_found`: a named thing (model, session) does not exist;
  * - `conflict`: the thing is busy (a pinned session already generating);
- * - `overloaded`: out of memory or capacity now; retrying later may work;
+ * - `overloaded`: out of memory or capacity now; retrying later may work (with
+ *   `retryAfterSeconds` set, the capacity is held by other active work and the caller should
+ *   retry after that long: HTTP answers 429 with `Retry-After`);
  * - `unavailable`: the engine is loading or shutting down;
  * - `internal`: a native or engine failure that is not the caller's fault.
  */
@@ -37,19 +39,22 @@ export class EngineError extends Error {
   readonly param: string | null;
   /** A machine-readable code (`"context_length_exceeded"`), if any. */
   readonly code: string | null;
+  /** For `overloaded`: when to retry (the capacity is busy, not missing); null otherwise. */
+  readonly retryAfterSeconds: number | null;
 
   constructor(
     kind: EngineErrorKind,
     message: string,
     param: string | null = null,
     code: string | null = null,
-    options?: ErrorOptions,
+    options?: ErrorOptions & { retryAfterSeconds?: number },
   ) {
     super(message, options);
     this.name = "EngineError";
     this.kind = kind;
     this.param = param;
     this.code = code;
+    this.retryAfterSeconds = options?.retryAfterSeconds ?? null;
   }
 }
 

@@ -20,7 +20,13 @@ import type { Backend } from "./backend.ts";
 import { EngineError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import type { ChatMessage, LoadedModel } from "./model/types.ts";
-import { type GenerateRequest, type RequestStream, Scheduler } from "./scheduler.ts";
+import {
+  type GenerateRequest,
+  type RequestStream,
+  Scheduler,
+  type SchedulerObserver,
+} from "./scheduler.ts";
+import type { SessionManager } from "./sessions.ts";
 
 /** The parts of a {@link LoadedModel} the facade needs. */
 export type ServedModel =
@@ -49,6 +55,8 @@ export interface LLMOptions {
   /** Most requests prefilling or running at once (default: the engine's max batch). */
   maxRunning?: number;
   log?: Logger;
+  /** Metrics hooks of the scheduler. */
+  observer?: SchedulerObserver;
 }
 
 const encoder = new TextEncoder();
@@ -59,6 +67,9 @@ export class LLM {
   readonly scheduler: Scheduler;
   readonly #model: ServedModel;
   #closed: Promise<void> | null = null;
+  #closeHooks: (() => Promise<void>)[] = [];
+  /** The session manager of this model (set by `openLLM`); null when sessions are off. */
+  sessions: SessionManager | null = null;
 
   constructor(model: ServedModel, backend: Backend, options: LLMOptions = {}) {
     this.#model = model;
@@ -67,6 +78,7 @@ export class LLM {
       eosIds: model.eosIds ?? tok?.eosIds ?? [],
       decode: tok ? (ids) => tok.decode(ids, { skipSpecialTokens: true }) : null,
       maxRunning: options.maxRunning,
+      observer: options.observer,
     });
     this.info = {
       id: model.id,
@@ -94,6 +106,19 @@ export class LLM {
     return tok;
   }
 
+  /** The beginning-of-sequence id, if the tokenizer has one. */
+  get bosId(): number | null {
+    return this.#model.tokenizer?.bosId ?? null;
+  }
+
+  /**
+   * Runs `hook` when the model closes: after the scheduler has stopped (no request runs)
+   * and before the engine is freed (the session manager flushes snapshots there).
+   */
+  onClose(hook: () => Promise<void>): void {
+    this.#closeHooks.push(hook);
+  }
+
   /** Token ids of `text`; `addSpecialTokens` (default true) adds BOS where the tokenizer does. */
   tokenize(text: string, options: { addSpecialTokens?: boolean; param?: string } = {}): number[] {
     return this.#tokenizer(options.param ?? "prompt").encode(text, {
@@ -115,10 +140,16 @@ export class LLM {
     }
   }
 
-  /** Text of `ids` (special tokens skipped). */
-  detokenize(ids: readonly number[], param = "tokens"): string {
+  /** Text of `ids` (special tokens skipped unless `skipSpecialTokens` is false). */
+  detokenize(
+    ids: readonly number[],
+    param = "tokens",
+    options: { skipSpecialTokens?: boolean } = {},
+  ): string {
     this.checkIds(ids, param);
-    return this.#tokenizer(param).decode(ids, { skipSpecialTokens: true });
+    return this.#tokenizer(param).decode(ids, {
+      skipSpecialTokens: options.skipSpecialTokens ?? true,
+    });
   }
 
   /** The text of one token as logprobs show it ("token_id:N" without a tokenizer). */
@@ -142,6 +173,29 @@ export class LLM {
   ): { text: string; ids: number[] } {
     const param = options.param ?? "messages";
     const tok = this.#tokenizer(param);
+    const text = this.renderChatText(messages, options);
+    const ids = tok.encode(text, { addSpecialTokens: !this.#model.chatTemplate!.includesBos });
+    return { text, ids };
+  }
+
+  /**
+   * Tokenizes text rendered by the chat template (or a prefix of it) the way
+   * {@link LLM.renderChat} does: BOS added only when the template does not write it.
+   */
+  encodeChatText(text: string, param = "messages"): number[] {
+    const tok = this.#tokenizer(param);
+    return tok.encode(text, {
+      addSpecialTokens: !(this.#model.chatTemplate?.includesBos ?? false),
+    });
+  }
+
+  /** Renders chat messages with the model's template, without tokenizing. */
+  renderChatText(
+    messages: readonly ChatMessage[],
+    options: { addGenerationPrompt?: boolean; param?: string } = {},
+  ): string {
+    const param = options.param ?? "messages";
+    this.#tokenizer(param);
     const template = this.#model.chatTemplate;
     if (!template) {
       throw new EngineError(
@@ -151,9 +205,8 @@ export class LLM {
         "no_chat_template",
       );
     }
-    let text: string;
     try {
-      text = template.render(messages, {
+      return template.render(messages, {
         addGenerationPrompt: options.addGenerationPrompt ?? true,
       });
     } catch (e) {
@@ -163,8 +216,6 @@ export class LLM {
         param,
       );
     }
-    const ids = tok.encode(text, { addSpecialTokens: !template.includesBos });
-    return { text, ids };
   }
 
   /** Queues a generation request; see {@link Scheduler.submit}. */
@@ -184,13 +235,17 @@ export class LLM {
   }
 
   /**
-   * Stops the scheduler (`drain`: let running requests finish for up to `timeoutMs`) and
-   * frees the model. Idempotent.
+   * Stops the scheduler (`drain`: let running requests finish for up to `timeoutMs`), runs
+   * the close hooks (session snapshots), and frees the model. Idempotent.
    */
   close(options: { drain?: boolean; timeoutMs?: number } = {}): Promise<void> {
     this.#closed ??= (async () => {
       await this.scheduler.shutdown(options);
-      await this.#model.close?.();
+      try {
+        for (const hook of this.#closeHooks) await hook();
+      } finally {
+        await this.#model.close?.();
+      }
     })();
     return this.#closed;
   }

@@ -18,6 +18,7 @@
 import {
   AttentionMethod as MethodCode,
   decodeStep,
+  DType,
   type Engine,
   MagicpigError,
   sample,
@@ -27,10 +28,13 @@ import type { AttentionMethod, AttentionOptions } from "./attention.ts";
 import {
   AbortedError,
   type Backend,
-  type BackendSession,
+  type PinnedSession,
   type SampleParams,
   type SampleResult,
+  type SessionMemory,
   type SessionStats,
+  type SessionStore,
+  SnapshotError,
 } from "./backend.ts";
 
 const codeOf: Record<AttentionMethod, number> = {
@@ -53,8 +57,8 @@ function rethrow(e: unknown): never {
   throw e;
 }
 
-/** A native session as the scheduler sees it. */
-export class NativeSession implements BackendSession {
+/** A native session as the scheduler and the session manager see it. */
+export class NativeSession implements PinnedSession {
   /** The native session (a session manager keeps it between requests). */
   readonly session: Session;
 
@@ -91,9 +95,43 @@ export class NativeSession implements BackendSession {
     };
   }
 
+  truncate(n: number): Promise<void> {
+    return this.session.truncate(n);
+  }
+
+  save(path: string): Promise<void> {
+    return this.session.save(path);
+  }
+
+  memory(): SessionMemory {
+    const info = this.session.info();
+    return {
+      nTokens: info.nTokens,
+      nIndexed: info.nIndexed,
+      hostKvBytes: Number(info.hostKvBytes),
+      hostIndexBytes: Number(info.hostIndexBytes),
+      gpuBytes: Number(info.gpuBytes),
+    };
+  }
+
   close(): Promise<void> {
     return this.session.close();
   }
+}
+
+function nativeAttention(attention: AttentionOptions) {
+  return {
+    method: codeOf[attention.method],
+    lshK: attention.lshK,
+    lshL: attention.lshL,
+    sinks: attention.sinks,
+    window: attention.window,
+    genBuffer: attention.genBuffer,
+    budget: attention.budget,
+    pageSize: attention.pageSize,
+    seed: attention.seed,
+    denseLayers: attention.denseLayers,
+  };
 }
 
 /** Options of {@link nativeBackend}. */
@@ -114,18 +152,7 @@ export function nativeBackend(engine: Engine, options: NativeBackendOptions = {}
     prefillChunk: options.prefillChunk ?? DEFAULT_PREFILL_CHUNK,
     async createSession(attention: AttentionOptions, reserveTokens: number) {
       const session = await Session.create(engine, {
-        attention: {
-          method: codeOf[attention.method],
-          lshK: attention.lshK,
-          lshL: attention.lshL,
-          sinks: attention.sinks,
-          window: attention.window,
-          genBuffer: attention.genBuffer,
-          budget: attention.budget,
-          pageSize: attention.pageSize,
-          seed: attention.seed,
-          denseLayers: attention.denseLayers,
-        },
+        attention: nativeAttention(attention),
         reserveTokens,
       });
       return new NativeSession(session);
@@ -145,6 +172,39 @@ export function nativeBackend(engine: Engine, options: NativeBackendOptions = {}
     },
     sample(logits: Float32Array<ArrayBuffer>, params: SampleParams, rngState): SampleResult {
       return sample(logits, params, rngState);
+    },
+  };
+}
+
+/**
+ * The {@link SessionStore} of one native engine: pinned sessions and their snapshots.
+ * Load failures become {@link SnapshotError}s: a bad checksum or format is "corrupt", a
+ * snapshot of another model shape "incompatible", a file that cannot be read "io".
+ */
+export function nativeSessionStore(engine: Engine): SessionStore {
+  const c = engine.config;
+  const elem = engine.info().kvDtype === DType.F32 ? 4 : 2;
+  return {
+    kvBytesPerToken: 2 * c.n_layers * c.n_kv_heads * c.head_dim * elem,
+    async create(attention: AttentionOptions, reserveTokens: number) {
+      const session = await Session.create(engine, {
+        attention: nativeAttention(attention),
+        reserveTokens,
+      });
+      return new NativeSession(session);
+    },
+    async load(path: string) {
+      try {
+        return new NativeSession(await Session.load(engine, path));
+      } catch (e) {
+        if (!(e instanceof MagicpigError)) throw e;
+        const reason = e.code === "corrupt"
+          ? "corrupt"
+          : e.code === "invalid_argument"
+          ? "incompatible"
+          : "io";
+        throw new SnapshotError(reason, e.message, { cause: e });
+      }
     },
   };
 }

@@ -229,6 +229,19 @@ export interface SchedulerStats {
   finished: Record<FinishReason, number>;
 }
 
+/**
+ * Hooks for metrics (time to first token, inter-token latency, finished requests). Called
+ * synchronously from the loop: keep them cheap and never throw.
+ */
+export interface SchedulerObserver {
+  /** A request's first token arrived `seconds` after it was submitted. */
+  firstToken?(seconds: number): void;
+  /** A later token arrived `seconds` after the previous one of the same request. */
+  interToken?(seconds: number): void;
+  /** A request finished, with its usage. */
+  finished?(summary: FinishedSummary, usage: Usage): void;
+}
+
 /** Options of {@link Scheduler}. */
 export interface SchedulerOptions {
   /** Token ids that end generation (the tokenizer's EOS/EOT ids). */
@@ -239,6 +252,8 @@ export interface SchedulerOptions {
   maxRunning?: number;
   /** How many finished summaries to keep; default 256. */
   historySize?: number;
+  /** Metrics hooks. */
+  observer?: SchedulerObserver;
 }
 
 // ------------------------------------------------------------
@@ -267,6 +282,9 @@ interface Request {
   output: number[];
   abortRequestedAtStep: number | null;
   firstTokenAt: number | null;
+  /** `performance.now()` at submission and at the last token (metrics). */
+  readonly arrivalPerf: number;
+  lastTokenPerf: number | null;
   detachSignal: (() => void) | null;
 }
 
@@ -316,6 +334,7 @@ export class Scheduler {
   readonly #maxRunning: number;
   readonly #historySize: number;
   readonly #maxContext: number;
+  readonly #observer: SchedulerObserver;
 
   /** Submitted, not yet admitted (FIFO). */
   #waiting: Request[] = [];
@@ -354,6 +373,7 @@ export class Scheduler {
       Math.min(options.maxRunning ?? backend.maxBatch, backend.maxBatch),
     );
     this.#historySize = options.historySize ?? 256;
+    this.#observer = options.observer ?? {};
     this.#maxContext = backend.maxContext > 0 ? backend.maxContext : Number.POSITIVE_INFINITY;
     this.#decodeLogits = new Float32Array(this.#maxRunning * backend.vocabSize);
     this.#loop = this.#run();
@@ -561,6 +581,8 @@ export class Scheduler {
       output: [],
       abortRequestedAtStep: null,
       firstTokenAt: null,
+      arrivalPerf: performance.now(),
+      lastTokenPerf: null,
       detachSignal: null,
     };
     return req;
@@ -750,6 +772,13 @@ export class Scheduler {
     const token = picked.token;
     req.output.push(token);
     req.firstTokenAt ??= Date.now();
+    const nowPerf = performance.now();
+    if (req.lastTokenPerf === null) {
+      this.#observer.firstToken?.((nowPerf - req.arrivalPerf) / 1000);
+    } else {
+      this.#observer.interToken?.((nowPerf - req.lastTokenPerf) / 1000);
+    }
+    req.lastTokenPerf = nowPerf;
     this.#stats.generatedTokens++;
     const step = req.detok ? req.detok.push(token) : { text: "", stopped: false };
     req.channel.push({
@@ -805,7 +834,7 @@ export class Scheduler {
     const text = reason === "error" || !req.detok ? "" : req.detok.flush();
     this.#stats.finished[reason]++;
     const now = Date.now();
-    this.#history.push({
+    const summary: FinishedSummary = {
       id: req.id,
       reason,
       promptTokens: req.prompt.length,
@@ -814,20 +843,27 @@ export class Scheduler {
       finishedAtStep: this.#stats.steps,
       ttftMs: req.firstTokenAt === null ? null : req.firstTokenAt - req.arrival,
       totalMs: now - req.arrival,
-    });
+    };
+    this.#history.push(summary);
     if (this.#history.length > this.#historySize) this.#history.shift();
+    const usage: Usage = {
+      promptTokens: req.prompt.length,
+      completionTokens: req.output.length,
+      cachedTokens: req.pinned ? req.statsAtStart?.nTokens ?? 0 : 0,
+      attention: method,
+      keysFraction,
+    };
+    try {
+      this.#observer.finished?.(summary, usage);
+    } catch {
+      // Metrics must never break a request.
+    }
     req.channel.push({
       type: "finish",
       reason,
       text,
       outputIds: req.output,
-      usage: {
-        promptTokens: req.prompt.length,
-        completionTokens: req.output.length,
-        cachedTokens: req.pinned ? req.statsAtStart?.nTokens ?? 0 : 0,
-        attention: method,
-        keysFraction,
-      },
+      usage,
       ...(error ? { error } : {}),
     });
     req.channel.close();

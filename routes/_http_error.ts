@@ -79,11 +79,20 @@ const engineStatus: Record<EngineErrorKind, number> = {
 
 /**
  * Any thrown value as an {@link HttpError}: HttpErrors pass through, EngineErrors map by
- * kind (native out-of-memory → 503), anything else is a 500 carrying its message.
+ * kind (native out-of-memory → 503; `overloaded` with a retry time → 429 with
+ * `Retry-After`), anything else is a 500 carrying its message.
  */
 export function toHttpError(e: unknown): HttpError {
   if (e instanceof HttpError) return e;
   if (e instanceof EngineError) {
+    if (e.kind === "overloaded" && e.retryAfterSeconds !== null) {
+      return new HttpError(429, e.message, {
+        param: e.param,
+        code: e.code ?? "overloaded",
+        headers: { "retry-after": String(Math.max(1, Math.ceil(e.retryAfterSeconds))) },
+        cause: e,
+      });
+    }
     const status = engineStatus[e.kind];
     return new HttpError(status, e.message, {
       param: e.param,

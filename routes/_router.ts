@@ -35,6 +35,10 @@ export interface RequestContext {
   readonly info: Deno.ServeHandlerInfo | null;
   /** `performance.now()` at arrival. */
   readonly start: number;
+  /** The API key the request authenticated with (set by `apiKeyAuth`); null: no keys. */
+  apiKey: string | null;
+  /** Who owns what this request creates: the key's SHA-256, or "anonymous" (`apiKeyAuth`). */
+  owner: string;
 }
 
 /** Produces the response. */
@@ -136,6 +140,8 @@ export class Router {
       log: this.#log,
       info: info ?? null,
       start: performance.now(),
+      apiKey: null,
+      owner: "anonymous",
     };
     return run(this.#global, (r, c) => this.#dispatch(r, c), req, ctx);
   };

@@ -1,7 +1,8 @@
 /**
  * The HTTP application: every route and middleware, over an {@link AppState} that says
  * whether the model is loaded. Routes that need the model answer 503 (with `Retry-After`)
- * while it loads and while the server shuts down; `/health` says which.
+ * while it loads and while the server shuts down; `/health` says which. Every route but
+ * `/health` needs an API key when keys are configured.
  *
  * @example
  * ```ts
@@ -15,13 +16,19 @@
  */
 import type { LLM } from "../engine/llm.ts";
 import type { Logger } from "../engine/log.ts";
+import { Metrics } from "../engine/metrics.ts";
+import { apiKeyAuth } from "./_auth.ts";
 import { chatCompletions } from "./chat_completions.ts";
 import { completions } from "./completions.ts";
 import { health, type HealthState } from "./health.ts";
 import { HttpError } from "./_http_error.ts";
 import { bodyLimit, jsonBody, requestId, requestLog } from "./_middleware.ts";
+import { countRequests, metricsRoute } from "./metrics.ts";
+import { mountFunctions } from "./functions.ts";
+import type { FunctionHost } from "../engine/functions/host.ts";
 import { getModel, listModels } from "./models.ts";
 import { Router } from "./_router.ts";
+import { createSession, deleteSession, getSession, listSessions, saveSession } from "./sessions.ts";
 import { detokenize, tokenize } from "./tokenize.ts";
 
 /** What the routes read: the phase, the model once loaded, limits. */
@@ -33,6 +40,15 @@ export interface AppState extends HealthState {
   loadError?: string;
   log: Logger;
   maxBodyBytes: number;
+  /** Accepted API keys; absent or empty: an open server. */
+  apiKeys?: readonly string[];
+  /** The registry `/metrics` renders (default: a fresh one). */
+  metrics?: Metrics;
+  /**
+   * User functions served at /v1/functions (null: the routes answer 503 "not enabled");
+   * undefined: the routes are not mounted (a caller mounts its own).
+   */
+  functions?: FunctionHost | null;
 }
 
 /** Builds the router for `state`. */
@@ -56,13 +72,32 @@ export function createApp(state: AppState): Router {
     });
   };
   const json = jsonBody();
-  return new Router({ log: state.log })
-    .use(requestId(), requestLog(), bodyLimit({ maxBytes: state.maxBodyBytes }))
+  const metrics = state.metrics ?? new Metrics();
+  const router = new Router({ log: state.log })
+    .use(
+      requestId(),
+      requestLog(),
+      countRequests(metrics),
+      apiKeyAuth({ keys: state.apiKeys ?? [] }),
+      bodyLimit({ maxBytes: state.maxBodyBytes }),
+    )
     .get("/health", health(state))
+    .get("/metrics", metricsRoute(metrics))
     .get("/v1/models", listModels(getLLM))
     .get("/v1/models/:id+", getModel(getLLM))
     .post("/v1/completions", json, completions(getLLM))
     .post("/v1/chat/completions", json, chatCompletions(getLLM))
+    .post("/v1/sessions", json, createSession(getLLM))
+    .get("/v1/sessions", listSessions(getLLM))
+    .get("/v1/sessions/:id", getSession(getLLM))
+    .delete("/v1/sessions/:id", deleteSession(getLLM))
+    .post("/v1/sessions/:id/save", saveSession(getLLM))
+    .post("/v1/sessions/:id/completions", json, completions(getLLM))
+    .post("/v1/sessions/:id/chat/completions", json, chatCompletions(getLLM))
     .post("/tokenize", json, tokenize(getLLM))
     .post("/detokenize", json, detokenize(getLLM));
+  if (state.functions === undefined) return router;
+  return mountFunctions(router, () => state.functions ?? null, {
+    apiKeyOf: (_req, ctx) => ctx.apiKey,
+  });
 }

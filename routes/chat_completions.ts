@@ -2,8 +2,16 @@
  * `POST /v1/chat/completions` in OpenAI's shape: `messages` rendered with the model's own
  * chat template, `max_completion_tokens` (or `max_tokens`), `temperature`, `top_p`,
  * `top_k`, `seed`, `stop`, `logprobs: true` with `top_logprobs: N`, `stream` with
- * `stream_options.include_usage`, vLLM's `return_tokens_as_token_ids`, and the
+ * `stream_options.include_usage`, vLLM's `return_tokens_as_token_ids` and
+ * `return_token_ids` (non-streamed: `choices[0].token_ids` and `prompt_token_ids`), and the
  * `attention` extension.
+ *
+ * Sessions: with `session_id` (or on `/v1/sessions/{id}/chat/completions`) `messages` are
+ * the conversation's new turns (or the whole conversation, whose known prefix is then
+ * skipped; an empty array asks for the assistant's reply to the conversation so far). They
+ * are rendered so that the session's text plus the new text equals rendering the whole
+ * conversation (see `engine/sessions.ts`); the answer joins the session unless
+ * `fork: true`.
  *
  * @example
  * ```sh
@@ -15,7 +23,7 @@
  */
 import type { LLM } from "../engine/llm.ts";
 import type { ChatMessage } from "../engine/model/types.ts";
-import type { TokenEvent } from "../engine/scheduler.ts";
+import type { RequestStream, TokenEvent } from "../engine/scheduler.ts";
 import {
   checkModel,
   deadlineFrom,
@@ -29,6 +37,7 @@ import {
 } from "./_openai.ts";
 import type { Handler } from "./_router.ts";
 import { Fields } from "./_validate.ts";
+import { sessionMessages, sessionTarget, startTurn } from "./sessions.ts";
 
 const roles = new Set(["system", "developer", "user", "assistant", "tool"]);
 
@@ -118,18 +127,10 @@ export function chatCompletions(getLLM: () => LLM): Handler {
       (v) => typeof v === "object" && v !== null && (v as { type?: unknown }).type === "text",
       "only the text response format is supported",
     );
-    const messages = parseMessages(f);
-    const { ids } = llm.renderChat(messages, {
-      addGenerationPrompt: f.boolean("add_generation_prompt") ?? true,
-    });
+    const target = sessionTarget(f, ctx);
+    const messages = target ? sessionMessages(f) : parseMessages(f);
     const maxParam = f.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-    const maxTokens = resolveMaxTokens(
-      llm,
-      ids.length,
-      f.number(maxParam, { min: 1, integer: true }),
-      { prompt: "messages", maxTokens: maxParam },
-      null,
-    );
+    const requestedMax = f.number(maxParam, { min: 1, integer: true });
     const wantLogprobs = f.boolean("logprobs") ?? false;
     const topLogprobs = f.number("top_logprobs", { min: 0, max: 20, integer: true });
     if (topLogprobs !== undefined && !wantLogprobs) {
@@ -142,15 +143,47 @@ export function chatCompletions(getLLM: () => LLM): Handler {
     }
     const includeUsage = streamOptions?.include_usage === true;
     const asIds = f.boolean("return_tokens_as_token_ids") ?? false;
+    const withIds = f.boolean("return_token_ids") ?? false;
     const sampling = samplingRequest(f, llm, wantLogprobs ? topLogprobs ?? 0 : 0);
-    const handle = llm.generate({
-      ...sampling,
-      id: ctx.requestId,
-      promptIds: ids,
-      maxTokens,
-      signal: req.signal,
-      deadline: deadlineFrom(req),
-    });
+    const deadline = deadlineFrom(req);
+    let handle: RequestStream;
+    let promptTokenIds: readonly number[];
+    if (target) {
+      const { attention: _, ...rest } = sampling;
+      const turn = await startTurn(llm, ctx, target.id, {
+        ...rest,
+        id: ctx.requestId,
+        messages,
+        maxTokens: requestedMax,
+        defaultMaxTokens: null,
+        maxTokensParam: maxParam,
+        fork: target.fork,
+        signal: req.signal,
+        deadline,
+      });
+      handle = turn;
+      promptTokenIds = turn.promptIds;
+    } else {
+      const { ids } = llm.renderChat(messages, {
+        addGenerationPrompt: f.boolean("add_generation_prompt") ?? true,
+      });
+      const maxTokens = resolveMaxTokens(
+        llm,
+        ids.length,
+        requestedMax,
+        { prompt: "messages", maxTokens: maxParam },
+        null,
+      );
+      handle = llm.generate({
+        ...sampling,
+        id: ctx.requestId,
+        promptIds: ids,
+        maxTokens,
+        signal: req.signal,
+        deadline,
+      });
+      promptTokenIds = ids;
+    }
 
     const id = `chatcmpl-${ctx.requestId}`;
     const created = Math.floor(Date.now() / 1000);
@@ -209,8 +242,10 @@ export function chatCompletions(getLLM: () => LLM): Handler {
               ? { content: tokens.map((t) => contentLogprob(llm, t, asIds)) }
               : null,
             finish_reason: finishReason(ev),
+            ...(withIds ? { token_ids: ev.outputIds } : {}),
           }],
           usage: usageJson(ev.usage),
+          ...(withIds ? { prompt_token_ids: promptTokenIds } : {}),
         };
       },
     };

@@ -7,6 +7,12 @@
  * A model without a tokenizer serves token-id prompts; its choices carry `token_ids`
  * (and empty text).
  *
+ * Sessions: with `session_id` (or on `/v1/sessions/{id}/completions`) the prompt is
+ * appended to the pinned session (text without BOS unless `add_special_tokens: true`), the
+ * answer joins the session, and `usage.prompt_tokens_details.cached_tokens` counts the
+ * session's tokens; `fork: true` leaves the session unchanged. `max_tokens` defaults to 16
+ * capped to what the session has room for.
+ *
  * @example
  * ```sh
  * curl -N localhost:8080/v1/completions -H 'content-type: application/json' \
@@ -16,7 +22,7 @@
  * @module
  */
 import type { LLM } from "../engine/llm.ts";
-import type { FinishEvent, TokenEvent } from "../engine/scheduler.ts";
+import type { FinishEvent, RequestStream, TokenEvent } from "../engine/scheduler.ts";
 import {
   checkModel,
   deadlineFrom,
@@ -30,6 +36,7 @@ import {
 } from "./_openai.ts";
 import type { Handler } from "./_router.ts";
 import { Fields } from "./_validate.ts";
+import { promptInput, sessionTarget, startTurn } from "./sessions.ts";
 
 /** Reads `prompt` into token ids (a string is tokenized with BOS by default). */
 function promptIds(f: Fields, llm: LLM): number[] {
@@ -105,14 +112,10 @@ export function completions(getLLM: () => LLM): Handler {
     refuseUnsupported(f);
     f.unsupported("echo", (v) => v === false, "echoing the prompt is not supported");
     f.unsupported("suffix", (v) => v === "", "suffix (insertion) is not supported");
-    const ids = promptIds(f, llm);
-    const maxTokens = resolveMaxTokens(
-      llm,
-      ids.length,
-      f.number("max_tokens", { min: 1, integer: true }),
-      { prompt: "prompt", maxTokens: "max_tokens" },
-      16,
-    );
+    const target = sessionTarget(f, ctx);
+    const requestedMax = f.number("max_tokens", { min: 1, integer: true });
+    const ids = target ? null : promptIds(f, llm);
+    const input = target ? promptInput(f) : null;
     const logprobs = f.number("logprobs", { min: 0, max: 20, integer: true });
     const stream = f.boolean("stream") ?? false;
     const streamOptions = f.object("stream_options");
@@ -123,14 +126,43 @@ export function completions(getLLM: () => LLM): Handler {
     const asIds = f.boolean("return_tokens_as_token_ids") ?? false;
     const withIds = (f.boolean("return_token_ids") ?? false) || !llm.info.hasTokenizer;
     const sampling = samplingRequest(f, llm, logprobs ?? 0);
-    const handle = llm.generate({
-      ...sampling,
-      id: ctx.requestId,
-      promptIds: ids,
-      maxTokens,
-      signal: req.signal,
-      deadline: deadlineFrom(req),
-    });
+    const deadline = deadlineFrom(req);
+    let handle: RequestStream;
+    let promptTokenIds: readonly number[];
+    if (target) {
+      const { attention: _, ...rest } = sampling;
+      const turn = await startTurn(llm, ctx, target.id, {
+        ...rest,
+        id: ctx.requestId,
+        ...(typeof input === "string" ? { text: input } : { promptIds: input! }),
+        addSpecialTokens: f.boolean("add_special_tokens") ?? false,
+        maxTokens: requestedMax,
+        defaultMaxTokens: 16,
+        maxTokensParam: "max_tokens",
+        fork: target.fork,
+        signal: req.signal,
+        deadline,
+      });
+      handle = turn;
+      promptTokenIds = turn.promptIds;
+    } else {
+      const maxTokens = resolveMaxTokens(
+        llm,
+        ids!.length,
+        requestedMax,
+        { prompt: "prompt", maxTokens: "max_tokens" },
+        16,
+      );
+      handle = llm.generate({
+        ...sampling,
+        id: ctx.requestId,
+        promptIds: ids!,
+        maxTokens,
+        signal: req.signal,
+        deadline,
+      });
+      promptTokenIds = ids!;
+    }
 
     const id = `cmpl-${ctx.requestId}`;
     const created = Math.floor(Date.now() / 1000);
@@ -173,7 +205,7 @@ export function completions(getLLM: () => LLM): Handler {
             text,
             logprobs: logprobs === undefined ? null : logprobsJson(llm, tokens, asIds, 0),
             finish_reason: finishReason(ev),
-            ...(withIds ? { token_ids: ev.outputIds, prompt_token_ids: ids } : {}),
+            ...(withIds ? { token_ids: ev.outputIds, prompt_token_ids: promptTokenIds } : {}),
           }],
           usage: usageJson(ev.usage),
         };

@@ -60,6 +60,7 @@ export function detokenize(getLLM: () => LLM): Handler {
     if (tokens === undefined) {
       throw f.invalid("tokens", `Missing "tokens": expected an array of integer token ids`);
     }
-    return Response.json({ prompt: llm.detokenize(tokens, "tokens") });
+    const skip = f.boolean("skip_special_tokens") ?? true;
+    return Response.json({ prompt: llm.detokenize(tokens, "tokens", { skipSpecialTokens: skip }) });
   };
 }

@@ -10,16 +10,20 @@
 #              — about 6 minutes; run the benchmark as its own call: STEPS=build,bench):
 #                build     deno task build + SASS/resource facts of the key kernels
 #                opbench   kernel parity (float64 reference) and timings vs HBM/GEMM ceilings
+#                test      deno task test:gpu (GPU op parity against the CPU ops, engine)
 #                sanitizer compute-sanitizer memcheck over the small-shape opbench
-#                test      deno task test:gpu (GPU op parity against the CPU ops)
 #                bench     deno task bench (model-level prefill/decode benchmark)
 #   BENCH_ARGS extra arguments for bench/bench.ts
+#   DEADLINE   seconds the whole script may take (default 560, under a 10-minute call): a
+#              step gets at most the time left and is skipped when under 20 s remain
 # Each step has its own time limit and runs even when an earlier one failed; the exit code
 # is the number of failed steps.
 set -u
 
 OUT="${OUT:-$(pwd)/gpu_out}"
-STEPS="${STEPS:-build,opbench,sanitizer,test}"
+STEPS="${STEPS:-build,opbench,test,sanitizer}"
+DEADLINE="${DEADLINE:-560}"
+T_START=$(date +%s)
 mkdir -p "$OUT"
 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export PATH="$PATH:$CUDA_HOME/bin"
@@ -44,6 +48,13 @@ now() { date +%s; }
 run_step() {
   name=$1 limit=$2 log=$3
   shift 3
+  left=$((DEADLINE - ($(now) - T_START)))
+  if [ "$left" -lt 20 ]; then
+    echo "==== $name: skipped, ${left}s left of DEADLINE=$DEADLINE" | tee -a "$log"
+    LAST_RC=125 LAST_DT=0 LAST_ST=SKIP
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   t0=$(now)
   echo "==== $name: $* (limit ${limit}s)" | tee -a "$log"
   timeout --signal=TERM --kill-after=10 "$limit" "$@" >> "$log" 2>&1
@@ -104,6 +115,14 @@ if has_step opbench; then
   run_step opbench 240 "$OUT/opbench.log" "$OPBENCH" "$OUT/opbench.jsonl"
   note opbench "$LAST_ST" "$LAST_DT" "$(grep -o '[0-9]* failures' "$OUT/opbench.log" | tail -1)"
 fi
+# ------------------------------------------------------------ tests
+if has_step test; then
+  export MP_GPU_REPORT="$OUT/test_gpu.json"
+  run_step test 300 "$OUT/test_gpu.log" $DENO task test:gpu
+  note test "$LAST_ST" "$LAST_DT" "$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/test_gpu.log" | grep -E '^(ok|FAILED) \|' | tail -1 | cut -c1-90)"
+fi
+
+# ------------------------------------------------------------ sanitizer
 if has_step sanitizer; then
   if command -v compute-sanitizer > /dev/null 2>&1; then
     run_step sanitizer 150 "$OUT/sanitizer.log" compute-sanitizer --tool memcheck \
@@ -112,13 +131,6 @@ if has_step sanitizer; then
   else
     note sanitizer skip 0 "compute-sanitizer not on PATH"
   fi
-fi
-
-# ------------------------------------------------------------ tests
-if has_step test; then
-  export MP_GPU_REPORT="$OUT/test_gpu.json"
-  run_step test 300 "$OUT/test_gpu.log" $DENO task test:gpu
-  note test "$LAST_ST" "$LAST_DT" "$(sed 's/\x1b\[[0-9;]*m//g' "$OUT/test_gpu.log" | grep -E '^(ok|FAILED) \|' | tail -1 | cut -c1-90)"
 fi
 
 # ------------------------------------------------------------ benchmark

@@ -1,5 +1,5 @@
 import { assertEquals, assertStringIncludes, assertThrows } from "./_std.ts";
-import { ConfigError, defaults, parseConfig, usage } from "../engine/config.ts";
+import { bytes, ConfigError, defaults, parseConfig, usage } from "../engine/config.ts";
 
 Deno.test("parseConfig() takes flags over environment over defaults", () => {
   const r = parseConfig(["--port", "9001", "--threads=4"], {
@@ -38,4 +38,37 @@ Deno.test("parseConfig() answers --help with every option and its variable", () 
     assertStringIncludes(text, s);
   }
   assertStringIncludes(text, "MAGICPIG_THREADS");
+});
+
+Deno.test("parseConfig() reads session and API key options (repeatable keys, byte sizes)", () => {
+  const r = parseConfig(
+    [
+      "--api-key",
+      "k1",
+      "--api-key=k2",
+      "--host-memory-budget",
+      "64G",
+      "--gpu-memory-budget=24GB",
+      "--session-dir",
+      "/var/lib/s",
+      "--session-ttl",
+      "600",
+    ],
+    { MAGICPIG_API_KEYS: "env1,env2", MAGICPIG_SESSION_MAX_TTL: "86400" },
+  );
+  if (r.kind !== "config") throw new Error("expected a config");
+  assertEquals(r.config.apiKeys, ["k1", "k2"], "flags replace the environment's list");
+  assertEquals(r.config.hostMemoryBudget, 64 * 1024 ** 3);
+  assertEquals(r.config.gpuMemoryBudget, 24e9);
+  assertEquals(r.config.sessionDir, "/var/lib/s");
+  assertEquals(r.config.sessionTtlSeconds, 600);
+  assertEquals(r.config.sessionMaxTtlSeconds, 86400);
+  const env = parseConfig([], { MAGICPIG_API_KEYS: "a, b,," });
+  if (env.kind !== "config") throw new Error("expected a config");
+  assertEquals(env.config.apiKeys, ["a", "b"]);
+  assertEquals(bytes("1.5KiB"), 1536);
+  assertEquals(bytes("123"), 123);
+  assertThrows(() => parseConfig(["--host-memory-budget", "lots"], {}), ConfigError, "byte count");
+  assertThrows(() => parseConfig(["--session-ttl", "0"], {}), ConfigError, "--session-ttl");
+  assertThrows(() => parseConfig(["--api-key", " "], {}), ConfigError, "--api-key");
 });

@@ -40,6 +40,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "engine/backend.h"
@@ -199,6 +200,7 @@ class CudaBackend final : public ForwardBackend {
 
   ~CudaBackend() override {
     (void)cudaStreamSynchronize(s_);
+    if (graph_exec_) (void)cudaGraphExecDestroy(graph_exec_);
     (void)cudaStreamSynchronize(copy_);
     gemm_.reset();
     for (auto &ev : ev_) (void)cudaEventDestroy(ev);
@@ -432,7 +434,6 @@ class CudaBackend final : public ForwardBackend {
                             cudaMemcpyHostToDevice, s_));
     MP_CUDA(cudaMemcpyAsync(d_pos_.p, hpos, (size_t)B * 4, cudaMemcpyHostToDevice, s_));
     MP_CUDA(cudaMemcpyAsync(d_tok_.p, htok, (size_t)B * 4, cudaMemcpyHostToDevice, s_));
-    gpu::embedding(MP_DTYPE_BF16, embd_.p, c_.vocab_size, dim_, d_tok_.p, B, d_x_.p, s_);
 
     // Streamed KV: layer l's rows come in on the copy stream while layer l−1 computes.
     auto stream_in = [&](int32_t l) {
@@ -464,44 +465,71 @@ class CudaBackend final : public ForwardBackend {
 
     bf16 *stage = h_stage_.ensure((size_t)NL * B * 2 * Hkv_ * d_);
     const size_t kvrow = (size_t)Hkv_ * d_;
-    for (int32_t l = 0; l < NL; l++) {
-      if (abort_requested(abort)) {
-        MP_CUDA(cudaStreamSynchronize(copy_));
-        MP_CUDA(cudaStreamSynchronize(s_));
-        return MP_ABORTED;
+    // The step's GPU work from the token ids to the logits. `capturing`: inside CUDA graph
+    // capture (no abort polling, no host synchronisation). Returns false when aborted.
+    auto body = [&](bool capturing) -> bool {
+      gpu::embedding(MP_DTYPE_BF16, embd_.p, c_.vocab_size, dim_, d_tok_.p, B, d_x_.p, s_);
+      for (int32_t l = 0; l < NL; l++) {
+        if (!capturing && abort_requested(abort)) {
+          MP_CUDA(cudaStreamSynchronize(copy_));
+          MP_CUDA(cudaStreamSynchronize(s_));
+          return false;
+        }
+        const LayerDev &L = layers_[(size_t)l];
+        gpu::rmsnorm<bf16>(d_x_.p, L.attn_norm.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
+        gpu::matmul<bf16>(*gemm_, L.wqkv.p, d_xb_.p, dim_, B, dim_, QKV_, d_qkv_.p, QKV_, false);
+        gpu::rope<bf16>(d_qkv_.p, B, H_ + Hkv_, d_, QKV_, d_pos_.p, inv_freq_.p, c_.rope.style,
+                        s_);
+        // New K and V rows: into the device caches and into the device staging of the step
+        // ([layer][K|V][B][Hkv·d]), copied to the host caches once after the step (or right
+        // away for the CPU layers below): no copy engine work inside the layer loop.
+        bf16 *dk = d_stage_.p + (size_t)l * B * 2 * kvrow;
+        bf16 *sk = stage + (size_t)l * B * 2 * kvrow;
+        bf16 *sv = sk + (size_t)B * kvrow;
+        const gpu::SeqKV *dseq = d_seqs_.p + (size_t)l * B;
+        if (stream_rows > 0) {
+          MP_CUDA(cudaStreamWaitEvent(s_, ev_[l & 1], 0));  // layer l's rows are in
+        }
+        gpu::kv_append(d_qkv_.p, QKV_, (int)Hd, (int)(Hd + kvrow), dseq, B, Hkv_, d_, dk,
+                       dk + (size_t)B * kvrow, s_);
+        gpu::attention_decode<bf16, bf16>(d_qkv_.p, QKV_, dseq, B, H_, Hkv_, d_, splits_,
+                                          d_att_.p, nullptr, d_ws_.p, s_);
+        if (stream_rows > 0) MP_CUDA(cudaEventRecord(ev_[2 + (l & 1)], s_));  // buffer free
+        if (any_cpu_layer) cpu_layer_attention(ss, B, l, pos, dk, sk, sv);
+        gpu::matmul<float>(*gemm_, L.wo.p, d_att_.p, Hd, B, (int)Hd, dim_, d_x_.p, dim_, true);
+        gpu::rmsnorm<bf16>(d_x_.p, L.ffn_norm.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
+        gpu::matmul<bf16>(*gemm_, L.wgu.p, d_xb_.p, dim_, B, dim_, 2 * F_, d_gu_.p, 2 * F_,
+                          false);
+        gpu::swiglu<bf16, bf16>(d_gu_.p, d_gu_.p + F_, B, F_, 2 * F_, d_h_.p, F_, s_);
+        gpu::matmul<float>(*gemm_, L.wd.p, d_h_.p, F_, B, F_, dim_, d_x_.p, dim_, true);
+        // With the whole layer queued, bring in the next layer's streamed rows (a pageable
+        // copy holds this thread until it is staged; the GPU works meanwhile).
+        if (stream_rows > 0) stream_in(l + 1);
       }
-      const LayerDev &L = layers_[(size_t)l];
-      gpu::rmsnorm<bf16>(d_x_.p, L.attn_norm.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
-      gpu::matmul<bf16>(*gemm_, L.wqkv.p, d_xb_.p, dim_, B, dim_, QKV_, d_qkv_.p, QKV_, false);
-      gpu::rope<bf16>(d_qkv_.p, B, H_ + Hkv_, d_, QKV_, d_pos_.p, inv_freq_.p, c_.rope.style, s_);
-      // New K and V rows: into the device caches and into the device staging of the step
-      // ([layer][K|V][B][Hkv·d]), copied to the host caches once after the step (or right
-      // away for the CPU layers below): no copy engine work inside the layer loop.
-      bf16 *dk = d_stage_.p + (size_t)l * B * 2 * kvrow;
-      bf16 *sk = stage + (size_t)l * B * 2 * kvrow;
-      bf16 *sv = sk + (size_t)B * kvrow;
-      const gpu::SeqKV *dseq = d_seqs_.p + (size_t)l * B;
-      if (stream_rows > 0) {
-        MP_CUDA(cudaStreamWaitEvent(s_, ev_[l & 1], 0));  // layer l's rows are in
-      }
-      gpu::kv_append(d_qkv_.p, QKV_, (int)Hd, (int)(Hd + kvrow), dseq, B, Hkv_, d_, dk,
-                     dk + (size_t)B * kvrow, s_);
-      gpu::attention_decode<bf16, bf16>(d_qkv_.p, QKV_, dseq, B, H_, Hkv_, d_, splits_,
-                                        d_att_.p, nullptr, d_ws_.p, s_);
-      if (stream_rows > 0) MP_CUDA(cudaEventRecord(ev_[2 + (l & 1)], s_));  // buffer free
-      if (any_cpu_layer) cpu_layer_attention(ss, B, l, pos, dk, sk, sv);
-      gpu::matmul<float>(*gemm_, L.wo.p, d_att_.p, Hd, B, (int)Hd, dim_, d_x_.p, dim_, true);
-      gpu::rmsnorm<bf16>(d_x_.p, L.ffn_norm.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
-      gpu::matmul<bf16>(*gemm_, L.wgu.p, d_xb_.p, dim_, B, dim_, 2 * F_, d_gu_.p, 2 * F_, false);
-      gpu::swiglu<bf16, bf16>(d_gu_.p, d_gu_.p + F_, B, F_, 2 * F_, d_h_.p, F_, s_);
-      gpu::matmul<float>(*gemm_, L.wd.p, d_h_.p, F_, B, F_, dim_, d_x_.p, dim_, true);
-      // With the whole layer queued, bring in the next layer's streamed rows (a pageable
-      // copy holds this thread until it is staged; the GPU works meanwhile).
-      if (stream_rows > 0) stream_in(l + 1);
+      gpu::rmsnorm<bf16>(d_x_.p, out_norm_.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
+      gpu::matmul<float>(*gemm_, head_ptr(), d_xb_.p, dim_, B, dim_, c_.vocab_size,
+                         d_logits_.p, c_.vocab_size, false);
+      return true;
+    };
+    // A step whose GPU part needs no host work (every attended layer resident on the GPU)
+    // replays a CUDA graph: ~400 launches become one (mp_gpu_set_kernel "graphs": 1 on,
+    // 2 off; automatic = on). The graph is captured again when the batch size, the split
+    // count or a workspace address changes; a capture that fails disables graphs.
+    const int gmode = gpu::forced_variant(gpu::OP_GRAPHS);
+    const bool graphable = stream_rows == 0 && !any_cpu_layer && gmode != 2 && !graphs_failed_;
+    if (graphable) {
+      const GraphKey key{B, splits_, d_x_.p, d_ws_.p, d_seqs_.p, d_stage_.p};
+      if (!graph_exec_ || !(key == graph_key_)) capture_graph(key, body);
     }
-    gpu::rmsnorm<bf16>(d_x_.p, out_norm_.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
-    gpu::matmul<float>(*gemm_, head_ptr(), d_xb_.p, dim_, B, dim_, c_.vocab_size, d_logits_.p,
-                       c_.vocab_size, false);
+    MP_CHECK(!(gmode == 1 && graphs_failed_), MP_ERR_CUDA,
+             "CUDA graphs were forced on but capturing the decode step failed: %s",
+             graph_error_.c_str());
+    if (graphable && graph_exec_) {
+      if (abort_requested(abort)) return MP_ABORTED;
+      MP_CUDA(cudaGraphLaunch(graph_exec_, s_));
+    } else if (!body(false)) {
+      return MP_ABORTED;
+    }
     MP_CUDA(cudaMemcpyAsync(stage, d_stage_.p, (size_t)NL * B * 2 * kvrow * sizeof(bf16),
                             cudaMemcpyDeviceToHost, s_));
     MP_CUDA(cudaMemcpyAsync(logits, d_logits_.p, (size_t)B * c_.vocab_size * 4,
@@ -550,6 +578,52 @@ class CudaBackend final : public ForwardBackend {
 
  private:
   const bf16 *head_ptr() const { return c_.tied_embeddings ? embd_.p : head_.p; }
+
+  struct GraphKey {
+    int32_t B;
+    int splits;
+    const void *x, *ws, *seqs, *stage;
+    bool operator==(const GraphKey &o) const {
+      return B == o.B && splits == o.splits && x == o.x && ws == o.ws && seqs == o.seqs &&
+             stage == o.stage;
+    }
+  };
+
+  template <class Body>
+  void capture_graph(const GraphKey &key, Body &body) {
+    if (graph_exec_) {
+      (void)cudaGraphExecDestroy(graph_exec_);
+      graph_exec_ = nullptr;
+    }
+    MP_CUDA(cudaStreamSynchronize(s_));
+    cudaGraph_t g = nullptr;
+    MP_CUDA(cudaStreamBeginCapture(s_, cudaStreamCaptureModeRelaxed));
+    bool ok = true;
+    try {
+      body(true);
+    } catch (const Error &e) {
+      ok = false;
+      graph_error_ = e.message;
+    }
+    cudaError_t rc = cudaStreamEndCapture(s_, &g);
+    if (rc != cudaSuccess || !ok || !g) {
+      if (ok) graph_error_ = std::string("cudaStreamEndCapture: ") + cudaGetErrorString(rc);
+      if (g) (void)cudaGraphDestroy(g);
+      (void)cudaGetLastError();
+      graphs_failed_ = true;  // run without graphs from now on
+      return;
+    }
+    rc = cudaGraphInstantiate(&graph_exec_, g, 0);
+    (void)cudaGraphDestroy(g);
+    if (rc != cudaSuccess) {
+      graph_error_ = std::string("cudaGraphInstantiate: ") + cudaGetErrorString(rc);
+      (void)cudaGetLastError();
+      graph_exec_ = nullptr;
+      graphs_failed_ = true;
+      return;
+    }
+    graph_key_ = key;
+  }
 
   // Calls arrive on different host threads (nonblocking FFI): select the engine's device.
   void use_device() const { MP_CUDA(cudaSetDevice(e_.params().device)); }
@@ -755,6 +829,10 @@ class CudaBackend final : public ForwardBackend {
   Arr<double> inv_freq_;
 
   // decode workspaces
+  cudaGraphExec_t graph_exec_ = nullptr;
+  GraphKey graph_key_{};
+  bool graphs_failed_ = false;
+  std::string graph_error_;
   int32_t ws_batch_ = 0;
   int splits_ = 1;
   Arr<float> d_x_, d_logits_, d_qf_, d_of_, d_ws_;

@@ -164,7 +164,8 @@ enum Op : int {
   OP_ATTENTION = 1,  // 1 = flash (tensor cores), 2 = split-K decode, 3 = generic
   OP_LSH = 2,        // reserved
   OP_KV = 3,         // decode KV placement: 1 = resident on the GPU, 2 = streamed from host
-  OP_COUNT = 4,
+  OP_GRAPHS = 4,     // decode CUDA graphs: 1 = on, 2 = off
+  OP_COUNT = 5,
 };
 int forced_variant(Op op);
 void force_variant(Op op, int variant);

@@ -49,7 +49,7 @@ std::string describe() {
   require_device();
   cudaDeviceProp p;
   MP_CUDA(cudaGetDeviceProperties(&p, 0));
-  char buf[256];
+  char buf[512];
   std::snprintf(buf, sizeof buf, "%s, cc %d.%d, %d SMs, %.1f GiB, L2 %.0f MB", p.name, p.major,
                 p.minor, p.multiProcessorCount, p.totalGlobalMem / 1073741824.0,
                 p.l2CacheSize / 1e6);
@@ -142,8 +142,13 @@ void set_kernel_variant(const char *op, int variant) {
              variant);
     return force_variant(OP_KV, variant);
   }
-  MP_FAIL(MP_ERR_INVALID, "op \"%s\" is invalid: must be \"matmul\", \"attention\" or \"kv\"",
-          op);
+  if (std::strcmp(op, "graphs") == 0) {
+    MP_CHECK(variant <= 2, MP_ERR_INVALID,
+             "variant \"%d\" is invalid for \"graphs\": must be 0..2", variant);
+    return force_variant(OP_GRAPHS, variant);
+  }
+  MP_FAIL(MP_ERR_INVALID,
+          "op \"%s\" is invalid: must be \"matmul\", \"attention\", \"kv\" or \"graphs\"", op);
 }
 
 }  // namespace mp::gpu

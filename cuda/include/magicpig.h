@@ -420,8 +420,10 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
  * per "sequence"), 3 generic. op "kv" (where decoding keeps the KV of the layers it
  * attends on the GPU): 1 resident on the GPU (uploaded once per session), 2 streamed from
  * host memory every step (the "dense from host" baseline); automatic = resident while the
- * gpu_memory_budget allows, else streamed. A variant that cannot run a shape falls back to
- * one that can. Process-wide; not meant to change while other calls run. */
+ * gpu_memory_budget allows, else streamed. op "graphs" (decode steps whose GPU part needs
+ * no host work replay a captured CUDA graph): 1 on, 2 off; automatic = on. A variant that
+ * cannot run a shape falls back to one that can. Process-wide; not meant to change while
+ * other calls run. */
 MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t err_cap);
 
 /* Token choice on the GPU for n rows of logits[n][vocab]: p->temperature <= 0 is greedy

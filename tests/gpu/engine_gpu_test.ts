@@ -28,7 +28,7 @@ import {
   Status,
   TensorKind,
 } from "../../ffi/native.ts";
-import { KvPlacement, setKernel } from "../../ffi/gpu.ts";
+import { Graphs, KvPlacement, setKernel } from "../../ffi/gpu.ts";
 import { loadModel } from "../../engine/model/loader.ts";
 
 const gpus = (() => {
@@ -147,13 +147,15 @@ Deno.test({
     const V = cfg.vocab_size;
     const f: (string | null)[] = [];
     for (
-      const [name, placement, opts] of [
-        ["resident", KvPlacement.RESIDENT, denseOpts],
-        ["streamed", KvPlacement.STREAMED, denseOpts],
-        ["policy layer on the CPU", KvPlacement.AUTO, sparseOpts],
+      const [name, placement, opts, graphs] of [
+        ["resident, CUDA graph", KvPlacement.RESIDENT, denseOpts, Graphs.ON],
+        ["resident, no graph", KvPlacement.RESIDENT, denseOpts, Graphs.OFF],
+        ["streamed", KvPlacement.STREAMED, denseOpts, Graphs.AUTO],
+        ["policy layer on the CPU", KvPlacement.AUTO, sparseOpts, Graphs.AUTO],
       ] as const
     ) {
       setKernel("kv", placement);
+      setKernel("graphs", graphs);
       try {
         const lens = [130, 7, 260];
         const cs: Session[] = [], gs: Session[] = [];
@@ -178,6 +180,7 @@ Deno.test({
         for (const s of [...cs, ...gs]) await s.close();
       } finally {
         setKernel("kv", KvPlacement.AUTO);
+        setKernel("graphs", Graphs.AUTO);
       }
     }
     assertAll(f);
