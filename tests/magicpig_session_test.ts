@@ -129,28 +129,67 @@ Deno.test("a sampler that retrieves every key (K1L1024) decodes like dense", asy
   assertLessOrEqual(info.keysOffloaded - info.keysAttended, 1e-3 * info.keysOffloaded);
 });
 
+/** E, the end of the offloaded region, from the keys-offloaded count one step added. */
+function regionEnd(before: number, after: number, S = 4): number {
+  return (after - before) / (SPARSE_LAYERS * config.n_heads) + S;
+}
+
 Deno.test("the generation buffer flushes its oldest tokens into the index", async () => {
-  const W = 8, gb = 16, S = 4;
+  const W = 8, gb = 16;
   await using s = await session({ lshK: 6, lshL: 40, window: W, genBuffer: gb }, tokens(100, 5));
   await s.commit();
   assertEquals(s.info().nIndexed, 92);
   let flushes = 0, last = 92;
   for (let i = 0; i < 60; i++) {
+    const before = s.info().keysOffloaded;
     await step(s, i % 64);
-    const { nTokens, nIndexed } = s.info();
-    assertLessOrEqual(nTokens - nIndexed, W + gb, "the local region never overflows");
-    if (nIndexed !== last) {
-      assertEquals(nIndexed, nTokens - W, "a flush keeps the last window exact");
+    const { nTokens, keysOffloaded, nIndexed } = s.info();
+    const E = regionEnd(before, keysOffloaded);
+    assertLessOrEqual(nTokens - E, W + gb, "the local region never overflows");
+    if (E !== last) {
+      assertEquals(E, nTokens - W, "a flush keeps the last window exact");
       flushes++;
-      last = nIndexed;
+      last = E;
     }
+    assertEquals(nIndexed, 92, "n_indexed is the last commit's boundary");
   }
   assert(flushes >= 2, `${flushes} flushes`);
+  await s.commit();
+  assertEquals(
+    s.info().nIndexed,
+    s.info().nTokens - W,
+    "a commit makes the flushed tokens permanent",
+  );
   // a long prompt that was never committed is indexed at its first decode step
   await using u = await session({ lshK: 6, lshL: 40, window: W, genBuffer: gb }, tokens(200, 6));
   await step(u, 1);
-  assertEquals(u.info().nIndexed, 201 - W);
-  assert(u.info().keysOffloaded === SPARSE_LAYERS * config.n_heads * (201 - W - S));
+  assertEquals(regionEnd(0, u.info().keysOffloaded), 201 - W);
+  assertEquals(u.info().nIndexed, 0);
+});
+
+Deno.test("a turn truncated away after flushes leaves the index as the commit left it", async () => {
+  // the session manager's forked turns: generate past window + gen_buffer, then roll back
+  const attention = { lshK: 6, lshL: 40, window: 4, genBuffer: 4, sinks: 2 };
+  for (const commitFirst of [true, false]) {
+    await using s = await session(attention, tokens(300, 10));
+    if (commitFirst) await s.commit();
+    const n = s.info().nTokens;
+    const run = async () => {
+      const out: number[][] = [];
+      let t = 1;
+      for (let i = 0; i < 32; i++) {
+        const l = await step(s, t);
+        out.push(Array.from(l));
+        t = l.indexOf(Math.max(...l));
+      }
+      return out;
+    };
+    const first = await run();
+    await s.truncate(n);
+    assertEquals(s.info().nTokens, n);
+    const second = await run();
+    assertEquals(second, first, `identical after the rollback (commit first: ${commitFirst})`);
+  }
 });
 
 Deno.test("truncate() refuses to cut into the indexed tokens; a fork is indexed by its own commit", async () => {

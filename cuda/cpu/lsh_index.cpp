@@ -68,7 +68,7 @@ static inline float key_at(const KeyRows &k, int64_t off) {
   }
 }
 
-void Index::add(const KeyRows &keys, int64_t m, bool merge) {
+void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge) {
   MP_CHECK(m >= 0, MP_ERR_INVALID, "token count \"%lld\" must be >= 0", (long long)m);
   if (m == 0) {
     if (merge) merge_tail();
@@ -84,7 +84,7 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge) {
       KeyRows part = keys;
       part.k = (const uint8_t *)keys.k + (size_t)o * d_ * dtype_size(keys.dtype);
       int64_t c = std::min(PIECE, m - o);
-      add(part, c, merge && o + c == m);
+      add(part, c, merge && o + c == m, auto_merge);
     }
     return;
   }
@@ -102,7 +102,7 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge) {
     has_mean_ = true;
   }
   const int64_t n_tail = n_ - n_blocked_;
-  const bool do_merge = merge || n_tail + m >= p_.tail_max;
+  const bool do_merge = merge || (auto_merge && n_tail + m >= p_.tail_max);
   // x[j] = k_j − μ (fp32) for head h, and the norms
   std::vector<float> x((size_t)m * d);
   auto center = [&](int h) {
@@ -145,6 +145,18 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge) {
     }
     n_ += m;
   }
+}
+
+void Index::truncate(int64_t m) {
+  if (m >= n_) return;
+  MP_CHECK(m >= n_blocked_, MP_ERR_STATE,
+           "cannot drop LSH-indexed tokens below %lld: they are sorted into blocks",
+           (long long)n_blocked_);
+  for (HeadIndex &hi : heads_) {
+    hi.tail.resize((size_t)(m - n_blocked_) * lp_);
+    hi.norms.resize(m);
+  }
+  n_ = m;
 }
 
 void Index::merge_tail() {

@@ -56,10 +56,14 @@ class Index {
 
   // Adds m tokens (the next ids n .. n+m−1). On the first non-empty call with centering
   // on, μ is the mean of these keys (per KV head) and stays fixed afterwards. Tokens go to
-  // the tail; once the tail reaches tail_max (or `merge` is set) it is merged into blocks.
-  void add(const KeyRows &keys, int64_t m, bool merge = false);
+  // the tail; it is merged into the blocks when `merge` is set, or when it reaches
+  // tail_max and `auto_merge` is set.
+  void add(const KeyRows &keys, int64_t m, bool merge = false, bool auto_merge = true);
   // Merges the tail into the blocks now.
   void merge_tail();
+  // Keeps tokens [0, m): only tail tokens can be dropped (m >= n_blocked(), else
+  // MP_ERR_STATE). The index is then exactly what it was before they were added.
+  void truncate(int64_t m);
 
   const Params &params() const { return p_; }
   int n_kv_heads() const { return hkv_; }

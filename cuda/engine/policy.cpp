@@ -17,8 +17,11 @@
  * it to n − W; the first commit creates the layer's index (μ = the mean of the keys it
  * indexes, then fixed). During decode the local region grows by one token per step; once
  * it is longer than W + gen_buffer its oldest tokens (all but the last W) are flushed into
- * the index (they join its tail and are merged into the blocks when the tail is full), so
- * the generation buffer never overflows. A session whose prompt has n ≤ S + W tokens has no
+ * the index, so the generation buffer never overflows. Flushed tokens stay in the index's
+ * unsorted tail until the next commit (which merges a full tail into the blocks): a turn
+ * that is truncated away (a forked turn's rollback) takes them out again and leaves the
+ * index exactly as the commit left it; n_indexed reports the tokens of the last commit,
+ * the bound mp_session_truncate keeps. A session whose prompt has n ≤ S + W tokens has no
  * offloaded region and stays dense until generation makes one.
  * The session's cache keeps the keys as computed, uncentered: the index holds μ and applies
  * it where angles matter (hash codes, u), while logits use the stored keys — the same
@@ -51,11 +54,13 @@ namespace mp {
 
 namespace {
 
-// Snapshot section of one layer's LSH index: i32 layer, u64 image bytes, the image.
+// Snapshot section of one layer's LSH index: i32 layer, i64 tokens committed, u64 image
+// bytes, the image.
 constexpr uint32_t SNAP_TAG_LSH = snap_tag('L', 'S', 'H', 'X');
 
 struct LayerState {
   std::unique_ptr<lsh::Index> index;  // MAGICPIG
+  int64_t committed = 0;              // index tokens as of the last commit
   baseline::QuestPages quest;         // QUEST
 };
 
@@ -92,29 +97,37 @@ lsh::KVView kv_view(Session &s, int32_t layer, int64_t base) {
   return v;
 }
 
-// Indexes tokens [E, target) of a layer (creating the index on the first call).
-void advance(Session &s, int32_t layer, int64_t target) {
+// Indexes tokens [E, target) of a layer, creating the index on the first call (its tokens
+// sorted into blocks). `commit`: a turn ends, the tail may be merged into the blocks and
+// what is indexed becomes permanent. Otherwise (a decode flush) the tokens stay in the
+// tail, so that truncating the turn away drops them again and leaves the index as it was.
+void advance(Session &s, int32_t layer, int64_t target, bool commit) {
   LayerState &ls = state(s).layers[(size_t)layer];
   const mp_attention_params &a = s.attention();
   const int64_t S = a.sinks;
   const int64_t E = ls.index ? index_end(s, ls) : S;
-  if (target <= E) return;
-  lsh::KeyRows keys;
-  keys.k = s.k_row(layer, 0, E);
-  keys.dtype = s.kv_dtype();
-  keys.head_rows = s.capacity();
-  if (!ls.index) {
-    lsh::Params p;
-    p.K = a.lsh_k;
-    p.L = a.lsh_l;
-    p.seed = a.seed;
-    p.eps = a.eps;
-    p.center = true;
-    auto idx = std::make_unique<lsh::Index>(p, s.n_kv_heads(), s.head_dim());
-    idx->add(keys, target - E, /*merge=*/true);
-    ls.index = std::move(idx);
-  } else {
-    ls.index->add(keys, target - E);
+  if (target > E) {
+    lsh::KeyRows keys;
+    keys.k = s.k_row(layer, 0, E);
+    keys.dtype = s.kv_dtype();
+    keys.head_rows = s.capacity();
+    if (!ls.index) {
+      lsh::Params p;
+      p.K = a.lsh_k;
+      p.L = a.lsh_l;
+      p.seed = a.seed;
+      p.eps = a.eps;
+      p.center = true;
+      auto idx = std::make_unique<lsh::Index>(p, s.n_kv_heads(), s.head_dim());
+      idx->add(keys, target - E, /*merge=*/true);
+      ls.index = std::move(idx);
+    } else {
+      ls.index->add(keys, target - E, /*merge=*/false, /*auto_merge=*/commit);
+    }
+  }
+  if (commit && ls.index) {
+    if (ls.index->n_tail() >= ls.index->params().tail_max) ls.index->merge_tail();
+    ls.committed = ls.index->n();
   }
 }
 
@@ -175,7 +188,7 @@ void policy_decode_attention(Session &s, int32_t layer, int64_t pos, const float
     E = ls.index ? index_end(s, ls) : S;
     // the generation buffer is full: flush its oldest tokens into the index
     if (pos + 1 - E > W + a.gen_buffer && pos + 1 - W > S) {
-      advance(s, layer, pos + 1 - W);
+      advance(s, layer, pos + 1 - W, /*commit=*/false);
       E = index_end(s, ls);
     }
     if (!ls.index || E <= S) {
@@ -231,26 +244,43 @@ void policy_decode_attention(Session &s, int32_t layer, int64_t pos, const float
 void policy_commit(Session &s) {
   const mp_attention_params &a = s.attention();
   if (a.method != MP_ATTN_MAGICPIG) return;
-  const int64_t target = s.n_tokens() - a.window;
-  if (target <= a.sinks) return;  // short prompt: no offloaded region yet
+  const int64_t target = std::max<int64_t>(s.n_tokens() - a.window, a.sinks);
+  // (a short prompt has no offloaded region yet; tokens flushed since the last commit
+  // become permanent all the same)
   for (int32_t l = 0; l < s.n_layers(); l++)
-    if (!s.layer_is_dense(l)) advance(s, l, target);
+    if (!s.layer_is_dense(l)) advance(s, l, target, /*commit=*/true);
 }
 
 void policy_truncate(Session &s, int64_t n) {
   if (!s.policy) return;
   State &st = state(s);
   const int64_t S = s.attention().sinks, page = std::max(1, s.attention().page_size);
-  for (LayerState &ls : st.layers)  // pages past the new end are recomputed when needed
+  for (LayerState &ls : st.layers) {
+    // pages past the new end are recomputed when needed
     ls.quest.pages = std::min(ls.quest.pages, std::max<int64_t>(0, (n - S) / page));
+    if (!ls.index || index_end(s, ls) <= n) continue;
+    // Every token flushed since the last commit goes back to the local region (even those
+    // below n): the index returns to what the commit left, so rolling a turn back restores
+    // the session exactly. (The engine refuses n below policy_n_indexed, the commit's end.)
+    if (ls.committed == 0) {
+      ls.index.reset();  // made by a flush since the last commit: μ came from those tokens
+    } else {
+      ls.index->truncate(ls.committed);
+    }
+  }
 }
 
+// Tokens indexed at the last commit (a truncate may not cut into them); generated tokens
+// flushed into the index since then are not counted: truncating the turn drops them.
 int64_t policy_n_indexed(const Session &s) {
   const State *st = state_if(s);
   if (!st) return 0;
   int64_t e = -1;
-  for (const LayerState &ls : st->layers)
-    if (ls.index) e = e < 0 ? index_end(s, ls) : std::min(e, index_end(s, ls));
+  for (const LayerState &ls : st->layers) {
+    if (!ls.index) continue;
+    const int64_t end = ls.committed > 0 ? s.attention().sinks + ls.committed : 0;
+    e = e < 0 ? end : std::min(e, end);
+  }
   return std::max<int64_t>(e, 0);
 }
 
@@ -272,8 +302,9 @@ void policy_save(const Session &s, SnapshotWriter &w) {
     const lsh::Index *idx = st->layers[(size_t)l].index.get();
     if (!idx) continue;
     const uint64_t bytes = idx->image_bytes();
-    w.begin_section(SNAP_TAG_LSH, 4 + 8 + bytes);
+    w.begin_section(SNAP_TAG_LSH, 4 + 8 + 8 + bytes);
     w.put((int32_t)l);
+    w.put((int64_t)st->layers[(size_t)l].committed);
     w.put(bytes);
     idx->write([&w](const void *p, size_t n) { w.write(p, n); });
     w.end_section();
@@ -284,6 +315,7 @@ bool policy_load_section(Session &s, uint32_t tag, SnapshotReader &r) {
   if (tag != SNAP_TAG_LSH) return false;
   const mp_attention_params &a = s.attention();
   const int32_t l = r.get<int32_t>();
+  const int64_t committed = r.get<int64_t>();
   const uint64_t bytes = r.get<uint64_t>();
   MP_CHECK(l >= 0 && l < s.n_layers() && !s.layer_is_dense(l) && a.method == MP_ATTN_MAGICPIG &&
                bytes == r.remaining(),
@@ -295,13 +327,15 @@ bool policy_load_section(Session &s, uint32_t tag, SnapshotReader &r) {
   const lsh::Params &p = idx->params();
   MP_CHECK(p.K == a.lsh_k && p.L == a.lsh_l && p.seed == a.seed &&
                idx->n_kv_heads() == s.n_kv_heads() && idx->head_dim() == s.head_dim() &&
-               a.sinks + idx->n() <= s.capacity(),
+               a.sinks + idx->n() <= s.capacity() && committed >= 0 &&
+               committed <= idx->n() && committed >= idx->n_blocked(),
            MP_ERR_CORRUPT, "snapshot \"%s\": the LSH index of layer %d does not fit the session",
            r.path().c_str(), l);
   LayerState &ls = state(s).layers[(size_t)l];
   MP_CHECK(!ls.index, MP_ERR_CORRUPT, "snapshot \"%s\" has two LSH indexes for layer %d",
            r.path().c_str(), l);
   ls.index = std::move(idx);
+  ls.committed = committed;
   return true;
 }
 

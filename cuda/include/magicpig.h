@@ -283,7 +283,9 @@ MP_API int32_t mp_session_prefill(mp_engine *e, mp_session *s, const int32_t *to
                                   char *err, size_t err_cap);
 
 /* Ends a turn: for MAGICPIG, indexes every token but the sinks and the last `window`
- * (centering keys on the first commit); a no-op for other methods. */
+ * (the first commit fixes the key mean μ the index centers with; the KV cache keeps the
+ * keys as computed) and makes generated tokens flushed into the index since the last
+ * commit permanent; a no-op for other methods. */
 MP_API int32_t mp_session_commit(mp_engine *e, mp_session *s, char *err, size_t err_cap);
 
 /* Drops tokens after the first n (n >= the indexed length, see mp_session_info). Used to
@@ -303,7 +305,9 @@ MP_API int32_t mp_session_fork(mp_engine *e, const mp_session *src, const mp_ses
 typedef struct mp_session_info {
   size_t size;               /* sizeof(mp_session_info), set by the caller */
   int64_t n_tokens;          /* tokens in the KV cache */
-  int64_t n_indexed;         /* tokens covered by the LSH index (MAGICPIG) */
+  int64_t n_indexed;         /* MAGICPIG: tokens indexed at the last commit (sinks
+                                included); a truncate may not cut below it. Generated
+                                tokens flushed into the index since are not counted */
   int64_t host_kv_bytes;     /* host bytes held for K, V (and key norms) */
   int64_t host_index_bytes;  /* host bytes held for the LSH index */
   int64_t gpu_bytes;         /* device bytes held for this session */
