@@ -357,7 +357,7 @@ int64_t policy_split_begin(Session &s, int32_t layer, int64_t pos) {
     LayerState &ls = st.layers[(size_t)layer];
     int64_t E = ls.index ? index_end(s, ls) : S;
     if (pos + 1 - E > W + a.gen_buffer && pos + 1 - W > S) {
-      advance(s, layer, pos + 1 - W);
+      advance(s, layer, pos + 1 - W, /*commit=*/false);
       E = index_end(s, ls);
     }
     return (!ls.index || E <= S) ? S : E;
