@@ -25,12 +25,15 @@ export const AttentionKernel = { AUTO: 0, FLASH: 1, DECODE: 2, GENERIC: 3 } as c
 /** Variants of op "kv" (decode KV placement) for {@link setKernel}. */
 export const KvPlacement = { AUTO: 0, RESIDENT: 1, STREAMED: 2 } as const;
 
+/** Variants of op "pin" (sessions' host KV in page-locked memory) for {@link setKernel}. */
+export const PinnedKv = { AUTO: 0, ON: 1, OFF: 2 } as const;
+
 /** Variants of op "graphs" (CUDA graphs for decode steps) for {@link setKernel}. */
 export const Graphs = { AUTO: 0, ON: 1, OFF: 2 } as const;
 
 /** Forces a kernel variant of an op family for later CUDA work (0: automatic). */
 export function setKernel(
-  op: "matmul" | "attention" | "kv" | "graphs",
+  op: "matmul" | "attention" | "kv" | "graphs" | "pin",
   variant: number,
 ): void {
   const err = errorBuffer();

@@ -43,6 +43,7 @@
 #include <memory>
 
 #include "common/common.h"
+#include "engine/buffer.h"
 
 namespace mp {
 
@@ -82,6 +83,11 @@ struct ForwardBackend {
 
   // mp_engine_get_info: fill backend-specific fields (device, gpu_bytes_*, device_name).
   virtual void fill_info(mp_engine_info *) const {}
+
+  // Where sessions' host KV caches are allocated (Session::reserve): nullptr = plain
+  // aligned_alloc. The CUDA backend returns page-locked memory, so that prefill write-back,
+  // follow-up streaming and dense-from-host decode copy at full PCIe speed.
+  virtual const HostAllocator *host_allocator() const { return nullptr; }
 };
 
 // The CPU backend (cuda/engine/cpu_backend.cpp).

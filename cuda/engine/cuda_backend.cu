@@ -47,6 +47,7 @@
 // any work, instead of an out-of-memory error in the middle of a forward pass.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -629,6 +630,8 @@ class CudaBackend final : public ForwardBackend {
     }
   }
 
+  const HostAllocator *host_allocator() const override { return &pinned_; }
+
   int64_t session_device_bytes(const Session &s) const override {
     if (auto *cs = dynamic_cast<const CudaSession *>(s.backend_state.get())) return cs->bytes();
     return 0;
@@ -965,6 +968,28 @@ class CudaBackend final : public ForwardBackend {
       std::memcpy(s.v_row(l, h, p), sv + (size_t)i * kvrow + (size_t)h * d_, (size_t)d_ * 2);
     }
   }
+
+  // Sessions' host KV caches: page-locked (cudaHostAlloc, portable) unless "pin" is off or
+  // pinning fails (then pageable). Freed by what allocated it (cudaPointerGetAttributes).
+  static void *pinned_alloc(size_t bytes, void *) {
+    if (gpu::forced_variant(gpu::OP_PIN) != 2) {
+      void *p = nullptr;
+      if (cudaHostAlloc(&p, bytes, cudaHostAllocPortable) == cudaSuccess) return p;
+      (void)cudaGetLastError();
+      trace("pinned host allocation of %.2f GiB failed: pageable memory instead", bytes / GiB);
+    }
+    return std::aligned_alloc(64, bytes);
+  }
+  static void pinned_free(void *p, size_t, void *) {
+    cudaPointerAttributes a{};
+    if (cudaPointerGetAttributes(&a, p) == cudaSuccess && a.type == cudaMemoryTypeHost) {
+      (void)cudaFreeHost(p);
+      return;
+    }
+    (void)cudaGetLastError();
+    std::free(p);
+  }
+  const HostAllocator pinned_{&pinned_alloc, &pinned_free, nullptr};
 
   Engine &e_;
   const mp_model_config &c_;

@@ -85,10 +85,12 @@ void Session::reserve(int64_t n) {
   const size_t rb = row_bytes();
   const size_t bytes = (size_t)n_kv_heads_ * (size_t)cap * rb;
   // Allocate everything first: on OOM the session stays as it was.
+  // The backend may supply the memory (page-locked for a GPU backend's copies).
+  const HostAllocator *alloc = engine_->backend().host_allocator();
   std::vector<HostBuffer> nk((size_t)n_layers_), nv((size_t)n_layers_);
   for (int32_t l = 0; l < n_layers_; l++) {
-    nk[(size_t)l].allocate(bytes);
-    nv[(size_t)l].allocate(bytes);
+    nk[(size_t)l].allocate(bytes, alloc);
+    nv[(size_t)l].allocate(bytes, alloc);
   }
   const int64_t keep = n_tokens_;
   const int64_t items = (int64_t)n_layers_ * n_kv_heads_;

@@ -179,7 +179,8 @@ enum Op : int {
   OP_LSH = 2,        // reserved
   OP_KV = 3,         // decode KV placement: 1 = resident on the GPU, 2 = streamed from host
   OP_GRAPHS = 4,     // decode CUDA graphs: 1 = on, 2 = off
-  OP_COUNT = 5,
+  OP_PIN = 5,        // sessions' host KV in page-locked memory: 1 = on, 2 = off
+  OP_COUNT = 6,
 };
 int forced_variant(Op op);
 void force_variant(Op op, int variant);

@@ -219,8 +219,15 @@ void set_kernel_variant(const char *op, int variant) {
              "variant \"%d\" is invalid for \"graphs\": must be 0..2", variant);
     return force_variant(OP_GRAPHS, variant);
   }
+  if (std::strcmp(op, "pin") == 0) {
+    MP_CHECK(variant <= 2, MP_ERR_INVALID, "variant \"%d\" is invalid for \"pin\": must be 0..2",
+             variant);
+    return force_variant(OP_PIN, variant);
+  }
   MP_FAIL(MP_ERR_INVALID,
-          "op \"%s\" is invalid: must be \"matmul\", \"attention\", \"kv\" or \"graphs\"", op);
+          "op \"%s\" is invalid: must be \"matmul\", \"attention\", \"kv\", \"graphs\" or "
+          "\"pin\"",
+          op);
 }
 
 }  // namespace mp::gpu

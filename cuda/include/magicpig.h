@@ -425,7 +425,10 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
  * attends on the GPU): 1 resident on the GPU (uploaded once per session), 2 streamed from
  * host memory every step (the "dense from host" baseline); automatic = resident while the
  * gpu_memory_budget allows, else streamed. op "graphs" (decode steps whose GPU part needs
- * no host work replay a captured CUDA graph): 1 on, 2 off; automatic = on. A variant that
+ * no host work replay a captured CUDA graph): 1 on, 2 off; automatic = on. op "pin"
+ * (sessions' host KV caches of a CUDA engine in page-locked memory, for full-speed PCIe
+ * copies; applies to caches allocated later): 1 on, 2 off (pageable); automatic = on, with
+ * a fallback to pageable memory when pinning fails. A variant that
  * cannot run a shape falls back to one that can. Process-wide; not meant to change while
  * other calls run. */
 MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t err_cap);
