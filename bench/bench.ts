@@ -478,12 +478,17 @@ async function main(): Promise<void> {
     if (useGpu) setKernel("graphs", m.graphs ?? Graphs.AUTO);
     const forks: Session[] = [];
     try {
+      const tf = performance.now();
       for (let i = 0; i < B; i++) {
         // Room for the warm-up and timed steps, so the host cache never doubles.
         const f = await base.fork({ ...m.options, reserveTokens: N + 512 });
         forks.push(f);
         if (m.commit) await f.commit();
       }
+      console.log(
+        `  ${m.name} ${N} B=${B}: ${B} fork(s)${m.commit ? " + index build" : ""} in ` +
+          `${((performance.now() - tf) / 1000).toFixed(1)} s`,
+      );
       const V = cfg.vocab_size;
       const logits = new Float32Array(B * V);
       const teach = tokens(512, 7 * N + B, V);

@@ -145,7 +145,7 @@ if [ -f "$OUT/test.log" ]; then
 fi
 if [ -f "$OUT/opbench.log" ]; then
   echo "---- kernels (decode GEMVs, decode attention, prefill attention)"
-  grep -E '^(gemv|decode|prefill|copy) ' "$OUT/opbench.log" | grep -v 'n=3 \|n=13 \|n=5 ' | cut -c1-120 | head -40
+  grep -E '^(gemv|decode|prefill|copy|pcie) ' "$OUT/opbench.log" | grep -v 'n=3 \|n=13 \|n=5 ' | cut -c1-120 | head -40
 fi
 if [ -f "$OUT/bench.log" ]; then
   echo "---- model bench (table)"

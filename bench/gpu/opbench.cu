@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
@@ -141,6 +142,29 @@ uint64_t lcg(uint64_t &s) {
 
 // ------------------------------------------------------------
 // sections
+
+// Page-locked host memory: what cudaHostAlloc costs per GiB (sessions' host KV is pinned)
+// and the pinned host<->device copy rates.
+void bench_pinned(cudaStream_t s) {
+  const size_t bytes = (size_t)4 << 30;
+  const auto t0 = std::chrono::steady_clock::now();
+  HostPinned<uint8_t> h(bytes);
+  const double alloc_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::memset(h.p, 1, bytes);
+  DevBuf<uint8_t> d(bytes);
+  const double h2d = time_ms(s, [&](int) {
+    MP_CUDA(cudaMemcpyAsync(d.p, h.p, bytes, cudaMemcpyHostToDevice, s));
+  }, 1, 3);
+  const double d2h = time_ms(s, [&](int) {
+    MP_CUDA(cudaMemcpyAsync(h.p, d.p, bytes, cudaMemcpyDeviceToHost, s));
+  }, 1, 3);
+  char note[128];
+  std::snprintf(note, sizeof note, "cudaHostAlloc %.2f s for 4 GiB (%.1f GiB/s)", alloc_s,
+                4.0 / alloc_s);
+  emit({"pcie", "h2d", "4 GiB pinned", h2d, bytes / (h2d * 1e6), "GB/s", 0, -1, 0, note});
+  emit({"pcie", "d2h", "4 GiB pinned", d2h, bytes / (d2h * 1e6), "GB/s", 0, -1, 0, ""});
+}
 
 void bench_copy(cudaStream_t s) {
   const size_t bytes = (size_t)2 << 30;
@@ -456,6 +480,7 @@ int main(int argc, char **argv) {
     return g_failures ? 1 : 0;
   }
   section("copy", [&] { bench_copy(s); });
+  section("pcie", [&] { bench_pinned(s); });
   // Decode GEMVs of the 8B shape (fused QKV, O, fused gate/up, down, LM head): the skinny
   // kernel (warps per block chosen per shape) against cuBLAS, batch 1 and 8.
   section("gemv", [&] {
