@@ -322,15 +322,16 @@ export function usage(): string {
     "Usage: deno task start [OPTIONS]",
     "",
     "Serves an OpenAI-compatible API for one model (completions, chat, pinned sessions,",
-    "tokenize, metrics, health).",
+    "user functions, tokenize, metrics, health).",
     "",
     "Options (environment variable in brackets):",
   ];
-  for (const o of optionTable) {
-    const left = `  --${o.flag}${o.value ? ` ${o.value}` : ""}`;
-    lines.push(`${left.padEnd(28)}${o.help}${o.env ? ` [${o.env}]` : ""}`);
-  }
-  lines.push(`${"  -h, --help".padEnd(28)}show this help`);
+  const lefts = optionTable.map((o) => `  --${o.flag}${o.value ? ` ${o.value}` : ""}`);
+  const width = Math.max(...lefts.map((l) => l.length)) + 2;
+  optionTable.forEach((o, i) => {
+    lines.push(`${lefts[i].padEnd(width)}${o.help}${o.env ? ` [${o.env}]` : ""}`);
+  });
+  lines.push(`${"  -h, --help".padEnd(width)}show this help`);
   return lines.join("\n");
 }
 
