@@ -543,8 +543,10 @@ async function endToEnd(
 
 const log = (s: string) => console.error(s);
 const started = performance.now();
-const storiesPath =
-  new URL("../../shared/models/stories260K/stories260K.gguf", import.meta.url).pathname;
+const storiesPath = `${
+  Deno.env.get("MAGICPIG_SHARED_MODELS") ||
+  new URL("../../shared/models", import.meta.url).pathname
+}/stories260K/stories260K.gguf`;
 let haveStories = true;
 try {
   Deno.statSync(storiesPath);

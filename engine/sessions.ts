@@ -219,8 +219,9 @@ export interface SessionManagerOptions {
   /** How often expired sessions are swept (default 1000 ms). */
   sweepIntervalMs?: number;
   /**
-   * Spare tokens reserved at create beyond the prompt (default 0: the native cache already
-   * rounds its capacity up to a power of two).
+   * Spare tokens reserved at create beyond the prompt (default 1024), so that follow-up
+   * turns append without re-allocating the cache (on a GPU backend: re-pinning it). The
+   * native cache grows by a quarter when a turn outgrows it.
    */
   reserveHeadroom?: number;
   log?: Logger;
@@ -384,7 +385,7 @@ export class SessionManager {
     this.#defaultTtl = options.defaultTtlSeconds ?? 3600;
     this.#maxTtl = options.maxTtlSeconds ?? 7 * 24 * 3600;
     this.#retryAfter = options.retryAfterSeconds ?? 2;
-    this.#headroom = options.reserveHeadroom ?? 0;
+    this.#headroom = options.reserveHeadroom ?? 1024;
     this.#log = options.log ?? new Logger({ level: "silent" });
     this.#m = registerMetrics(options.metrics ?? new Metrics(), this);
     const interval = options.sweepIntervalMs ?? 1000;
@@ -1152,8 +1153,7 @@ export class SessionManager {
 
   /** Host bytes of a new session with room for `tokens` (the cache rounds up to 2^k >= 64). */
   #hostEstimate(tokens: number, method: AttentionMethod): number {
-    let capacity = 64;
-    while (capacity < tokens) capacity *= 2;
+    const capacity = nativeCapacity(0, tokens);
     const per = this.#store.kvBytesPerToken;
     return Math.ceil(capacity * per + tokens * per * (this.#indexRatio.get(method) ?? 0));
   }
@@ -1164,10 +1164,7 @@ export class SessionManager {
     const per = this.#store.kvBytesPerToken;
     const capacity = per > 0 ? Math.floor(m.hostKvBytes / per) : 0;
     const after = m.nTokens + more;
-    // The native cache doubles its capacity until the tokens fit.
-    let grown = Math.max(capacity, 1);
-    while (grown < after) grown *= 2;
-    const kvAfter = after > capacity ? grown * per : m.hostKvBytes;
+    const kvAfter = after > capacity ? nativeCapacity(capacity, after) * per : m.hostKvBytes;
     const ratio = this.#indexRatio.get(e.attention.method) ?? 0;
     return Math.max(0, kvAfter - m.hostKvBytes) + Math.ceil(more * per * ratio);
   }
@@ -1583,4 +1580,17 @@ function registerMetrics(m: Metrics, manager: SessionManager) {
   }
   for (const operation of ["save", "load"]) out.snapshotFailures.inc({ operation }, 0);
   return out;
+}
+
+/**
+ * The rows the native KV cache holds after growing from `capacity` to fit `needed` tokens
+ * (mirrors Session::reserve in cuda/engine/session.cpp: an exact first reservation, then
+ * growth by a quarter, at least 256 rows; always rounded up to 256 rows).
+ */
+export function nativeCapacity(capacity: number, needed: number): number {
+  if (needed <= capacity) return capacity;
+  const grown = capacity === 0
+    ? needed
+    : Math.max(needed, capacity + Math.max(Math.floor(capacity / 4), 256));
+  return Math.ceil(grown / 256) * 256;
 }

@@ -5,9 +5,13 @@
  * @module
  */
 
-/** `../shared/models` next to the repository, or null when it is absent. */
+/**
+ * `../shared/models` next to the repository (or `$MAGICPIG_SHARED_MODELS`, e.g. a copy
+ * carried to the GPU server), or null when it is absent.
+ */
 export const sharedModels: string | null = (() => {
-  const p = new URL("../../shared/models", import.meta.url).pathname;
+  const p = Deno.env.get("MAGICPIG_SHARED_MODELS") ||
+    new URL("../../shared/models", import.meta.url).pathname;
   try {
     Deno.statSync(p);
     return p;

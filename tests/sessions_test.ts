@@ -580,7 +580,8 @@ Deno.test({
   async fn() {
     // One session's bytes, from a probe.
     let probe = await stories();
-    const sessionBytes = (await client(probe, KEY_A).create({ prompt: STORY })).host_bytes;
+    const sessionBytes = (await client(probe, KEY_A).create({ prompt: STORY, attention: "dense" }))
+      .host_bytes;
     await probe.shutdown();
 
     const dir = await tempDir("sessions-lru");
@@ -640,7 +641,7 @@ Deno.test({
         "dropped: no session folder",
       );
       assertEquals((await c.get(`/v1/sessions/${s2.id}`)).json.state, "host");
-      const tooBig = await c.post("/v1/sessions", { prompt: new Array(400).fill(1) });
+      const tooBig = await c.post("/v1/sessions", { prompt: new Array(1900).fill(1) });
       assertEquals(tooBig.status, 400);
       assertEquals(tooBig.json.error.code, "session_too_large");
     } finally {
@@ -744,7 +745,8 @@ Deno.test({
     "demo model: busy sessions answer 409, deletes are deferred, disconnects roll back, budgets answer 429",
   async fn() {
     // Long turns on the demo model (milliseconds per token) overlap with other requests.
-    const server = await demo();
+    // No headroom: a short prompt takes the cache's smallest capacity (256 rows).
+    const server = await demo({ sessions: { reserveHeadroom: 0 } });
     const a = client(server, KEY_A);
     const llm = server.state.llm!;
     let budget = 0;
@@ -796,11 +798,15 @@ Deno.test({
     }
 
     // 429: the budget holds one session growing through a long turn, and nothing else. A
-    // short prompt takes the cache's smallest capacity (64 rows); the 2000-token turn grows
-    // it to 2048 rows; another session needs 64 more.
-    const perRow = budget / 64;
+    // short prompt takes the cache's smallest capacity (256 rows); the 2000-token turn grows
+    // it by quarters to 2048 rows; another session needs 256 more.
+    const perRow = budget / 256;
     const tight = await demo({
-      sessions: { hostMemoryBudget: Math.floor(perRow * (2048 + 32)), retryAfterSeconds: 3 },
+      sessions: {
+        hostMemoryBudget: Math.floor(perRow * (2048 + 128)),
+        retryAfterSeconds: 3,
+        reserveHeadroom: 0,
+      },
     });
     const c = client(tight, KEY_A);
     try {

@@ -80,8 +80,12 @@ int64_t Session::host_kv_bytes() const {
 
 void Session::reserve(int64_t n) {
   if (n <= capacity_) return;
-  int64_t cap = std::max<int64_t>(capacity_ * 2, 64);
-  while (cap < n) cap *= 2;
+  // Grow by a quarter (at least 256 rows), rounded up to 256 rows: amortised O(1) appends
+  // while keeping a long session's slack small (doubling left a 96K session holding 128K
+  // rows, and every crossing re-allocates, and on a GPU backend re-pins, the whole cache).
+  // The first reservation is exact: a prefill asks for what it needs.
+  int64_t cap = capacity_ == 0 ? n : std::max<int64_t>(n, capacity_ + std::max<int64_t>(capacity_ / 4, 256));
+  cap = (cap + 255) / 256 * 256;
   const size_t rb = row_bytes();
   const size_t bytes = (size_t)n_kv_heads_ * (size_t)cap * rb;
   // Allocate everything first: on OOM the session stays as it was.
