@@ -314,19 +314,19 @@ void build_with_codes(Session &s, int64_t target, int mode) {
   // Indexes made here join their layer when their last piece is in.
   std::vector<std::unique_ptr<lsh::Index>> fresh((size_t)s.n_layers());
   auto index_of = [&](int32_t l) -> lsh::Index & {
-    return st.layers[(size_t)l].index ? *st.layers[(size_t)l].index : *fresh[(size_t)l];
+    if (st.layers[(size_t)l].index) return *st.layers[(size_t)l].index;
+    if (!fresh[(size_t)l])
+      fresh[(size_t)l] = std::make_unique<lsh::Index>(index_params(a), Hkv, d);
+    return *fresh[(size_t)l];
   };
   struct Result {
     const uint16_t *codes = nullptr;
     std::string error;
   };
   std::vector<uint16_t> host_slot[2];  // mode 3's codes
-  std::string failure;
   std::future<Result> next;  // declared last: on unwinding it is joined first
   auto launch = [&](size_t i) {
     const BuildItem &it = items[i];
-    if (!st.layers[(size_t)it.layer].index && !fresh[(size_t)it.layer])
-      fresh[(size_t)it.layer] = std::make_unique<lsh::Index>(index_params(a), Hkv, d);
     lsh::Index &idx = index_of(it.layer);
     idx.init_mean(keys_at(s, it.layer, it.row), it.m);
     std::vector<float> mean((size_t)Hkv * d);
