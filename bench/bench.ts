@@ -4,21 +4,31 @@
  *
  * On a machine with a GPU: the Llama-3.1-8B shape (32 layers, 4096 hidden, 14336 FFN, 32/8
  * heads of 128, 128,256 vocab) with seeded random bf16 weights generated on the GPU. For
- * each context length (8K, 32K, 96K by default) one prompt is prefilled once (timed: the
- * prefill figure), then forked (Session.fork) into the batch members of every method:
+ * each context length (8K, 32K, 96K by default) one prompt is prefilled once into a base
+ * session (timed: the prefill figure). The methods decode from it:
  *   dense-gpu   exact attention, KV resident on the GPU (where it fits); decode steps
  *               replay a CUDA graph (dense-gpu-nographs: the same launched kernel by kernel,
  *               at the first context and batch 1 only)
  *   dense-host  exact attention, each layer's KV streamed from host memory every step
  *   magicpig    K10L150 from host memory (dense layers 0 and 16 on the GPU)
  *   topk, quest the baselines at the default 2% budget
+ * A dense batch decodes the base itself as its first member (truncated back afterwards) plus
+ * forks; the other methods decode forks (Session.fork copies the KV; MAGICPIG forks build
+ * their index at commit, keys hashed on the GPU). Forks' host KV is page-locked only for
+ * dense-host, the one method that streams it every step (pinning 12 GB costs seconds).
  * Decode is teacher-forced (bench.py's method, magicpig.md §15): warm-up steps, then timed
  * steps, each step one native call for the batch, the median step reported as ms/token and
- * batch/median as tokens/s. Everything runs again under `--gpu-memory-budget` (default
- * 24GB; `--no-budget-pass` skips it). Each row carries the bytes the step must move and
+ * batch/median as tokens/s. Jobs run in priority order, so that the time limit cuts the
+ * least important: prefill at every context; batch 1 of dense-gpu, dense-host and magicpig
+ * at every context; at the longest context under `--gpu-memory-budget` (default 24GB, its
+ * own engine; `--no-budget-pass` skips it) magicpig and dense-host at batch 1 and at the
+ * largest batch of --batches that fits host memory, then dense-gpu; then larger batches;
+ * then TopK and Quest. Each row carries the bytes the step must move and
  * the floor they imply (HBM 4.3 TB/s, pinned PCIe 55 GB/s, host random gathers 35 GB/s,
  * cuBLAS bf16 ~790 TFLOP/s: gpu-server.md), the keys fraction, host bytes per token (KV and
- * index) and the GPU memory peak.
+ * index), the GPU memory peak and the setup time (forks + index builds). The full tables,
+ * the targets of issue 4 (from rows that ran; "not measured" otherwise) and a compact
+ * summary table come last.
  *
  * Without a GPU the same task runs a small CPU configuration and says so.
  *
@@ -39,7 +49,7 @@ import {
   Session,
   type SessionOptions,
 } from "../ffi/native.ts";
-import { describeGpu, Graphs, KvPlacement, setKernel } from "../ffi/gpu.ts";
+import { describeGpu, Graphs, KvPlacement, PinnedKv, setKernel } from "../ffi/gpu.ts";
 
 // ------------------------------------------------------------
 // options
@@ -232,6 +242,8 @@ interface DecodeRow {
   msPerToken: number | null;
   tokensPerSecond: number | null;
   steps: number;
+  /** Seconds to make the batch's sessions (forks, MAGICPIG index builds). */
+  setupSeconds: number | null;
   floorMs: number | null;
   floorWhat: string;
   keysFraction: number | null;
@@ -348,44 +360,57 @@ async function main(): Promise<void> {
     }
   };
 
+  // Jobs in priority order (the time limit cuts from the end): prefill at every context;
+  // decode B=1 of dense-gpu, dense-host and magicpig at every context; the budget pass at
+  // the longest context (magicpig and dense-host at B=1 and at the largest batch that fits
+  // host memory, then dense-gpu); then larger batches; then TopK/Quest.
+  // B = 0 in a job: the largest batch of --batches that fits host memory, chosen when it runs.
   type Job = { budget: bigint; N: number; method: string; B: number };
   const jobs: Job[] = [];
   const want = (m: string) => o.methods.includes(m);
-  const main = ["dense-gpu", "dense-gpu-nographs", "dense-host", "magicpig"].filter(want);
+  const main = ["dense-gpu", "dense-host", "magicpig"].filter(want);
   const others = ["topk", "quest"].filter(want);
   const Nmax = o.contexts[o.contexts.length - 1];
   for (const N of o.contexts) jobs.push({ budget: 0n, N, method: "", B: 0 }); // prefill
-  for (const N of o.contexts) {
-    for (const m of main) {
-      if (m !== "dense-gpu-nographs" || N === o.contexts[0]) {
-        jobs.push({ budget: 0n, N, method: m, B: 1 });
-      }
-    }
-  }
+  for (const N of o.contexts) for (const m of main) jobs.push({ budget: 0n, N, method: m, B: 1 });
   if (o.budgetPass) {
-    for (const B of [1, 4].filter((b) => o.batches.includes(b))) {
-      for (const m of ["dense-host", "magicpig", "dense-gpu"].filter(want)) {
-        if (m !== "dense-gpu" || B === 1) jobs.push({ budget: o.budget, N: Nmax, method: m, B });
-      }
-    }
+    const bm = ["magicpig", "dense-host"].filter(want);
+    for (const m of bm) jobs.push({ budget: o.budget, N: Nmax, method: m, B: 1 });
+    for (const m of bm) jobs.push({ budget: o.budget, N: Nmax, method: m, B: 0 });
+    if (want("dense-gpu")) jobs.push({ budget: o.budget, N: Nmax, method: "dense-gpu", B: 1 });
+  }
+  if (want("dense-gpu-nographs")) {
+    jobs.push({ budget: 0n, N: o.contexts[0], method: "dense-gpu-nographs", B: 1 });
   }
   for (const B of o.batches.filter((b) => b !== 1)) {
-    for (const N of o.contexts) {
-      for (const m of main.filter((x) => x !== "dense-gpu-nographs")) {
-        jobs.push({ budget: 0n, N, method: m, B });
-      }
-    }
+    for (const N of o.contexts) for (const m of main) jobs.push({ budget: 0n, N, method: m, B });
   }
   for (const B of o.batches.filter((b) => b <= 4)) {
     for (const N of o.contexts) for (const m of others) jobs.push({ budget: 0n, N, method: m, B });
   }
 
+  /** Host bytes of one more session of N tokens of a method (KV, plus the index if any). */
+  const sessionHost = (m: Method, N: number) =>
+    kvBytesPerToken(cfg) * (N + 512) *
+    (m.options.attention?.method === AttentionMethod.DENSE ? 1 : 1.6);
+  // Page-locked forks (dense-host) are slow to make (cudaHostAlloc) and pin RAM the OS
+  // cannot reclaim: at most this much of them at once.
+  const pinnedLimit = 64 * GiB;
+
   try {
     let lastBudget = 0n;
     for (const job of jobs) {
       if (elapsed() > o.timeLimit) {
+        const left = jobs.slice(jobs.indexOf(job));
+        const what = left.map((j) =>
+          j.method === ""
+            ? `prefill ${j.N}`
+            : `${budgetName(j.budget)} ${j.N} ${j.method} B=${j.B || "max"}`
+        );
         notes.push(
-          `time limit (${o.timeLimit} s) reached: ${jobs.length - jobs.indexOf(job)} jobs skipped`,
+          `time limit (${o.timeLimit} s) reached: ${left.length} jobs skipped (${
+            what.slice(0, 8).join(", ")
+          }${what.length > 8 ? ", ..." : ""})`,
         );
         break;
       }
@@ -408,20 +433,45 @@ async function main(): Promise<void> {
         const base = await baseFor(job.budget, job.N);
         if (job.method === "") continue;
         const engine = await engineFor(job.budget);
-        const perSessionHost = kvBytesPerToken(cfg) * job.N * (1 + 0.6);
+        const m = methodOf(job.method);
         let held = 0; // host bytes of the base sessions alive now
         for (const k of bases.keys()) held += kvBytesPerToken(cfg) * Number(k.split(":")[1]);
-        const r = await decodeRun(
-          engine,
-          base,
-          methodOf(job.method),
-          job.B,
-          job.N,
-          budgetName(job.budget),
-          perSessionHost,
-          hostLimit - held,
-        );
+        const dense = m.options.attention?.method === AttentionMethod.DENSE;
+        const per = sessionHost(m, job.N);
+        // new sessions a batch of B needs (a dense batch decodes the base itself as member 0)
+        const fresh = (b: number) => (dense && useGpu ? b - 1 : b);
+        const room = Math.min(hostLimit - held, m.name === "dense-host" ? pinnedLimit : Infinity);
+        let B = job.B;
+        let note = "";
+        if (B === 0) {
+          const fits = o.batches.filter((b) => b > 1 && fresh(b) * per <= room);
+          if (fits.length === 0) {
+            note = `no batch of ${o.batches.filter((b) => b > 1)} fits host memory ` +
+              `(${(per / GiB).toFixed(1)} GiB per session, ${(room / GiB).toFixed(0)} GiB free)`;
+          } else {
+            B = Math.max(...fits);
+            const larger = o.batches.filter((b) => b > B);
+            if (larger.length) {
+              note = `largest batch that fits host memory (${
+                (per / GiB).toFixed(1)
+              } GiB per session, ${(room / GiB).toFixed(0)} GiB free)`;
+            }
+          }
+        }
+        const r = B === 0
+          ? emptyRow(engine, m.name, 0, job.N, budgetName(job.budget), `skipped: ${note}`)
+          : fresh(B) * per > room
+          ? emptyRow(
+            engine,
+            m.name,
+            B,
+            job.N,
+            budgetName(job.budget),
+            `skipped: ${B} sessions of ${job.N} tokens need more host memory than allowed`,
+          )
+          : await decodeRun(engine, base, m, B, job.N, budgetName(job.budget));
         if (r) {
+          if (note && r.msPerToken !== null) r.note = note;
           decodes.push(r);
           const d = r;
           console.log(
@@ -443,24 +493,23 @@ async function main(): Promise<void> {
     for (const e of engines.values()) await e.close();
   }
 
-  async function decodeRun(
+  function emptyRow(
     engine: Engine,
-    base: Session,
-    m: Method,
+    method: string,
     B: number,
     N: number,
     bname: string,
-    perSessionHost: number,
-    hostLimit: number,
-  ): Promise<DecodeRow | null> {
-    const empty = (note: string): DecodeRow => ({
+    note: string,
+  ): DecodeRow {
+    return {
       budget: bname,
       context: N,
-      method: m.name,
+      method,
       batch: B,
       msPerToken: null,
       tokensPerSecond: null,
       steps: 0,
+      setupSeconds: null,
       floorMs: null,
       floorWhat: "",
       keysFraction: null,
@@ -468,26 +517,53 @@ async function main(): Promise<void> {
       hostIndexBytesPerToken: null,
       gpuPeakGiB: Number(engine.info().gpuBytesPeak) / GiB,
       note,
-    });
+    };
+  }
+
+  async function decodeRun(
+    engine: Engine,
+    base: Session,
+    m: Method,
+    B: number,
+    N: number,
+    bname: string,
+  ): Promise<DecodeRow | null> {
+    const empty = (note: string) => emptyRow(engine, m.name, B, N, bname, note);
     // On the CPU these are the same as plain dense.
     if (!useGpu && (m.name === "dense-host" || m.name === "dense-gpu-nographs")) return null;
-    if (B * perSessionHost > hostLimit) {
-      return empty(`skipped: ${B} sessions of ${N} tokens need more host memory than allowed`);
-    }
+    const dense = m.options.attention?.method === AttentionMethod.DENSE;
+    // A dense batch decodes the base itself as its first member (truncated back afterwards):
+    // no copy, and the base's host KV is already page-locked.
+    const useBase = dense && useGpu;
     if (useGpu) setKernel("kv", m.placement);
     if (useGpu) setKernel("graphs", m.graphs ?? Graphs.AUTO);
+    const members: Session[] = [];
     const forks: Session[] = [];
     try {
       const tf = performance.now();
-      for (let i = 0; i < B; i++) {
-        // Room for the warm-up and timed steps, so the host cache never doubles.
-        const f = await base.fork({ ...m.options, reserveTokens: N + 512 });
-        forks.push(f);
-        if (m.commit) await f.commit();
+      if (useBase) members.push(base);
+      // Forks' host KV: page-locked only where decode streams it to the GPU every step
+      // (dense-host); pinning 12 GB takes seconds, and the CPU policy and one-time uploads
+      // read pageable memory as well.
+      if (useGpu) setKernel("pin", m.name === "dense-host" ? PinnedKv.ON : PinnedKv.OFF);
+      try {
+        while (members.length < B) {
+          if (elapsed() > o.timeLimit + 15) {
+            return empty(`skipped: time limit reached after ${members.length} of ${B} sessions`);
+          }
+          // Room for the warm-up and timed steps, so the host cache never grows.
+          const f = await base.fork({ ...m.options, reserveTokens: N + 512 });
+          forks.push(f);
+          members.push(f);
+          if (m.commit) await f.commit();
+        }
+      } finally {
+        if (useGpu) setKernel("pin", PinnedKv.AUTO);
       }
+      const setup = (performance.now() - tf) / 1000;
       console.log(
-        `  ${m.name} ${N} B=${B}: ${B} fork(s)${m.commit ? " + index build" : ""} in ` +
-          `${((performance.now() - tf) / 1000).toFixed(1)} s`,
+        `  ${m.name} ${N} B=${B}: ${forks.length} fork(s)${m.commit ? " + index build" : ""} in ` +
+          `${setup.toFixed(1)} s`,
       );
       const V = cfg.vocab_size;
       const logits = new Float32Array(B * V);
@@ -498,7 +574,7 @@ async function main(): Promise<void> {
         for (let i = 0; i < B; i++) t[i] = teach[(k + i) % teach.length];
         k++;
         const t0 = performance.now();
-        await decodeStep(engine, forks, t, logits);
+        await decodeStep(engine, members, t, logits);
         return performance.now() - t0;
       };
       // Warm-up (also activates the sessions: uploads their GPU-resident KV).
@@ -507,10 +583,13 @@ async function main(): Promise<void> {
       const per = Math.min(first, w2);
       const budgetMs = useGpu ? 2500 : 800;
       const steps = Math.max(3, Math.min(32, Math.floor(budgetMs / Math.max(per, 1e-3))));
-      const infos0 = forks.map((f) => f.info());
+      const infos0 = members.map((f) => f.info());
       const times: number[] = [];
-      for (let i = 0; i < steps; i++) times.push(await step());
-      const infos1 = forks.map((f) => f.info());
+      for (let i = 0; i < steps; i++) {
+        if (i >= 3 && elapsed() > o.timeLimit + 15) break; // the run's deadline is near
+        times.push(await step());
+      }
+      const infos1 = members.map((f) => f.info());
       let att = 0, off = 0;
       for (let i = 0; i < B; i++) {
         att += infos1[i].keysAttended - infos0[i].keysAttended;
@@ -530,13 +609,13 @@ async function main(): Promise<void> {
         what = "KV over PCIe";
       } else {
         // Sparse layers: the sampled keys' K and V rows gathered on the CPU.
-        const dense = 2 / cfg.n_layers;
-        const gathered = (keysFraction ?? 0.02) * B * ctx * kvTok * (1 - dense) / 4;
+        const dl = 2 / cfg.n_layers;
+        const gathered = (keysFraction ?? 0.02) * B * ctx * kvTok * (1 - dl) / 4;
         floorMs = Math.max(gathered / FLOOR.gather, weights / FLOOR.hbm) * 1e3;
         what = "sampled rows gathered on the CPU";
       }
       if (!useGpu) floorMs = NaN;
-      const i0 = infos1[0];
+      const i0 = infos1[members.length - 1];
       return {
         budget: bname,
         context: N,
@@ -544,7 +623,8 @@ async function main(): Promise<void> {
         batch: B,
         msPerToken: ms,
         tokensPerSecond: B / (ms / 1e3),
-        steps,
+        steps: times.length,
+        setupSeconds: setup,
         floorMs: Number.isFinite(floorMs) ? floorMs : null,
         floorWhat: what,
         keysFraction,
@@ -557,13 +637,14 @@ async function main(): Promise<void> {
       return empty(e instanceof Error ? e.message.slice(0, 160) : String(e));
     } finally {
       for (const f of forks) await f.close();
+      if (useBase) await base.truncate(N);
       if (useGpu) setKernel("kv", KvPlacement.AUTO);
       if (useGpu) setKernel("graphs", Graphs.AUTO);
     }
   }
 
   // ------------------------------------------------------------
-  // report
+  // report: the full table, then targets and notes, then a compact table last
   const pad = (s: string | number, n: number) => String(s).padStart(n);
   const fx = (x: number | null, d = 1) => (x === null || !Number.isFinite(x) ? "-" : x.toFixed(d));
   console.log("\nprefill");
@@ -578,57 +659,98 @@ async function main(): Promise<void> {
   }
   console.log("\ndecode");
   console.log(
-    "budget    context  method       B   ms/tok    tok/s  floor ms  %floor  keys%  KV B/tok  idx B/tok  GPU GiB  note",
+    "budget    context  method       B   ms/tok    tok/s  floor ms  %floor  keys%  KV B/tok  idx B/tok  GPU GiB  setup s  note",
   );
+  const pct = (d: DecodeRow) =>
+    d.msPerToken && d.floorMs ? (100 * d.floorMs / d.msPerToken).toFixed(0) + "%" : "-";
   for (const d of decodes) {
-    const pct = d.msPerToken && d.floorMs ? (100 * d.floorMs / d.msPerToken).toFixed(0) + "%" : "-";
     console.log(
       `${d.budget.padEnd(8)} ${pad(d.context, 8)}  ${d.method.padEnd(10)} ${pad(d.batch, 3)} ` +
         `${pad(fx(d.msPerToken, 2), 8)} ${pad(fx(d.tokensPerSecond, 1), 8)} ${
           pad(fx(d.floorMs, 2), 9)
         } ` +
-        `${pad(pct, 7)} ${
+        `${pad(pct(d), 7)} ${
           pad(d.keysFraction === null ? "-" : (100 * d.keysFraction).toFixed(2), 6)
         } ` +
         `${pad(fx(d.hostKvBytesPerToken, 0), 9)} ${pad(fx(d.hostIndexBytesPerToken, 0), 10)} ` +
-        `${pad(fx(d.gpuPeakGiB, 1), 8)}  ${d.note}`,
+        `${pad(fx(d.gpuPeakGiB, 1), 8)} ${pad(fx(d.setupSeconds, 1), 8)}  ${d.note}`,
     );
   }
-  // Targets of issue 4, where the rows exist.
+  // Targets of issue 4, from rows that ran ("not measured" otherwise).
   const find = (b: string, n: number, m: string, B: number) =>
-    decodes.find((d) => d.budget === b && d.context === n && d.method === m && d.batch === B);
+    decodes.find((d) =>
+      d.budget === b && d.context === n && d.method === m && d.batch === B && d.msPerToken
+    );
   const lastCtx = o.contexts[o.contexts.length - 1];
   const targets: string[] = [];
-  const mp1 = find("none", lastCtx, "magicpig", 1);
-  if (mp1?.msPerToken) {
-    targets.push(`magicpig ${lastCtx} B=1: ${mp1.msPerToken.toFixed(1)} ms/token (target <= 25)`);
-  }
-  const d1 = find("none", o.contexts[0], "dense-gpu", 1);
-  if (d1?.msPerToken) {
+  const nm = (what: string) => `${what}: not measured`;
+  if (useGpu) {
+    const mp1 = find("none", lastCtx, "magicpig", 1);
     targets.push(
-      `dense-gpu ${o.contexts[0]} B=1: ${d1.msPerToken.toFixed(2)} ms/token (target <= 4.5)`,
+      mp1?.msPerToken
+        ? `magicpig ${lastCtx} B=1: ${mp1.msPerToken.toFixed(1)} ms/token (target <= 25)`
+        : nm(`magicpig ${lastCtx} B=1 (target <= 25 ms/token)`),
     );
-  }
-  const pf = prefills.find((p) => p.budget === "none" && p.context === lastCtx);
-  if (pf) targets.push(`prefill ${lastCtx}: ${pf.seconds.toFixed(2)} s (target <= 6)`);
-  const bname = `${Number(o.budget) / GiB}GB`;
-  const best = (m: string) =>
-    Math.max(
-      0,
-      ...decodes.filter((d) => d.budget === bname && d.context === lastCtx && d.method === m)
-        .map((d) => d.tokensPerSecond ?? 0),
-    );
-  if (o.budgetPass && best("dense-host") > 0) {
+    const d1 = find("none", o.contexts[0], "dense-gpu", 1);
     targets.push(
-      `${bname} ${lastCtx}: magicpig ${best("magicpig").toFixed(1)} tok/s vs dense-host ` +
-        `${best("dense-host").toFixed(1)} tok/s = ${
-          (best("magicpig") / best("dense-host")).toFixed(1)
-        }x (target >= 8x)`,
+      d1?.msPerToken
+        ? `dense-gpu ${o.contexts[0]} B=1: ${d1.msPerToken.toFixed(2)} ms/token (target <= 4.5)`
+        : nm(`dense-gpu ${o.contexts[0]} B=1 (target <= 4.5 ms/token)`),
+    );
+    const pf = prefills.find((p) => p.budget === "none" && p.context === lastCtx);
+    targets.push(
+      pf
+        ? `prefill ${lastCtx}: ${pf.seconds.toFixed(2)} s (target <= 6)`
+        : nm(`prefill ${lastCtx} (target <= 6 s)`),
+    );
+    const bname = budgetName(o.budget);
+    const best = (m: string) => {
+      const rows = decodes.filter((d) =>
+        d.budget === bname && d.context === lastCtx && d.method === m && d.tokensPerSecond
+      );
+      if (rows.length === 0) return null;
+      return rows.reduce((a, b) => (b.tokensPerSecond! > a.tokensPerSecond! ? b : a));
+    };
+    const bm = best("magicpig"), bd = best("dense-host");
+    if (!o.budgetPass) {
+      targets.push(nm(`${bname} ${lastCtx} magicpig vs dense-host (no budget pass)`));
+    } else if (bm && bd) {
+      const ratio = bm.tokensPerSecond! / bd.tokensPerSecond!;
+      targets.push(
+        `${bname} ${lastCtx}: magicpig ${bm.tokensPerSecond!.toFixed(1)} tok/s (B=${bm.batch}) ` +
+          `vs dense-host ${bd.tokensPerSecond!.toFixed(1)} tok/s (B=${bd.batch}) = ` +
+          `${ratio.toFixed(1)}x (target >= 8x)`,
+      );
+    } else {
+      targets.push(
+        nm(
+          `${bname} ${lastCtx} magicpig vs dense-host (target >= 8x; ${
+            [bm ? "" : "magicpig", bd ? "" : "dense-host"].filter(Boolean).join(" and ")
+          } did not run)`,
+        ),
+      );
+    }
+  }
+  // Compact table last: one line per decode row that ran or was skipped with a reason.
+  console.log("\nsummary (ms/token, tok/s, % of floor; setup = forks + index builds)");
+  for (const p of prefills) {
+    console.log(`prefill  ${p.budget.padEnd(5)} ${pad(p.context, 6)}  ${fx(p.seconds, 2)} s`);
+  }
+  for (const d of decodes) {
+    const head = `${d.budget.padEnd(5)} ${pad(d.context, 6)} ${d.method.padEnd(10)} B=${
+      String(d.batch).padEnd(2)
+    }`;
+    console.log(
+      d.msPerToken === null
+        ? `decode   ${head} ${d.note.slice(0, 70)}`
+        : `decode   ${head} ${pad(fx(d.msPerToken, 2), 8)} ms ${
+          pad(fx(d.tokensPerSecond, 1), 7)
+        } tok/s ${pad(pct(d), 5)}  setup ${fx(d.setupSeconds, 1)} s${
+          d.keysFraction === null ? "" : `  keys ${(100 * d.keysFraction).toFixed(2)}%`
+        }`,
     );
   }
-  if (targets.length && useGpu) {
-    console.log("\ntargets\n" + targets.map((t) => "  " + t).join("\n"));
-  }
+  if (targets.length) console.log("\ntargets\n" + targets.map((t) => "  " + t).join("\n"));
   for (const n of notes) console.log(`note: ${n}`);
   const result = {
     device,

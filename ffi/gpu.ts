@@ -31,9 +31,17 @@ export const PinnedKv = { AUTO: 0, ON: 1, OFF: 2 } as const;
 /** Variants of op "graphs" (CUDA graphs for decode steps) for {@link setKernel}. */
 export const Graphs = { AUTO: 0, ON: 1, OFF: 2 } as const;
 
+/**
+ * Variants of op "lsh" (where MAGICPIG index builds hash the keys at commit) for
+ * {@link setKernel}: automatic = on the GPU of a CUDA engine for layers of >= 1024 new tokens
+ * (CPU on failure); GPU whatever the size (a failure fails the commit); CPU; CPU through the
+ * GPU's precomputed-codes path (tests that path without a GPU).
+ */
+export const LshHashing = { AUTO: 0, GPU: 1, CPU: 2, CPU_CODES: 3 } as const;
+
 /** Forces a kernel variant of an op family for later CUDA work (0: automatic). */
 export function setKernel(
-  op: "matmul" | "attention" | "kv" | "graphs" | "pin",
+  op: "matmul" | "attention" | "kv" | "graphs" | "pin" | "lsh",
   variant: number,
 ): void {
   const err = errorBuffer();

@@ -1,15 +1,19 @@
 #!/bin/sh
 # gpu_run.sh — one bounded call on the GPU server: build, the GPU tests, the model bench,
-# the sessions bench, the CPU sampled-attention micro-bench and a short kernel bench, each
-# with its own time limit, output printed as it comes, logs under $OUT, a compact summary
-# last. The whole run stays under DEADLINE seconds (default 510, i.e. 8.5 minutes,
-# build included): a step gets at most the time left and is skipped when under 20 s
-# remain. Steps run in priority order and each runs even when an earlier one failed.
+# the sessions bench and the CPU sampled-attention micro-bench (the kernel bench, opbench,
+# on request), each with its own time limit, output printed as it comes, logs under $OUT,
+# a compact summary last. The whole run stays under DEADLINE seconds (default 510, i.e.
+# 8.5 minutes, build included): a step gets at most the time left and is skipped when
+# under 20 s remain. Steps run in priority order (the model bench first after the tests)
+# and each runs even when an earlier one failed. Budget (limits; typical): build 100
+# (20-40 s), tests 120, bench 200 (its own time limit 160 s stops starting jobs), sessions
+# 75, attention 40.
 #
 # Usage (repository root, after `source .device/unpack.sh` on the server):
 #   OUT=/some/dir sh scripts/gpu_run.sh
 # Environment: OUT (default ./gpu_out), DEADLINE (seconds, default 510), STEPS (comma list,
-# default build,test,bench,sessions,attention,opbench), BENCH_ARGS (replaces the model
+# default build,test,bench,sessions,attention; add opbench for the kernels), BENCH_ARGS
+# (replaces the model
 # bench's default arguments).
 #
 # Files under $OUT (8): build.log, test.log, test.json (one row per GPU parity check),
@@ -18,7 +22,7 @@ set -u
 
 OUT="${OUT:-$(pwd)/gpu_out}"
 DEADLINE="${DEADLINE:-510}"
-STEPS="${STEPS:-build,test,bench,sessions,attention,opbench}"
+STEPS="${STEPS:-build,test,bench,sessions,attention}"
 T_START=$(date +%s)
 mkdir -p "$OUT"
 # This run's files only (a reused OUT would otherwise show an older run's logs).
@@ -77,7 +81,7 @@ cat "$OUT/build.log"
 
 # ------------------------------------------------------------ build
 if has_step build; then
-  run_step build 150 "$OUT/build.log" $DENO task build
+  run_step build 100 "$OUT/build.log" $DENO task build
   note build "$LAST_ST" "$LAST_DT" "$(strip < "$OUT/build.log" | grep -o 'built build/libmagicpig.so.*' | tail -1 | cut -c1-80)"
 fi
 
@@ -85,8 +89,8 @@ fi
 if has_step test; then
   export MP_GPU_REPORT="$OUT/test.json"
   rm -f "$MP_GPU_REPORT"
-  run_step test 150 "$OUT/test.log" $DENO run --allow-all scripts/gpu_tests.ts \
-    --timeout 60 --total 140
+  run_step test 120 "$OUT/test.log" $DENO run --allow-all scripts/gpu_tests.ts \
+    --timeout 60 --total 110
   note test "$LAST_ST" "$LAST_DT" "$(strip < "$OUT/test.log" | grep -E '^==== GPU tests' | tail -1 | cut -c1-80)"
   unset MP_GPU_REPORT
 fi
@@ -95,21 +99,21 @@ fi
 if has_step bench; then
   # shellcheck disable=SC2086
   run_step bench 200 "$OUT/bench.log" $DENO run --allow-all bench/bench.ts \
-    --out "$OUT/bench.json" ${BENCH_ARGS:---time-limit 150 --batches 1,4,8}
+    --out "$OUT/bench.json" ${BENCH_ARGS:---time-limit 160 --batches 1,4,8}
   note bench "$LAST_ST" "$LAST_DT" "$(strip < "$OUT/bench.log" | grep -E 'bench done|time limit' | tail -1 | cut -c1-80)"
 fi
 
 # ------------------------------------------------------------ sessions bench
 if has_step sessions; then
-  run_step sessions 100 "$OUT/sessions.log" $DENO run --allow-all bench/sessions.ts \
+  run_step sessions 75 "$OUT/sessions.log" $DENO run --allow-all bench/sessions.ts \
     --shape llama-3.1-8b --contexts 8192,32768,98304 --repeats 1
   note sessions "$LAST_ST" "$LAST_DT" "$(strip < "$OUT/sessions.log" | grep -iE 'follow-up|98304' | tail -1 | cut -c1-80)"
 fi
 
 # ------------------------------------------------------------ CPU sampled attention
 if has_step attention; then
-  run_step attention 70 "$OUT/attention.log" $DENO run --allow-all bench/attention_cpu.ts \
-    --layers 2 --reps 15
+  run_step attention 40 "$OUT/attention.log" $DENO run --allow-all bench/attention_cpu.ts \
+    --layers 2 --reps 10
   note attention "$LAST_ST" "$LAST_DT" "$(strip < "$OUT/attention.log" | grep -iE 'batch|ms' | tail -1 | cut -c1-80)"
 fi
 
@@ -135,7 +139,8 @@ if has_step opbench; then
   note opbench "$LAST_ST" "$LAST_DT" "$(grep -o '[0-9]* failures' "$OUT/opbench.log" | tail -1)"
 fi
 
-# ------------------------------------------------------------ summary (last)
+# ------------------------------------------------------------ summary (last; the model
+# bench's compact table at the end, where a truncated output tail still shows it)
 echo
 echo "######## SUMMARY ########"
 if [ -f "$OUT/test.log" ]; then
@@ -147,17 +152,21 @@ if [ -f "$OUT/opbench.log" ]; then
   echo "---- kernels (decode GEMVs, decode attention, prefill attention)"
   grep -E '^(gemv|decode|prefill|copy|pcie) ' "$OUT/opbench.log" | grep -v 'n=3 \|n=13 \|n=5 ' | cut -c1-120 | head -40
 fi
-if [ -f "$OUT/bench.log" ]; then
-  echo "---- model bench (table)"
-  strip < "$OUT/bench.log" | sed -n '/^prefill$/,/^bench done/p' | cut -c1-160 | head -70
+if [ -f "$OUT/attention.log" ]; then
+  echo "---- CPU sampled attention (last lines)"
+  strip < "$OUT/attention.log" | grep -v '^====' | tail -10 | cut -c1-160
 fi
 if [ -f "$OUT/sessions.log" ]; then
   echo "---- sessions bench (last lines)"
   strip < "$OUT/sessions.log" | grep -v '^====' | tail -12 | cut -c1-160
 fi
-if [ -f "$OUT/attention.log" ]; then
-  echo "---- CPU sampled attention (last lines)"
-  strip < "$OUT/attention.log" | grep -v '^====' | tail -10 | cut -c1-160
+if [ -f "$OUT/bench.log" ]; then
+  echo "---- model bench (compact table, targets, notes; full tables in bench.log)"
+  if strip < "$OUT/bench.log" | grep -q '^summary ('; then
+    strip < "$OUT/bench.log" | sed -n '/^summary (/,/^bench done/p' | cut -c1-160 | head -70
+  else  # killed before its report: the rows as they were measured
+    strip < "$OUT/bench.log" | grep -E '^(prefill|decode) |fork' | cut -c1-160 | tail -40
+  fi
 fi
 echo
 echo "==== gpu_run summary: $FAILED failed step(s), $(($(now) - T_START))s total (OUT=$OUT)"

@@ -24,6 +24,7 @@ import {
   type ModelConfig,
   Session,
 } from "../ffi/native.ts";
+import { LshHashing, setKernel } from "../ffi/gpu.ts";
 
 const config: ModelConfig = {
   n_layers: 4, // dense layers {0, 2} by default: layers 1 and 3 are sparse
@@ -220,6 +221,51 @@ Deno.test("a snapshot keeps the LSH index: the restored session decodes bit for 
   assert(b.hostIndexBytes > 0n && b.hostIndexBytes <= a.hostIndexBytes);
   assertEquals([b.keysAttended, b.keysOffloaded], [a.keysAttended, a.keysOffloaded]);
   for (let i = 0; i < 3; i++) assertEquals(await step(r, i), await step(s, i));
+});
+
+// mp_gpu_set_kernel("lsh") exists in builds with the CUDA backend compiled in (no GPU needed).
+const lshSwitch = (() => {
+  try {
+    setKernel("lsh", LshHashing.AUTO);
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name:
+    "an index built from precomputed codes (the GPU's path) equals the CPU-hashed one byte for byte",
+  ignore: !lshSwitch,
+  async fn() {
+    // three commits: a first build (codes used in place), a short turn (codes transposed into
+    // the tail) and a long one (tail + codes merged into the blocks)
+    const dir = await tempDir("mpcodes");
+    await using base = await session(dense, tokens(700, 10));
+    const files: Uint8Array[] = [];
+    const logits: Float32Array[] = [];
+    try {
+      for (const mode of [LshHashing.CPU, LshHashing.CPU_CODES]) {
+        await using f = await base.fork({ attention: { lshK: 10, lshL: 150 } });
+        setKernel("lsh", mode);
+        await f.commit();
+        await f.prefill(tokens(300, 11));
+        await f.commit();
+        await f.prefill(tokens(4000, 12));
+        await f.commit();
+        setKernel("lsh", LshHashing.AUTO);
+        assertEquals(f.info().nIndexed, 5000 - 64);
+        await f.save(`${dir}/${mode}.snap`);
+        files.push(await Deno.readFile(`${dir}/${mode}.snap`));
+        logits.push(await step(f, 3));
+      }
+    } finally {
+      setKernel("lsh", LshHashing.AUTO);
+    }
+    assertEquals(files[1].length, files[0].length);
+    assert(files[1].every((b, i) => b === files[0][i]), "the snapshots differ");
+    assertEquals(logits[1], logits[0]);
+  },
 });
 
 Deno.test("TopK and Quest with budget 1 decode like dense; their keys fraction is the budget", async () => {

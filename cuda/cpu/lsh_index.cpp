@@ -27,6 +27,12 @@
  * end of their buckets, so the merge is O(L·(n_last_block + n_tail)) sequential copying
  * with no re-sort; tokens beyond the last block's capacity start new blocks (a counting
  * sort of their codes). Full blocks are never touched again.
+ *
+ * Precomputed codes (Codes, table-major [Hkv][L][ld]): a caller may hash the keys itself
+ * (the CUDA backend does, for index builds: ForwardBackend::hash_keys) after init_mean();
+ * add() then only computes the norms and sorts. The first build's codes are used in place
+ * (the counting sort reads a table's codes contiguously); otherwise they are copied next to
+ * the tail's or transposed into it.
  */
 #include "cpu/lsh_index.h"
 
@@ -34,6 +40,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <utility>
 
 #include "common/common.h"
 
@@ -68,7 +76,37 @@ static inline float key_at(const KeyRows &k, int64_t off) {
   }
 }
 
-void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge) {
+void Index::init_mean(const KeyRows &keys, int64_t m) {
+  if (has_mean_ || m <= 0) return;
+  const int d = d_;
+#pragma omp parallel for num_threads(threads()) schedule(static)
+  for (int h = 0; h < hkv_; h++) {
+    std::vector<double> acc(d, 0.0);
+    for (int64_t j = 0; j < m; j++) {
+      const int64_t base = (h * keys.head_rows + j) * d;
+      for (int e = 0; e < d; e++) acc[e] += key_at(keys, base + e);
+    }
+    for (int e = 0; e < d; e++) heads_[h].mean[e] = (float)(acc[e] / (double)m);
+  }
+  has_mean_ = true;
+}
+
+void hash_keys_cpu(const Projection &P, const KeyRows &keys, int64_t m, int hkv,
+                   const float *mean, uint16_t *codes, int64_t ld) {
+  const int d = P.d, L = P.L;
+  std::vector<float> x((size_t)m * d);
+  for (int h = 0; h < hkv; h++) {
+    const float *mu = mean + (size_t)h * d;
+#pragma omp parallel for num_threads(threads()) schedule(static)
+    for (int64_t j = 0; j < m; j++) {
+      const int64_t base = (h * keys.head_rows + j) * d;
+      for (int e = 0; e < d; e++) x[(size_t)j * d + e] = key_at(keys, base + e) - mu[e];
+    }
+    hash_rows(P, x.data(), m, d, codes + (size_t)h * L * ld, 1, ld);
+  }
+}
+
+void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge, const Codes *codes) {
   MP_CHECK(m >= 0, MP_ERR_INVALID, "token count \"%lld\" must be >= 0", (long long)m);
   if (m == 0) {
     if (merge) merge_tail();
@@ -77,62 +115,64 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge) {
   MP_CHECK(keys.dtype == MP_DTYPE_F32 || keys.dtype == MP_DTYPE_BF16 ||
                keys.dtype == MP_DTYPE_F16,
            MP_ERR_INVALID, "unknown key dtype %d", keys.dtype);
+  MP_CHECK(!codes || (codes->p && codes->ld >= m), MP_ERR_INTERNAL,
+           "precomputed LSH codes of %lld tokens have a leading dimension of %lld",
+           (long long)m, (long long)(codes ? codes->ld : 0));
   // Bound the scratch memory: add very long inputs in pieces.
-  constexpr int64_t PIECE = 4 * BLOCK;
-  if (m > PIECE) {
-    for (int64_t o = 0; o < m; o += PIECE) {
+  if (m > ADD_PIECE) {
+    for (int64_t o = 0; o < m; o += ADD_PIECE) {
       KeyRows part = keys;
       part.k = (const uint8_t *)keys.k + (size_t)o * d_ * dtype_size(keys.dtype);
-      int64_t c = std::min(PIECE, m - o);
-      add(part, c, merge && o + c == m, auto_merge);
+      const int64_t c = std::min(ADD_PIECE, m - o);
+      Codes cp;
+      if (codes) cp = Codes{codes->p + o, codes->ld};
+      add(part, c, merge && o + c == m, auto_merge, codes ? &cp : nullptr);
     }
     return;
   }
   const int d = d_, L = p_.L;
-  if (!has_mean_) {
-#pragma omp parallel for num_threads(threads()) schedule(static)
-    for (int h = 0; h < hkv_; h++) {
-      std::vector<double> acc(d, 0.0);
-      for (int64_t j = 0; j < m; j++) {
-        const int64_t base = (h * keys.head_rows + j) * d;
-        for (int e = 0; e < d; e++) acc[e] += key_at(keys, base + e);
-      }
-      for (int e = 0; e < d; e++) heads_[h].mean[e] = (float)(acc[e] / (double)m);
-    }
-    has_mean_ = true;
-  }
+  init_mean(keys, m);
   const int64_t n_tail = n_ - n_blocked_;
   const bool do_merge = merge || (auto_merge && n_tail + m >= p_.tail_max);
-  // x[j] = k_j − μ (fp32) for head h, and the norms
-  std::vector<float> x((size_t)m * d);
+  // x[j] = k_j − μ (fp32) for head h (only when hashing here), and the norms
+  std::vector<float> x(codes ? 0 : (size_t)m * d);
   auto center = [&](int h) {
     HeadIndex &hi = heads_[h];
     const float *mu = hi.mean.data();
     hi.norms.resize(n_ + m);
     float *norms = hi.norms.data() + n_;
+    float *xs = codes ? nullptr : x.data();
 #pragma omp parallel for num_threads(threads()) schedule(static)
     for (int64_t j = 0; j < m; j++) {
-      float *xr = &x[(size_t)j * d];
       const int64_t base = (h * keys.head_rows + j) * d;
       float ss = 0.0f;
       for (int e = 0; e < d; e++) {
         float v = key_at(keys, base + e) - mu[e];
-        xr[e] = v;
+        if (xs) xs[(size_t)j * d + e] = v;
         ss += v * v;
       }
       norms[j] = std::sqrt(ss);
     }
   };
+  // head h's precomputed codes of table t
+  auto pre = [&](int h, int t) { return codes->p + ((size_t)h * L + t) * codes->ld; };
   if (do_merge) {
     const int64_t T = n_tail + m;
-    std::vector<uint16_t> codesT((size_t)L * T);
-    this->merge(T, [&](int h) -> const uint16_t * {
+    std::vector<uint16_t> codesT;
+    this->merge(T, [&](int h) -> std::pair<const uint16_t *, int64_t> {
       center(h);
+      if (codes && n_tail == 0) return {pre(h, 0), codes->ld};  // already [L][ld]
+      codesT.resize((size_t)L * T);
       const HeadIndex &hi = heads_[h];
       for (int64_t j = 0; j < n_tail; j++)
         for (int t = 0; t < L; t++) codesT[(size_t)t * T + j] = hi.tail[(size_t)j * lp_ + t];
-      hash_rows(*proj_, x.data(), m, d, codesT.data() + n_tail, 1, T);
-      return codesT.data();
+      if (codes) {
+        for (int t = 0; t < L; t++)
+          std::memcpy(codesT.data() + (size_t)t * T + n_tail, pre(h, t), sizeof(uint16_t) * m);
+      } else {
+        hash_rows(*proj_, x.data(), m, d, codesT.data() + n_tail, 1, T);
+      }
+      return {codesT.data(), T};
     });
     n_ += m;
     n_blocked_ = n_;
@@ -141,7 +181,14 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge) {
       center(h);
       HeadIndex &hi = heads_[h];
       hi.tail.resize((size_t)(n_tail + m) * lp_, 0);
-      hash_rows(*proj_, x.data(), m, d, hi.tail.data() + (size_t)n_tail * lp_, lp_, 1);
+      uint16_t *rows = hi.tail.data() + (size_t)n_tail * lp_;
+      if (codes) {
+#pragma omp parallel for num_threads(threads()) schedule(static)
+        for (int64_t j = 0; j < m; j++)
+          for (int t = 0; t < L; t++) rows[(size_t)j * lp_ + t] = pre(h, t)[j];
+      } else {
+        hash_rows(*proj_, x.data(), m, d, rows, lp_, 1);
+      }
     }
     n_ += m;
   }
@@ -164,11 +211,11 @@ void Index::merge_tail() {
   if (T == 0) return;
   const int L = p_.L;
   std::vector<uint16_t> codesT((size_t)L * T);
-  merge(T, [&](int h) -> const uint16_t * {
+  merge(T, [&](int h) -> std::pair<const uint16_t *, int64_t> {
     const HeadIndex &hi = heads_[h];
     for (int64_t j = 0; j < T; j++)
       for (int t = 0; t < L; t++) codesT[(size_t)t * T + j] = hi.tail[(size_t)j * lp_ + t];
-    return codesT.data();
+    return {codesT.data(), T};
   });
   n_blocked_ = n_;
 }
@@ -246,10 +293,10 @@ void Index::merge(int64_t T, CodesOf &&codes_of) {
     b.entries.resize((size_t)hkv_ * L * b.n);
   }
   for (int h = 0; h < hkv_; h++) {
-    const uint16_t *codesT = codes_of(h);
+    const std::pair<const uint16_t *, int64_t> c = codes_of(h);
     for (size_t i = 0; i < segs.size(); i++)
-      merge_head(*this, segs[i].extends ? &blocks_.back() : nullptr, fresh[i], h, codesT, T,
-                 segs[i].off, segs[i].m);
+      merge_head(*this, segs[i].extends ? &blocks_.back() : nullptr, fresh[i], h, c.first,
+                 c.second, segs[i].off, segs[i].m);
   }
   size_t i = 0;
   if (!segs.empty() && segs[0].extends) blocks_.back() = std::move(fresh[i++]);

@@ -50,6 +50,20 @@ struct KeyRows {
   int64_t head_rows = 0;
 };
 
+// Codes of added tokens computed elsewhere (e.g. on the GPU, ForwardBackend::hash_keys),
+// table-major: the code of token j (of this add) of KV head h in table t is
+// p[(h·L + t)·ld + j], ld >= the tokens added. They must be what Index::add would compute:
+// hash_rows() of k − μ with this index's projection and mean (hash_keys_cpu below).
+struct Codes {
+  const uint16_t *p = nullptr;
+  int64_t ld = 0;
+};
+
+// Index::add splits longer inputs into pieces of this many tokens (bounded scratch); a
+// caller that precomputes codes piece by piece uses the same split, so that the result is
+// the same index.
+constexpr int64_t ADD_PIECE = 4 * BLOCK;
+
 class Index {
  public:
   Index(const Params &p, int n_kv_heads, int head_dim);
@@ -58,7 +72,13 @@ class Index {
   // on, μ is the mean of these keys (per KV head) and stays fixed afterwards. Tokens go to
   // the tail; it is merged into the blocks when `merge` is set, or when it reaches
   // tail_max and `auto_merge` is set.
-  void add(const KeyRows &keys, int64_t m, bool merge = false, bool auto_merge = true);
+  // `codes` (may be null): the tokens' codes computed elsewhere (see Codes); the index is
+  // then the same as without them, the keys are only read for μ and the norms.
+  void add(const KeyRows &keys, int64_t m, bool merge = false, bool auto_merge = true,
+           const Codes *codes = nullptr);
+  // Sets μ from the first m keys when the index has none yet (what the first add does), so
+  // that codes can be computed before that add. No-op once μ exists or with centering off.
+  void init_mean(const KeyRows &keys, int64_t m);
   // Merges the tail into the blocks now.
   void merge_tail();
   // Keeps tokens [0, m): only tail tokens can be dropped (m >= n_blocked(), else
@@ -107,7 +127,8 @@ class Index {
 
  private:
   // Tokens [n_blocked, n_blocked + T) join the blocks; codes(h) gives head h's codes
-  // [L][T] (called once per head, in order).
+  // as {pointer, ld}: token j of table t at pointer[t·ld + j], j < T (called once per
+  // head, in order).
   template <class CodesOf>
   void merge(int64_t T, CodesOf &&codes_of);
 
@@ -119,5 +140,11 @@ class Index {
   std::vector<HeadIndex> heads_;
   std::vector<Block> blocks_;  // in token order, all full but the last
 };
+
+// Codes of tokens 0..m−1 of `keys` (Hkv heads) centered by mean[Hkv][d], table-major
+// into codes[(h·L + t)·ld + j]: exactly the codes Index::add computes (the host producer of
+// Codes; the CUDA backend's hash_keys is the device one).
+void hash_keys_cpu(const Projection &P, const KeyRows &keys, int64_t m, int hkv,
+                   const float *mean, uint16_t *codes, int64_t ld);
 
 }  // namespace mp::lsh

@@ -49,6 +49,9 @@ namespace mp {
 
 class Engine;
 class Session;
+namespace lsh {
+struct Projection;
+}
 
 // Reads a caller's abort flag (may be NULL) written by another thread.
 inline bool abort_requested(const int32_t *flag) {
@@ -88,6 +91,21 @@ struct ForwardBackend {
   // aligned_alloc. The CUDA backend returns page-locked memory, so that prefill write-back,
   // follow-up streaming and dense-from-host decode copy at full PCIe speed.
   virtual const HostAllocator *host_allocator() const { return nullptr; }
+
+  // MAGICPIG index builds (policy_commit): SimHash codes of the keys of rows
+  // [start, start + m) of `layer` (all KV heads), centered by mean[Hkv][d], with projection
+  // P: bit j of table t = [(k − μ)·R[:, t·K + j] > 0], each dot product one sequential f32
+  // FMA chain over d as lsh::hash_rows computes it, so the codes equal the CPU's bit for
+  // bit. Returns them table-major [Hkv][P.L][m] (lsh::Codes with ld = m) in memory the
+  // backend owns: valid until the next call with the same `slot` (0 or 1; the caller hashes
+  // the next layer into the other slot while it sorts this one). May run on another host
+  // thread than the caller's, while no other call of this backend runs. nullptr: the
+  // backend cannot (the caller hashes on the CPU). Throws mp::Error on failure.
+  virtual const uint16_t *hash_keys(const Session & /*s*/, int32_t /*layer*/, int64_t /*start*/,
+                                    int64_t /*m*/, const float * /*mean*/,
+                                    const lsh::Projection & /*P*/, int /*slot*/) {
+    return nullptr;
+  }
 };
 
 // The CPU backend (cuda/engine/cpu_backend.cpp).

@@ -52,6 +52,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/lsh_hash.h"
 #include "engine/backend.h"
 #include "engine/engine.h"
 #include "engine/policy.h"
@@ -204,6 +205,7 @@ class CudaBackend final : public ForwardBackend {
              c_.head_dim);
     MP_CUDA(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
     MP_CUDA(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
+    MP_CUDA(cudaStreamCreateWithFlags(&hash_, cudaStreamNonBlocking));
     for (auto &ev : ev_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
     MP_CUDA(cudaEventCreateWithFlags(&ev_q_, cudaEventDisableTiming));
     gemm_ = std::make_unique<gpu::Gemm>(s_);
@@ -225,6 +227,8 @@ class CudaBackend final : public ForwardBackend {
     (void)cudaEventDestroy(ev_q_);
     (void)cudaStreamDestroy(s_);
     (void)cudaStreamDestroy(copy_);
+    (void)cudaStreamSynchronize(hash_);
+    (void)cudaStreamDestroy(hash_);
   }
 
   int32_t kind() const override { return MP_BACKEND_CUDA; }
@@ -632,6 +636,63 @@ class CudaBackend final : public ForwardBackend {
 
   const HostAllocator *host_allocator() const override { return &pinned_; }
 
+  // MAGICPIG index builds (backend.h): per KV head, chunks of the layer's key rows go up
+  // (from the session's host cache, page-locked unless "pin" is off), are centered (f32,
+  // the CPU's subtraction) and hashed by the SimHash kernel straight into table-major codes,
+  // which come back into a page-locked slot [Hkv][L][m]. Runs on its own stream (`hash_`),
+  // possibly on a helper thread of the caller while the CPU sorts the previous layer.
+  const uint16_t *hash_keys(const Session &s, int32_t layer, int64_t start, int64_t m,
+                            const float *mean, const lsh::Projection &P, int slot) override {
+    if (m <= 0) return nullptr;
+    MP_CHECK(P.d == d_ && P.K >= 1 && P.K <= 16 && P.L >= 1 && slot >= 0 && slot < 2 &&
+                 start >= 0 && start + m <= s.n_tokens() && s.kv_dtype() == MP_DTYPE_BF16,
+             MP_ERR_INTERNAL, "hash_keys: invalid request (layer %d, rows %lld + %lld)", layer,
+             (long long)start, (long long)m);
+    use_device();
+    const int K = P.K, L = P.L;
+    const int64_t CH = std::min<int64_t>(m, (int64_t)1 << 16);  // rows per chunk
+    // R [d][K·L] (the projection keeps its columns padded to cols_pad), uploaded once per
+    // (seed, d, K, L).
+    if (!(hash_r_seeded_ && P.seeded && hash_r_seed_ == P.seed && hash_r_k_ == K &&
+          hash_r_l_ == L)) {
+      std::vector<float> R((size_t)d_ * K * L);
+      for (int i = 0; i < d_; i++)
+        std::memcpy(&R[(size_t)i * K * L], &P.R[(size_t)i * P.cols_pad],
+                    sizeof(float) * (size_t)K * L);
+      hash_r_seeded_ = false;
+      hash_R_.ensure(mem_, R.size(), "LSH hyperplanes");
+      MP_CUDA(cudaMemcpyAsync(hash_R_.p, R.data(), R.size() * 4, cudaMemcpyHostToDevice, hash_));
+      gpu::stream_wait(hash_, "the LSH hyperplanes' upload");
+      hash_r_seeded_ = P.seeded, hash_r_seed_ = P.seed, hash_r_k_ = K, hash_r_l_ = L;
+    }
+    hash_mu_.ensure(mem_, (size_t)Hkv_ * d_, "LSH key hashing");
+    hash_k_.ensure(mem_, (size_t)CH * d_, "LSH key hashing");
+    hash_x_.ensure(mem_, (size_t)CH * d_, "LSH key hashing");
+    hash_c_.ensure(mem_, (size_t)CH * L, "LSH key hashing");
+    uint16_t *out = h_codes_[slot].ensure((size_t)Hkv_ * L * m);
+    MP_CUDA(cudaMemcpyAsync(hash_mu_.p, mean, (size_t)Hkv_ * d_ * 4, cudaMemcpyHostToDevice,
+                            hash_));
+    const size_t row_b = (size_t)d_ * sizeof(bf16);
+    for (int32_t h = 0; h < Hkv_; h++) {
+      for (int64_t r0 = 0; r0 < m; r0 += CH) {
+        const int rows = (int)std::min<int64_t>(CH, m - r0);
+        MP_CUDA(cudaMemcpyAsync(hash_k_.p, s.k_row(layer, h, start + r0), (size_t)rows * row_b,
+                                cudaMemcpyHostToDevice, hash_));
+        gpu::lsh_center(hash_k_.p, hash_mu_.p + (size_t)h * d_, rows, d_, hash_x_.p, hash_);
+        gpu::lsh_hash<float>(hash_R_.p, hash_x_.p, d_, rows, d_, K, L, hash_c_.p, hash_,
+                             /*code_row=*/1, /*code_table=*/rows);
+        // [L][rows] -> rows of the slot's [h][t][m]
+        MP_CUDA(cudaMemcpy2DAsync(out + (size_t)h * L * m + r0, (size_t)m * 2, hash_c_.p,
+                                  (size_t)rows * 2, (size_t)rows * 2, L, cudaMemcpyDeviceToHost,
+                                  hash_));
+      }
+    }
+    gpu::stream_wait(hash_, "LSH key hashing");
+    trace("hash_keys: layer %d, %lld rows x %d heads hashed (K%d L%d)", layer, (long long)m,
+          Hkv_, K, L);
+    return out;
+  }
+
   int64_t session_device_bytes(const Session &s) const override {
     if (auto *cs = dynamic_cast<const CudaSession *>(s.backend_state.get())) return cs->bytes();
     return 0;
@@ -1028,6 +1089,15 @@ class CudaBackend final : public ForwardBackend {
   Pinned<bf16> h_stage_;
   Pinned<float> h_q_, h_o_, h_lse_;
   Pinned<uint8_t> h_upload_;
+  // index-build key hashing (hash_keys)
+  cudaStream_t hash_ = nullptr;
+  Arr<float> hash_R_, hash_mu_, hash_x_;
+  Arr<bf16> hash_k_;
+  Arr<uint16_t> hash_c_;
+  Pinned<uint16_t> h_codes_[2];
+  bool hash_r_seeded_ = false;
+  uint64_t hash_r_seed_ = 0;
+  int hash_r_k_ = 0, hash_r_l_ = 0;
 };
 
 }  // namespace

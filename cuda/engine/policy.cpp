@@ -28,6 +28,12 @@
  * softmax, since q·μ is one constant per query — so the exact parts, later prefills,
  * dense layers and snapshots read the cache unchanged.
  *
+ * Index builds at a commit on a GPU engine: the keys are hashed on the GPU
+ * (ForwardBackend::hash_keys, bit-identical codes), layer by layer, the next layer's
+ * hashing overlapping this layer's counting sort on the CPU (build_with_codes); small
+ * builds, the CPU engine and any GPU failure hash on the CPU (advance). mp_gpu_set_kernel
+ * "lsh" forces either side.
+ *
  * TOPK / QUEST / ORACLE have no index: at every step E = max(S, pos + 1 − W). QUEST keeps
  * per-layer page metadata (min/max per dimension) of the complete pages of [S, E).
  *
@@ -39,7 +45,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <future>
 #include <memory>
+#include <string>
+#include <system_error>
 #include <vector>
 
 #include "cpu/attention.h"
@@ -47,8 +57,10 @@
 #include "cpu/lsh_index.h"
 #include "cpu/merge.h"
 #include "cpu/sampled_attention.h"
+#include "engine/backend.h"
 #include "engine/engine.h"
 #include "engine/snapshot.h"
+#include "gpu/gpu.h"
 
 namespace mp {
 
@@ -241,10 +253,157 @@ void policy_decode_attention(Session &s, int32_t layer, int64_t pos, const float
   s.add_key_stats(attended, (double)H * (double)(E - S));
 }
 
+namespace {
+
+// Below this many new tokens in a layer an automatic build hashes on the CPU (a decode
+// flush or a short turn: the GPU round trip is not worth it).
+constexpr int64_t GPU_HASH_MIN_TOKENS = 1024;
+
+// One add of an index build with precomputed codes: `m` tokens from session row `row`
+// (a piece of at most lsh::ADD_PIECE tokens, split as Index::add splits).
+struct BuildItem {
+  int32_t layer;
+  int64_t row, m;
+  bool merge;
+};
+
+lsh::KeyRows keys_at(const Session &s, int32_t layer, int64_t row) {
+  lsh::KeyRows k;
+  k.k = s.k_row(layer, 0, row);
+  k.dtype = s.kv_dtype();
+  k.head_rows = s.capacity();
+  return k;
+}
+
+lsh::Params index_params(const mp_attention_params &a) {
+  lsh::Params p;
+  p.K = a.lsh_k;
+  p.L = a.lsh_l;
+  p.seed = a.seed;
+  p.eps = a.eps;
+  p.center = true;
+  return p;
+}
+
+// Indexes tokens [E, target) of the sparse layers with codes computed apart from the sort:
+// on the GPU (ForwardBackend::hash_keys) or, in mode 3, on the CPU through the same path.
+// Two slots: while the CPU sorts piece i, piece i + 1 is hashed on a helper thread. The
+// result is the index advance() would build (same pieces, same μ, same codes). Layers it
+// leaves out (small ones in automatic mode, everything after a failure) are left to
+// advance(). A failure of the GPU does not fail the commit (unless mode 1 forces the GPU):
+// the build goes on on the CPU and the reason goes to stderr.
+void build_with_codes(Session &s, int64_t target, int mode) {
+  const mp_attention_params &a = s.attention();
+  State &st = state(s);
+  ForwardBackend &be = s.engine().backend();
+  const int64_t S = a.sinks;
+  const int Hkv = s.n_kv_heads(), d = s.head_dim();
+  std::vector<BuildItem> items;
+  for (int32_t l = 0; l < s.n_layers(); l++) {
+    if (s.layer_is_dense(l)) continue;
+    const LayerState &ls = st.layers[(size_t)l];
+    const int64_t E = ls.index ? index_end(s, ls) : S;
+    const int64_t total = target - E;
+    if (total <= 0 || (mode == 0 && total < GPU_HASH_MIN_TOKENS)) continue;
+    for (int64_t o = 0; o < total; o += lsh::ADD_PIECE) {
+      const int64_t c = std::min(lsh::ADD_PIECE, total - o);
+      items.push_back({l, E + o, c, !ls.index && o + c == total});
+    }
+  }
+  if (items.empty()) return;
+  // Indexes made here join their layer when their last piece is in.
+  std::vector<std::unique_ptr<lsh::Index>> fresh((size_t)s.n_layers());
+  auto index_of = [&](int32_t l) -> lsh::Index & {
+    if (st.layers[(size_t)l].index) return *st.layers[(size_t)l].index;
+    if (!fresh[(size_t)l])
+      fresh[(size_t)l] = std::make_unique<lsh::Index>(index_params(a), Hkv, d);
+    return *fresh[(size_t)l];
+  };
+  struct Result {
+    const uint16_t *codes = nullptr;
+    std::string error;
+  };
+  std::vector<uint16_t> host_slot[2];  // mode 3's codes
+  std::future<Result> next;  // declared last: on unwinding it is joined first
+  auto launch = [&](size_t i) {
+    const BuildItem &it = items[i];
+    lsh::Index &idx = index_of(it.layer);
+    idx.init_mean(keys_at(s, it.layer, it.row), it.m);
+    std::vector<float> mean((size_t)Hkv * d);
+    for (int h = 0; h < Hkv; h++)
+      std::copy(idx.head(h).mean.begin(), idx.head(h).mean.end(), mean.begin() + (size_t)h * d);
+    const lsh::Projection *P = &idx.projection();
+    const int slot = (int)(i & 1);
+    auto job = [&s, &be, &host_slot, it, slot, P, mode, Hkv, mean]() -> Result {
+      Result r;
+      try {
+        if (mode == 3) {
+          std::vector<uint16_t> &buf = host_slot[slot];
+          buf.resize((size_t)Hkv * P->L * it.m);
+          lsh::hash_keys_cpu(*P, keys_at(s, it.layer, it.row), it.m, Hkv, mean.data(),
+                             buf.data(), it.m);
+          r.codes = buf.data();
+        } else {
+          r.codes = be.hash_keys(s, it.layer, it.row, it.m, mean.data(), *P, slot);
+        }
+      } catch (const std::exception &e) {
+        r.codes = nullptr;
+        r.error = e.what();
+      } catch (...) {
+        r.codes = nullptr;
+        r.error = "unknown error";
+      }
+      if (!r.codes && r.error.empty() && mode == 1)
+        r.error = "the engine's backend cannot hash keys";
+      return r;
+    };
+    try {
+      next = std::async(std::launch::async, job);
+    } catch (const std::system_error &) {  // no thread: hash on this one
+      std::promise<Result> done;
+      done.set_value(job());
+      next = done.get_future();
+    }
+  };
+  bool use_codes = true;
+  launch(0);
+  for (size_t i = 0; i < items.size(); i++) {
+    const BuildItem &it = items[i];
+    Result r;
+    if (use_codes) r = next.get();
+    if (!r.codes) {
+      // forced onto the GPU (tests): a failure is an error, not a silent fallback
+      MP_CHECK(!(use_codes && mode == 1), MP_ERR_CUDA,
+               "hashing keys on the GPU failed (mp_gpu_set_kernel \"lsh\" 1): %s",
+               r.error.c_str());
+      if (use_codes && !r.error.empty())
+        std::fprintf(stderr,
+                     "magicpig: hashing keys for the LSH index on the GPU failed, building on "
+                     "the CPU instead: %s\n",
+                     r.error.c_str());
+      use_codes = false;  // this piece and the rest on the CPU
+    }
+    if (use_codes && i + 1 < items.size()) launch(i + 1);
+    lsh::Index &idx = index_of(it.layer);
+    const lsh::Codes codes{r.codes, it.m};
+    idx.add(keys_at(s, it.layer, it.row), it.m, it.merge, /*auto_merge=*/true,
+            r.codes ? &codes : nullptr);
+    const bool last = i + 1 == items.size() || items[i + 1].layer != it.layer;
+    if (last && fresh[(size_t)it.layer])
+      st.layers[(size_t)it.layer].index = std::move(fresh[(size_t)it.layer]);
+  }
+}
+
+}  // namespace
+
 void policy_commit(Session &s) {
   const mp_attention_params &a = s.attention();
   if (a.method != MP_ATTN_MAGICPIG) return;
   const int64_t target = std::max<int64_t>(s.n_tokens() - a.window, a.sinks);
+  // Where keys are hashed (mp_gpu_set_kernel "lsh"): 0 auto, 1 GPU, 2 CPU, 3 CPU via codes.
+  const int mode = gpu::lsh_key_hashing();
+  const bool device = s.engine().backend().kind() != MP_BACKEND_CPU;
+  if (mode == 3 || (mode != 2 && device)) build_with_codes(s, target, mode);
   // (a short prompt has no offloaded region yet; tokens flushed since the last commit
   // become permanent all the same)
   for (int32_t l = 0; l < s.n_layers(); l++)

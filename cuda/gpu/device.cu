@@ -224,10 +224,13 @@ void set_kernel_variant(const char *op, int variant) {
              variant);
     return force_variant(OP_PIN, variant);
   }
+  if (std::strcmp(op, "lsh") == 0) return force_variant(OP_LSH, variant);
   MP_FAIL(MP_ERR_INVALID,
-          "op \"%s\" is invalid: must be \"matmul\", \"attention\", \"kv\", \"graphs\" or "
-          "\"pin\"",
+          "op \"%s\" is invalid: must be \"matmul\", \"attention\", \"kv\", \"graphs\", "
+          "\"pin\" or \"lsh\"",
           op);
 }
+
+int lsh_key_hashing() { return forced_variant(OP_LSH); }
 
 }  // namespace mp::gpu

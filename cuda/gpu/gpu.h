@@ -38,6 +38,11 @@ void op_sample(const float *logits, int n, int vocab, float temperature, int top
 // Forces a kernel variant of an op family for later op_* calls (tests/benchmarks); 0 = auto.
 // op: "matmul" (1 cuBLAS, 2 skinny, 3 simple), "attention" (1 flash, 2 decode, 3 generic).
 void set_kernel_variant(const char *op, int variant);
+// Where MAGICPIG index builds hash keys (mp_gpu_set_kernel "lsh"): 0 automatic (on the GPU
+// of a CUDA engine when a build indexes >= 1024 tokens of a layer; a failure falls back to
+// the CPU), 1 on the GPU whatever the size (a failure is an error), 2 on the CPU, 3 on the CPU but through the precomputed-codes path that the GPU
+// uses (tests that path without a GPU).
+int lsh_key_hashing();
 // "NVIDIA H200, cc 9.0, 132 SMs, 139.8 GiB, L2 50 MB" for device 0.
 std::string describe();
 #else
@@ -63,6 +68,7 @@ inline void lsh_hash(const float *, const float *, int, int, int, int, uint16_t 
 inline void op_sample(const float *, int, int, float, int, float, const float *, int32_t *)
     MP_GPU_UNAVAILABLE()
 inline void set_kernel_variant(const char *, int) MP_GPU_UNAVAILABLE()
+inline int lsh_key_hashing() { return 0; }
 inline std::string describe() MP_GPU_UNAVAILABLE()
 #undef MP_GPU_UNAVAILABLE
 #endif

@@ -163,11 +163,15 @@ void sample(const float *logits, int n, int vocab, float temperature, int top_k,
 // ------------------------------------------------------------
 // lsh.cu
 
-// codes[i][t] = Σ_j [x_i · R[:, t·K + j] > 0] << j for t < L, with R [d][K·L] f32 and
-// x rows x_stride apart (XT = float or bf16). Dot products in f32.
+// code(i, t) = Σ_j [x_i · R[:, t·K + j] > 0] << j for t < L, with R [d][K·L] f32 and
+// x rows x_stride apart (XT = float or bf16). Dot products in f32, each one sequential
+// fmaf chain over d (as lsh::hash_rows). code(i, t) goes to codes[i·code_row + t·code_table]:
+// the default (code_row 0 = L, code_table 1) is [n][L]; code_row 1, code_table n is [L][n].
 template <class XT>
 void lsh_hash(const float *R, const XT *x, int64_t x_stride, int n, int d, int K, int L,
-              uint16_t *codes, cudaStream_t s);
+              uint16_t *codes, cudaStream_t s, int64_t code_row = 0, int64_t code_table = 1);
+// x[r][e] = f32(k[r][e]) − mu[e] for n contiguous rows of d (keys centered as the CPU does).
+void lsh_center(const bf16 *k, const float *mu, int n, int d, float *x, cudaStream_t s);
 
 // ------------------------------------------------------------
 // kvcache.cu

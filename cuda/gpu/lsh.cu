@@ -43,7 +43,7 @@ template <class XT>
 __global__ void __launch_bounds__(256)
     lsh_hash_kernel(const float *__restrict__ R, int KL, const XT *__restrict__ x,
                     int64_t x_stride, int n, int d, int K, int L, int t0, int nt,
-                    uint16_t *__restrict__ codes) {
+                    uint16_t *__restrict__ codes, int64_t code_row, int64_t code_table) {
   __shared__ __align__(16) float xs[LSH_DB][LSH_XS];
   __shared__ __align__(16) float rs[LSH_DB][LSH_CB];
   extern __shared__ uint32_t bits[];  // [LSH_VB][words]
@@ -98,9 +98,12 @@ __global__ void __launch_bounds__(256)
   }
   __syncthreads();
 
-  // Pack K bits per (vector, table).
+  // Pack K bits per (vector, table); consecutive threads write consecutive codes (vectors
+  // for a table-major output, tables for a vector-major one).
+  const bool table_major = code_row == 1;
   for (int e = tid; e < LSH_VB * nt; e += 256) {
-    const int v = e / nt, tt = e % nt;
+    const int v = table_major ? e % LSH_VB : e / nt;
+    const int tt = table_major ? e / LSH_VB : e % nt;
     if (v0 + v >= n) continue;
     const int rel = tt * K;
     const uint32_t *wv = bits + v * words;
@@ -108,17 +111,35 @@ __global__ void __launch_bounds__(256)
     uint64_t pair = wv[w];
     if (w + 1 < words) pair |= (uint64_t)wv[w + 1] << 32;
     const uint32_t code = (uint32_t)(pair >> sh) & ((1u << K) - 1u);
-    codes[(int64_t)(v0 + v) * L + t0 + tt] = (uint16_t)code;
+    codes[(int64_t)(v0 + v) * code_row + (int64_t)(t0 + tt) * code_table] = (uint16_t)code;
   }
+}
+
+// x[r][e] = f32(k[r][e]) − mu[e] for n rows of d: the CPU's centering (lsh_index.cpp),
+// one IEEE subtraction per element, so the same f32 values.
+__global__ void lsh_center_kernel(const bf16 *__restrict__ k, const float *__restrict__ mu,
+                                  int64_t total, int d, float *__restrict__ x) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x)
+    x[i] = __fsub_rn(__bfloat162float(k[i]), mu[i % d]);
 }
 
 // ------------------------------------------------------------
 // launchers
 
+void lsh_center(const bf16 *k, const float *mu, int n, int d, float *x, cudaStream_t s) {
+  const int64_t total = (int64_t)n * d;
+  if (total <= 0) return;
+  const unsigned blocks = (unsigned)std::min<int64_t>((total + 255) / 256, 4096);
+  lsh_center_kernel<<<blocks, 256, 0, s>>>(k, mu, total, d, x);
+  MP_CUDA_LAUNCH("lsh_center_kernel");
+}
+
 template <class XT>
 void lsh_hash(const float *R, const XT *x, int64_t x_stride, int n, int d, int K, int L,
-              uint16_t *codes, cudaStream_t s) {
+              uint16_t *codes, cudaStream_t s, int64_t code_row, int64_t code_table) {
   if (n <= 0 || L <= 0) return;
+  if (code_row == 0) code_row = L;
   MP_CHECK(K >= 1 && K <= 16, MP_ERR_INVALID, "lsh: K = %d is outside 1..16", K);
   MP_CHECK(d >= 1, MP_ERR_INVALID, "lsh: d = %d", d);
   const int KL = K * L;
@@ -128,15 +149,16 @@ void lsh_hash(const float *R, const XT *x, int64_t x_stride, int n, int d, int K
     const int nt = std::min(tables_per_launch, L - t0);
     const int words = (nt * K + 31) / 32;
     const size_t smem = (size_t)LSH_VB * words * sizeof(uint32_t);
-    lsh_hash_kernel<XT><<<blocks, 256, smem, s>>>(R, KL, x, x_stride, n, d, K, L, t0, nt, codes);
+    lsh_hash_kernel<XT><<<blocks, 256, smem, s>>>(R, KL, x, x_stride, n, d, K, L, t0, nt, codes,
+                                                  code_row, code_table);
     MP_CUDA_LAUNCH("lsh_hash_kernel");
   }
 }
 
 template void lsh_hash<float>(const float *, const float *, int64_t, int, int, int, int,
-                              uint16_t *, cudaStream_t);
+                              uint16_t *, cudaStream_t, int64_t, int64_t);
 template void lsh_hash<bf16>(const float *, const bf16 *, int64_t, int, int, int, int,
-                             uint16_t *, cudaStream_t);
+                             uint16_t *, cudaStream_t, int64_t, int64_t);
 
 // ------------------------------------------------------------
 // host-pointer op (tests)

@@ -428,7 +428,12 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
  * no host work replay a captured CUDA graph): 1 on, 2 off; automatic = on. op "pin"
  * (sessions' host KV caches of a CUDA engine in page-locked memory, for full-speed PCIe
  * copies; applies to caches allocated later): 1 on, 2 off (pageable); automatic = on, with
- * a fallback to pageable memory when pinning fails. A variant that
+ * a fallback to pageable memory when pinning fails. op "lsh" (where MAGICPIG index builds
+ * at mp_session_commit hash the keys): automatic = on the GPU of a CUDA engine when a layer
+ * indexes >= 1024 tokens (codes equal the CPU's bit for bit; any failure falls back to the
+ * CPU, reported on stderr), 1 on the GPU whatever the size (a failure fails the commit),
+ * 2 on the CPU, 3 on the CPU
+ * through the GPU's precomputed-codes path (tests). A variant that
  * cannot run a shape falls back to one that can. Process-wide; not meant to change while
  * other calls run. */
 MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t err_cap);

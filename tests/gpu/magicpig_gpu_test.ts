@@ -5,6 +5,10 @@
  * run the policy on the CPU from the host KV the GPU wrote — decode like dense when the
  * sampler retrieves every key.
  *
+ * Index builds hash the keys on the GPU (ForwardBackend::hash_keys): a MAGICPIG session's
+ * snapshot — KV plus every layer's LSH index — is byte for byte the same whether its
+ * commits hashed on the GPU or on the CPU, on the CUDA engine or on a CPU engine.
+ *
  * Runs on a machine with a GPU (`deno task test:gpu`); elsewhere every test is skipped
  * with the reason printed.
  *
@@ -18,11 +22,14 @@ import {
   Backend,
   decodeStep,
   deviceCount,
+  DType,
   Engine,
   type ModelConfig,
   Session,
 } from "../../ffi/native.ts";
 import { lshHash, lshProjection } from "../../ffi/lsh.ts";
+import { LshHashing, setKernel } from "../../ffi/gpu.ts";
+import { tempDir } from "../_tmp.ts";
 
 const gpus = (() => {
   try {
@@ -122,5 +129,112 @@ Deno.test({
     const info = m.info();
     assert(info.keysOffloaded > 0);
     assertLessOrEqual(info.keysOffloaded - info.keysAttended, 1e-3 * info.keysOffloaded);
+  },
+});
+
+// head_dim 128 (the real shape's), 2 KV heads, sparse layers 1 and 3
+const hashConfig: ModelConfig = {
+  ...config,
+  dim: 256,
+  n_heads: 4,
+  n_kv_heads: 2,
+  head_dim: 128,
+  ffn_dim: 512,
+  vocab_size: 256,
+};
+
+/** Byte offset where the KV sections of a snapshot of n tokens end (snapshot.h layout). */
+function kvEnd(file: Uint8Array, c: ModelConfig, n: number): number {
+  const headerBytes = new DataView(file.buffer, file.byteOffset).getUint32(12, true);
+  return 16 + headerBytes + c.n_layers * (16 + 16 + 2 * c.n_kv_heads * n * c.head_dim * 2);
+}
+
+function firstDifference(a: Uint8Array, b: Uint8Array): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return a.length === b.length ? -1 : n;
+}
+
+Deno.test({
+  name: "an index built with keys hashed on the GPU equals the CPU-built one byte for byte",
+  ignore,
+  async fn() {
+    const dir = await tempDir("mpgpuhash");
+    const prompt = (n: number, seed: number) =>
+      Int32Array.from({ length: n }, (_, i) => (i * 31 + seed * 7 + ((i * i) % 13)) % 256);
+    await using e = Engine.create(hashConfig, { backend: Backend.CUDA });
+    await e.initRandom(5n, 0.05);
+    await e.finalize();
+    await using base = await Session.create(e, { attention: { method: AttentionMethod.DENSE } });
+    await base.prefill(prompt(2000, 1));
+    await base.save(`${dir}/base.snap`);
+    const opts = { attention: { lshK: 10, lshL: 150 } };
+    // Three commits per mode: a first build of 1932 tokens per layer (codes used in place),
+    // a 300-token turn (codes into the tail) and a 4000-token one (tail + codes merged).
+    const modes = [LshHashing.CPU, LshHashing.GPU, LshHashing.AUTO];
+    const first: Uint8Array[] = [], last: Uint8Array[] = [], fracs: number[] = [];
+    const logits: Float32Array[] = [];
+    try {
+      for (const mode of modes) {
+        await using f = await base.fork(opts);
+        setKernel("lsh", mode);
+        await f.commit();
+        assertEquals(f.info().nIndexed, 2000 - 64);
+        await f.save(`${dir}/first-${mode}.snap`);
+        first.push(await Deno.readFile(`${dir}/first-${mode}.snap`));
+        await f.prefill(prompt(300, 2));
+        await f.commit();
+        await f.prefill(prompt(4000, 3));
+        await f.commit();
+        assertEquals(f.info().nIndexed, 6300 - 64);
+        await f.save(`${dir}/last-${mode}.snap`);
+        last.push(await Deno.readFile(`${dir}/last-${mode}.snap`));
+        setKernel("lsh", LshHashing.AUTO);
+        const lg = new Float32Array(hashConfig.vocab_size);
+        await decodeStep(e, [f], new Int32Array([9]), lg);
+        logits.push(lg);
+        fracs.push(f.info().keysAttended / f.info().keysOffloaded);
+      }
+    } finally {
+      setKernel("lsh", LshHashing.AUTO);
+    }
+    const kv1 = kvEnd(first[0], hashConfig, 2000);
+    for (let i = 1; i < modes.length; i++) {
+      const at = firstDifference(first[i], first[0]);
+      assertEquals(
+        at,
+        -1,
+        `first build, mode ${modes[i]}: first difference at byte ${at} (KV ends at ${kv1})`,
+      );
+    }
+    // The follow-up turns were prefilled on the GPU once per session: compare their indexes
+    // where the prefills wrote the same KV (deterministic kernels make them equal).
+    const kv3 = kvEnd(last[0], hashConfig, 6300);
+    for (let i = 1; i < modes.length; i++) {
+      const at = firstDifference(last[i], last[0]);
+      if (at >= 0 && at < kv3) {
+        console.log(`mode ${modes[i]}: the follow-up prefills wrote different KV; not compared`);
+        continue;
+      }
+      assertEquals(at, -1, `three commits, mode ${modes[i]}: first difference at byte ${at}`);
+      assertEquals(fracs[i], fracs[0], `keys fraction, mode ${modes[i]}`);
+      assertEquals(logits[i], logits[0], `decode logits, mode ${modes[i]}`);
+    }
+    console.log(`keys fraction after one decode step: ${fracs.map((f) => f.toFixed(4))}`);
+    // The same KV in a CPU engine (same shape, bf16 KV): its commit builds the same bytes.
+    await using c = Engine.create(hashConfig, { backend: Backend.CPU, kvDtype: DType.BF16 });
+    await c.initRandom(5n, 0.05);
+    await c.finalize();
+    await using loaded = await Session.load(c, `${dir}/base.snap`);
+    await using cf = await loaded.fork(opts);
+    await cf.commit();
+    await cf.save(`${dir}/cpu-engine.snap`);
+    const cpu = await Deno.readFile(`${dir}/cpu-engine.snap`);
+    const at = firstDifference(cpu, first[1]);
+    assertEquals(
+      at,
+      -1,
+      `CPU engine vs GPU hashing: first difference at byte ${at} (KV ends at ${kv1})`,
+    );
   },
 });
