@@ -50,6 +50,7 @@ import {
   type SessionOptions,
 } from "../ffi/native.ts";
 import { describeGpu, Graphs, KvPlacement, PinnedKv, setKernel } from "../ffi/gpu.ts";
+import { llama31_8b } from "./_shapes.ts";
 
 // ------------------------------------------------------------
 // options
@@ -108,27 +109,7 @@ function parseArgs(args: string[], gpu: boolean): Options {
 // ------------------------------------------------------------
 // model shapes and floors
 
-const llama8b: ModelConfig = {
-  n_layers: 32,
-  dim: 4096,
-  n_heads: 32,
-  n_kv_heads: 8,
-  head_dim: 128,
-  ffn_dim: 14336,
-  vocab_size: 128256,
-  max_context: 131072,
-  rms_eps: 1e-5,
-  tied_embeddings: false,
-  rope: {
-    theta: 500000,
-    style: 1,
-    scaling: 1,
-    factor: 8,
-    low_freq_factor: 1,
-    high_freq_factor: 4,
-    original_max_position: 8192,
-  },
-};
+const llama8b: ModelConfig = llama31_8b;
 
 const cpuModel: ModelConfig = {
   ...llama8b,

@@ -36,6 +36,7 @@ import { loadModel } from "../engine/model/loader.ts";
 import { nativeBackend, nativeSessionStore } from "../engine/native_backend.ts";
 import { ANONYMOUS_OWNER, SessionManager } from "../engine/sessions.ts";
 import type { RequestStream } from "../engine/scheduler.ts";
+import { llama31_8b } from "./_shapes.ts";
 
 /** One context length's results. */
 export interface SessionBenchRow {
@@ -182,29 +183,7 @@ export async function benchSessions(
 // ------------------------------------------------------------
 // command line
 
-const shapes: Record<string, ModelConfig> = {
-  "llama-3.1-8b": {
-    n_layers: 32,
-    dim: 4096,
-    n_heads: 32,
-    n_kv_heads: 8,
-    head_dim: 128,
-    ffn_dim: 14336,
-    vocab_size: 128256,
-    max_context: 131072,
-    rms_eps: 1e-5,
-    tied_embeddings: false,
-    rope: {
-      theta: 500000,
-      style: 1,
-      scaling: 1,
-      factor: 8,
-      low_freq_factor: 1,
-      high_freq_factor: 4,
-      original_max_position: 8192,
-    },
-  },
-};
+const shapes: Record<string, ModelConfig> = { "llama-3.1-8b": llama31_8b };
 shapes.tiny = {
   ...shapes["llama-3.1-8b"],
   n_layers: 4,
