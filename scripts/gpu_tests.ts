@@ -70,7 +70,13 @@ async function unitsOf(file: string): Promise<Unit[]> {
 }
 
 async function runUnit(deno: string, u: Unit, limit: number): Promise<Outcome> {
-  const args = ["test", "--allow-all", "--unstable-worker-options", "--no-check"];
+  const args = [
+    "test",
+    "--allow-all",
+    "--unstable-worker-options",
+    "--unstable-no-legacy-abort",
+    "--no-check",
+  ];
   if (u.name !== null) args.push("--filter", u.name);
   args.push(u.file);
   const label = u.name ?? "(whole file)";

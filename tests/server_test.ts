@@ -550,6 +550,8 @@ Deno.test({
       args: [
         "run",
         "--allow-all",
+        "--unstable-worker-options",
+        "--unstable-no-legacy-abort",
         new URL("../main.ts", import.meta.url).pathname,
         "--model",
         gguf,

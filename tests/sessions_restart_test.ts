@@ -32,6 +32,8 @@ class Child {
       args: [
         "run",
         "--allow-all",
+        "--unstable-worker-options",
+        "--unstable-no-legacy-abort",
         new URL("../main.ts", import.meta.url).pathname,
         "--model",
         gguf,
