@@ -32,6 +32,7 @@ import {
   type SessionInfo,
   type SessionManager,
 } from "./sessions.ts";
+import { textOf } from "./functions/llm_services.ts";
 
 let serial = 0;
 
@@ -119,26 +120,7 @@ export function sessionServices(getLLM: () => LLM): SessionServices {
         stop,
         signal,
       });
-      for await (const ev of turn) {
-        if (ev.type === "token") {
-          if (ev.text) yield { type: "text", text: ev.text };
-        } else if (ev.type === "finish") {
-          if (ev.reason === "error" || (ev.reason === "abort" && ev.error)) {
-            throw ev.error ?? new EngineError("internal", "The session turn failed");
-          }
-          if (ev.text) yield { type: "text", text: ev.text };
-          yield {
-            type: "done",
-            finishReason: ev.reason,
-            usage: {
-              prompt_tokens: ev.usage.promptTokens,
-              completion_tokens: ev.usage.completionTokens,
-              total_tokens: ev.usage.promptTokens + ev.usage.completionTokens,
-              cached_tokens: ev.usage.cachedTokens,
-            },
-          };
-        }
-      }
+      yield* textOf(turn, "The session turn failed");
     },
     async delete(caller: Caller, id: string) {
       await managerOf(getLLM()).delete(await ownerOf(caller.apiKey), id);

@@ -17,7 +17,7 @@
  */
 import { EngineError } from "../errors.ts";
 import type { LLM } from "../llm.ts";
-import type { GenerateRequest as SchedulerRequest } from "../scheduler.ts";
+import type { GenerateRequest as SchedulerRequest, SchedulerEvent } from "../scheduler.ts";
 import type {
   Caller,
   ChatRequest,
@@ -121,16 +121,24 @@ export function schedulerRequest(
 }
 
 /** Runs a scheduler request and yields its text, then one `done`. */
-export async function* textEvents(
-  llm: LLM,
-  request: SchedulerRequest,
+export function textEvents(llm: LLM, request: SchedulerRequest): AsyncGenerator<TextEvent> {
+  return textOf(llm.generate(request), "The generation failed");
+}
+
+/**
+ * The text deltas of a request's scheduler events, then one `done` with the finish reason
+ * and usage; a failed request throws its error (`failure` when it carries none).
+ */
+export async function* textOf(
+  events: AsyncIterable<SchedulerEvent>,
+  failure: string,
 ): AsyncGenerator<TextEvent> {
-  for await (const ev of llm.generate(request)) {
+  for await (const ev of events) {
     if (ev.type === "token") {
       if (ev.text) yield { type: "text", text: ev.text };
     } else if (ev.type === "finish") {
       if (ev.reason === "error" || (ev.reason === "abort" && ev.error)) {
-        throw ev.error ?? new EngineError("internal", "The generation failed");
+        throw ev.error ?? new EngineError("internal", failure);
       }
       if (ev.text) yield { type: "text", text: ev.text };
       yield {
