@@ -24,6 +24,10 @@ inline void cpu_relax() {
 
 thread_local bool t_in_job = false;
 
+// state_ = (job id << 32) | workers inside the job. An odd id is an open job, an even one a
+// closed job: a worker enters only an open job (CAS on state_), and the caller closes its
+// job once every index is done and no worker is inside, so it never waits for a worker
+// that has not woken up yet (on a busy machine that could be a whole time slice).
 class Pool {
  public:
   explicit Pool(int workers) {
@@ -46,17 +50,21 @@ class Pool {
     n_ = n;
     next_.store(0, std::memory_order_relaxed);
     done_.store(0, std::memory_order_relaxed);
-    active_.store(workers(), std::memory_order_relaxed);
+    const uint64_t id = (state_.load(std::memory_order_relaxed) >> 32) + 1;  // odd: open
+    state_.store(id << 32, std::memory_order_release);
     {
       std::lock_guard<std::mutex> lk(mu_);
       gen_.fetch_add(1, std::memory_order_release);
     }
     if (sleepers_.load(std::memory_order_acquire) > 0) cv_.notify_all();
     work();
-    // every index done, and every worker out of this job before fn_ goes away
-    while (done_.load(std::memory_order_acquire) < n_ ||
-           active_.load(std::memory_order_acquire) > 0)
+    while (done_.load(std::memory_order_acquire) < n_) cpu_relax();
+    // close: wait out the workers inside (they find no index left)
+    for (uint64_t open = id << 32;; open = id << 32) {
+      if (state_.compare_exchange_weak(open, (id + 1) << 32, std::memory_order_acq_rel))
+        break;
       cpu_relax();
+    }
   }
 
  private:
@@ -69,6 +77,15 @@ class Pool {
       done_.fetch_add(1, std::memory_order_release);
     }
     t_in_job = false;
+  }
+
+  // Enters the open job, if any; returns false when there is none.
+  bool enter() {
+    uint64_t v = state_.load(std::memory_order_acquire);
+    while ((v >> 32) & 1) {
+      if (state_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel)) return true;
+    }
+    return false;
   }
 
   void loop() {
@@ -94,8 +111,10 @@ class Pool {
       }
       seen = g;
       if (quit_) return;
-      work();
-      active_.fetch_sub(1, std::memory_order_release);
+      if (enter()) {
+        work();
+        state_.fetch_sub(1, std::memory_order_release);
+      }
     }
   }
 
@@ -107,7 +126,8 @@ class Pool {
   bool quit_ = false;
   const std::function<void(int)> *fn_ = nullptr;
   int n_ = 0;
-  std::atomic<int> next_{0}, done_{0}, active_{0};
+  std::atomic<int> next_{0}, done_{0};
+  std::atomic<uint64_t> state_{0};
 };
 
 std::mutex g_pool_mu;
