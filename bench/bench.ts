@@ -53,6 +53,7 @@ import {
   DecodeProfile,
   decodeProfile,
   describeGpu,
+  GpuShare,
   Graphs,
   KvPlacement,
   PinnedKv,
@@ -86,7 +87,15 @@ function parseArgs(args: string[], gpu: boolean): Options {
     out: null,
     contexts: gpu ? [8192, 32768, 98304] : [512, 2048],
     batches: gpu ? [1, 4, 8, 16] : [1, 4],
-    methods: ["dense-gpu", "dense-gpu-nographs", "dense-host", "magicpig", "topk", "quest"],
+    methods: [
+      "dense-gpu",
+      "dense-gpu-nographs",
+      "dense-host",
+      "magicpig",
+      "magicpig-cpu",
+      "topk",
+      "quest",
+    ],
     budget: 24n * 2n ** 30n,
     budgetPass: gpu,
     timeLimit: gpu ? 240 : 60,
@@ -158,6 +167,8 @@ interface Method {
   placement: number;
   commit: boolean;
   graphs?: number;
+  /** Split decode's GPU share of sampled attention (op "offload"); default automatic. */
+  share?: number;
 }
 
 function methodOf(name: string): Method {
@@ -191,6 +202,14 @@ function methodOf(name: string): Method {
         placement: KvPlacement.AUTO,
         commit: true,
       };
+    case "magicpig-cpu": // the same without the GPU's share: the CPU gathers every row
+      return {
+        name,
+        options: { attention: { method: AttentionMethod.MAGICPIG, lshK: 10, lshL: 150 } },
+        placement: KvPlacement.AUTO,
+        commit: true,
+        share: GpuShare.NONE,
+      };
     case "topk":
       return {
         name,
@@ -207,7 +226,8 @@ function methodOf(name: string): Method {
       };
   }
   throw new Error(
-    `Unknown method "${name}": use dense-gpu, dense-gpu-nographs, dense-host, magicpig, topk or quest`,
+    `Unknown method "${name}": use dense-gpu, dense-gpu-nographs, dense-host, magicpig, ` +
+      `magicpig-cpu, topk or quest`,
   );
 }
 
@@ -415,6 +435,7 @@ async function main(): Promise<void> {
   if (want("dense-gpu-nographs")) {
     jobs.push({ budget: 0n, N: o.contexts[0], method: "dense-gpu-nographs", B: 1 });
   }
+  if (want("magicpig-cpu")) jobs.push({ budget: 0n, N: Nmax, method: "magicpig-cpu", B: 1 });
   for (const B of o.batches.filter((b) => b !== 1)) {
     for (const N of o.contexts) for (const m of main) jobs.push({ budget: 0n, N, method: m, B });
   }
@@ -564,22 +585,27 @@ async function main(): Promise<void> {
   ): Promise<DecodeRow | null> {
     const empty = (note: string) => emptyRow(engine, m.name, B, N, bname, note);
     // On the CPU these are the same as plain dense.
-    if (!useGpu && (m.name === "dense-host" || m.name === "dense-gpu-nographs")) return null;
+    if (
+      !useGpu &&
+      (m.name === "dense-host" || m.name === "dense-gpu-nographs" || m.name === "magicpig-cpu")
+    ) return null;
     const dense = m.options.attention?.method === AttentionMethod.DENSE;
     // A dense batch decodes the base itself as its first member (truncated back afterwards):
     // no copy, and the base's host KV is already page-locked.
     const useBase = dense && useGpu;
     if (useGpu) setKernel("kv", m.placement);
     if (useGpu) setKernel("graphs", m.graphs ?? Graphs.AUTO);
+    if (useGpu) setKernel("offload", m.share ?? GpuShare.AUTO);
     const members: Session[] = [];
     const forks: Session[] = [];
     try {
       const tf = performance.now();
       if (useBase) members.push(base);
-      // Forks' host KV: page-locked only where decode streams it to the GPU every step
-      // (dense-host); pinning 12 GB takes seconds, and the CPU policy and one-time uploads
-      // read pageable memory as well.
-      if (useGpu) setKernel("pin", m.name === "dense-host" ? PinnedKv.ON : PinnedKv.OFF);
+      // Forks' host KV: page-locked where the GPU reads it every step (dense-host streams it;
+      // MAGICPIG's GPU share gathers sampled rows from it, mapped); pinning 12 GB takes
+      // seconds, and the CPU policies and one-time uploads read pageable memory as well.
+      const pin = m.name === "dense-host" || (m.name === "magicpig" && m.share === undefined);
+      if (useGpu) setKernel("pin", pin ? PinnedKv.ON : PinnedKv.OFF);
       try {
         while (members.length < B) {
           if (elapsed() > o.timeLimit + 15) {
@@ -677,6 +703,7 @@ async function main(): Promise<void> {
       if (useBase) await base.truncate(N);
       if (useGpu) setKernel("kv", KvPlacement.AUTO);
       if (useGpu) setKernel("graphs", Graphs.AUTO);
+      if (useGpu) setKernel("offload", GpuShare.AUTO);
     }
   }
 

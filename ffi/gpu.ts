@@ -39,9 +39,17 @@ export const Graphs = { AUTO: 0, ON: 1, OFF: 2 } as const;
  */
 export const LshHashing = { AUTO: 0, GPU: 1, CPU: 2, CPU_CODES: 3 } as const;
 
+/**
+ * Variants of op "offload" (split decode's GPU share of MAGICPIG sampled attention: the
+ * GPU gathers the K/V rows of some KV heads from mapped host memory while the CPU attends
+ * the others) for {@link setKernel}: automatic = half of the KV heads; none; all; a
+ * quarter; three quarters.
+ */
+export const GpuShare = { AUTO: 0, NONE: 1, ALL: 2, QUARTER: 3, THREE_QUARTERS: 4 } as const;
+
 /** Forces a kernel variant of an op family for later CUDA work (0: automatic). */
 export function setKernel(
-  op: "matmul" | "attention" | "kv" | "graphs" | "pin" | "lsh",
+  op: "matmul" | "attention" | "kv" | "graphs" | "pin" | "lsh" | "offload",
   variant: number,
 ): void {
   const err = errorBuffer();
@@ -70,11 +78,13 @@ export interface DecodeProfile {
   postMs: number;
   /** Split layer-calls (layers × steps). */
   splitLayers: number;
+  /** Query heads whose sample the GPU attended (split decode's GPU share). */
+  gpuJobs: number;
 }
 
 /** Reads (and with `reset`, clears) the CUDA backend's decode stage timers. */
 export function decodeProfile(reset = false): DecodeProfile {
-  const v = new Float64Array(8);
+  const v = new Float64Array(9);
   lib().mp_decode_profile(v, v.length, reset ? 1 : 0);
   return {
     steps: v[0],
@@ -85,6 +95,7 @@ export function decodeProfile(reset = false): DecodeProfile {
     tailMs: v[5],
     postMs: v[6],
     splitLayers: v[7],
+    gpuJobs: v[8],
   };
 }
 

@@ -52,6 +52,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -340,6 +341,10 @@ struct Ctx {
   std::vector<float> res_m, res_l, res_acc;
   std::vector<int32_t> res_nnz;
   std::vector<Stats> task_stats;
+  // offloaded KV heads (Batch::offload): [B·Hkv] flags, and whether any is set
+  const Offload *offload = nullptr;
+  std::vector<uint8_t> off_kv;
+  bool any_off = false;
 };
 
 // Per-thread scratch, reused across tasks and calls. seen1, seen2 and hm are all-zero
@@ -747,11 +752,24 @@ static void prepare(Ctx &cx, const Batch &batch, Mode mode, int32_t flags) {
   cx.nchunks.resize(B);
   cx.tasks.clear();
   cx.task_begin.assign((size_t)B * cx.Hkv + 1, 0);
+  // offloaded KV heads: retrieved here, attended by the caller's `ready` (no B–D tasks)
+  cx.offload = nullptr;
+  cx.any_off = false;
+  cx.off_kv.assign((size_t)B * cx.Hkv, 0);
+  if (mode == Mode::ATTEND && batch.offload && batch.offload->kv_heads &&
+      batch.offload->ready && need_codes) {
+    cx.offload = batch.offload;
+    for (size_t i = 0; i < cx.off_kv.size(); i++) {
+      cx.off_kv[i] = batch.offload->kv_heads[i] ? 1 : 0;
+      cx.any_off |= cx.off_kv[i] != 0;
+    }
+  }
   for (int b = 0; b < B; b++) {
     const int64_t n = batch.idx[b]->n();
     cx.nchunks[b] = (int)((n + chunk - 1) / chunk);
     for (int h = 0; h < cx.Hkv; h++) {
       cx.task_begin[(size_t)b * cx.Hkv + h] = (int)cx.tasks.size();
+      if (cx.off_kv[(size_t)b * cx.Hkv + h]) continue;
       for (int c = 0; c < cx.nchunks[b]; c++)
         cx.tasks.push_back({b, h, c, c * chunk, std::min<int64_t>((c + 1) * chunk, n)});
     }
@@ -782,25 +800,57 @@ static void run_all(Ctx &cx) {
   const bool phase_a = cx.sets || !(cx.flags & FLAG_RETRIEVE_ALL);
   const bool phase_bd = cx.mode == Mode::ATTEND;
   const int na = phase_a ? nbh : 0;
-  const int total = na + (phase_bd ? nt : 0);
+  // Phase A order: the heads of offloaded KV heads first, then one hand-off task (it waits
+  // for their samples and calls Offload::ready), then the other heads.
+  std::vector<int> order((size_t)na);
+  int n_off = 0;
+  {
+    int k = 0;
+    for (int pass = 0; pass < 2; pass++)
+      for (int bh = 0; bh < na; bh++) {
+        const bool off = cx.any_off && cx.off_kv[(size_t)(bh / cx.H) * cx.Hkv + (bh % cx.H) / cx.G];
+        if (off == (pass == 0)) order[(size_t)k++] = bh;
+        if (off && pass == 0) n_off++;
+      }
+  }
+  const int handoff = cx.any_off ? 1 : 0;
+  const int total = na + handoff + (phase_bd ? nt : 0);
   std::vector<int32_t> pending((size_t)cx.B * cx.Hkv, phase_a ? cx.G : 0);
   int32_t *pend = pending.data();
+  std::atomic<int> off_left{n_off};
   // The spinning pool (common/task_pool.h), not an OpenMP team: split decode calls this
   // 30 times per token from whichever thread the host uses, ~0.1 ms apart.
   pool_run(total, [&](int i) {
-    if (i < na) {
-      const int b = i / cx.H, h = i % cx.H;
+    if (handoff && i == n_off) {
+      while (off_left.load(std::memory_order_acquire) != 0) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+      }
+      OffloadSamples os;
+      os.B = cx.B, os.H = cx.H, os.Hkv = cx.Hkv, os.G = cx.G;
+      os.ids = cx.ids.data();
+      os.qn = cx.qn.data();
+      os.qmu = cx.qmu.data();
+      cx.offload->ready(cx.offload->ctx, os);
+      return;
+    }
+    const int ia = i < n_off ? i : i - handoff;
+    if (ia < na) {
+      const int bh = order[(size_t)ia];
+      const int b = bh / cx.H, h = bh % cx.H;
       sample_head(cx, b, h);
       __atomic_fetch_sub(&pend[(size_t)b * cx.Hkv + h / cx.G], 1, __ATOMIC_RELEASE);
+      if (ia < n_off) off_left.fetch_sub(1, std::memory_order_release);
     } else {
-      const Task &tk = cx.tasks[i - na];
+      const Task &tk = cx.tasks[ia - na];
       const int32_t *p = &pend[(size_t)tk.b * cx.Hkv + tk.hkv];
       while (__atomic_load_n(p, __ATOMIC_ACQUIRE) != 0) {
 #if defined(__x86_64__)
         __builtin_ia32_pause();
 #endif
       }
-      run_task(cx, i - na);
+      run_task(cx, ia - na);
     }
   });
 }
@@ -913,7 +963,13 @@ void attention(const Batch &batch, int32_t flags, const int32_t *sets, const int
         if (cx.res_nnz[r] > 0) M = std::max(M, cx.res_m[r]);
       }
       float *o = out + bh * d;
+      if (cx.any_off && cx.off_kv[(size_t)b * cx.Hkv + hkv]) k = (int64_t)cx.ids[bh].size();
       if (nnz) nnz[bh] = (int32_t)k;
+      if (cx.any_off && cx.off_kv[(size_t)b * cx.Hkv + hkv]) {  // attended by the caller
+        std::fill(o, o + d, 0.0f);
+        lse2[bh] = -INFINITY;
+        continue;
+      }
       if (k == 0 || !std::isfinite(M)) {
         std::fill(o, o + d, 0.0f);
         lse2[bh] = -INFINITY;

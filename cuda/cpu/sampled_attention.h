@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "cpu/lsh_index.h"
 
@@ -36,6 +37,27 @@ struct Stats {
   int64_t tasks = 0;    // parallel tasks the call ran
 };
 
+// The samples of the offloaded KV heads, handed to Offload::ready.
+struct OffloadSamples {
+  int B = 0, H = 0, Hkv = 0, G = 0;
+  const std::vector<int32_t> *ids = nullptr;  // [B·H] sample of (b, h): indexed token ids
+  const float *qn = nullptr;                  // [B·H] ‖q‖
+  const float *qmu = nullptr;                 // [B·H] q·μ of the head's KV head
+};
+
+// A share of a batch's sampled attention done elsewhere (split decode: the GPU gathers the
+// K/V rows of these KV heads from mapped host memory while the CPU does the others). The
+// CPU still retrieves every head's sample (phase A), offloaded heads first, and calls
+// `ready` once their samples exist — on whichever pool thread gets there, while the other
+// threads go on — and skips their phases B–D: their out rows are zero and their lse2 −∞
+// (nnz still counts their samples). `ready` must not throw. Ignored with explicit sets
+// or FLAG_RETRIEVE_ALL.
+struct Offload {
+  const uint8_t *kv_heads = nullptr;  // [B][Hkv]: 1 = offloaded
+  void (*ready)(void *ctx, const OffloadSamples &s) = nullptr;
+  void *ctx = nullptr;
+};
+
 // One layer of a batch: B sequences, each with its index and KV.
 struct Batch {
   const Index *const *idx = nullptr;  // [B], same KV-head count and head dim
@@ -44,6 +66,7 @@ struct Batch {
   int H = 0;                          // query heads, a multiple of the KV heads
   const float *q = nullptr;           // [B][H][d]
   const uint16_t *qcodes = nullptr;   // [B][H][L] precomputed query codes, or null
+  const Offload *offload = nullptr;   // attention only: KV heads attended elsewhere
 };
 
 // Per query head, the ids of indexed tokens that collide with the query in >= 2 tables:

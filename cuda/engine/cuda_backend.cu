@@ -47,6 +47,7 @@
 // any work, instead of an out-of-memory error in the middle of a forward pass.
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -931,6 +932,10 @@ class CudaBackend final : public ForwardBackend {
       d_lse_.ensure(mem_, (size_t)B * H_, "decode workspace");
       d_ocpu_.ensure(mem_, (size_t)B * H_ * d_, "decode workspace");
       d_lcpu_.ensure(mem_, (size_t)B * H_, "decode workspace");
+      d_ogpu_.ensure(mem_, (size_t)B * H_ * d_, "decode workspace");
+      d_lgpu_.ensure(mem_, (size_t)B * H_, "decode workspace");
+      d_of2_.ensure(mem_, (size_t)B * H_ * d_, "decode workspace");
+      d_lse2_.ensure(mem_, (size_t)B * H_, "decode workspace");
       ws_batch_ = B;
       ws_gen_++;
     }
@@ -1028,15 +1033,179 @@ class CudaBackend final : public ForwardBackend {
     const auto t_cpu = std::chrono::steady_clock::now();
     prof_[PROF_WAIT_Q] += std::chrono::duration<double, std::milli>(t_cpu - t_wait).count();
     trace("decode: layer %d: CPU part starts", l);
-    // The offloaded parts (E = 0 for sessions that attend this layer exactly: none).
-    policy_split_offloaded(ss, B, l, pos.data(), E.data() + (size_t)l * B, hq, ho, hl);
+    // The offloaded parts (E = 0 for sessions that attend this layer exactly: none), with
+    // the GPU's share of the MAGICPIG KV heads where the session's cache is mapped.
+    std::vector<uint8_t> kvh;
+    GpuShareCall call{this, ss, B, l, &kvh, false, 0, nullptr};
+    SplitGpuShare share;
+    if (gpu_share_heads(ss, B, l, kvh)) {
+      share.kv_heads = kvh.data();
+      share.ready = &CudaBackend::gpu_share_ready;
+      share.ctx = &call;
+    }
+    policy_split_offloaded(ss, B, l, pos.data(), E.data() + (size_t)l * B, hq, ho, hl,
+                           share.kv_heads ? &share : nullptr);
+    if (call.error) std::rethrow_exception(call.error);
     prof_[PROF_CPU] += ms_since(t_cpu);
     prof_[PROF_SPLIT_LAYERS] += 1;
+    prof_[PROF_GPU_JOBS] += (double)call.jobs;
     trace("decode: layer %d: CPU part done", l);
     MP_CUDA(cudaMemcpyAsync(d_ocpu_.p, ho, (size_t)B * Hd * 4, cudaMemcpyHostToDevice, s_));
     MP_CUDA(cudaMemcpyAsync(d_lcpu_.p, hl, (size_t)B * H_ * 4, cudaMemcpyHostToDevice, s_));
-    gpu::merge<float, float, bf16>(d_of_.p, d_lse_.p, d_ocpu_.p, d_lcpu_.p, B * H_, d_, d_att_.p,
-                                   nullptr, s_);
+    if (call.launched) {  // exact ⊕ GPU share ⊕ CPU share
+      gpu::merge<float, float, float>(d_of_.p, d_lse_.p, d_ogpu_.p, d_lgpu_.p, B * H_, d_,
+                                      d_of2_.p, d_lse2_.p, s_);
+      gpu::merge<float, float, bf16>(d_of2_.p, d_lse2_.p, d_ocpu_.p, d_lcpu_.p, B * H_, d_,
+                                     d_att_.p, nullptr, s_);
+    } else {
+      gpu::merge<float, float, bf16>(d_of_.p, d_lse_.p, d_ocpu_.p, d_lcpu_.p, B * H_, d_,
+                                     d_att_.p, nullptr, s_);
+    }
+  }
+
+  // ------------------------------------------------------------
+  // split decode's GPU share (policy.h SplitGpuShare, gpu/sampled_attention.cu)
+
+  struct GpuShareCall {
+    CudaBackend *self;
+    Session *const *ss;
+    int32_t B, layer;
+    const std::vector<uint8_t> *kvh;  // [B][Hkv] offloaded KV heads
+    bool launched;
+    int64_t jobs;
+    std::exception_ptr error;
+  };
+
+  // Which KV heads of each row the GPU attends (OP_OFFLOAD; automatic: half of them) for
+  // MAGICPIG sessions whose layer-l cache is registered (mapped) host memory. False when
+  // none.
+  bool gpu_share_heads(Session *const *ss, int32_t B, int32_t l, std::vector<uint8_t> &kvh) {
+    const int v = gpu::forced_variant(gpu::OP_OFFLOAD);
+    if (v == 1 || d_ != 128) return false;
+    const int k = v == 2 ? Hkv_ : v == 3 ? Hkv_ / 4 : v == 4 ? 3 * Hkv_ / 4 : Hkv_ / 2;
+    if (k <= 0) return false;
+    if (host_ptr_ok_ < 0) {
+      int ok = 0;
+      if (cudaDeviceGetAttribute(&ok, cudaDevAttrCanUseHostPointerForRegisteredMem,
+                                 e_.params().device) != cudaSuccess)
+        (void)cudaGetLastError(), ok = 0;
+      host_ptr_ok_ = ok ? 1 : 0;
+    }
+    if (!host_ptr_ok_) return false;
+    kvh.assign((size_t)B * Hkv_, 0);
+    bool any = false;
+    for (int32_t i = 0; i < B; i++) {
+      Session &s = *ss[i];
+      if (s.attention().method != MP_ATTN_MAGICPIG || s.kv_dtype() != MP_DTYPE_BF16 ||
+          !policy_index(s, l))
+        continue;
+      bool mapped = true;
+      for (const void *p : {(const void *)s.k_row(l, 0, 0), (const void *)s.v_row(l, 0, 0)}) {
+        cudaPointerAttributes a{};
+        if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+          (void)cudaGetLastError();
+          mapped = false;
+        } else if (a.type != cudaMemoryTypeHost || a.devicePointer != p) {
+          mapped = false;
+        }
+      }
+      if (!mapped) continue;
+      for (int h = 0; h < k; h++) kvh[(size_t)i * Hkv_ + h] = 1;
+      any = true;
+    }
+    return any;
+  }
+
+  static void gpu_share_ready(void *ctx, const lsh::OffloadSamples &smp, const int32_t *rows) {
+    GpuShareCall &c = *static_cast<GpuShareCall *>(ctx);
+    try {
+      c.self->gpu_share_launch(c, smp, rows);
+    } catch (...) {
+      c.error = std::current_exception();
+    }
+  }
+
+  // On a pool thread, while the CPU attends its share: jobs (one per offloaded query head),
+  // their tiles, μ rows and sample ids go up in one copy, then the kernels run on s_ behind
+  // the exact part (split_layer_attention merges after the CPU's results arrive).
+  void gpu_share_launch(GpuShareCall &c, const lsh::OffloadSamples &smp, const int32_t *rows) {
+    use_device();
+    const int32_t B = c.B, l = c.layer, H = smp.H, G = smp.G;
+    const int TK = gpu::sampled_tile_keys();
+    std::vector<gpu::SampledJob> jobs;
+    std::vector<gpu::SampledTile> tiles;
+    std::vector<int32_t> jorow((size_t)B * H_, -1);
+    std::vector<const std::vector<int32_t> *> idl;
+    std::vector<const float *> mus;  // host μ of each job's (row, KV head)
+    int64_t nids = 0;
+    const lsh::Index *idx0 = nullptr;
+    for (int32_t j = 0; j < smp.B; j++) {
+      const int32_t i = rows[j];
+      Session &s = *c.ss[i];
+      const lsh::Index *idx = policy_index(s, l);
+      if (!idx) continue;
+      idx0 = idx;
+      const int64_t S = s.attention().sinks;
+      for (int hkv = 0; hkv < smp.Hkv; hkv++) {
+        // offloaded heads only: the CPU left their out rows empty (see SplitGpuShare)
+        if (!(*c.kvh)[(size_t)i * Hkv_ + hkv]) continue;
+        for (int g = 0; g < G; g++) {
+          const int h = hkv * G + g;
+          const std::vector<int32_t> &ids = smp.ids[(size_t)j * H + h];
+          gpu::SampledJob jb{};
+          jb.k = (const bf16 *)s.k_row(l, hkv, S);
+          jb.v = (const bf16 *)s.v_row(l, hkv, S);
+          jb.q = d_qf_.p + (size_t)i * QKV_ + (size_t)h * d_;
+          jb.mu = nullptr;  // set after the upload layout is known
+          jb.qn = smp.qn[(size_t)j * H + h];
+          jb.qmu = smp.qmu[(size_t)j * H + h];
+          jb.ids_off = (int32_t)nids;
+          jb.n = (int32_t)ids.size();
+          jb.tile0 = (int32_t)tiles.size();
+          for (int32_t t0 = 0; t0 < jb.n; t0 += TK)
+            tiles.push_back({(int32_t)jobs.size(), t0, std::min(TK, jb.n - t0)});
+          jb.ntiles = (int32_t)tiles.size() - jb.tile0;
+          jorow[(size_t)i * H_ + h] = (int32_t)jobs.size();
+          jobs.push_back(jb);
+          idl.push_back(&ids);
+          mus.push_back(idx->head(hkv).mean.data());
+          nids += jb.n;
+        }
+      }
+    }
+    if (jobs.empty() || !idx0) return;
+    // one upload: [jobs][tiles][μ per job][job of each row][ids], 16-byte aligned parts
+    auto al = [](size_t x) { return (x + 15) / 16 * 16; };
+    const size_t o_jobs = 0, o_tiles = al(jobs.size() * sizeof(gpu::SampledJob));
+    const size_t o_mu = o_tiles + al(tiles.size() * sizeof(gpu::SampledTile));
+    const size_t o_jorow = o_mu + al(jobs.size() * (size_t)d_ * 4);
+    const size_t o_ids = o_jorow + al(jorow.size() * 4);
+    const size_t total = o_ids + al((size_t)nids * 4);
+    uint8_t *up = h_sa_up_.ensure(total);
+    d_sa_up_.ensure(mem_, total, "split decode's GPU share");
+    for (size_t t = 0; t < jobs.size(); t++) {
+      jobs[t].mu = (const float *)(d_sa_up_.p + o_mu) + t * (size_t)d_;
+      std::memcpy(up + o_mu + t * (size_t)d_ * 4, mus[t], (size_t)d_ * 4);
+      if (!idl[t]->empty())
+        std::memcpy(up + o_ids + (size_t)jobs[t].ids_off * 4, idl[t]->data(), idl[t]->size() * 4);
+    }
+    std::memcpy(up + o_jobs, jobs.data(), jobs.size() * sizeof(gpu::SampledJob));
+    if (!tiles.empty())
+      std::memcpy(up + o_tiles, tiles.data(), tiles.size() * sizeof(gpu::SampledTile));
+    std::memcpy(up + o_jorow, jorow.data(), jorow.size() * 4);
+    MP_CUDA(cudaMemcpyAsync(d_sa_up_.p, up, total, cudaMemcpyHostToDevice, s_));
+    d_sa_ws_.ensure(mem_, gpu::sampled_workspace_floats((int)tiles.size()),
+                    "split decode's GPU share");
+    const gpu::SampledParams prm = gpu::sampled_params(
+        idx0->params().K, idx0->params().L, idx0->params().eps, 1.0f / std::sqrt((float)d_),
+        false);
+    gpu::sampled_attention((const gpu::SampledJob *)(d_sa_up_.p + o_jobs),
+                           (const gpu::SampledTile *)(d_sa_up_.p + o_tiles), (int)tiles.size(),
+                           (const int32_t *)(d_sa_up_.p + o_ids),
+                           (const int32_t *)(d_sa_up_.p + o_jorow), B * H_, d_, prm,
+                           d_sa_ws_.p, d_ogpu_.p, d_lgpu_.p, s_);
+    c.launched = true;
+    c.jobs = (int64_t)jobs.size();
   }
 
   void write_host_row(Session &s, int32_t l, int64_t p, const bf16 *sk, const bf16 *sv, int i) {
@@ -1054,7 +1223,9 @@ class CudaBackend final : public ForwardBackend {
   static void *pinned_alloc(size_t bytes, void *) {
     void *p = huge_alloc(bytes);
     if (gpu::forced_variant(gpu::OP_PIN) != 2) {
-      if (cudaHostRegister(p, bytes, cudaHostRegisterPortable) == cudaSuccess) return p;
+      if (cudaHostRegister(p, bytes, cudaHostRegisterPortable | cudaHostRegisterMapped) ==
+          cudaSuccess)
+        return p;
       (void)cudaGetLastError();
       trace("pinning %.2f GiB of host memory failed: pageable memory instead", bytes / GiB);
     }
@@ -1094,6 +1265,12 @@ class CudaBackend final : public ForwardBackend {
   Arr<float> d_x_, d_logits_, d_qf_, d_of_, d_ws_;
   Arr<bf16> d_xb_, d_qkv_, d_att_, d_gu_, d_h_, d_stage_;
   Arr<float> d_lse_, d_ocpu_, d_lcpu_;  // split decode: exact-part LSE, CPU part out + LSE
+  // split decode's GPU share (gpu_share_ready): its out + LSE, the exact part merged with
+  // it, job of each output row, and one upload buffer for jobs, tiles, μ rows and ids
+  Arr<float> d_ogpu_, d_lgpu_, d_of2_, d_lse2_, d_sa_ws_;
+  Arr<uint8_t> d_sa_up_;
+  Pinned<uint8_t> h_sa_up_;
+  int host_ptr_ok_ = -1;  // the device reads registered host memory at its host address
   cudaEvent_t ev_q_ = nullptr;          // split decode: q is on the host
   double prof_[PROF_COUNT] = {};        // this step's stage timers (profile.h)
   Arr<int32_t> d_pos_, d_tok_;

@@ -181,6 +181,14 @@ void combine(Session &s, int32_t layer, int64_t E, int64_t pos, const float *q, 
 
 }  // namespace
 
+const lsh::Index *policy_index(Session &s, int32_t layer) {
+  if (s.attention().method != MP_ATTN_MAGICPIG) return nullptr;
+  State &st = state(s);
+  if ((size_t)layer >= st.layers.size()) return nullptr;
+  return st.layers[(size_t)layer].index.get();
+}
+
+
 void policy_decode_attention(Session &s, int32_t layer, int64_t pos, const float *q,
                              float *out) {
   const mp_model_config &c = s.engine().config();
@@ -526,7 +534,8 @@ int64_t policy_split_begin(Session &s, int32_t layer, int64_t pos) {
 }
 
 void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const int64_t *pos,
-                            const int64_t *E, const float *q, float *out, float *lse2) {
+                            const int64_t *E, const float *q, float *out, float *lse2,
+                            const SplitGpuShare *gpu) {
   if (n <= 0) return;
   const mp_model_config &c = ss[0]->engine().config();
   const int H = c.n_heads, d = c.head_dim;
@@ -596,6 +605,30 @@ void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const 
   batch.B = (int)B;
   batch.H = H;
   batch.q = qb.data();
+  // The caller's GPU share: its KV heads, re-indexed to the MAGICPIG rows.
+  const int Hkv = c.n_kv_heads;
+  std::vector<uint8_t> gkv;
+  struct Tramp {
+    const SplitGpuShare *gpu;
+    const int32_t *rows;
+  } tramp{gpu, mp_rows.data()};
+  lsh::Offload off;
+  if (gpu && gpu->kv_heads && gpu->ready) {
+    gkv.assign(B * (size_t)Hkv, 0);
+    bool any = false;
+    for (size_t j = 0; j < B; j++)
+      for (int h = 0; h < Hkv; h++)
+        any |= (gkv[j * Hkv + h] = gpu->kv_heads[(size_t)mp_rows[j] * Hkv + h] ? 1 : 0) != 0;
+    if (any) {
+      off.kv_heads = gkv.data();
+      off.ctx = &tramp;
+      off.ready = [](void *ctx, const lsh::OffloadSamples &smp) {
+        const Tramp &t = *static_cast<const Tramp *>(ctx);
+        t.gpu->ready(t.gpu->ctx, smp, t.rows);
+      };
+      batch.offload = &off;
+    }
+  }
   lsh::attention(batch, 0, nullptr, nullptr, 0, ob.data(), lb.data(), nnz.data(), nullptr);
   for (size_t j = 0; j < B; j++) {
     const int32_t i = mp_rows[j];

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "cpu/sampled_attention.h"
 #include "engine/session.h"
 
 namespace mp {
@@ -53,8 +54,25 @@ int64_t policy_split_begin(Session &s, int32_t layer, int64_t pos);
 // lse2[n][H] (zeros and −∞ for a session with E == S) and adds each session's key stats
 // as policy_decode_attention() would. MAGICPIG sessions are retrieved and sampled in one
 // batched call (OpenMP over sessions × heads); runs on the calling thread.
+//
+// `gpu` (may be null): MAGICPIG KV heads whose offloaded part the caller attends itself
+// (the CUDA backend gathers their rows from mapped host memory on the GPU while the CPU
+// does the rest): gpu->kv_heads[i·Hkv + hkv] = 1. Their samples are retrieved here and
+// handed to gpu->ready (on a worker thread, before the CPU's share is done; rows[j] is
+// the batch row of sample row j, E of each row gives the sample's key range [S, E));
+// their out rows are zero and lse2 −∞ here, and their key stats are counted here.
+struct SplitGpuShare {
+  const uint8_t *kv_heads = nullptr;  // [n][Hkv]
+  void (*ready)(void *ctx, const lsh::OffloadSamples &s, const int32_t *rows) = nullptr;
+  void *ctx = nullptr;
+};
 void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const int64_t *pos,
-                            const int64_t *E, const float *q, float *out, float *lse2);
+                            const int64_t *E, const float *q, float *out, float *lse2,
+                            const SplitGpuShare *gpu = nullptr);
+
+// The index of a MAGICPIG session's layer (null before its first build or for another
+// method), for a backend that attends part of the sample itself.
+const lsh::Index *policy_index(Session &s, int32_t layer);
 
 // mp_session_commit: end of a turn (index the new tokens). No-op for non-MAGICPIG.
 void policy_commit(Session &s);

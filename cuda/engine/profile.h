@@ -19,6 +19,7 @@ enum DecodeStage : int {
   PROF_TAIL,          // after the last launch: waiting for the GPU to finish the step
   PROF_POST,          // host rows written back, counters
   PROF_SPLIT_LAYERS,  // split layer-calls (layers × steps)
+  PROF_GPU_JOBS,      // split layers: query heads whose sample the GPU attended (its share)
   PROF_COUNT
 };
 

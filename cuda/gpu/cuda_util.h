@@ -180,7 +180,9 @@ enum Op : int {
   OP_KV = 3,         // decode KV placement: 1 = resident on the GPU, 2 = streamed from host
   OP_GRAPHS = 4,     // decode CUDA graphs: 1 = on, 2 = off
   OP_PIN = 5,        // sessions' host KV in page-locked memory: 1 = on, 2 = off
-  OP_COUNT = 6,
+  OP_OFFLOAD = 6,    // split decode's GPU share of sampled attention (KV heads): 1 = none,
+                     // 2 = all, 3 = a quarter, 4 = three quarters; automatic = half
+  OP_COUNT = 7,
 };
 int forced_variant(Op op);
 void force_variant(Op op, int variant);

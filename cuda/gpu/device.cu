@@ -205,6 +205,11 @@ void force_variant(Op op, int variant) { g_variant[op].store(variant, std::memor
 
 void set_kernel_variant(const char *op, int variant) {
   MP_CHECK(op != nullptr, MP_ERR_INVALID, "op is NULL");
+  if (std::strcmp(op, "offload") == 0) {
+    MP_CHECK(variant >= 0 && variant <= 4, MP_ERR_INVALID,
+             "variant \"%d\" is invalid for \"offload\": must be 0..4", variant);
+    return force_variant(OP_OFFLOAD, variant);
+  }
   MP_CHECK(variant >= 0 && variant <= 3, MP_ERR_INVALID,
            "variant \"%d\" is invalid: must be 0..3", variant);
   if (std::strcmp(op, "matmul") == 0) return force_variant(OP_MATMUL, variant);
@@ -227,7 +232,7 @@ void set_kernel_variant(const char *op, int variant) {
   if (std::strcmp(op, "lsh") == 0) return force_variant(OP_LSH, variant);
   MP_FAIL(MP_ERR_INVALID,
           "op \"%s\" is invalid: must be \"matmul\", \"attention\", \"kv\", \"graphs\", "
-          "\"pin\" or \"lsh\"",
+          "\"pin\", \"lsh\" or \"offload\"",
           op);
 }
 

@@ -139,6 +139,37 @@ void merge(const T1 *o1, const float *lse1, const T2 *o2, const float *lse2, int
            OutT *out, float *lse_out, cudaStream_t s);
 
 // ------------------------------------------------------------
+// sampled_attention.cu
+
+// One offloaded head of split decode: its sample's K/V rows are read by the GPU from
+// mapped, page-locked host memory (pointers valid on the device).
+struct SampledJob {
+  const bf16 *k, *v;   // rows of indexed token 0 of the head's KV head: row i at k + i·d
+  const float *q;      // device: the query [d] (f32, not centered)
+  const float *mu;     // device: μ [d] of the KV head
+  float qn, qmu;       // ‖q‖, q·μ
+  int32_t ids_off;     // its sample: ids[ids_off .. ids_off + n)
+  int32_t n;
+  int32_t tile0, ntiles;  // its tiles (consecutive)
+};
+struct SampledTile {
+  int32_t job, start, n;  // keys [start, start + n) of the job's sample
+};
+struct SampledParams {
+  int K, force_u1;
+  float eps, scale, lnC2, Lm1, Lm2, c1, c2, c3;
+};
+SampledParams sampled_params(int K, int L, float eps, float scale, bool force_u1);
+size_t sampled_workspace_floats(int ntiles);
+int sampled_tile_keys();  // keys per tile (split a job's sample into tiles of this size)
+// out[nrows][d] (f32) and lse2[nrows]: row r is job job_of_row[r]'s attention over its
+// sample (an empty sample: 0 and −∞), or 0 and −∞ when job_of_row[r] < 0. d = 128.
+void sampled_attention(const SampledJob *jobs, const SampledTile *tiles, int ntiles,
+                       const int32_t *ids, const int32_t *job_of_row, int nrows, int d,
+                       const SampledParams &prm, float *ws, float *out, float *lse2,
+                       cudaStream_t s);
+
+// ------------------------------------------------------------
 // swiglu.cu
 
 // out[r][c] = silu(gate[r][c]) * up[r][c] for r < rows, c < cols; gate and up rows are

@@ -433,7 +433,10 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
  * indexes >= 1024 tokens (codes equal the CPU's bit for bit; any failure falls back to the
  * CPU, reported on stderr), 1 on the GPU whatever the size (a failure fails the commit),
  * 2 on the CPU, 3 on the CPU
- * through the GPU's precomputed-codes path (tests). A variant that
+ * through the GPU's precomputed-codes path (tests). op "offload" (split decode of MAGICPIG
+ * sessions whose host KV is page-locked and mapped, head_dim 128: the GPU gathers the
+ * sampled K/V rows of some KV heads straight from host memory while the CPU attends the
+ * others): 1 none, 2 all, 3 a quarter, 4 three quarters; automatic = half. A variant that
  * cannot run a shape falls back to one that can. Process-wide; not meant to change while
  * other calls run. */
 MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t err_cap);
@@ -443,7 +446,8 @@ MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, siz
  * split-decode windows and tables), [3] split layers waiting for the GPU to deliver q (the
  * GPU segment between two CPU parts), [4] split layers' CPU part (retrieval + sampled
  * attention), [5] waiting for the GPU after the last launch, [6] host rows written back,
- * [7] split layer-calls. Writes min(n, 8) values and returns that count; reset != 0
+ * [7] split layer-calls, [8] query heads whose sample the GPU attended (split decode's GPU
+ * share, mp_gpu_set_kernel "offload"). Writes min(n, 9) values and returns that count; reset != 0
  * clears the timers after reading. Always succeeds (all zeros without CUDA). */
 MP_API int32_t mp_decode_profile(double *out, int32_t n, int32_t reset);
 

@@ -28,7 +28,7 @@ import {
   Session,
 } from "../../ffi/native.ts";
 import { lshHash, lshProjection } from "../../ffi/lsh.ts";
-import { LshHashing, setKernel } from "../../ffi/gpu.ts";
+import { decodeProfile, GpuShare, LshHashing, setKernel } from "../../ffi/gpu.ts";
 import { tempDir } from "../_tmp.ts";
 
 const gpus = (() => {
@@ -236,5 +236,62 @@ Deno.test({
       -1,
       `CPU engine vs GPU hashing: first difference at byte ${at} (KV ends at ${kv1})`,
     );
+  },
+});
+
+Deno.test({
+  name: "split decode's GPU share of MAGICPIG attention matches the CPU's and runs on the GPU",
+  ignore,
+  async fn() {
+    // head_dim 128 (the kernel's), 2 KV heads: none / half / all of them on the GPU
+    console.log("CUDA engine, MAGICPIG K4L64 session of 3000 tokens forked 3 times, 4 steps each");
+    await using e = Engine.create(hashConfig, { backend: Backend.CUDA, maxBatch: 3 });
+    await e.initRandom(5n, 0.05);
+    await e.finalize();
+    const prompt = Int32Array.from({ length: 3000 }, (_, i) => (i * 29 + 3) % 256);
+    await using base = await Session.create(e, {
+      attention: { lshK: 4, lshL: 64 },
+      reserveTokens: 3100,
+    });
+    await base.prefill(prompt);
+    await base.commit();
+    const V = hashConfig.vocab_size;
+    const out: Float32Array[] = [];
+    const jobs: number[] = [];
+    const fractions: number[] = [];
+    for (const share of [GpuShare.NONE, GpuShare.AUTO, GpuShare.ALL]) {
+      setKernel("offload", share);
+      try {
+        await using f = await base.fork({
+          attention: { lshK: 4, lshL: 64 },
+          reserveTokens: 3100,
+        });
+        await f.commit();
+        const logits = new Float32Array(V);
+        const all = new Float32Array(4 * V);
+        decodeProfile(true);
+        for (let i = 0; i < 4; i++) {
+          await decodeStep(e, [f], new Int32Array([(i * 7) % 256]), logits);
+          all.set(logits, i * V);
+        }
+        jobs.push(decodeProfile(true).gpuJobs);
+        const info = f.info();
+        fractions.push(info.keysAttended / info.keysOffloaded);
+        out.push(all);
+      } finally {
+        setKernel("offload", GpuShare.AUTO);
+      }
+    }
+    console.log(`GPU jobs none/half/all: ${jobs}; keys fractions ${fractions}`);
+    assertEquals(jobs[0], 0);
+    // 2 sparse layers × 4 steps × (2 or 4) query heads
+    assertEquals(jobs[1], 2 * 4 * 2);
+    assertEquals(jobs[2], 2 * 4 * 4);
+    // the same samples, attended in f32 either way (only the summation order differs)
+    assertEquals(fractions[1], fractions[0]);
+    assertEquals(fractions[2], fractions[0]);
+    assert(fractions[0] > 0.01 && fractions[0] < 0.9, `keys fraction ${fractions[0]}`);
+    assertLessOrEqual(maxAbsDiff(out[1], out[0]), 2e-3);
+    assertLessOrEqual(maxAbsDiff(out[2], out[0]), 2e-3);
   },
 });
