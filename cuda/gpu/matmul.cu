@@ -241,18 +241,28 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM)
   bf16 *xs = reinterpret_cast<bf16 *>(gemv_smem + (size_t)GEMV_WARPS * R * NR * sizeof(float));
   const int nsteps = (in + 255) >> 8;
 
-  if (MODE == GEMV_X_NORM) {
-    // Start this warp's loads of the first row quad (into L2) before normalizing x.
+  // This warp's first phase of W into L2 (W never depends on an earlier kernel): it overlaps
+  // the wait for the previous kernel (programmatic dependent launch) and the RMSNorm prologue.
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const int r = gemv_row<EPI>(p, i);
-      if (r < 0) continue;
+  for (int i = 0; i < 4; i++) {
+    const int r = gemv_row<EPI>(p, i);
+    if (r < 0) continue;
 #pragma unroll
-      for (int u = 0; u < GEMV_STEPS; u++) {
-        const int k = (warp + GEMV_WARPS * u) * 256 + lane * 8;
-        if (k < in) prefetch_l2(p.W + (int64_t)r * in + k);
-      }
+    for (int u = 0; u < GEMV_STEPS; u++) {
+      const int k = (warp + GEMV_WARPS * u) * 256 + lane * 8;
+      if (k < in) prefetch_l2(p.W + (int64_t)r * in + k);
     }
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Programmatic dependent launch (a no-op when launched without it): let the next kernel be
+  // scheduled now (its blocks take an SM only as ours leave; ours are all resident, one
+  // wave), then wait until the previous kernel's writes (x, y) are visible. Nothing above
+  // reads or writes memory that an earlier kernel touches.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+
+  if (MODE == GEMV_X_NORM) {
     // xs[j][:] = bf16(x[j][:] · rsqrt(mean(x[j]²) + eps) · w), as rmsnorm_kernel.
 #pragma unroll
     for (int j = 0; j < NR; j++) {
@@ -483,6 +493,25 @@ static int gemv_quads_per_block(int64_t rows) {
   return (int)std::min<int64_t>(GEMV_MAX_QUADS, std::max<int64_t>(1, (quads + wave - 1) / wave));
 }
 
+// Programmatic dependent launch for the GEMV kernels: on sm_90 with a CUDA 12.3+ runtime
+// and driver (graph capture of PDL launches), unless $MP_GEMV_PDL=0. A GEMV that follows a
+// GEMV (O -> gate/up -> down -> next layer's QKV -> ... -> LM head) then starts its blocks
+// and W prefetches while the previous one drains, instead of after it.
+static bool gemv_pdl() {
+  static const bool on = [] {
+    const char *v = std::getenv("MP_GEMV_PDL");
+    if (v && std::strcmp(v, "0") == 0) return false;
+    int dev = 0, major = 0, rt = 0, drv = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+      return false;
+    if (cudaRuntimeGetVersion(&rt) != cudaSuccess || cudaDriverGetVersion(&drv) != cudaSuccess)
+      return false;
+    return major >= 9 && rt >= 12030 && drv >= 12030;
+  }();
+  return on;
+}
+
 template <int NR, int MODE, int EPI, class OutT>
 static void launch_gemv_k(const GemvParams &p, unsigned gx, unsigned gy, size_t smem,
                           cudaStream_t s) {
@@ -492,7 +521,17 @@ static void launch_gemv_k(const GemvParams &p, unsigned gx, unsigned gy, size_t 
         GEMV_MAX_SMEM);
     MP_CUDA(rc);
   }
-  gemv_kernel<NR, MODE, EPI, OutT><<<dim3(gx, gy), GEMV_THREADS, smem, s>>>(p);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(gx, gy);
+  cfg.blockDim = dim3(GEMV_THREADS);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = gemv_pdl() ? 1 : 0;
+  MP_CUDA(cudaLaunchKernelEx(&cfg, gemv_kernel<NR, MODE, EPI, OutT>, p));
   MP_CUDA_LAUNCH("gemv_kernel");
 }
 
