@@ -14,6 +14,8 @@
 //     reduced across the group's lanes with xor-shuffles (every lane ends with the full
 //     score), then a per-group online softmax in base 2 (q pre-scaled by log2(e)/√d) and
 //     f32 accumulation of p·v into 8·G registers per lane.
+//   - The K/V loads are double-buffered: a warp requests its next step's rows before the
+//     math of the current one.
 //   - The block's groups combine through shared memory; with one split the block writes the
 //     final output and lse directly, otherwise f32 partials [B][H][splits][d] and
 //     [B][H][splits] that a second kernel merges by their LSEs.
@@ -97,15 +99,31 @@ __global__ void __launch_bounds__(DEC_THREADS)
   // number of iterations. A group whose keys are all past the end scores −∞ and adds
   // nothing. (A per-group bound made the groups of a warp diverge whenever a split's length
   // was not a multiple of NG·KPG, and the full-mask shuffle then waited forever.)
-  for (int w0 = kb + warp * NG * DEC_KPG; w0 < ke; w0 += NGB * DEC_KPG) {
-    const int t0 = w0 + grp * DEC_KPG;
-    uint4 kr[DEC_KPG], vr[DEC_KPG];
+  // Double-buffered: the K/V rows of the warp's next step are requested before the math of
+  // this one, so a warp keeps 2 steps (up to 8 KB) in flight instead of waiting a full
+  // round trip per step.
+  constexpr int WSTEP = NGB * DEC_KPG;
+  auto load_step = [&](int w, uint4 (&kk)[DEC_KPG], uint4 (&vv)[DEC_KPG]) {
+    const int t0 = w + grp * DEC_KPG;
 #pragma unroll
     for (int u = 0; u < DEC_KPG; u++) {
       const int tt = t0 + u;
       const bool ok = tt < ke;
-      kr[u] = ok ? ld_stream_16(kbase + (int64_t)tt * sq.stride_t) : zero;
-      vr[u] = ok ? ld_stream_16(vbase + (int64_t)tt * sq.stride_t) : zero;
+      kk[u] = ok ? ld_stream_16(kbase + (int64_t)tt * sq.stride_t) : zero;
+      vv[u] = ok ? ld_stream_16(vbase + (int64_t)tt * sq.stride_t) : zero;
+    }
+  };
+  uint4 kr[DEC_KPG], vr[DEC_KPG];
+  const int wfirst = kb + warp * NG * DEC_KPG;
+  if (wfirst < ke) load_step(wfirst, kr, vr);
+  for (int w0 = wfirst; w0 < ke; w0 += WSTEP) {
+    const int t0 = w0 + grp * DEC_KPG;
+    uint4 kn[DEC_KPG], vn[DEC_KPG];
+    if (w0 + WSTEP < ke) {
+      load_step(w0 + WSTEP, kn, vn);
+    } else {
+#pragma unroll
+      for (int u = 0; u < DEC_KPG; u++) kn[u] = vn[u] = zero;
     }
     float sc[G][DEC_KPG];
 #pragma unroll
@@ -159,6 +177,8 @@ __global__ void __launch_bounds__(DEC_THREADS)
       }
       m[gi] = m_new;
     }
+#pragma unroll
+    for (int u = 0; u < DEC_KPG; u++) kr[u] = kn[u], vr[u] = vn[u];
   }
 
   // Combine the block's key groups.
@@ -257,15 +277,29 @@ __global__ void __launch_bounds__(COMB_THREADS)
 // ------------------------------------------------------------
 // launchers
 
-// One wave of blocks: decode_attn_kernel<128, 4> uses 151 registers, so 3 blocks of 128
-// threads fit an SM; the split count is the largest that keeps B·Hkv·splits within 3 blocks
-// per SM (49 for B = 1, Hkv = 8 on 132 SMs; run 2 used 32 at 8K, 256-key splits, 8 warps per
-// SM, and measured 29 % of HBM). Short sequences: a power of two <= len / 64 (>= 64 keys per
-// split), so the count — part of a captured decode graph's key — changes only when the
-// length doubles, until it reaches the cap.
+// One wave of blocks: the split count is the largest that keeps B·Hkv·splits within the
+// blocks per SM of decode_attn_kernel<128, 4> (Llama-3's d and GQA group; 168 registers with
+// nvcc 13: 3 blocks of 128 threads per SM, so 49 splits for B = 1, Hkv = 8 on 132 SMs; run 2
+// used 32 at 8K, 256-key splits, 8 warps per SM, and measured 29 % of HBM). Short
+// sequences: a power of two <= len / 64 (>= 64 keys per split), so the count — part of a
+// captured decode graph's key — changes only when the length doubles, until it reaches the
+// cap.
+static int decode_blocks_per_sm() {
+  static const int nb = [] {
+    int v = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &v, decode_attn_kernel<128, 4, bf16, bf16>, DEC_THREADS, 0) != cudaSuccess) {
+      (void)cudaGetLastError();
+      v = 3;
+    }
+    return std::max(1, v);
+  }();
+  return nb;
+}
+
 int decode_splits(int B, int Hkv, int max_len) {
   const int pairs = std::max(1, B * Hkv);
-  const int by_gpu = std::max(1, 3 * sm_count() / pairs);
+  const int by_gpu = std::max(1, decode_blocks_per_sm() * sm_count() / pairs);
   const int by_len = std::max(1, max_len / 64);
   int p2 = 1;
   while (p2 * 2 <= by_len) p2 *= 2;
