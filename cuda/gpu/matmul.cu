@@ -51,6 +51,8 @@
 //      [o, o+R/2) and the matching up rows F+[o, o+R/2), rounds both sums to bf16 (as the
 //      unfused path stores them) and writes bf16(silu(g)·u).
 //    $MP_GEMV_FUSE=0 turns both fusions off (separate rmsnorm/swiglu kernels, same GEMV).
+//    The GEMV kernels use programmatic dependent launch on sm_90 ($MP_GEMV_PDL=0: off), and
+//    $MP_GEMV=0 makes the automatic choice the skinny kernel again.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -560,9 +562,12 @@ static bool launch_gemv(GemvParams p, cudaStream_t s) {
 }
 
 // The automatic GEMV choice applies on sm_90 (the kernel was designed and measured on the
-// H200); elsewhere n <= 16 keeps the skinny kernel.
+// H200); elsewhere n <= 16 keeps the skinny kernel. $MP_GEMV=0 turns the automatic choice off
+// (model-level A/B against the skinny kernel; forcing variant 4 still works).
 static bool gemv_is_default() {
   static const bool sm90 = [] {
+    const char *env = std::getenv("MP_GEMV");
+    if (env && std::strcmp(env, "0") == 0) return false;
     int dev = 0, major = 0;
     if (cudaGetDevice(&dev) != cudaSuccess) return false;
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
