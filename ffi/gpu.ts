@@ -18,7 +18,7 @@ import { cstr, errorBuffer, unwrap } from "./native.ts";
 import * as L from "./layouts.ts";
 
 /** Variants of op "matmul" for {@link setKernel}. */
-export const MatmulKernel = { AUTO: 0, CUBLAS: 1, SKINNY: 2, SIMPLE: 3 } as const;
+export const MatmulKernel = { AUTO: 0, CUBLAS: 1, SKINNY: 2, SIMPLE: 3, GEMV: 4 } as const;
 /** Variants of op "attention" for {@link setKernel}. */
 export const AttentionKernel = { AUTO: 0, FLASH: 1, DECODE: 2, GENERIC: 3 } as const;
 

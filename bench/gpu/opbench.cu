@@ -215,7 +215,10 @@ void bench_matmul(cudaStream_t s, Gemm &g, int out, int in, int n, int variant, 
   const double flops = 2.0 * n * in * out;
   char shape[96];
   std::snprintf(shape, sizeof shape, "n=%d %dx%d", n, out, in);
-  const char *vn = ran == GEMM_CUBLAS ? "cublas" : ran == GEMM_SKINNY ? "skinny" : "simple";
+  const char *vn = ran == GEMM_CUBLAS   ? "cublas"
+                   : ran == GEMM_SKINNY ? "skinny"
+                   : ran == GEMM_GEMV   ? "gemv"
+                                        : "simple";
   (void)vname;
   if (n <= 16)
     emit({"gemv", vn, shape, ms, bytes / (ms * 1e6), "GB/s", g_bw, err, 1e-2,
@@ -292,7 +295,7 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
         "TFLOP/s", g_tflops, err, 1.5e-2, note});
 }
 
-void bench_decode(cudaStream_t s, int B, int T, int H, int Hkv, int d) {
+void bench_decode(cudaStream_t s, int B, int T, int H, int Hkv, int d, int force_splits = 0) {
   std::vector<DevBuf<bf16>> Ks, Vs;
   std::vector<SeqKV> seqs;
   for (int b = 0; b < B; b++) {
@@ -308,7 +311,7 @@ void bench_decode(cudaStream_t s, int B, int T, int H, int Hkv, int d) {
   DevBuf<bf16> Q((size_t)B * H * d);
   fill_normal<bf16>(Q.p, (int64_t)Q.n, 7, 1.f, 0.f, s);
   DevBuf<float> O((size_t)B * H * d), lse((size_t)B * H);
-  const int splits = decode_splits(B, Hkv, T);
+  const int splits = force_splits > 0 ? force_splits : decode_splits(B, Hkv, T);
   DevBuf<float> ws(std::max<size_t>(1, decode_workspace_floats(B, H, d, splits)));
   MP_CUDA(cudaMemsetAsync(O.p, 0xff, O.bytes(), s));
   attention_decode<bf16, float>(Q.p, (int64_t)H * d, dseqs.p, B, H, Hkv, d, splits, O.p, lse.p,
@@ -429,6 +432,189 @@ void bench_sample(cudaStream_t s, int n, int vocab) {
         "top-k and top-p searches: ~66 passes over the row"});
 }
 
+// ------------------------------------------------------------
+// gemv branch: decode kernels — the GEMV kernel (matmul variant 4) against the skinny one
+// (variant 2) at n = 1 and 4 on the five 8B matrices, its fused RMSNorm / SwiGLU forms
+// against the separate kernels, and the decode-attention split counts (old rule vs new).
+// Rates are also given as % of 4.3 TB/s (the measured copy ceiling of the H200).
+
+constexpr double kHbmGBs = 4300.0;
+
+// y = x·Wᵀ with a forced variant; parity of 64 sampled outputs against float64.
+void bench_gemv_plain(cudaStream_t s, Gemm &g, int out, int in, int n, int variant,
+                      uint64_t seed) {
+  const size_t wn = (size_t)out * in;
+  const int copies = (int)std::max<size_t>(1, std::min<size_t>(8, (200u << 20) / (wn * 2) + 1));
+  DevBuf<bf16> W(wn * copies), X((size_t)n * in);
+  DevBuf<float> Y((size_t)n * out);
+  fill_normal<bf16>(W.p, (int64_t)W.n, seed, 0.02f, 0.f, s);
+  fill_normal<bf16>(X.p, (int64_t)X.n, seed + 1, 1.f, 0.f, s);
+  MP_CUDA(cudaMemsetAsync(Y.p, 0xff, Y.bytes(), s));
+  const int ran = matmul<float>(g, W.p, X.p, in, n, in, out, Y.p, out, false, variant);
+  MP_CUDA(cudaStreamSynchronize(s));
+  std::vector<float> y = to_host_vec(Y.p, Y.n);
+  std::vector<bf16> x = to_host_vec(X.p, X.n);
+  size_t nan = 0;
+  for (float v : y) nan += !std::isfinite(v);
+  uint64_t st = seed;
+  double num = 0, den = 0;
+  std::vector<bf16> wrow((size_t)in);
+  for (int k = 0; k < 64; k++) {
+    const int i = (int)(lcg(st) % n), o = (int)(lcg(st) % out);
+    MP_CUDA(cudaMemcpy(wrow.data(), W.p + (size_t)o * in, (size_t)in * 2, cudaMemcpyDeviceToHost));
+    double ref = 0;
+    for (int c = 0; c < in; c++) ref += bf(wrow[c]) * bf(x[(size_t)i * in + c]);
+    const double d = y[(size_t)i * out + o] - ref;
+    num += d * d, den += ref * ref;
+  }
+  const double err = nan ? 1e9 : std::sqrt(num / std::max(den, 1e-30));
+  const double ms = time_ms(s, [&](int r) {
+    matmul<float>(g, W.p + (size_t)(r % copies) * wn, X.p, in, n, in, out, Y.p, out, false,
+                  variant);
+  }, 3, 20);
+  const double bytes = (double)wn * 2 + (double)n * in * 2 + (double)n * out * 4;
+  const double gbs = bytes / (ms * 1e6);
+  char shape[96], note[96];
+  std::snprintf(shape, sizeof shape, "n=%d %dx%d", n, out, in);
+  std::snprintf(note, sizeof note, "%.0f%% of 4.3 TB/s%s", 100.0 * gbs / kHbmGBs,
+                nan ? " NaN/unwritten outputs" : "");
+  emit({"gemv2", ran == GEMM_GEMV ? "gemv" : ran == GEMM_SKINNY ? "skinny" : "other", shape, ms,
+        gbs, "GB/s", g_bw, err, 1e-2, note});
+}
+
+// The decode step's fused forms: swiglu = false: y = rmsnorm(x)·Wᵀ (QKV, LM head: f32 out
+// here); swiglu = true: h = silu(g)·u of rmsnorm(x)·[Wg; Wu]ᵀ (out = 2F rows). fused = false
+// times the separate kernels (rmsnorm, GEMV, swiglu) instead. Parity of 64 sampled outputs
+// against float64 from the same bf16-rounded normalized x.
+void bench_gemv_fused(cudaStream_t s, Gemm &g, int out, int in, int n, bool swiglu_epi, bool fused,
+                      uint64_t seed) {
+  const size_t wn = (size_t)out * in;
+  const int F = out / 2;
+  const int copies = (int)std::max<size_t>(1, std::min<size_t>(8, (200u << 20) / (wn * 2) + 1));
+  DevBuf<bf16> W(wn * copies), XB((size_t)n * in), GU((size_t)n * out), H((size_t)n * F);
+  DevBuf<float> X((size_t)n * in), NW((size_t)in), Y((size_t)n * out);
+  fill_normal<bf16>(W.p, (int64_t)W.n, seed, 0.02f, 0.f, s);
+  fill_normal<float>(X.p, (int64_t)X.n, seed + 1, 2.f, 0.3f, s);
+  fill_normal<float>(NW.p, (int64_t)NW.n, seed + 2, 0.2f, 1.f, s);
+  MP_CUDA(cudaMemsetAsync(Y.p, 0xff, Y.bytes(), s));
+  MP_CUDA(cudaMemsetAsync(H.p, 0xff, H.bytes(), s));
+  const float eps = 1e-5f;
+  auto run = [&](const bf16 *w) {
+    if (fused) {
+      if (swiglu_epi)
+        return matmul_norm_swiglu(g, w, X.p, NW.p, eps, n, in, F, XB.p, GU.p, H.p, F, GEMM_GEMV);
+      return matmul_norm<float>(g, w, X.p, NW.p, eps, n, in, out, XB.p, Y.p, out, false,
+                                GEMM_GEMV);
+    }
+    rmsnorm<bf16>(X.p, NW.p, n, in, eps, XB.p, s);
+    if (!swiglu_epi) return matmul<float>(g, w, XB.p, in, n, in, out, Y.p, out, false, GEMM_GEMV);
+    const int r = matmul<bf16>(g, w, XB.p, in, n, in, out, GU.p, out, false, GEMM_GEMV);
+    swiglu<bf16, bf16>(GU.p, GU.p + F, n, F, out, H.p, F, s);
+    return r;
+  };
+  run(W.p);
+  MP_CUDA(cudaStreamSynchronize(s));
+  // Reference: xb = bf16(x·r·w) with r from a double sum, then float64 dot products.
+  std::vector<float> xh = to_host_vec(X.p, X.n), nw = to_host_vec(NW.p, NW.n);
+  std::vector<double> xb((size_t)n * in);
+  for (int i = 0; i < n; i++) {
+    double ss = 0;
+    for (int c = 0; c < in; c++) ss += (double)xh[(size_t)i * in + c] * xh[(size_t)i * in + c];
+    const float r = (float)(1.0 / std::sqrt(ss / in + eps));
+    for (int c = 0; c < in; c++)
+      xb[(size_t)i * in + c] = bf(__float2bfloat16_rn(xh[(size_t)i * in + c] * r * nw[c]));
+  }
+  std::vector<float> y;
+  std::vector<bf16> h;
+  if (swiglu_epi) h = to_host_vec(H.p, H.n);
+  else y = to_host_vec(Y.p, Y.n);
+  size_t nan = 0;
+  for (float v : y) nan += !std::isfinite(v);
+  for (bf16 v : h) nan += !std::isfinite(bf(v));
+  uint64_t st = seed;
+  double num = 0, den = 0;
+  std::vector<bf16> wrow((size_t)in);
+  auto dot = [&](int i, int o) {
+    MP_CUDA(cudaMemcpy(wrow.data(), W.p + (size_t)o * in, (size_t)in * 2, cudaMemcpyDeviceToHost));
+    double a = 0;
+    for (int c = 0; c < in; c++) a += bf(wrow[c]) * xb[(size_t)i * in + c];
+    return a;
+  };
+  for (int k = 0; k < 64; k++) {
+    const int i = (int)(lcg(st) % n);
+    double ref, got;
+    if (swiglu_epi) {
+      const int o = (int)(lcg(st) % F);
+      const double gv = dot(i, o), uv = dot(i, F + o);
+      ref = gv / (1 + std::exp(-gv)) * uv;
+      got = bf(h[(size_t)i * F + o]);
+    } else {
+      const int o = (int)(lcg(st) % out);
+      ref = dot(i, o);
+      got = y[(size_t)i * out + o];
+    }
+    num += (got - ref) * (got - ref), den += ref * ref;
+  }
+  const double err = nan ? 1e9 : std::sqrt(num / std::max(den, 1e-30));
+  const double ms = time_ms(s, [&](int r) { run(W.p + (size_t)(r % copies) * wn); }, 3, 20);
+  const double bytes = (double)wn * 2 + (double)n * in * 4 +
+                       (swiglu_epi ? (double)n * F * 2 : (double)n * out * 4);
+  const double gbs = bytes / (ms * 1e6);
+  char shape[96], note[96];
+  std::snprintf(shape, sizeof shape, "n=%d %dx%d%s", n, out, in, swiglu_epi ? " +swiglu" : "");
+  std::snprintf(note, sizeof note, "%.0f%% of 4.3 TB/s%s", 100.0 * gbs / kHbmGBs,
+                nan ? " NaN/unwritten outputs" : "");
+  emit({swiglu_epi ? "gemv2.nsw" : "gemv2.norm", fused ? "fused" : "separate", shape, ms, gbs,
+        "GB/s", g_bw, err, swiglu_epi ? 1.5e-2 : 1e-2, note});
+}
+
+// The split count of GPU run 2 (4 blocks per SM, >= 256 keys per split), for comparison.
+int old_decode_splits(int B, int Hkv, int max_len) {
+  int sms = 0;
+  MP_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  const int pairs = std::max(1, B * Hkv);
+  int splits = (4 * sms + pairs - 1) / pairs;
+  splits = std::min(splits, std::max(1, (max_len + 255) / 256));
+  return std::max(1, std::min(splits, 1024));
+}
+
+// small = true: the parity shapes (also in --quick); false: the timed 8B shapes.
+void gemv_branch_sections(cudaStream_t s, Gemm &g, bool small) {
+  if (small) return section("gemv2.small", [&] {
+    // Odd shapes and tails: partial row quads, k not a multiple of 256, n > 4 (x-row groups).
+    bench_gemv_plain(s, g, 1001, 520, 1, GEMM_GEMV, 61);
+    bench_gemv_plain(s, g, 1000, 512, 3, GEMM_GEMV, 62);
+    bench_gemv_plain(s, g, 37, 136, 4, GEMM_GEMV, 63);
+    bench_gemv_plain(s, g, 300, 4096, 7, GEMM_GEMV, 64);
+    bench_gemv_fused(s, g, 1002, 520, 2, false, true, 65);
+    bench_gemv_fused(s, g, 2 * 501, 264, 3, true, true, 66);
+    bench_decode(s, 1, 700, 32, 8, 128);
+    bench_decode(s, 2, 4097, 8, 2, 128);
+  });
+  section("gemv2", [&] {
+    const int shapes[5][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336},
+                              {128256, 4096}};
+    for (int n : {1, 4})
+      for (auto &sh : shapes)
+        for (int v : {GEMM_SKINNY, GEMM_GEMV}) bench_gemv_plain(s, g, sh[0], sh[1], n, v, 70 + n);
+  });
+  section("gemv2.fused", [&] {
+    for (int n : {1, 4})
+      for (bool fused : {false, true}) {
+        bench_gemv_fused(s, g, 6144, 4096, n, false, fused, 80 + n);    // norm + QKV
+        bench_gemv_fused(s, g, 28672, 4096, n, true, fused, 90 + n);    // norm + gate/up + swiglu
+        bench_gemv_fused(s, g, 128256, 4096, n, false, fused, 95 + n);  // final norm + LM head
+      }
+  });
+  section("decode2", [&] {
+    for (int T : {8192, 32768}) {
+      bench_decode(s, 1, T, 32, 8, 128, old_decode_splits(1, 8, T));  // run 2's split count
+      bench_decode(s, 1, T, 32, 8, 128);                             // this branch's
+    }
+    bench_decode(s, 4, 8192, 32, 8, 128);
+  });
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -475,11 +661,13 @@ int main(int argc, char **argv) {
     bench_lsh(s, 300, 128, 10, 150);
     bench_sample(s, 3, 5000);
   });
+  gemv_branch_sections(s, g, true);
   if (quick) {
     std::printf("opbench --quick: %d failures\n", g_failures);
     return g_failures ? 1 : 0;
   }
   section("copy", [&] { bench_copy(s); });
+  gemv_branch_sections(s, g, false);
   section("pcie", [&] { bench_pinned(s); });
   // Decode GEMVs of the 8B shape (fused QKV, O, fused gate/up, down, LM head): the skinny
   // kernel (warps per block chosen per shape) against cuBLAS, batch 1 and 8.

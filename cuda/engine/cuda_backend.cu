@@ -539,8 +539,8 @@ class CudaBackend final : public ForwardBackend {
           return false;
         }
         const LayerDev &L = layers_[(size_t)l];
-        gpu::rmsnorm<bf16>(d_x_.p, L.attn_norm.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
-        gpu::matmul<bf16>(*gemm_, L.wqkv.p, d_xb_.p, dim_, B, dim_, QKV_, d_qkv_.p, QKV_, false);
+        gpu::matmul_norm<bf16>(*gemm_, L.wqkv.p, d_x_.p, L.attn_norm.p, c_.rms_eps, B, dim_,
+                               QKV_, d_xb_.p, d_qkv_.p, QKV_, false);
         gpu::rope<bf16>(d_qkv_.p, B, H_ + Hkv_, d_, QKV_, d_pos_.p, inv_freq_.p, c_.rope.style,
                         s_);
         // New K and V rows: into the device caches (and windows) and into the device staging
@@ -560,18 +560,15 @@ class CudaBackend final : public ForwardBackend {
         }
         if (stream_rows > 0) MP_CUDA(cudaEventRecord(ev_[2 + (l & 1)], s_));  // buffer free
         gpu::matmul<float>(*gemm_, L.wo.p, d_att_.p, Hd, B, (int)Hd, dim_, d_x_.p, dim_, true);
-        gpu::rmsnorm<bf16>(d_x_.p, L.ffn_norm.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
-        gpu::matmul<bf16>(*gemm_, L.wgu.p, d_xb_.p, dim_, B, dim_, 2 * F_, d_gu_.p, 2 * F_,
-                          false);
-        gpu::swiglu<bf16, bf16>(d_gu_.p, d_gu_.p + F_, B, F_, 2 * F_, d_h_.p, F_, s_);
+        gpu::matmul_norm_swiglu(*gemm_, L.wgu.p, d_x_.p, L.ffn_norm.p, c_.rms_eps, B, dim_, F_,
+                                d_xb_.p, d_gu_.p, d_h_.p, F_);
         gpu::matmul<float>(*gemm_, L.wd.p, d_h_.p, F_, B, F_, dim_, d_x_.p, dim_, true);
         // With the whole layer queued, bring in the next layer's streamed rows (a pageable
         // copy holds this thread until it is staged; the GPU works meanwhile).
         if (stream_rows > 0) stream_in(l + 1);
       }
-      gpu::rmsnorm<bf16>(d_x_.p, out_norm_.p, B, dim_, c_.rms_eps, d_xb_.p, s_);
-      gpu::matmul<float>(*gemm_, head_ptr(), d_xb_.p, dim_, B, dim_, c_.vocab_size,
-                         d_logits_.p, c_.vocab_size, false);
+      gpu::matmul_norm<float>(*gemm_, head_ptr(), d_x_.p, out_norm_.p, c_.rms_eps, B, dim_,
+                              c_.vocab_size, d_xb_.p, d_logits_.p, c_.vocab_size, false);
       return true;
     };
     // A step whose GPU part needs no host work (every attended layer resident on the GPU)

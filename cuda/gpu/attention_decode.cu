@@ -14,6 +14,8 @@
 //     reduced across the group's lanes with xor-shuffles (every lane ends with the full
 //     score), then a per-group online softmax in base 2 (q pre-scaled by log2(e)/√d) and
 //     f32 accumulation of p·v into 8·G registers per lane.
+//   - The K/V loads are double-buffered: a warp requests its next step's rows before the
+//     math of the current one.
 //   - The block's groups combine through shared memory; with one split the block writes the
 //     final output and lse directly, otherwise f32 partials [B][H][splits][d] and
 //     [B][H][splits] that a second kernel merges by their LSEs.
@@ -97,15 +99,31 @@ __global__ void __launch_bounds__(DEC_THREADS)
   // number of iterations. A group whose keys are all past the end scores −∞ and adds
   // nothing. (A per-group bound made the groups of a warp diverge whenever a split's length
   // was not a multiple of NG·KPG, and the full-mask shuffle then waited forever.)
-  for (int w0 = kb + warp * NG * DEC_KPG; w0 < ke; w0 += NGB * DEC_KPG) {
-    const int t0 = w0 + grp * DEC_KPG;
-    uint4 kr[DEC_KPG], vr[DEC_KPG];
+  // Double-buffered: the K/V rows of the warp's next step are requested before the math of
+  // this one, so a warp keeps 2 steps (up to 8 KB) in flight instead of waiting a full
+  // round trip per step.
+  constexpr int WSTEP = NGB * DEC_KPG;
+  auto load_step = [&](int w, uint4 (&kk)[DEC_KPG], uint4 (&vv)[DEC_KPG]) {
+    const int t0 = w + grp * DEC_KPG;
 #pragma unroll
     for (int u = 0; u < DEC_KPG; u++) {
       const int tt = t0 + u;
       const bool ok = tt < ke;
-      kr[u] = ok ? ld_stream_16(kbase + (int64_t)tt * sq.stride_t) : zero;
-      vr[u] = ok ? ld_stream_16(vbase + (int64_t)tt * sq.stride_t) : zero;
+      kk[u] = ok ? ld_stream_16(kbase + (int64_t)tt * sq.stride_t) : zero;
+      vv[u] = ok ? ld_stream_16(vbase + (int64_t)tt * sq.stride_t) : zero;
+    }
+  };
+  uint4 kr[DEC_KPG], vr[DEC_KPG];
+  const int wfirst = kb + warp * NG * DEC_KPG;
+  if (wfirst < ke) load_step(wfirst, kr, vr);
+  for (int w0 = wfirst; w0 < ke; w0 += WSTEP) {
+    const int t0 = w0 + grp * DEC_KPG;
+    uint4 kn[DEC_KPG], vn[DEC_KPG];
+    if (w0 + WSTEP < ke) {
+      load_step(w0 + WSTEP, kn, vn);
+    } else {
+#pragma unroll
+      for (int u = 0; u < DEC_KPG; u++) kn[u] = vn[u] = zero;
     }
     float sc[G][DEC_KPG];
 #pragma unroll
@@ -159,6 +177,8 @@ __global__ void __launch_bounds__(DEC_THREADS)
       }
       m[gi] = m_new;
     }
+#pragma unroll
+    for (int u = 0; u < DEC_KPG; u++) kr[u] = kn[u], vr[u] = vn[u];
   }
 
   // Combine the block's key groups.
@@ -195,23 +215,60 @@ __global__ void __launch_bounds__(DEC_THREADS)
   }
 }
 
-// Merges the splits of each (sequence, head) row by their LSEs.
+// Merges the splits of each (sequence, head) row by their LSEs: one block of 128 threads
+// per row. The split weights 2^(lse_s − M) go to shared memory once; then warp w sums splits
+// w, w+4, ... with 16-byte loads (lane l holds dims 4l..4l+3 and 128+4l..), four splits in
+// flight per warp, and the 4 warps add up through shared memory. (The first version looped
+// over the splits per output value with a dependent exp2f per step: ~splits round trips.)
+constexpr int COMB_THREADS = 128;
+constexpr int COMB_MAX_SPLITS = 1024;
+
 template <class OutT>
-__global__ void decode_combine_kernel(const float *__restrict__ part_o,
-                                      const float *__restrict__ part_lse, int splits, int d,
-                                      OutT *__restrict__ out, float *__restrict__ lse2) {
+__global__ void __launch_bounds__(COMB_THREADS)
+    decode_combine_kernel(const float *__restrict__ part_o, const float *__restrict__ part_lse,
+                          int splits, int d, OutT *__restrict__ out, float *__restrict__ lse2) {
+  __shared__ float sw[COMB_MAX_SPLITS];
+  __shared__ float scratch[32];
+  __shared__ __align__(16) float sacc[COMB_THREADS / 32][256];
   const int64_t row = blockIdx.x;  // b·H + h
   const float *pl = part_lse + row * splits;
-  float M = -INFINITY;
-  for (int s = 0; s < splits; s++) M = fmaxf(M, pl[s]);
-  float L = 0.f;
-  if (M != -INFINITY)
-    for (int s = 0; s < splits; s++) L += exp2f(pl[s] - M);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float mx = -INFINITY;
+  for (int s = threadIdx.x; s < splits; s += COMB_THREADS) mx = fmaxf(mx, pl[s]);
+  const float M = block_max(mx, scratch);
+  float l = 0.f;
+  for (int s = threadIdx.x; s < splits; s += COMB_THREADS) {
+    const float w = M == -INFINITY ? 0.f : exp2f(pl[s] - M);
+    sw[s] = w;
+    l += w;
+  }
+  const float L = block_sum(l, scratch);  // its __syncthreads also publishes sw
   const float inv = L > 0.f ? 1.f / L : 0.f;
-  for (int dd = threadIdx.x; dd < d; dd += blockDim.x) {
+
+  const int d4 = d >> 2;  // d % 4 == 0 (head_dim 8..256)
+  float4 a0 = make_float4(0.f, 0.f, 0.f, 0.f), a1 = a0;
+#pragma unroll 4
+  for (int s = warp; s < splits; s += COMB_THREADS / 32) {
+    const float w = sw[s];
+    const float4 *po = reinterpret_cast<const float4 *>(part_o + (row * splits + s) * d);
+    if (lane < d4) {
+      const float4 v = po[lane];
+      a0.x = fmaf(w, v.x, a0.x), a0.y = fmaf(w, v.y, a0.y);
+      a0.z = fmaf(w, v.z, a0.z), a0.w = fmaf(w, v.w, a0.w);
+    }
+    if (lane + 32 < d4) {
+      const float4 v = po[lane + 32];
+      a1.x = fmaf(w, v.x, a1.x), a1.y = fmaf(w, v.y, a1.y);
+      a1.z = fmaf(w, v.z, a1.z), a1.w = fmaf(w, v.w, a1.w);
+    }
+  }
+  if (lane < d4) *reinterpret_cast<float4 *>(&sacc[warp][4 * lane]) = a0;
+  if (lane + 32 < d4) *reinterpret_cast<float4 *>(&sacc[warp][4 * lane + 128]) = a1;
+  __syncthreads();
+  for (int dd = threadIdx.x; dd < d; dd += COMB_THREADS) {
     float o = 0.f;
-    if (M != -INFINITY)
-      for (int s = 0; s < splits; s++) o += exp2f(pl[s] - M) * part_o[(row * splits + s) * d + dd];
+#pragma unroll
+    for (int w = 0; w < COMB_THREADS / 32; w++) o += sacc[w][dd];
     out[row * d + dd] = to_out<OutT>(o * inv);
   }
   if (lse2 && threadIdx.x == 0) lse2[row] = L > 0.f ? M + log2f(L) : -INFINITY;
@@ -220,12 +277,33 @@ __global__ void decode_combine_kernel(const float *__restrict__ part_o,
 // ------------------------------------------------------------
 // launchers
 
+// One wave of blocks: the split count is the largest that keeps B·Hkv·splits within the
+// blocks per SM of decode_attn_kernel<128, 4> (Llama-3's d and GQA group; 168 registers with
+// nvcc 13: 3 blocks of 128 threads per SM, so 49 splits for B = 1, Hkv = 8 on 132 SMs; run 2
+// used 32 at 8K, 256-key splits, 8 warps per SM, and measured 29 % of HBM). Short
+// sequences: a power of two <= len / 64 (>= 64 keys per split), so the count — part of a
+// captured decode graph's key — changes only when the length doubles, until it reaches the
+// cap.
+static int decode_blocks_per_sm() {
+  static const int nb = [] {
+    int v = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &v, decode_attn_kernel<128, 4, bf16, bf16>, DEC_THREADS, 0) != cudaSuccess) {
+      (void)cudaGetLastError();
+      v = 3;
+    }
+    return std::max(1, v);
+  }();
+  return nb;
+}
+
 int decode_splits(int B, int Hkv, int max_len) {
-  const int target = 4 * sm_count();
   const int pairs = std::max(1, B * Hkv);
-  int splits = (target + pairs - 1) / pairs;
-  splits = std::min(splits, std::max(1, (max_len + 255) / 256));  // >= 256 keys per split
-  return std::max(1, std::min(splits, 1024));
+  const int by_gpu = std::max(1, decode_blocks_per_sm() * sm_count() / pairs);
+  const int by_len = std::max(1, max_len / 64);
+  int p2 = 1;
+  while (p2 * 2 <= by_len) p2 *= 2;
+  return std::max(1, std::min({by_gpu, p2, COMB_MAX_SPLITS}));
 }
 
 size_t decode_workspace_floats(int B, int H, int d, int splits) {
@@ -242,8 +320,8 @@ static void launch_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int 
       <<<dim3(splits, Hkv, B), DEC_THREADS, 0, s>>>(q, q_stride, seqs, H, sl2, part_o, part_lse, out, lse2);
   MP_CUDA_LAUNCH("decode_attn_kernel");
   if (splits > 1) {
-    decode_combine_kernel<OutT><<<B * H, D < 128 ? 64 : 128, 0, s>>>(part_o, part_lse, splits, D,
-                                                                    out, lse2);
+    decode_combine_kernel<OutT><<<B * H, COMB_THREADS, 0, s>>>(part_o, part_lse, splits, D, out,
+                                                              lse2);
     MP_CUDA_LAUNCH("decode_combine_kernel");
   }
 }
@@ -267,8 +345,8 @@ void attention_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, i
   if (B <= 0) return;
   MP_CHECK(H > 0 && Hkv > 0 && H % Hkv == 0, MP_ERR_INVALID,
            "decode attention: %d query heads are not a multiple of %d KV heads", H, Hkv);
-  MP_CHECK(B <= 65535 && Hkv <= 65535 && splits >= 1 && splits <= 65535, MP_ERR_INVALID,
-           "decode attention: grid too large");
+  MP_CHECK(B <= 65535 && Hkv <= 65535 && splits >= 1 && splits <= COMB_MAX_SPLITS,
+           MP_ERR_INVALID, "decode attention: grid too large");
   MP_CHECK(splits == 1 || workspace, MP_ERR_INTERNAL, "decode attention: no workspace");
   switch (d) {
     case 8: return dispatch_g<8>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, s);

@@ -174,7 +174,7 @@ void trace(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // kernel variants (tests and benchmarks force one; 0 = automatic choice)
 
 enum Op : int {
-  OP_MATMUL = 0,     // 1 = cuBLAS, 2 = skinny tensor-core kernel, 3 = simple kernel
+  OP_MATMUL = 0,     // 1 = cuBLAS, 2 = skinny tensor-core kernel, 3 = simple, 4 = GEMV
   OP_ATTENTION = 1,  // 1 = flash (tensor cores), 2 = split-K decode, 3 = generic
   OP_LSH = 2,        // index-build key hashing: 1 = GPU always, 2 = CPU, 3 = CPU via codes
   OP_KV = 3,         // decode KV placement: 1 = resident on the GPU, 2 = streamed from host

@@ -36,7 +36,7 @@ void lsh_hash(const float *R, const float *x, int n, int d, int K, int L, uint16
 void op_sample(const float *logits, int n, int vocab, float temperature, int top_k, float top_p,
                const float *u, int32_t *tokens);
 // Forces a kernel variant of an op family for later op_* calls (tests/benchmarks); 0 = auto.
-// op: "matmul" (1 cuBLAS, 2 skinny, 3 simple), "attention" (1 flash, 2 decode, 3 generic).
+// op: "matmul" (1 cuBLAS, 2 skinny, 3 simple, 4 GEMV), "attention" (1 flash, 2 decode, 3 generic).
 void set_kernel_variant(const char *op, int variant);
 // Where MAGICPIG index builds hash keys (mp_gpu_set_kernel "lsh"): 0 automatic (on the GPU
 // of a CUDA engine when a build indexes >= 1024 tokens of a layer; a failure falls back to

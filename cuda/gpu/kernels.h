@@ -68,6 +68,7 @@ enum GemmVariant : int {
   GEMM_CUBLAS = 1,  // cuBLAS, bf16 inputs, f32 compute (falls back when absent)
   GEMM_SKINNY = 2,  // mma.sync kernel streaming W once per 16 rows of x (decode GEMV)
   GEMM_SIMPLE = 3,  // one warp per output, any shape and alignment
+  GEMM_GEMV = 4,    // CUDA-core GEMV built for bytes in flight (decode, n <= 4)
 };
 
 // y[n][out] (+)= x[n][in] · W[out][in]^T. x rows are ldx apart, y rows ldy apart.
@@ -75,6 +76,23 @@ enum GemmVariant : int {
 template <class OutT>
 int matmul(Gemm &g, const bf16 *W, const bf16 *x, int64_t ldx, int n, int in, int out, OutT *y,
            int64_t ldy, bool accumulate, int variant = GEMM_AUTO);
+
+// y[n][out] (+)= rmsnorm(x)[n][in] · W[out][in]^T with x f32 [n][in] (contiguous rows) and
+// rmsnorm as rmsnorm<bf16>(x, norm_w, n, in, eps). With the GEMV variant (decode) the norm
+// is computed inside the GEMV kernel; otherwise rmsnorm writes xb [n][in] (bf16 scratch)
+// and matmul reads it. Returns the variant that ran.
+template <class OutT>
+int matmul_norm(Gemm &g, const bf16 *W, const float *x, const float *norm_w, float eps, int n,
+                int in, int out, bf16 *xb, OutT *y, int64_t ldy, bool accumulate,
+                int variant = GEMM_AUTO);
+
+// h[n][F] (rows ldh apart) = swiglu(gate, up) of rmsnorm(x) · Wgu^T, Wgu = [gate; up]
+// ([2F][in]), gate and up rounded to bf16 as the unfused path stores them. With the GEMV
+// variant it is one kernel; otherwise rmsnorm -> xb, matmul -> gu [n][2F] (bf16 scratch),
+// swiglu -> h. Returns the GEMM variant that ran.
+int matmul_norm_swiglu(Gemm &g, const bf16 *Wgu, const float *x, const float *norm_w, float eps,
+                       int n, int in, int F, bf16 *xb, bf16 *gu, bf16 *h, int64_t ldh,
+                       int variant = GEMM_AUTO);
 
 // ------------------------------------------------------------
 // attention_prefill.cu

@@ -419,7 +419,8 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
 /* Forces one kernel variant of an op family for later CUDA work in this process (the
  * mp_op_* calls with backend CUDA and the CUDA forward pass); 0 restores the automatic
  * choice. op "matmul": 1 cuBLAS (the skinny kernel in a build without cuBLAS), 2 the
- * skinny tensor-core GEMV kernel (any n, W re-read per 16 rows), 3 the simple kernel.
+ * skinny tensor-core GEMV kernel (any n, W re-read per 16 rows), 3 the simple kernel,
+ * 4 the CUDA-core GEMV kernel (any n, W re-read per 4 rows; automatic for n <= 4 on sm_90).
  * op "attention": 1 flash (tensor cores, head_dim 64/128), 2 split-K decode (one query
  * per "sequence"), 3 generic. op "kv" (where decoding keeps the KV of the layers it
  * attends on the GPU): 1 resident on the GPU (uploaded once per session), 2 streamed from

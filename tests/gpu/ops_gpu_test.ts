@@ -175,6 +175,7 @@ Deno.test({
       ["cublas", MatmulKernel.CUBLAS],
       ["skinny", MatmulKernel.SKINNY],
       ["simple", MatmulKernel.SIMPLE],
+      ["gemv", MatmulKernel.GEMV],
     ];
     for (const [n, inDim, outDim] of shapes) {
       const w = toBf16(randn(outDim * inDim, 7 + inDim, 0.05));
