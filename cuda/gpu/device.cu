@@ -205,8 +205,10 @@ void force_variant(Op op, int variant) { g_variant[op].store(variant, std::memor
 
 void set_kernel_variant(const char *op, int variant) {
   MP_CHECK(op != nullptr, MP_ERR_INVALID, "op is NULL");
-  MP_CHECK(variant >= 0 && variant <= 3, MP_ERR_INVALID,
-           "variant \"%d\" is invalid: must be 0..3", variant);
+  // attention: 4 is the sm_90a kernel, 5..7 the tuned mma.sync flash kernels (kernels.h).
+  const int max_variant = std::strcmp(op, "attention") == 0 ? 7 : 3;
+  MP_CHECK(variant >= 0 && variant <= max_variant, MP_ERR_INVALID,
+           "variant \"%d\" is invalid: must be 0..%d", variant, max_variant);
   if (std::strcmp(op, "matmul") == 0) return force_variant(OP_MATMUL, variant);
   if (std::strcmp(op, "attention") == 0) return force_variant(OP_ATTENTION, variant);
   if (std::strcmp(op, "kv") == 0) {
