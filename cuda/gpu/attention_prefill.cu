@@ -20,6 +20,27 @@
 //   - Epilogue: O / l, written as OutT; lse2 = m + log2(l) (base-2 log-sum-exp of s/√d).
 //   Shared memory: (BR + 4·BC)·D·2 bytes = 80 KB at D = 128 (opt-in above 48 KB).
 //
+// Tuned flash kernel (variants 5-7, the automatic choice; same outputs and semantics):
+//   - Each warp owns 32 rows (two m16 tiles), so every K and V fragment read by ldmatrix
+//     feeds two mma instead of one: half the shared-memory traffic per mma of the kernel
+//     above (its 16-row warps are bounded near 535 TFLOP/s by ldmatrix bandwidth alone).
+//     Q is re-read from shared memory per tile (its fragments would take 64 registers);
+//     O is 128 f32 registers per lane at D = 128.
+//   - Block = NW warps × 32 rows = BR rows, filled with the GB heads of one KV head (GB the
+//     largest power of two dividing G with at least 32 queries per block; GB = 4 at the 8B
+//     shape: 4 heads × 32 queries): each K/V tile loaded serves every head of the group,
+//     and the causal diagonal spans 32 queries instead of 128.
+//   - Tiles that no row of the block sees past are run by an unmasked copy of the loop
+//     body; only the diagonal / end tiles evaluate the mask.
+//   - K and V have separate cp.async groups: QK and the softmax of tile j wait only for
+//     K(j); V(j) keeps loading until P·V. Tile j + 1 loads while tile j computes.
+//   - Softmax on raw scores: the row max first (the scale is positive), then one FFMA and
+//     one ex2.approx.ftz per score: p = 2^(s·log2(e)/√d − m).
+//   - Fragment addresses are 32-bit shared-window offsets; the swizzle of fragment step s
+//     is a single XOR of a per-lane offset (every fragment row has row & 7 == lane & 7).
+//   Variants: 5 = 4 warps, BC = 64 (96 KB shared, 2 blocks per SM); 6 = 8 warps (256 rows,
+//   128 KB, 1 block per SM); 7 = 4 warps, BC = 32 (64 KB, no spills).
+//
 // Generic kernel (any head_dim <= 256; tests, tiny models): one block per (query, head),
 // scores of 512-key chunks in shared memory, online softmax across chunks, thread c owns
 // output dims c and c + 128.
@@ -371,7 +392,7 @@ __global__ void __launch_bounds__(Fa2<D, NW, BC>::THREADS, Fa2<D, NW, BC>::MINB)
   // Per-lane fragment offsets at s = 0 / dj = 0. Every fragment row r has r & 7 == lane & 7
   // and its chunk is c0 | x with c0 even, so its swizzled offset is off0 ^ (c0 << 4).
   const int x7 = lane & 7;
-  const uint32_t q_off = Qa + (warp * 16 * WM + (lane & 15)) * RB + ((((lane >> 4) ^ x7)) << 4);
+  const uint32_t q_off = (warp * 16 * WM + (lane & 15)) * RB + (((lane >> 4) ^ x7) << 4);
   const uint32_t k_off = (x7 + ((lane >> 4) << 3)) * RB + ((((lane >> 3) & 1) ^ x7) << 4);
   const uint32_t v_off = (x7 + (((lane >> 3) & 1) << 3)) * RB + (((lane >> 4) ^ x7) << 4);
 
@@ -397,7 +418,7 @@ __global__ void __launch_bounds__(Fa2<D, NW, BC>::THREADS, Fa2<D, NW, BC>::MINB)
 #pragma unroll
     for (int s = 0; s < D / 16; s++) {
       uint32_t qa[WM][4];
-      const uint32_t qs = q_off ^ (s << 5);
+      const uint32_t qs = Qa + (q_off ^ (s << 5));
 #pragma unroll
       for (int mt = 0; mt < WM; mt++) lds_x4(qa[mt], qs + mt * 16 * RB);
       const uint32_t ks = Kt + (k_off ^ (s << 5));
