@@ -30,8 +30,8 @@
 //     largest power of two dividing G with at least 32 queries per block; GB = 4 at the 8B
 //     shape: 4 heads × 32 queries): each K/V tile loaded serves every head of the group,
 //     and the causal diagonal spans 32 queries instead of 128.
-//   - Tiles that no row of the block sees past are run by an unmasked copy of the loop
-//     body; only the diagonal / end tiles evaluate the mask.
+//   - Only the diagonal / end tiles evaluate the mask (a block-uniform branch; two copies
+//     of the loop body spilled at D = 128).
 //   - K and V have separate cp.async groups: QK and the softmax of tile j wait only for
 //     K(j); V(j) keeps loading until P·V. Tile j + 1 loads while tile j computes.
 //   - Softmax on raw scores: the row max first (the scale is positive), then one FFMA and
@@ -39,7 +39,7 @@
 //   - Fragment addresses are 32-bit shared-window offsets; the swizzle of fragment step s
 //     is a single XOR of a per-lane offset (every fragment row has row & 7 == lane & 7).
 //   Variants: 5 = 4 warps, BC = 64 (96 KB shared, 2 blocks per SM); 6 = 8 warps (256 rows,
-//   128 KB, 1 block per SM); 7 = 4 warps, BC = 32 (64 KB, no spills).
+//   128 KB, 1 block per SM); 7 = 4 warps, BC = 32 (64 KB). 255 registers at D = 128, BC = 64.
 //
 // Generic kernel (any head_dim <= 256; tests, tiny models): one block per (query, head),
 // scores of 512-key chunks in shared memory, online softmax across chunks, thread c owns
@@ -49,7 +49,6 @@
 // out[i][h][:] = out + i·out_stride + h·d; lse2[i·H + h]. Query i sits at position
 // q_pos0 + i and sees keys 0..min(q_pos0 + i, T − 1).
 #include <cmath>
-#include <type_traits>
 
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
@@ -353,9 +352,8 @@ __global__ void __launch_bounds__(Fa2<D, NW, BC>::THREADS, Fa2<D, NW, BC>::MINB)
     const bf16 *src = q + (int64_t)(ok ? m0 + qi : m0) * q_stride + (int64_t)(h0 + hg) * D + lc * 8;
     cp16(Qa + ld_off + rr * RB, src, ok);
   }
-  const bf16 *kbase = k + (int64_t)hk * kv_sh + lc * 8;
-  const bf16 *vbase = v + (int64_t)hk * kv_sh + lc * 8;
-  auto load_tile = [&](const bf16 *base, uint32_t dst, int tile) {
+  auto load_tile = [&](const bf16 *kvp, uint32_t dst, int tile) {
+    const bf16 *base = kvp + (int64_t)hk * kv_sh + lc * 8;
     const int key0 = tile * BC + lr;
     const bf16 *src = base + (int64_t)key0 * kv_st;
     const int64_t step = (int64_t)RSTEP * kv_st;
@@ -367,9 +365,9 @@ __global__ void __launch_bounds__(Fa2<D, NW, BC>::THREADS, Fa2<D, NW, BC>::MINB)
     }
   };
   // Groups in commit order: {Q, K0}, {V0}, then per tile j: {K(j+1)}, {V(j+1)} (maybe empty).
-  if (ntiles > 0) load_tile(kbase, Ka, 0);
+  if (ntiles > 0) load_tile(k, Ka, 0);
   cp_async_commit();
-  if (ntiles > 0) load_tile(vbase, Va, 0);
+  if (ntiles > 0) load_tile(v, Va, 0);
   cp_async_commit();
 
   float o[WM][D / 8][4];
@@ -378,7 +376,6 @@ __global__ void __launch_bounds__(Fa2<D, NW, BC>::THREADS, Fa2<D, NW, BC>::MINB)
 #pragma unroll
     for (int j = 0; j < D / 8; j++) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
   float mrow[WM][2], lrow[WM][2];
-  int lim[WM][2];  // last visible key of each of this lane's rows
   const int qw = (warp * 16 * WM) & (BRq - 1);  // the warp's first query within the block
 #pragma unroll
   for (int mt = 0; mt < WM; mt++)
@@ -386,7 +383,6 @@ __global__ void __launch_bounds__(Fa2<D, NW, BC>::THREADS, Fa2<D, NW, BC>::MINB)
     for (int r = 0; r < 2; r++) {
       mrow[mt][r] = -INFINITY;
       lrow[mt][r] = 0.f;
-      lim[mt][r] = min(pmin + qw + 16 * mt + g + 8 * r, kv_end - 1);
     }
 
   // Per-lane fragment offsets at s = 0 / dj = 0. Every fragment row r has r & 7 == lane & 7
@@ -396,13 +392,12 @@ __global__ void __launch_bounds__(Fa2<D, NW, BC>::THREADS, Fa2<D, NW, BC>::MINB)
   const uint32_t k_off = (x7 + ((lane >> 4) << 3)) * RB + ((((lane >> 3) & 1) ^ x7) << 4);
   const uint32_t v_off = (x7 + (((lane >> 3) & 1) << 3)) * RB + (((lane >> 4) ^ x7) << 4);
 
-  auto tile = [&](int j, auto mask_tag) {
-    constexpr bool MASK = decltype(mask_tag)::value;
+  auto tile = [&](int j) {
     cp_async_wait<1>();  // K(j) (and Q) landed; V(j) may still be in flight
     __syncthreads();     // ... for every thread; and tile j−1's buffers are free
-    if (j + 1 < ntiles) load_tile(kbase, Ka + ((j + 1) & 1) * BC * RB, j + 1);
+    if (j + 1 < ntiles) load_tile(k, Ka + ((j + 1) & 1) * BC * RB, j + 1);
     cp_async_commit();
-    if (j + 1 < ntiles) load_tile(vbase, Va + ((j + 1) & 1) * BC * RB, j + 1);
+    if (j + 1 < ntiles) load_tile(v, Va + ((j + 1) & 1) * BC * RB, j + 1);
     cp_async_commit();
 
     const uint32_t Kt = Ka + (j & 1) * BC * RB;
@@ -435,15 +430,22 @@ __global__ void __launch_bounds__(Fa2<D, NW, BC>::THREADS, Fa2<D, NW, BC>::MINB)
     }
 
     // Causal / end mask (only the tiles that reach past some row's last key).
-    if constexpr (MASK) {
+    if (j >= n_full) {  // block-uniform branch
+      // Key j·BC + 8jj + 2t + (e & 1) is visible to row pmin + qw + 16mt + 8(e >> 1) + g
+      // up to kv_end − 1.
       const int c0 = j * BC + 2 * t;
+      const int p0 = pmin + qw + g;
 #pragma unroll
       for (int mt = 0; mt < WM; mt++)
 #pragma unroll
-        for (int jj = 0; jj < BC / 8; jj++)
+        for (int r = 0; r < 2; r++) {
+          const int lim = min(p0 + 16 * mt + 8 * r, kv_end - 1) - c0;
 #pragma unroll
-          for (int e = 0; e < 4; e++)
-            if (c0 + 8 * jj + (e & 1) > lim[mt][e >> 1]) sc[mt][jj][e] = -INFINITY;
+          for (int jj = 0; jj < BC / 8; jj++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+              if (8 * jj + e > lim) sc[mt][jj][2 * r + e] = -INFINITY;
+        }
     }
 
     // Online softmax in base 2 on raw scores: max first (the scale is positive), then
@@ -506,9 +508,7 @@ __global__ void __launch_bounds__(Fa2<D, NW, BC>::THREADS, Fa2<D, NW, BC>::MINB)
     }
   };
 #pragma unroll 1
-  for (int j = 0; j < n_full; j++) tile(j, std::false_type{});
-#pragma unroll 1
-  for (int j = n_full; j < ntiles; j++) tile(j, std::true_type{});
+  for (int j = 0; j < ntiles; j++) tile(j);
   cp_async_wait<0>();
 
   // Epilogue: O / l as OutT; lse2 = m + log2(l).
