@@ -624,6 +624,10 @@ static void launch_flash2(const bf16 *q, int64_t q_stride, KVView kv, int n, int
   if (!configured) {
     MP_CUDA(cudaFuncSetAttribute(flash2_prefill_kernel<D, NW, BC, OutT>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM));
+    // All of L1 as shared memory (the loads bypass L1), so that two 96 KB blocks fit.
+    MP_CUDA(cudaFuncSetAttribute(flash2_prefill_kernel<D, NW, BC, OutT>,
+                                 cudaFuncAttributePreferredSharedMemoryCarveout,
+                                 (int)cudaSharedmemCarveoutMaxShared));
     configured = true;
   }
   // Heads per block: the largest power of two dividing G with ≥ 32 queries per block.
