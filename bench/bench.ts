@@ -49,7 +49,15 @@ import {
   Session,
   type SessionOptions,
 } from "../ffi/native.ts";
-import { describeGpu, Graphs, KvPlacement, PinnedKv, setKernel } from "../ffi/gpu.ts";
+import {
+  DecodeProfile,
+  decodeProfile,
+  describeGpu,
+  Graphs,
+  KvPlacement,
+  PinnedKv,
+  setKernel,
+} from "../ffi/gpu.ts";
 import { llama31_8b } from "./_shapes.ts";
 
 // ------------------------------------------------------------
@@ -231,7 +239,51 @@ interface DecodeRow {
   hostKvBytesPerToken: number | null;
   hostIndexBytesPerToken: number | null;
   gpuPeakGiB: number;
+  /** Host ms per timed step by stage (CUDA backend; null on the CPU): see ffi/gpu.ts. */
+  stages: StageMs | null;
   note: string;
+}
+
+/** Per-step host time of a decode step by stage (ms), from the backend's timers. */
+interface StageMs {
+  /** Placement, split-decode windows and tables. */
+  setup: number;
+  /** Split layers waiting for q: the GPU segments between CPU parts. */
+  waitQ: number;
+  /** Split layers' CPU part (retrieval + sampled attention). */
+  cpu: number;
+  /** The GPU after the last launch (dense tail, LM head). */
+  tail: number;
+  /** Host rows written back. */
+  post: number;
+  /** The rest: launches and copies queued by the host. */
+  other: number;
+  /** CPU part per split layer. */
+  cpuPerLayer: number;
+}
+
+function stagesOf(p: DecodeProfile): StageMs | null {
+  if (p.steps <= 0) return null;
+  const per = (x: number) => x / p.steps;
+  const known = p.setupMs + p.waitQMs + p.cpuMs + p.tailMs + p.postMs;
+  return {
+    setup: per(p.setupMs),
+    waitQ: per(p.waitQMs),
+    cpu: per(p.cpuMs),
+    tail: per(p.tailMs),
+    post: per(p.postMs),
+    other: per(p.totalMs - known),
+    cpuPerLayer: p.splitLayers > 0 ? p.cpuMs / p.splitLayers : 0,
+  };
+}
+
+/** "; stages ms: setup …" for a row's log line ("" without timers). */
+function stageText(s: StageMs | null): string {
+  if (!s) return "";
+  const f = (x: number) => x.toFixed(2);
+  return `; stages ms/step: setup ${f(s.setup)}, gpu-for-q ${f(s.waitQ)}, cpu ${f(s.cpu)} ` +
+    `(${(s.cpuPerLayer * 1e3).toFixed(0)} us/layer), tail ${f(s.tail)}, post ${f(s.post)}, ` +
+    `other ${f(s.other)}`;
 }
 
 function tokens(n: number, seed: number, vocab: number): Int32Array<ArrayBuffer> {
@@ -458,7 +510,7 @@ async function main(): Promise<void> {
           console.log(
             `decode ${d.budget} ${d.context} ${d.method} B=${d.batch}: ` +
               (d.msPerToken === null ? d.note : `${d.msPerToken.toFixed(2)} ms/token, ` +
-                `${d.tokensPerSecond!.toFixed(1)} tok/s`),
+                `${d.tokensPerSecond!.toFixed(1)} tok/s` + stageText(d.stages)),
           );
         }
       } catch (e) {
@@ -497,6 +549,7 @@ async function main(): Promise<void> {
       hostKvBytesPerToken: null,
       hostIndexBytesPerToken: null,
       gpuPeakGiB: Number(engine.info().gpuBytesPeak) / GiB,
+      stages: null,
       note,
     };
   }
@@ -565,12 +618,14 @@ async function main(): Promise<void> {
       const budgetMs = useGpu ? 2500 : 800;
       const steps = Math.max(3, Math.min(32, Math.floor(budgetMs / Math.max(per, 1e-3))));
       const infos0 = members.map((f) => f.info());
+      if (useGpu) decodeProfile(true);
       const times: number[] = [];
       for (let i = 0; i < steps; i++) {
         if (i >= 3 && elapsed() > o.timeLimit + 15) break; // the run's deadline is near
         times.push(await step());
       }
       const infos1 = members.map((f) => f.info());
+      const stages = useGpu ? stagesOf(decodeProfile(true)) : null;
       let att = 0, off = 0;
       for (let i = 0; i < B; i++) {
         att += infos1[i].keysAttended - infos0[i].keysAttended;
@@ -612,6 +667,7 @@ async function main(): Promise<void> {
         hostKvBytesPerToken: Number(i0.hostKvBytes) / Math.max(1, i0.nTokens),
         hostIndexBytesPerToken: Number(i0.hostIndexBytes) / Math.max(1, i0.nTokens),
         gpuPeakGiB: Number(engine.info().gpuBytesPeak) / GiB,
+        stages,
         note: "",
       };
     } catch (e) {

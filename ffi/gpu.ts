@@ -59,6 +59,42 @@ export function setKernel(
   );
 }
 
+/** Decode stage timers (host ms summed over decode calls since the last reset). */
+export interface DecodeProfile {
+  /** Decode calls. */
+  steps: number;
+  /** Whole calls. */
+  totalMs: number;
+  /** Placement, split-decode windows and tables, before the first launch. */
+  setupMs: number;
+  /** Split layers: waiting for the GPU to deliver q (the GPU segment between CPU parts). */
+  waitQMs: number;
+  /** Split layers: the CPU's retrieval + sampled attention. */
+  cpuMs: number;
+  /** Waiting for the GPU after the last launch. */
+  tailMs: number;
+  /** Host rows written back. */
+  postMs: number;
+  /** Split layer-calls (layers × steps). */
+  splitLayers: number;
+}
+
+/** Reads (and with `reset`, clears) the CUDA backend's decode stage timers. */
+export function decodeProfile(reset = false): DecodeProfile {
+  const v = new Float64Array(8);
+  lib().mp_decode_profile(v, v.length, reset ? 1 : 0);
+  return {
+    steps: v[0],
+    totalMs: v[1],
+    setupMs: v[2],
+    waitQMs: v[3],
+    cpuMs: v[4],
+    tailMs: v[5],
+    postMs: v[6],
+    splitLayers: v[7],
+  };
+}
+
 /** How {@link gpuSample} picks tokens. */
 export interface GpuSamplingParams {
   /** <= 0: greedy (first maximum). */

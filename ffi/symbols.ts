@@ -256,6 +256,8 @@ export const symbols = {
 
   /** int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t cap) */
   mp_gpu_set_kernel: { parameters: ["buffer", "i32", ...errArgs], result: "i32" },
+  /** int32_t mp_decode_profile(double *out, int32_t n, int32_t reset) */
+  mp_decode_profile: { parameters: ["buffer", "i32", "i32"], result: "i32" },
   /** int32_t mp_gpu_sample(const float *logits, int32_t n, int32_t vocab,
    *    const mp_sampling_params *p, const float *u, int32_t *tokens, char *err, size_t cap) */
   mp_gpu_sample: {

@@ -2,6 +2,7 @@
 // kernel selection and GPU-only ops for tests and benchmarks. Thin: validate, call
 // mp::gpu (cuda/gpu/gpu.h), guard. A CPU-only build answers MP_ERR_NO_DEVICE.
 #include "common/common.h"
+#include "engine/profile.h"
 #include "gpu/gpu.h"
 
 extern "C" {
@@ -38,6 +39,11 @@ MP_API int32_t mp_gpu_describe(char *out, size_t cap, char *err, size_t err_cap)
     mp::write_error(out, cap, mp::gpu::describe().c_str());
     return MP_OK;
   });
+}
+
+MP_API int32_t mp_decode_profile(double *out, int32_t n, int32_t reset) {
+  if (!out || n <= 0) return 0;
+  return mp::decode_profile_read(out, n, reset != 0);
 }
 
 }  // extern "C"

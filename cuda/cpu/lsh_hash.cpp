@@ -30,6 +30,7 @@
 #include <tuple>
 
 #include "common/common.h"
+#include "common/task_pool.h"
 #include "cpu/lsh_simd.h"
 
 namespace mp::lsh {
@@ -93,6 +94,7 @@ namespace {
 
 constexpr int MR = 6;        // rows per register tile
 constexpr int CHUNK = 1536;  // rows per scratch chunk (a multiple of MR)
+constexpr int SMALL_ROWS = 512;  // up to this many rows: the task pool, not OpenMP
 
 #if defined(__AVX512F__)
 constexpr int NR = 64;  // columns per register tile
@@ -177,32 +179,41 @@ void hash_rows(const Projection &P, const float *x, int64_t n, int64_t ldx, uint
     const int64_t rows = std::min<int64_t>(chunk, n - c0);
     const int64_t row_tiles = (rows + MR - 1) / MR;
     const int64_t tiles = row_tiles * col_tiles;
+    auto do_tile = [&](int64_t t) {
+      const int64_t rt = t / col_tiles;
+      const int ct = (int)(t % col_tiles);
+      const float *xr[MR];
+      uint16_t *br[MR];
+      for (int r = 0; r < MR; r++) {
+        int64_t row = std::min<int64_t>(rt * MR + r, rows - 1);  // pad with the last row
+        xr[r] = x + (c0 + row) * ldx;
+        br[r] = &bits[(size_t)(rt * MR + r) * words];
+      }
+      tile(xr, d, P.R.data(), ldr, ct * NR, br);
+    };
+    auto unpack = [&](int64_t r) {
+      const uint16_t *b = &bits[(size_t)r * words];
+      uint16_t *out = codes + (c0 + r) * row_stride;
+      for (int t = 0; t < L; t++) {
+        const int pos = t * K;
+        const int w = pos >> 4, off = pos & 15;
+        const uint32_t v = (uint32_t)b[w] | ((uint32_t)b[w + 1] << 16);
+        out[(int64_t)t * table_stride] = (uint16_t)((v >> off) & mask);
+      }
+    };
+    if (rows <= SMALL_ROWS) {
+      // decode queries: the spinning pool (common/task_pool.h) starts in ~1 µs where an
+      // OpenMP team may have to wake its threads
+      pool_run((int)tiles, [&](int t) { do_tile(t); });
+      for (int64_t r = 0; r < rows; r++) unpack(r);
+      continue;
+    }
 #pragma omp parallel num_threads(threads())
     {
 #pragma omp for schedule(static)
-      for (int64_t t = 0; t < tiles; t++) {
-        const int64_t rt = t / col_tiles;
-        const int ct = (int)(t % col_tiles);
-        const float *xr[MR];
-        uint16_t *br[MR];
-        for (int r = 0; r < MR; r++) {
-          int64_t row = std::min<int64_t>(rt * MR + r, rows - 1);  // pad with the last row
-          xr[r] = x + (c0 + row) * ldx;
-          br[r] = &bits[(size_t)(rt * MR + r) * words];
-        }
-        tile(xr, d, P.R.data(), ldr, ct * NR, br);
-      }
+      for (int64_t t = 0; t < tiles; t++) do_tile(t);
 #pragma omp for schedule(static)
-      for (int64_t r = 0; r < rows; r++) {
-        const uint16_t *b = &bits[(size_t)r * words];
-        uint16_t *out = codes + (c0 + r) * row_stride;
-        for (int t = 0; t < L; t++) {
-          const int pos = t * K;
-          const int w = pos >> 4, off = pos & 15;
-          const uint32_t v = (uint32_t)b[w] | ((uint32_t)b[w + 1] << 16);
-          out[(int64_t)t * table_stride] = (uint16_t)((v >> off) & mask);
-        }
-      }
+      for (int64_t r = 0; r < rows; r++) unpack(r);
     }
   }
 }

@@ -2,7 +2,8 @@
  * sampled_attention.cpp — LSH collision retrieval and importance-weighted sampled
  * attention on the CPU (magicpig.md §6–8).
  *
- * Work split, two kinds of task in one dynamically scheduled list (see run_all):
+ * Work split, two kinds of task in one dynamically scheduled list (see run_all), run by
+ * the process's spinning task pool (common/task_pool.h):
  *
  *   A. collisions, one task per (sequence, query head), over the whole context. For each
  *      block and table the query's bucket is a random DRAM access; the L lookups run as a
@@ -55,6 +56,7 @@
 #include <vector>
 
 #include "common/common.h"
+#include "common/task_pool.h"
 #include "cpu/lsh_simd.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -783,8 +785,9 @@ static void run_all(Ctx &cx) {
   const int total = na + (phase_bd ? nt : 0);
   std::vector<int32_t> pending((size_t)cx.B * cx.Hkv, phase_a ? cx.G : 0);
   int32_t *pend = pending.data();
-#pragma omp parallel for num_threads(threads()) schedule(dynamic, 1)
-  for (int i = 0; i < total; i++) {
+  // The spinning pool (common/task_pool.h), not an OpenMP team: split decode calls this
+  // 30 times per token from whichever thread the host uses, ~0.1 ms apart.
+  pool_run(total, [&](int i) {
     if (i < na) {
       const int b = i / cx.H, h = i % cx.H;
       sample_head(cx, b, h);
@@ -799,7 +802,7 @@ static void run_all(Ctx &cx) {
       }
       run_task(cx, i - na);
     }
-  }
+  });
 }
 
 static void sum_stats(const Ctx &cx, Stats *stats) {

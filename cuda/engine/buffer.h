@@ -5,6 +5,8 @@
 // ForwardBackend::host_allocator()); the same allocator frees it. Allocation failures throw
 // std::bad_alloc, which mp::guard maps to MP_ERR_OOM. The memory is not cleared (first
 // touch happens in the thread that fills it); use zero() where a defined value is needed.
+// Without an allocator, buffers of 2 MiB and more sit on transparent huge pages
+// (cpu/huge_alloc.h): sampled attention gathers KV rows at random from them.
 #pragma once
 
 #include <cstddef>
@@ -13,6 +15,8 @@
 #include <cstring>
 #include <new>
 #include <utility>
+
+#include "cpu/huge_alloc.h"
 
 namespace mp {
 
@@ -52,7 +56,7 @@ class HostBuffer {
     void *p = nullptr;
     if (bytes > 0) {
       size_t rounded = (bytes + 63) / 64 * 64;
-      p = a ? a->alloc(rounded, a->ctx) : std::aligned_alloc(64, rounded);
+      p = a ? a->alloc(rounded, a->ctx) : huge_alloc(rounded);
       if (!p) throw std::bad_alloc();
     }
     release(ptr_, bytes_, alloc_);
@@ -84,7 +88,7 @@ class HostBuffer {
     if (a)
       a->free(p, (bytes + 63) / 64 * 64, a->ctx);
     else
-      std::free(p);
+      huge_free(p);
   }
 
   void *ptr_ = nullptr;

@@ -52,10 +52,12 @@
 #include <string>
 #include <vector>
 
+#include "cpu/huge_alloc.h"
 #include "cpu/lsh_hash.h"
 #include "engine/backend.h"
 #include "engine/engine.h"
 #include "engine/policy.h"
+#include "engine/profile.h"
 #include "engine/session.h"
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
@@ -399,6 +401,8 @@ class CudaBackend final : public ForwardBackend {
     const size_t row_b = (size_t)d_ * sizeof(bf16);
     ensure_decode_workspace(B);
     trace("decode: step of %d session(s)", B);
+    const auto t_step = std::chrono::steady_clock::now();
+    for (double &x : prof_) x = 0;
 
     // Placement and activation of every session.
     std::vector<int64_t> pos((size_t)B);
@@ -575,6 +579,7 @@ class CudaBackend final : public ForwardBackend {
     // same key (batch size, split count, workspace generation): the first runs eagerly, so
     // every kernel is loaded (lazy module loading) and every workspace exists before the
     // capture. A capture that fails disables graphs.
+    prof_[PROF_SETUP] = ms_since(t_step);
     const int gmode = gpu::forced_variant(gpu::OP_GRAPHS);
     const bool graphable = stream_rows == 0 && !any_cpu_layer && gmode != 2 && !graphs_failed_;
     const GraphKey key{B, splits_, ws_gen_};
@@ -604,9 +609,12 @@ class CudaBackend final : public ForwardBackend {
     MP_CUDA(cudaMemcpyAsync(logits, d_logits_.p, (size_t)B * c_.vocab_size * 4,
                             cudaMemcpyDeviceToHost, s_));
     trace("decode: step queued, waiting for the GPU");
+    const auto t_tail = std::chrono::steady_clock::now();
     gpu::stream_wait(s_, "the decode step");
     if (stream_rows > 0) gpu::stream_wait(copy_, "the decode step's KV copies");
+    prof_[PROF_TAIL] = ms_since(t_tail);
     trace("decode: step done");
+    const auto t_post = std::chrono::steady_clock::now();
 
     // Host caches: row pos_i of every layer.
     for (int32_t l = 0; l < NL; l++) {
@@ -620,6 +628,10 @@ class CudaBackend final : public ForwardBackend {
       for (int32_t l = 0; l < NL; l++)
         if (!ss[i]->layer_is_dense(l)) cs.wrows[(size_t)l]++;  // the appended row
     }
+    prof_[PROF_POST] = ms_since(t_post);
+    prof_[PROF_TOTAL] = ms_since(t_step);
+    prof_[PROF_STEPS] = 1;
+    decode_profile_add(prof_);
     return MP_OK;
   }
 
@@ -1011,10 +1023,15 @@ class CudaBackend final : public ForwardBackend {
     MP_CUDA(cudaEventRecord(ev_q_, s_));
     gpu::attention_decode<bf16, float>(d_qkv_.p, QKV_, dseq, B, H_, Hkv_, d_, splits_, d_of_.p,
                                        d_lse_.p, d_ws_.p, s_);
+    const auto t_wait = std::chrono::steady_clock::now();
     gpu::event_wait(ev_q_, "the decode step's queries");
+    const auto t_cpu = std::chrono::steady_clock::now();
+    prof_[PROF_WAIT_Q] += std::chrono::duration<double, std::milli>(t_cpu - t_wait).count();
     trace("decode: layer %d: CPU part starts", l);
     // The offloaded parts (E = 0 for sessions that attend this layer exactly: none).
     policy_split_offloaded(ss, B, l, pos.data(), E.data() + (size_t)l * B, hq, ho, hl);
+    prof_[PROF_CPU] += ms_since(t_cpu);
+    prof_[PROF_SPLIT_LAYERS] += 1;
     trace("decode: layer %d: CPU part done", l);
     MP_CUDA(cudaMemcpyAsync(d_ocpu_.p, ho, (size_t)B * Hd * 4, cudaMemcpyHostToDevice, s_));
     MP_CUDA(cudaMemcpyAsync(d_lcpu_.p, hl, (size_t)B * H_ * 4, cudaMemcpyHostToDevice, s_));
@@ -1030,25 +1047,22 @@ class CudaBackend final : public ForwardBackend {
     }
   }
 
-  // Sessions' host KV caches: page-locked (cudaHostAlloc, portable) unless "pin" is off or
-  // pinning fails (then pageable). Freed by what allocated it (cudaPointerGetAttributes).
+  // Sessions' host KV caches: on transparent huge pages (cpu/huge_alloc.h: the CPU part of
+  // split decode gathers rows at random from them; 4 KiB pages made nearly every row a TLB
+  // miss), page-locked by cudaHostRegister (portable) unless "pin" is off or pinning fails
+  // (then pageable, still huge). cudaHostRegister pins the huge pages as they are.
   static void *pinned_alloc(size_t bytes, void *) {
+    void *p = huge_alloc(bytes);
     if (gpu::forced_variant(gpu::OP_PIN) != 2) {
-      void *p = nullptr;
-      if (cudaHostAlloc(&p, bytes, cudaHostAllocPortable) == cudaSuccess) return p;
+      if (cudaHostRegister(p, bytes, cudaHostRegisterPortable) == cudaSuccess) return p;
       (void)cudaGetLastError();
-      trace("pinned host allocation of %.2f GiB failed: pageable memory instead", bytes / GiB);
+      trace("pinning %.2f GiB of host memory failed: pageable memory instead", bytes / GiB);
     }
-    return std::aligned_alloc(64, bytes);
+    return p;
   }
   static void pinned_free(void *p, size_t, void *) {
-    cudaPointerAttributes a{};
-    if (cudaPointerGetAttributes(&a, p) == cudaSuccess && a.type == cudaMemoryTypeHost) {
-      (void)cudaFreeHost(p);
-      return;
-    }
-    (void)cudaGetLastError();
-    std::free(p);
+    if (cudaHostUnregister(p) != cudaSuccess) (void)cudaGetLastError();  // pageable
+    huge_free(p);
   }
   const HostAllocator pinned_{&pinned_alloc, &pinned_free, nullptr};
 
@@ -1081,6 +1095,7 @@ class CudaBackend final : public ForwardBackend {
   Arr<bf16> d_xb_, d_qkv_, d_att_, d_gu_, d_h_, d_stage_;
   Arr<float> d_lse_, d_ocpu_, d_lcpu_;  // split decode: exact-part LSE, CPU part out + LSE
   cudaEvent_t ev_q_ = nullptr;          // split decode: q is on the host
+  double prof_[PROF_COUNT] = {};        // this step's stage timers (profile.h)
   Arr<int32_t> d_pos_, d_tok_;
   Arr<gpu::SeqKV> d_seqs_;
   Arr<bf16> stream_k_[2], stream_v_[2];

@@ -438,6 +438,15 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
  * other calls run. */
 MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t err_cap);
 
+/* Decode stage timers, process-wide, in host milliseconds summed over every decode call of
+ * the CUDA backend since the last reset: out[0] calls, [1] total, [2] setup (placement,
+ * split-decode windows and tables), [3] split layers waiting for the GPU to deliver q (the
+ * GPU segment between two CPU parts), [4] split layers' CPU part (retrieval + sampled
+ * attention), [5] waiting for the GPU after the last launch, [6] host rows written back,
+ * [7] split layer-calls. Writes min(n, 8) values and returns that count; reset != 0
+ * clears the timers after reading. Always succeeds (all zeros without CUDA). */
+MP_API int32_t mp_decode_profile(double *out, int32_t n, int32_t reset);
+
 /* Token choice on the GPU for n rows of logits[n][vocab]: p->temperature <= 0 is greedy
  * (first maximum); otherwise softmax(logits / temperature) restricted to the top_k most
  * likely tokens (0: all), then to the smallest most-likely set whose mass reaches top_p

@@ -1,0 +1,34 @@
+// profile.h — process-wide stage timers of the decode step (mp_decode_profile).
+//
+// The CUDA backend's decode adds, per step, the host wall time of each stage below (ms);
+// the bench reads and resets them around each row to say what bounds a figure. Adding is
+// a few steady_clock reads per step and per split layer: always on.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+
+namespace mp {
+
+enum DecodeStage : int {
+  PROF_STEPS = 0,     // decode calls
+  PROF_TOTAL,         // whole call
+  PROF_SETUP,         // placement, split-decode windows and tables, before the first launch
+  PROF_WAIT_Q,        // split layers: waiting for the GPU to deliver q (the GPU segment)
+  PROF_CPU,           // split layers: the CPU's offloaded part (retrieval + sampled attention)
+  PROF_TAIL,          // after the last launch: waiting for the GPU to finish the step
+  PROF_POST,          // host rows written back, counters
+  PROF_SPLIT_LAYERS,  // split layer-calls (layers × steps)
+  PROF_COUNT
+};
+
+// Adds one step's stage times (PROF_COUNT values).
+void decode_profile_add(const double *v);
+// Copies up to n values into out and returns how many; reset clears them after the copy.
+int decode_profile_read(double *out, int n, bool reset);
+
+inline double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace mp
