@@ -229,6 +229,18 @@ void bench_matmul(cudaStream_t s, Gemm &g, int out, int in, int n, int variant, 
   if (n > 16 && ran == GEMM_CUBLAS) g_tflops = std::max(g_tflops, flops / (ms * 1e9));
 }
 
+// Name of the attention_prefill variant that ran (kernels.h AttnVariant).
+const char *attn_variant_name(int ran) {
+  switch (ran) {
+    case ATTN_FLASH: return "flash";
+    case ATTN_FLASH2: return "flash2";
+    case ATTN_FLASH2_W8: return "flash2w8";
+    case ATTN_FLASH2_BC32: return "fl2bc32";
+    case ATTN_GENERIC: return "generic";
+    default: return "other";
+  }
+}
+
 void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int variant) {
   const int T = q_pos0 + n;
   DevBuf<bf16> Q((size_t)n * H * d), K((size_t)T * Hkv * d), V((size_t)T * Hkv * d);
@@ -291,7 +303,7 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
   char shape[96], note[96];
   std::snprintf(shape, sizeof shape, "n=%d pos0=%d H%d/%d d%d", n, q_pos0, H, Hkv, d);
   std::snprintf(note, sizeof note, "lse max abs err %.2e%s", lse_err, bad ? " NaN/unwritten" : "");
-  emit({"prefill", ran == ATTN_FLASH ? "flash" : "generic", shape, ms, flops / (ms * 1e9),
+  emit({"prefill", attn_variant_name(ran), shape, ms, flops / (ms * 1e9),
         "TFLOP/s", g_tflops, err, 1.5e-2, note});
 }
 
@@ -662,6 +674,18 @@ int main(int argc, char **argv) {
     bench_sample(s, 3, 5000);
   });
   gemv_branch_sections(s, g, true);
+  // Tuned flash kernels (variants 5-7) on odd shapes: partial tiles, G = 1, 2, 4, 8 (heads
+  // per block 1, 2, 4, 4), d = 64 and 128, chunks that start mid-tile.
+  section("small-fa2", [&] {
+    for (int v : {ATTN_FLASH2, ATTN_FLASH2_W8, ATTN_FLASH2_BC32}) {
+      bench_flash(s, 200, 0, 4, 2, 128, v);
+      bench_flash(s, 130, 70, 4, 2, 64, v);
+      bench_flash(s, 77, 0, 4, 4, 128, v);
+      bench_flash(s, 300, 41, 16, 2, 128, v);
+      bench_flash(s, 1, 999, 8, 2, 128, v);
+      bench_flash(s, 100, 3, 6, 2, 64, v);
+    }
+  });
   if (quick) {
     std::printf("opbench --quick: %d failures\n", g_failures);
     return g_failures ? 1 : 0;
@@ -695,6 +719,15 @@ int main(int argc, char **argv) {
     bench_flash(s, 8192, 0, 32, 8, 128, ATTN_FLASH);
     bench_flash(s, 8192, 24576, 32, 8, 128, ATTN_FLASH);
     bench_flash(s, 8192, 90112, 32, 8, 128, ATTN_FLASH);
+  });
+  // Old flash kernel (variant 1) against the tuned ones (5: 4 warps × 32 rows, 64-key tiles;
+  // 6: 8 warps; 7: 32-key tiles) on the 8B shape's 8192-query chunks.
+  section("prefill-fa2", [&] {
+    bench_flash(s, 1000, 0, 32, 8, 128, ATTN_FLASH2);  // partial tiles
+    bench_flash(s, 777, 0, 8, 4, 64, ATTN_FLASH2);     // d = 64, G = 2
+    for (int pos0 : {0, 24576, 90112})
+      for (int v : {ATTN_FLASH, ATTN_FLASH2, ATTN_FLASH2_W8, ATTN_FLASH2_BC32})
+        bench_flash(s, 8192, pos0, 32, 8, 128, v);
   });
   section("decode", [&] {
     for (int B : {1, 8})

@@ -20,6 +20,27 @@
 //   - Epilogue: O / l, written as OutT; lse2 = m + log2(l) (base-2 log-sum-exp of s/√d).
 //   Shared memory: (BR + 4·BC)·D·2 bytes = 80 KB at D = 128 (opt-in above 48 KB).
 //
+// Tuned flash kernel (variants 5-7, the automatic choice; same outputs and semantics):
+//   - Each warp owns 32 rows (two m16 tiles), so every K and V fragment read by ldmatrix
+//     feeds two mma instead of one: half the shared-memory traffic per mma of the kernel
+//     above (its 16-row warps are bounded near 535 TFLOP/s by ldmatrix bandwidth alone).
+//     Q is re-read from shared memory per tile (its fragments would take 64 registers);
+//     O is 128 f32 registers per lane at D = 128.
+//   - Block = NW warps × 32 rows = BR rows, filled with the GB heads of one KV head (GB the
+//     largest power of two dividing G with at least 32 queries per block; GB = 4 at the 8B
+//     shape: 4 heads × 32 queries): each K/V tile loaded serves every head of the group,
+//     and the causal diagonal spans 32 queries instead of 128.
+//   - Only the diagonal / end tiles evaluate the mask (a block-uniform branch; two copies
+//     of the loop body spilled at D = 128).
+//   - K and V have separate cp.async groups: QK and the softmax of tile j wait only for
+//     K(j); V(j) keeps loading until P·V. Tile j + 1 loads while tile j computes.
+//   - Softmax on raw scores: the row max first (the scale is positive), then one FFMA and
+//     one ex2.approx.ftz per score: p = 2^(s·log2(e)/√d − m).
+//   - Fragment addresses are 32-bit shared-window offsets; the swizzle of fragment step s
+//     is a single XOR of a per-lane offset (every fragment row has row & 7 == lane & 7).
+//   Variants: 5 = 4 warps, BC = 64 (96 KB shared, 2 blocks per SM); 6 = 8 warps (256 rows,
+//   128 KB, 1 block per SM); 7 = 4 warps, BC = 32 (64 KB). 255 registers at D = 128, BC = 64.
+//
 // Generic kernel (any head_dim <= 256; tests, tiny models): one block per (query, head),
 // scores of 512-key chunks in shared memory, online softmax across chunks, thread c owns
 // output dims c and c + 128.
@@ -241,6 +262,276 @@ __global__ void __launch_bounds__(128)
   }
 }
 
+// ------------------------------------------------------------
+// Tuned flash kernel (variants ATTN_FLASH2*; see the file comment)
+
+// ex2.approx.ftz: one MUFU.EX2 (exp2f adds a range fix-up for denormal results; the
+// probabilities it would keep are below 2^-126 and vanish in the bf16 P anyway).
+__device__ __forceinline__ float ex2_fast(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// ldmatrix / cp.async on 32-bit shared-window addresses (a hoisted generic pointer costs two
+// registers, and [reg + imm] addressing folds the per-fragment row offsets).
+__device__ __forceinline__ void lds_x4(uint32_t (&r)[4], uint32_t a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+__device__ __forceinline__ void lds_x4_t(uint32_t (&r)[4], uint32_t a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+__device__ __forceinline__ void cp16(uint32_t a, const void *gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+
+template <int D, int NW, int BC>
+struct Fa2 {
+  static constexpr int WM = 2;             // m16 tiles per warp (32 rows)
+  static constexpr int BR = NW * 16 * WM;  // rows per block (queries × heads)
+  static constexpr int THREADS = NW * 32;
+  static constexpr int MINB = NW == 4 ? 2 : 1;  // blocks per SM the registers must allow
+  static constexpr size_t SMEM = (size_t)(BR + 4 * BC) * D * sizeof(bf16);
+};
+
+template <int D, int NW, int BC, class OutT>
+__global__ void __launch_bounds__(Fa2<D, NW, BC>::THREADS, Fa2<D, NW, BC>::MINB)
+    flash2_prefill_kernel(const bf16 *__restrict__ q, int64_t q_stride,
+                          const bf16 *__restrict__ k, const bf16 *__restrict__ v, int64_t kv_st,
+                          int64_t kv_sh, int n, int T, int G, int lg_gb, int q_pos0, float sl2,
+                          OutT *__restrict__ out, int64_t out_stride, float *__restrict__ lse2,
+                          int H) {
+  using C = Fa2<D, NW, BC>;
+  constexpr int BR = C::BR, THREADS = C::THREADS, WM = C::WM;
+  constexpr int CH = D / 8;            // 16-byte chunks per row
+  constexpr int RB = 2 * D;            // bytes per shared row
+  constexpr int RSTEP = THREADS / CH;  // rows per pass of the tile loaders
+  static_assert(THREADS % CH == 0 && RSTEP % 8 == 0 && BC % RSTEP == 0 && BR % RSTEP == 0,
+                "loader shape");
+  extern __shared__ uint4 smem_u4[];
+  const uint32_t Qa = (uint32_t)__cvta_generic_to_shared(smem_u4);  // [BR][D]
+  const uint32_t Ka = Qa + BR * RB;                                  // [2][BC][D]
+  const uint32_t Va = Ka + 2 * BC * RB;                              // [2][BC][D]
+
+  // Rows: r = hg·BRq + qi is query m0 + qi of head h0 + hg (GB = 2^lg_gb heads of one KV
+  // head per block, BRq = BR / GB queries, a multiple of 32: each warp is one head).
+  const int lg_brq = __ffs(BR) - 1 - lg_gb;
+  const int BRq = 1 << lg_brq;
+  const int h0 = blockIdx.x << lg_gb;
+  const int hk = h0 / G;
+  const int m0 = (gridDim.y - 1 - blockIdx.y) * BRq;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+
+  const int rows_here = min(BRq, n - m0);
+  const int pmin = q_pos0 + m0;
+  const int pmax = pmin + rows_here - 1;
+  const int kv_end = min(T, pmax + 1);
+  const int ntiles = kv_end > 0 ? (kv_end + BC - 1) / BC : 0;
+  // Tiles before n_full need no mask: every row of the block sees all their keys.
+  const int n_full = kv_end > 0 ? min(ntiles, (min(pmin, kv_end - 1) + 1) / BC) : 0;
+
+  // Loaders: this thread copies chunk lc of rows lr, lr + RSTEP, ... (RSTEP is a multiple of
+  // 8, so the swizzled chunk is the same for all of them).
+  const int lr = tid / CH, lc = tid % CH;
+  const uint32_t ld_off = lr * RB + ((lc ^ (lr & 7)) << 4);
+  // Q tile (rows past n zero-filled).
+#pragma unroll
+  for (int rr = 0; rr < BR; rr += RSTEP) {
+    const int r = lr + rr;
+    const int hg = r >> lg_brq, qi = r & (BRq - 1);
+    const bool ok = qi < rows_here;
+    const bf16 *src = q + (int64_t)(ok ? m0 + qi : m0) * q_stride + (int64_t)(h0 + hg) * D + lc * 8;
+    cp16(Qa + ld_off + rr * RB, src, ok);
+  }
+  auto load_tile = [&](const bf16 *kvp, uint32_t dst, int tile) {
+    const bf16 *base = kvp + (int64_t)hk * kv_sh + lc * 8;
+    const int key0 = tile * BC + lr;
+    const bf16 *src = base + (int64_t)key0 * kv_st;
+    const int64_t step = (int64_t)RSTEP * kv_st;
+#pragma unroll
+    for (int rr = 0; rr < BC; rr += RSTEP) {
+      const bool ok = key0 + rr < kv_end;
+      cp16(dst + ld_off + rr * RB, ok ? src : base, ok);
+      src += step;
+    }
+  };
+  // Groups in commit order: {Q, K0}, {V0}, then per tile j: {K(j+1)}, {V(j+1)} (maybe empty).
+  if (ntiles > 0) load_tile(k, Ka, 0);
+  cp_async_commit();
+  if (ntiles > 0) load_tile(v, Va, 0);
+  cp_async_commit();
+
+  float o[WM][D / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < WM; mt++)
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
+  float mrow[WM][2], lrow[WM][2];
+  const int qw = (warp * 16 * WM) & (BRq - 1);  // the warp's first query within the block
+#pragma unroll
+  for (int mt = 0; mt < WM; mt++)
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      mrow[mt][r] = -INFINITY;
+      lrow[mt][r] = 0.f;
+    }
+
+  // Per-lane fragment offsets at s = 0 / dj = 0. Every fragment row r has r & 7 == lane & 7
+  // and its chunk is c0 | x with c0 even, so its swizzled offset is off0 ^ (c0 << 4).
+  const int x7 = lane & 7;
+  const uint32_t q_off = (warp * 16 * WM + (lane & 15)) * RB + (((lane >> 4) ^ x7) << 4);
+  const uint32_t k_off = (x7 + ((lane >> 4) << 3)) * RB + ((((lane >> 3) & 1) ^ x7) << 4);
+  const uint32_t v_off = (x7 + (((lane >> 3) & 1) << 3)) * RB + (((lane >> 4) ^ x7) << 4);
+
+  auto tile = [&](int j) {
+    cp_async_wait<1>();  // K(j) (and Q) landed; V(j) may still be in flight
+    __syncthreads();     // ... for every thread; and tile j−1's buffers are free
+    if (j + 1 < ntiles) load_tile(k, Ka + ((j + 1) & 1) * BC * RB, j + 1);
+    cp_async_commit();
+    if (j + 1 < ntiles) load_tile(v, Va + ((j + 1) & 1) * BC * RB, j + 1);
+    cp_async_commit();
+
+    const uint32_t Kt = Ka + (j & 1) * BC * RB;
+    const uint32_t Vt = Va + (j & 1) * BC * RB;
+
+    // S = Q·Kᵀ (32 × BC per warp); Q fragments re-read from shared memory per tile.
+    float sc[WM][BC / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < WM; mt++)
+#pragma unroll
+      for (int jj = 0; jj < BC / 8; jj++)
+        sc[mt][jj][0] = sc[mt][jj][1] = sc[mt][jj][2] = sc[mt][jj][3] = 0.f;
+#pragma unroll
+    for (int s = 0; s < D / 16; s++) {
+      uint32_t qa[WM][4];
+      const uint32_t qs = Qa + (q_off ^ (s << 5));
+#pragma unroll
+      for (int mt = 0; mt < WM; mt++) lds_x4(qa[mt], qs + mt * 16 * RB);
+      const uint32_t ks = Kt + (k_off ^ (s << 5));
+#pragma unroll
+      for (int jj = 0; jj < BC / 8; jj += 2) {
+        uint32_t b[4];
+        lds_x4(b, ks + jj * 8 * RB);
+#pragma unroll
+        for (int mt = 0; mt < WM; mt++) {
+          mma_bf16_16816(sc[mt][jj], qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3], b[0], b[1]);
+          mma_bf16_16816(sc[mt][jj + 1], qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3], b[2], b[3]);
+        }
+      }
+    }
+
+    // Causal / end mask (only the tiles that reach past some row's last key).
+    if (j >= n_full) {  // block-uniform branch
+      // Key j·BC + 8jj + 2t + (e & 1) is visible to row pmin + qw + 16mt + 8(e >> 1) + g
+      // up to kv_end − 1.
+      const int c0 = j * BC + 2 * t;
+      const int p0 = pmin + qw + g;
+#pragma unroll
+      for (int mt = 0; mt < WM; mt++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+          const int lim = min(p0 + 16 * mt + 8 * r, kv_end - 1) - c0;
+#pragma unroll
+          for (int jj = 0; jj < BC / 8; jj++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+              if (8 * jj + e > lim) sc[mt][jj][2 * r + e] = -INFINITY;
+        }
+    }
+
+    // Online softmax in base 2 on raw scores: max first (the scale is positive), then
+    // p = 2^(s·sl2 − m) with one FFMA per score.
+#pragma unroll
+    for (int mt = 0; mt < WM; mt++)
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int jj = 0; jj < BC / 8; jj++)
+          mx = fmaxf(mx, fmaxf(sc[mt][jj][2 * r], sc[mt][jj][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(mrow[mt][r], mx * sl2);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        const float alpha = ex2_fast(mrow[mt][r] - m_use);
+        float sum = 0.f;
+#pragma unroll
+        for (int jj = 0; jj < BC / 8; jj++) {
+          const float p0 = ex2_fast(fmaf(sc[mt][jj][2 * r], sl2, -m_use));
+          const float p1 = ex2_fast(fmaf(sc[mt][jj][2 * r + 1], sl2, -m_use));
+          sc[mt][jj][2 * r] = p0;
+          sc[mt][jj][2 * r + 1] = p1;
+          sum += p0 + p1;
+        }
+        lrow[mt][r] = lrow[mt][r] * alpha + sum;
+        mrow[mt][r] = m_new;
+#pragma unroll
+        for (int dj = 0; dj < D / 8; dj++) {
+          o[mt][dj][2 * r] *= alpha;
+          o[mt][dj][2 * r + 1] *= alpha;
+        }
+      }
+
+    cp_async_wait<2>();  // V(j) landed (K(j+1), V(j+1) may be in flight)
+    __syncthreads();
+
+    // O += P·V; one V fragment serves both m16 tiles.
+#pragma unroll
+    for (int u = 0; u < BC / 16; u++) {
+      uint32_t a[WM][4];
+#pragma unroll
+      for (int mt = 0; mt < WM; mt++) {
+        a[mt][0] = pack_bf16x2(sc[mt][2 * u][0], sc[mt][2 * u][1]);
+        a[mt][1] = pack_bf16x2(sc[mt][2 * u][2], sc[mt][2 * u][3]);
+        a[mt][2] = pack_bf16x2(sc[mt][2 * u + 1][0], sc[mt][2 * u + 1][1]);
+        a[mt][3] = pack_bf16x2(sc[mt][2 * u + 1][2], sc[mt][2 * u + 1][3]);
+      }
+#pragma unroll
+      for (int dj = 0; dj < D / 8; dj += 2) {
+        uint32_t b[4];
+        lds_x4_t(b, Vt + (v_off ^ (dj << 4)) + u * 16 * RB);
+#pragma unroll
+        for (int mt = 0; mt < WM; mt++) {
+          mma_bf16_16816(o[mt][dj], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[0], b[1]);
+          mma_bf16_16816(o[mt][dj + 1], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[2], b[3]);
+        }
+      }
+    }
+  };
+#pragma unroll 1
+  for (int j = 0; j < ntiles; j++) tile(j);
+  cp_async_wait<0>();
+
+  // Epilogue: O / l as OutT; lse2 = m + log2(l).
+  const int h = h0 + ((warp * 16 * WM) >> lg_brq);
+#pragma unroll
+  for (int mt = 0; mt < WM; mt++)
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      float l = lrow[mt][r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int qi = qw + 16 * mt + g + 8 * r;
+      if (qi >= rows_here) continue;
+      const int row = m0 + qi;
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      OutT *dst = out + (int64_t)row * out_stride + (int64_t)h * D + 2 * t;
+#pragma unroll
+      for (int dj = 0; dj < D / 8; dj++)
+        store2(dst + 8 * dj, o[mt][dj][2 * r] * inv, o[mt][dj][2 * r + 1] * inv);
+      if (lse2 && t == 0) lse2[(int64_t)row * H + h] = l > 0.f ? mrow[mt][r] + log2f(l) : -INFINITY;
+    }
+}
+
 constexpr int GEN_CHUNK = 512;
 
 template <class OutT>
@@ -324,6 +615,45 @@ static void launch_flash(const bf16 *q, int64_t q_stride, KVView kv, int n, int 
   MP_CUDA_LAUNCH("flash_prefill_kernel");
 }
 
+template <int D, int NW, int BC, class OutT>
+static void launch_flash2(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H,
+                          int G, int q_pos0, OutT *out, int64_t out_stride, float *lse2,
+                          cudaStream_t s) {
+  using C = Fa2<D, NW, BC>;
+  static bool configured = false;  // idempotent attribute set; a race only repeats it
+  if (!configured) {
+    MP_CUDA(cudaFuncSetAttribute(flash2_prefill_kernel<D, NW, BC, OutT>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM));
+    // All of L1 as shared memory (the loads bypass L1), so that two 96 KB blocks fit.
+    MP_CUDA(cudaFuncSetAttribute(flash2_prefill_kernel<D, NW, BC, OutT>,
+                                 cudaFuncAttributePreferredSharedMemoryCarveout,
+                                 (int)cudaSharedmemCarveoutMaxShared));
+    configured = true;
+  }
+  // Heads per block: the largest power of two dividing G with ≥ 32 queries per block.
+  int lg_gb = 0;
+  while (lg_gb < 3 && G % (2 << lg_gb) == 0 && (C::BR >> (lg_gb + 1)) >= 32) lg_gb++;
+  const int brq = C::BR >> lg_gb;
+  const int ntq = (n + brq - 1) / brq;
+  MP_CHECK(ntq <= 65535, MP_ERR_INVALID, "attention: %d queries is too many for one launch", n);
+  const float sl2 = LOG2E / sqrtf((float)D);
+  flash2_prefill_kernel<D, NW, BC, OutT><<<dim3(H >> lg_gb, ntq), C::THREADS, C::SMEM, s>>>(
+      q, q_stride, kv.k, kv.v, kv.stride_t, kv.stride_h, n, T, G, lg_gb, q_pos0, sl2, out,
+      out_stride, lse2, H);
+  MP_CUDA_LAUNCH("flash2_prefill_kernel");
+}
+
+template <int NW, int BC, class OutT>
+static void launch_flash2_d(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H,
+                            int G, int d, int q_pos0, OutT *out, int64_t out_stride, float *lse2,
+                            cudaStream_t s) {
+  if (d == 64)
+    launch_flash2<64, NW, BC, OutT>(q, q_stride, kv, n, T, H, G, q_pos0, out, out_stride, lse2, s);
+  else
+    launch_flash2<128, NW, BC, OutT>(q, q_stride, kv, n, T, H, G, q_pos0, out, out_stride, lse2,
+                                     s);
+}
+
 template <class OutT>
 int attention_prefill(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H, int Hkv,
                       int d, int q_pos0, OutT *out, int64_t out_stride, float *lse2,
@@ -339,8 +669,21 @@ int attention_prefill(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, 
                         kv.stride_h % 8 == 0 && out_stride % 2 == 0 &&
                         ((uintptr_t)q & 15) == 0 && ((uintptr_t)kv.k & 15) == 0 &&
                         ((uintptr_t)kv.v & 15) == 0 && ((uintptr_t)out & 7) == 0;
-  if (variant == ATTN_AUTO || variant == ATTN_DECODE) variant = flash_ok ? ATTN_FLASH : ATTN_GENERIC;
-  if (variant == ATTN_FLASH && !flash_ok) variant = ATTN_GENERIC;
+  if (variant == ATTN_AUTO || variant == ATTN_DECODE) variant = flash_ok ? ATTN_FLASH2 : ATTN_GENERIC;
+  const bool flash2 = variant == ATTN_FLASH2 || variant == ATTN_FLASH2_W8 || variant == ATTN_FLASH2_BC32;
+  if ((variant == ATTN_FLASH || flash2) && !flash_ok) variant = ATTN_GENERIC;
+  if (variant == ATTN_FLASH2) {
+    launch_flash2_d<4, 64, OutT>(q, q_stride, kv, n, T, H, G, d, q_pos0, out, out_stride, lse2, s);
+    return variant;
+  }
+  if (variant == ATTN_FLASH2_W8) {
+    launch_flash2_d<8, 64, OutT>(q, q_stride, kv, n, T, H, G, d, q_pos0, out, out_stride, lse2, s);
+    return variant;
+  }
+  if (variant == ATTN_FLASH2_BC32) {
+    launch_flash2_d<4, 32, OutT>(q, q_stride, kv, n, T, H, G, d, q_pos0, out, out_stride, lse2, s);
+    return variant;
+  }
   if (variant == ATTN_FLASH) {
     if (d == 64)
       launch_flash<64, OutT>(q, q_stride, kv, n, T, H, G, q_pos0, out, out_stride, lse2, s);

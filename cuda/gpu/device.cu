@@ -210,11 +210,13 @@ void set_kernel_variant(const char *op, int variant) {
              "variant \"%d\" is invalid for \"offload\": must be 0..4", variant);
     return force_variant(OP_OFFLOAD, variant);
   }
-  MP_CHECK(variant >= 0 && variant <= 4, MP_ERR_INVALID,
-           "variant \"%d\" is invalid: must be 0..4", variant);
+  // matmul: 4 is the GEMV kernel; attention: 4 is the sm_90a kernel, 5..7 the tuned
+  // mma.sync flash kernels (kernels.h).
+  const int max_variant =
+      std::strcmp(op, "attention") == 0 ? 7 : std::strcmp(op, "matmul") == 0 ? 4 : 3;
+  MP_CHECK(variant >= 0 && variant <= max_variant, MP_ERR_INVALID,
+           "variant \"%d\" is invalid: must be 0..%d", variant, max_variant);
   if (std::strcmp(op, "matmul") == 0) return force_variant(OP_MATMUL, variant);
-  MP_CHECK(variant <= 3, MP_ERR_INVALID, "variant \"%d\" is invalid for \"%s\": must be 0..3",
-           variant, op);
   if (std::strcmp(op, "attention") == 0) return force_variant(OP_ATTENTION, variant);
   if (std::strcmp(op, "kv") == 0) {
     MP_CHECK(variant <= 2, MP_ERR_INVALID, "variant \"%d\" is invalid for \"kv\": must be 0..2",

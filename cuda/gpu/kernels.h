@@ -110,6 +110,10 @@ enum AttnVariant : int {
   ATTN_FLASH = 1,    // tensor cores, head_dim 64 or 128
   ATTN_DECODE = 2,   // split-K decode kernel (one query per sequence)
   ATTN_GENERIC = 3,  // any head_dim <= 256, f32 CUDA cores
+  // 4 is reserved for the sm_90a wgmma kernel (attention_prefill_sm90a.cu).
+  ATTN_FLASH2 = 5,       // tuned mma.sync flash: 32 rows per warp, 4 warps, GQA heads per block
+  ATTN_FLASH2_W8 = 6,    // the same with 8 warps (256 rows per block, one block per SM)
+  ATTN_FLASH2_BC32 = 7,  // the same with 32-key tiles (fewer registers)
 };
 
 // Causal GQA attention for n queries of one sequence: q[i][h][:] = q + i*q_stride + h*d,

@@ -234,6 +234,7 @@ Deno.test({
     const variants: [string, number][] = [
       ["auto", AttentionKernel.AUTO],
       ["flash", AttentionKernel.FLASH],
+      ["flash2", AttentionKernel.FLASH2],
       ["decode", AttentionKernel.DECODE],
       ["generic", AttentionKernel.GENERIC],
     ];
@@ -249,7 +250,7 @@ Deno.test({
         // Flash runs head_dim 64/128 only; other shapes fall back (still checked).
         const got = withKernel("attention", variant, () => ops.attention(inputs, GPU));
         const shape = `${vname} n ${n} T ${T} H ${H}/${Hkv} d ${d} pos0 ${qPos0}`;
-        const tol = variant === AttentionKernel.FLASH ||
+        const tol = variant === AttentionKernel.FLASH || variant === AttentionKernel.FLASH2 ||
             (variant === AttentionKernel.AUTO && n > 1 && (d === 64 || d === 128))
           ? 1.5e-2
           : 3e-3;
