@@ -20,7 +20,7 @@ import * as L from "./layouts.ts";
 /** Variants of op "matmul" for {@link setKernel}. */
 export const MatmulKernel = { AUTO: 0, CUBLAS: 1, SKINNY: 2, SIMPLE: 3 } as const;
 /** Variants of op "attention" for {@link setKernel}. */
-export const AttentionKernel = { AUTO: 0, FLASH: 1, DECODE: 2, GENERIC: 3 } as const;
+export const AttentionKernel = { AUTO: 0, FLASH: 1, DECODE: 2, GENERIC: 3, WGMMA: 4 } as const;
 
 /** Variants of op "kv" (decode KV placement) for {@link setKernel}. */
 export const KvPlacement = { AUTO: 0, RESIDENT: 1, STREAMED: 2 } as const;

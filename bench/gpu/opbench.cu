@@ -288,7 +288,8 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
   char shape[96], note[96];
   std::snprintf(shape, sizeof shape, "n=%d pos0=%d H%d/%d d%d", n, q_pos0, H, Hkv, d);
   std::snprintf(note, sizeof note, "lse max abs err %.2e%s", lse_err, bad ? " NaN/unwritten" : "");
-  emit({"prefill", ran == ATTN_FLASH ? "flash" : "generic", shape, ms, flops / (ms * 1e9),
+  const char *vn = ran == ATTN_WGMMA ? "wgmma" : ran == ATTN_FLASH ? "flash" : "generic";
+  emit({"prefill", vn, shape, ms, flops / (ms * 1e9),
         "TFLOP/s", g_tflops, err, 1.5e-2, note});
 }
 
@@ -507,6 +508,20 @@ int main(int argc, char **argv) {
     bench_flash(s, 8192, 0, 32, 8, 128, ATTN_FLASH);
     bench_flash(s, 8192, 24576, 32, 8, 128, ATTN_FLASH);
     bench_flash(s, 8192, 90112, 32, 8, 128, ATTN_FLASH);
+  });
+  // Hopper wgmma attention (attention_prefill_sm90a.cu, variant 4) against the mma.sync flash
+  // kernel (variant 1): odd shapes for parity (partial tiles, unaligned chunk starts, G = 2,
+  // 4 and 8, a few queries after many keys), then the 8B shape's 8192-query chunks at 0, 24K
+  // and 88K keys before them. A variant that cannot run falls back (the
+  // row's variant column says which ran).
+  section("wgmma", [&] {
+    bench_flash(s, 200, 0, 4, 2, 128, ATTN_WGMMA);
+    bench_flash(s, 1000, 0, 32, 8, 128, ATTN_WGMMA);
+    bench_flash(s, 777, 13, 8, 4, 128, ATTN_WGMMA);
+    bench_flash(s, 5, 995, 16, 2, 128, ATTN_WGMMA);
+    bench_flash(s, 300, 4000, 8, 2, 128, ATTN_WGMMA);
+    for (int pos0 : {0, 24576, 90112})
+      for (int v : {ATTN_FLASH, ATTN_WGMMA}) bench_flash(s, 8192, pos0, 32, 8, 128, v);
   });
   section("decode", [&] {
     for (int B : {1, 8})

@@ -20,6 +20,9 @@
 //   - Epilogue: O / l, written as OutT; lse2 = m + log2(l) (base-2 log-sum-exp of s/√d).
 //   Shared memory: (BR + 4·BC)·D·2 bytes = 80 KB at D = 128 (opt-in above 48 KB).
 //
+// On Hopper the automatic choice for head_dim 128 is the wgmma kernel of
+// attention_prefill_sm90a.cu (variant ATTN_WGMMA); this one stays variant ATTN_FLASH.
+//
 // Generic kernel (any head_dim <= 256; tests, tiny models): one block per (query, head),
 // scores of 512-key chunks in shared memory, online softmax across chunks, thread c owns
 // output dims c and c + 128.
@@ -339,6 +342,13 @@ int attention_prefill(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, 
                         kv.stride_h % 8 == 0 && out_stride % 2 == 0 &&
                         ((uintptr_t)q & 15) == 0 && ((uintptr_t)kv.k & 15) == 0 &&
                         ((uintptr_t)kv.v & 15) == 0 && ((uintptr_t)out & 7) == 0;
+  // Hopper: the wgmma kernel (attention_prefill_sm90a.cu) for head_dim 128 when it is
+  // available (sm_90 device, sm_90a build); otherwise the choice below.
+  if ((variant == ATTN_AUTO || variant == ATTN_WGMMA) && flash_ok && d == 128 &&
+      attention_prefill_sm90a<OutT>(q, q_stride, kv, n, T, H, Hkv, d, q_pos0, out, out_stride,
+                                    lse2, s))
+    return ATTN_WGMMA;
+  if (variant == ATTN_WGMMA) variant = ATTN_AUTO;
   if (variant == ATTN_AUTO || variant == ATTN_DECODE) variant = flash_ok ? ATTN_FLASH : ATTN_GENERIC;
   if (variant == ATTN_FLASH && !flash_ok) variant = ATTN_GENERIC;
   if (variant == ATTN_FLASH) {

@@ -205,10 +205,12 @@ void force_variant(Op op, int variant) { g_variant[op].store(variant, std::memor
 
 void set_kernel_variant(const char *op, int variant) {
   MP_CHECK(op != nullptr, MP_ERR_INVALID, "op is NULL");
-  MP_CHECK(variant >= 0 && variant <= 3, MP_ERR_INVALID,
-           "variant \"%d\" is invalid: must be 0..3", variant);
-  if (std::strcmp(op, "matmul") == 0) return force_variant(OP_MATMUL, variant);
+  MP_CHECK(variant >= 0 && variant <= 4, MP_ERR_INVALID,
+           "variant \"%d\" is invalid: must be 0..4", variant);
   if (std::strcmp(op, "attention") == 0) return force_variant(OP_ATTENTION, variant);
+  MP_CHECK(variant <= 3, MP_ERR_INVALID, "variant \"%d\" is invalid for \"%s\": must be 0..3",
+           variant, op);
+  if (std::strcmp(op, "matmul") == 0) return force_variant(OP_MATMUL, variant);
   if (std::strcmp(op, "kv") == 0) {
     MP_CHECK(variant <= 2, MP_ERR_INVALID, "variant \"%d\" is invalid for \"kv\": must be 0..2",
              variant);

@@ -92,6 +92,7 @@ enum AttnVariant : int {
   ATTN_FLASH = 1,    // tensor cores, head_dim 64 or 128
   ATTN_DECODE = 2,   // split-K decode kernel (one query per sequence)
   ATTN_GENERIC = 3,  // any head_dim <= 256, f32 CUDA cores
+  ATTN_WGMMA = 4,    // Hopper wgmma kernel (sm_90a build on an sm_90 device, head_dim 128)
 };
 
 // Causal GQA attention for n queries of one sequence: q[i][h][:] = q + i*q_stride + h*d,
@@ -102,6 +103,17 @@ template <class OutT>
 int attention_prefill(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H, int Hkv,
                       int d, int q_pos0, OutT *out, int64_t out_stride, float *lse2,
                       cudaStream_t s, int variant = ATTN_AUTO);
+
+// ------------------------------------------------------------
+// attention_prefill_sm90a.cu
+
+// The same attention with the Hopper wgmma kernel (variant ATTN_WGMMA). Returns false, having
+// launched nothing, where it is not available: not an sm_90 device, a build without sm_90a
+// code, head_dim != 128, or strides/pointers not 16-byte aligned (8-byte for out).
+template <class OutT>
+bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H,
+                             int Hkv, int d, int q_pos0, OutT *out, int64_t out_stride,
+                             float *lse2, cudaStream_t s);
 
 // ------------------------------------------------------------
 // attention_decode.cu
