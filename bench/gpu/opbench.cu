@@ -226,6 +226,9 @@ void bench_matmul(cudaStream_t s, Gemm &g, int out, int in, int n, int variant, 
   if (n > 16 && ran == GEMM_CUBLAS) g_tflops = std::max(g_tflops, flops / (ms * 1e9));
 }
 
+// opbench-only variant number: the wgmma kernel without its consumer ping-pong.
+constexpr int WGMMA_NO_PINGPONG = 104;
+
 void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int variant) {
   const int T = q_pos0 + n;
   DevBuf<bf16> Q((size_t)n * H * d), K((size_t)T * Hkv * d), V((size_t)T * Hkv * d);
@@ -236,8 +239,16 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
   fill_normal<bf16>(V.p, (int64_t)V.n, 13, 1.f, 0.f, s);
   MP_CUDA(cudaMemsetAsync(O.p, 0xff, O.bytes(), s));
   KVView kv{K.p, V.p, (int64_t)Hkv * d, (int64_t)d};
-  const int ran = attention_prefill<bf16>(Q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, O.p,
-                                          (int64_t)H * d, lse.p, s, variant);
+  auto launch = [&](float *l) {
+    if (variant == WGMMA_NO_PINGPONG &&
+        attention_prefill_sm90a<bf16>(Q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, O.p,
+                                      (int64_t)H * d, l, s, false))
+      return WGMMA_NO_PINGPONG;
+    return attention_prefill<bf16>(Q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, O.p,
+                                   (int64_t)H * d, l, s,
+                                   variant == WGMMA_NO_PINGPONG ? ATTN_FLASH : variant);
+  };
+  const int ran = launch(lse.p);
   MP_CUDA(cudaStreamSynchronize(s));
   std::vector<bf16> o = to_host_vec(O.p, O.n), q = to_host_vec(Q.p, Q.n);
   std::vector<bf16> kh = to_host_vec(K.p, K.n), vh = to_host_vec(V.p, V.n);
@@ -277,10 +288,7 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
     lse_err = std::max(lse_err, std::fabs(l[(size_t)i * H + h] - lref));
   }
   const double err = bad ? 1e9 : std::sqrt(num / std::max(den, 1e-30));
-  const double ms = time_ms(s, [&](int) {
-    attention_prefill<bf16>(Q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, O.p, (int64_t)H * d,
-                            nullptr, s, variant);
-  }, 2, 5);
+  const double ms = time_ms(s, [&](int) { launch(nullptr); }, 2, 5);
   // Causal flops: 4·d per (query, key, head) pair.
   double pairs = 0;
   for (int i = 0; i < n; i++) pairs += std::min(T, q_pos0 + i + 1);
@@ -288,7 +296,10 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
   char shape[96], note[96];
   std::snprintf(shape, sizeof shape, "n=%d pos0=%d H%d/%d d%d", n, q_pos0, H, Hkv, d);
   std::snprintf(note, sizeof note, "lse max abs err %.2e%s", lse_err, bad ? " NaN/unwritten" : "");
-  const char *vn = ran == ATTN_WGMMA ? "wgmma" : ran == ATTN_FLASH ? "flash" : "generic";
+  const char *vn = ran == WGMMA_NO_PINGPONG ? "wgmma-np"
+                   : ran == ATTN_WGMMA      ? "wgmma"
+                   : ran == ATTN_FLASH      ? "flash"
+                                            : "generic";
   emit({"prefill", vn, shape, ms, flops / (ms * 1e9),
         "TFLOP/s", g_tflops, err, 1.5e-2, note});
 }
@@ -512,7 +523,7 @@ int main(int argc, char **argv) {
   // Hopper wgmma attention (attention_prefill_sm90a.cu, variant 4) against the mma.sync flash
   // kernel (variant 1): odd shapes for parity (partial tiles, unaligned chunk starts, G = 2,
   // 4 and 8, a few queries after many keys), then the 8B shape's 8192-query chunks at 0, 24K
-  // and 88K keys before them. A variant that cannot run falls back (the
+  // and 88K keys before them (also without the consumer ping-pong: "wgmma-np"). A variant that cannot run falls back (the
   // row's variant column says which ran).
   section("wgmma", [&] {
     bench_flash(s, 200, 0, 4, 2, 128, ATTN_WGMMA);
@@ -520,8 +531,10 @@ int main(int argc, char **argv) {
     bench_flash(s, 777, 13, 8, 4, 128, ATTN_WGMMA);
     bench_flash(s, 5, 995, 16, 2, 128, ATTN_WGMMA);
     bench_flash(s, 300, 4000, 8, 2, 128, ATTN_WGMMA);
+    bench_flash(s, 777, 13, 8, 4, 128, WGMMA_NO_PINGPONG);
     for (int pos0 : {0, 24576, 90112})
-      for (int v : {ATTN_FLASH, ATTN_WGMMA}) bench_flash(s, 8192, pos0, 32, 8, 128, v);
+      for (int v : {(int)ATTN_FLASH, (int)ATTN_WGMMA, WGMMA_NO_PINGPONG})
+        bench_flash(s, 8192, pos0, 32, 8, 128, v);
   });
   section("decode", [&] {
     for (int B : {1, 8})

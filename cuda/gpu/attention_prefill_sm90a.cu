@@ -146,6 +146,16 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
+// Named barriers 1 and 2 (0 is __syncthreads) order the two consumer warpgroups' Q·Kᵀ issues.
+template <int ID>
+__device__ __forceinline__ void named_sync() {
+  asm volatile("bar.sync %0, 256;\n" ::"n"(ID) : "memory");
+}
+template <int ID>
+__device__ __forceinline__ void named_arrive() {
+  asm volatile("bar.arrive %0, 256;\n" ::"n"(ID) : "memory");
+}
+
 // Keeps the compiler from moving accesses of these registers across the wgmma asm statements.
 template <int N>
 __device__ __forceinline__ void fence_regs(float (&r)[N]) {
@@ -288,7 +298,7 @@ __device__ __forceinline__ void produce_tiles(const bf16 *__restrict__ q, int64_
 
 // Consumer warpgroup cw (0, 1), warp w (0..3) inside it: query rows m0 + 64·cw + 16·w + g
 // and + 8 of this lane (g = lane / 4), their O in registers; writes out and lse2.
-template <class OutT>
+template <class OutT, bool PINGPONG>
 __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t out_stride,
                                               float *__restrict__ lse2, int H, int n, int h,
                                               int m0, int q_pos0, int kv_end, int ntiles,
@@ -310,6 +320,11 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
     const uint64_t dv = make_desc(sb + WG_OFF_V, WG_BC * 128, 1024);
     mbar_wait(bar_full_q(sb), 0);
     __syncwarp();
+    // Ping-pong: consumer c issues its Q·K_jᵀ only after the other one has issued its own
+    // (named barrier 1 + c), so one warpgroup's softmax runs under the other's wgmmas. Both
+    // run ntiles iterations: consumer 0 syncs ntiles times on barrier 1 against 1 + (ntiles − 1)
+    // arrivals of consumer 1, consumer 1 ntiles times on barrier 2 against ntiles of consumer 0.
+    if (PINGPONG && cw == 1) named_arrive<1>();
     for (int j = 0; j < ntiles; j++) {
       const int st = j % WG_STAGES;
       const uint32_t ph = (uint32_t)(j / WG_STAGES) & 1;
@@ -319,6 +334,7 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
       mbar_wait(bar_full_k(sb, st), ph);
       __syncwarp();
       float s[64];
+      if (PINGPONG) cw == 0 ? named_sync<1>() : named_sync<2>();
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < WG_D / 16; kk++) {
@@ -327,6 +343,8 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
         wgmma_ss(s, dq + (qo >> 4), dk + (ko >> 4), kk);
       }
       wgmma_commit();
+      if (PINGPONG && cw == 0) named_arrive<2>();
+      if (PINGPONG && cw == 1 && j + 1 < ntiles) named_arrive<1>();
       wgmma_wait<0>();
       fence_regs(s);
       fence_regs(o);
@@ -422,7 +440,7 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
 }  // namespace
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <class OutT>
+template <class OutT, bool PINGPONG>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     flash_wgmma_kernel(const bf16 *__restrict__ q, int64_t q_stride, const bf16 *__restrict__ k,
                        const bf16 *__restrict__ v, int64_t kv_st, int64_t kv_sh, int n, int T,
@@ -458,7 +476,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
       produce_tiles(q, q_stride, k, v, kv_st, kv_sh, m0, h, h / G, rows_here, kv_end, ntiles,
                     sb, tid);
   } else {
-    consume_tiles<OutT>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end, ntiles, sl2, sb,
+    consume_tiles<OutT, PINGPONG>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end, ntiles, sl2, sb,
                         (warp >> 2) - 1, warp & 3, lane);
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
@@ -487,7 +505,7 @@ static bool device_is_sm90() {
 template <class OutT>
 bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H,
                              int Hkv, int d, int q_pos0, OutT *out, int64_t out_stride,
-                             float *lse2, cudaStream_t s) {
+                             float *lse2, cudaStream_t s, bool pingpong) {
 #if defined(MP_SM90A)
   if (d != WG_D || n <= 0 || H <= 0 || Hkv <= 0 || H % Hkv != 0) return false;
   if (q_stride % 8 != 0 || kv.stride_t % 8 != 0 || kv.stride_h % 8 != 0 || out_stride % 2 != 0 ||
@@ -498,16 +516,17 @@ bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, 
   if (H > 65535 || ntq > 65535) return false;
   if (!device_is_sm90()) return false;
   constexpr size_t smem = WG_OFF_BAR + 8 * WG_NBAR + 1024;  // + slack for the alignment
-  static bool configured = false;  // idempotent attribute set; a race only repeats it
-  if (!configured) {
-    MP_CUDA(cudaFuncSetAttribute(flash_wgmma_kernel<OutT>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    configured = true;
+  auto kernel = pingpong ? flash_wgmma_kernel<OutT, true> : flash_wgmma_kernel<OutT, false>;
+  static bool configured[2] = {false, false};  // idempotent attribute set; a race repeats it
+  if (!configured[pingpong]) {
+    MP_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)smem));
+    configured[pingpong] = true;
   }
   const float sl2 = 1.4426950408889634f / sqrtf((float)WG_D);  // log2(e)/√d
-  flash_wgmma_kernel<OutT><<<dim3(H, ntq), WG_THREADS, smem, s>>>(
-      q, q_stride, kv.k, kv.v, kv.stride_t, kv.stride_h, n, T, H / Hkv, q_pos0, sl2, out,
-      out_stride, lse2, H);
+  kernel<<<dim3(H, ntq), WG_THREADS, smem, s>>>(q, q_stride, kv.k, kv.v, kv.stride_t,
+                                                kv.stride_h, n, T, H / Hkv, q_pos0, sl2, out,
+                                                out_stride, lse2, H);
   MP_CUDA_LAUNCH("flash_wgmma_kernel");
   return true;
 #else
@@ -516,8 +535,10 @@ bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, 
 }
 
 template bool attention_prefill_sm90a<float>(const bf16 *, int64_t, KVView, int, int, int, int,
-                                             int, int, float *, int64_t, float *, cudaStream_t);
+                                             int, int, float *, int64_t, float *, cudaStream_t,
+                                             bool);
 template bool attention_prefill_sm90a<bf16>(const bf16 *, int64_t, KVView, int, int, int, int,
-                                            int, int, bf16 *, int64_t, float *, cudaStream_t);
+                                            int, int, bf16 *, int64_t, float *, cudaStream_t,
+                                            bool);
 
 }  // namespace mp::gpu

@@ -110,10 +110,11 @@ int attention_prefill(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, 
 // The same attention with the Hopper wgmma kernel (variant ATTN_WGMMA). Returns false, having
 // launched nothing, where it is not available: not an sm_90 device, a build without sm_90a
 // code, head_dim != 128, or strides/pointers not 16-byte aligned (8-byte for out).
+// pingpong = false drops the ordering of the two consumer warpgroups (benchmarks).
 template <class OutT>
 bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H,
                              int Hkv, int d, int q_pos0, OutT *out, int64_t out_stride,
-                             float *lse2, cudaStream_t s);
+                             float *lse2, cudaStream_t s, bool pingpong = true);
 
 // ------------------------------------------------------------
 // attention_decode.cu
