@@ -226,8 +226,9 @@ void bench_matmul(cudaStream_t s, Gemm &g, int out, int in, int n, int variant, 
   if (n > 16 && ran == GEMM_CUBLAS) g_tflops = std::max(g_tflops, flops / (ms * 1e9));
 }
 
-// opbench-only variant number: the wgmma kernel without its consumer ping-pong.
-constexpr int WGMMA_NO_PINGPONG = 104;
+// opbench-only variant numbers: the wgmma kernel in configuration c (WgmmaConfig) is
+// variant WGMMA_CFG + c.
+constexpr int WGMMA_CFG = 100;
 
 void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int variant) {
   const int T = q_pos0 + n;
@@ -240,13 +241,13 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
   MP_CUDA(cudaMemsetAsync(O.p, 0xff, O.bytes(), s));
   KVView kv{K.p, V.p, (int64_t)Hkv * d, (int64_t)d};
   auto launch = [&](float *l) {
-    if (variant == WGMMA_NO_PINGPONG &&
+    if (variant >= WGMMA_CFG &&
         attention_prefill_sm90a<bf16>(Q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, O.p,
-                                      (int64_t)H * d, l, s, false))
-      return WGMMA_NO_PINGPONG;
+                                      (int64_t)H * d, l, s, variant - WGMMA_CFG))
+      return variant;
     return attention_prefill<bf16>(Q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, O.p,
                                    (int64_t)H * d, l, s,
-                                   variant == WGMMA_NO_PINGPONG ? ATTN_FLASH : variant);
+                                   variant >= WGMMA_CFG ? (int)ATTN_FLASH : variant);
   };
   const int ran = launch(lse.p);
   MP_CUDA(cudaStreamSynchronize(s));
@@ -296,10 +297,13 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
   char shape[96], note[96];
   std::snprintf(shape, sizeof shape, "n=%d pos0=%d H%d/%d d%d", n, q_pos0, H, Hkv, d);
   std::snprintf(note, sizeof note, "lse max abs err %.2e%s", lse_err, bad ? " NaN/unwritten" : "");
-  const char *vn = ran == WGMMA_NO_PINGPONG ? "wgmma-np"
-                   : ran == ATTN_WGMMA      ? "wgmma"
-                   : ran == ATTN_FLASH      ? "flash"
-                                            : "generic";
+  const char *vn = ran == WGMMA_CFG + WGMMA_NO_PINGPONG ? "wgmma-np"
+                   : ran == WGMMA_CFG + WGMMA_STAGES_2  ? "wgmma-s2"
+                   : ran == WGMMA_CFG + WGMMA_STAGES_3  ? "wgmma-s3"
+                   : ran >= WGMMA_CFG                   ? "wgmma-?"
+                   : ran == ATTN_WGMMA                  ? "wgmma"
+                   : ran == ATTN_FLASH                  ? "flash"
+                                                        : "generic";
   emit({"prefill", vn, shape, ms, flops / (ms * 1e9),
         "TFLOP/s", g_tflops, err, 1.5e-2, note});
 }
@@ -523,7 +527,8 @@ int main(int argc, char **argv) {
   // Hopper wgmma attention (attention_prefill_sm90a.cu, variant 4) against the mma.sync flash
   // kernel (variant 1): odd shapes for parity (partial tiles, unaligned chunk starts, G = 2,
   // 4 and 8, a few queries after many keys), then the 8B shape's 8192-query chunks at 0, 24K
-  // and 88K keys before them (also without the consumer ping-pong: "wgmma-np"). A variant that cannot run falls back (the
+  // and 88K keys before them, also without the consumer ping-pong ("wgmma-np") and with a
+  // 3-stage K/V ring ("wgmma-s3"; the default, "wgmma", has WGMMA_DEFAULT_STAGES). A variant that cannot run falls back (the
   // row's variant column says which ran).
   section("wgmma", [&] {
     bench_flash(s, 200, 0, 4, 2, 128, ATTN_WGMMA);
@@ -531,9 +536,11 @@ int main(int argc, char **argv) {
     bench_flash(s, 777, 13, 8, 4, 128, ATTN_WGMMA);
     bench_flash(s, 5, 995, 16, 2, 128, ATTN_WGMMA);
     bench_flash(s, 300, 4000, 8, 2, 128, ATTN_WGMMA);
-    bench_flash(s, 777, 13, 8, 4, 128, WGMMA_NO_PINGPONG);
+    for (int c : {WGMMA_NO_PINGPONG, WGMMA_STAGES_3})
+      bench_flash(s, 777, 13, 8, 4, 128, WGMMA_CFG + c);
     for (int pos0 : {0, 24576, 90112})
-      for (int v : {(int)ATTN_FLASH, (int)ATTN_WGMMA, WGMMA_NO_PINGPONG})
+      for (int v : {(int)ATTN_FLASH, (int)ATTN_WGMMA, WGMMA_CFG + WGMMA_NO_PINGPONG,
+                    WGMMA_CFG + WGMMA_STAGES_3})
         bench_flash(s, 8192, pos0, 32, 8, 128, v);
   });
   section("decode", [&] {

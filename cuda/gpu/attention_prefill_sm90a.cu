@@ -6,7 +6,7 @@
 // Block = 3 warpgroups (384 threads) for BR = 128 queries of one query head h:
 //   - warpgroup 0 is the producer: it copies the Q tile once and then the K and V tiles of KV
 //     head h / G (BC = 128 keys each) global → shared with 16-byte cp.async into a ring of
-//     STAGES = 2 stages, and hands each tile over through mbarriers;
+//     STAGES stages (2 by default; 3 fit too), and hands each tile over through mbarriers;
 //   - warpgroups 1 and 2 are the consumers; consumer c = 0, 1 owns query rows
 //     m0 + 64c .. m0 + 64c + 63 (the M = 64 of wgmma).
 // Per key tile j, each consumer warpgroup
@@ -18,9 +18,12 @@
 //      two adjacent n8 blocks is the A fragment of one k16 step, as for mma.m16n8k16), so
 //      8 × wgmma.m64n128k16 with A from registers and B = V from shared memory, MN-major for
 //      this product (d contiguous), i.e. with the transpose bit set.
-//   Each warpgroup waits for its own wgmmas (S, P and O do not fit the 168 registers a thread
-//   of a 384-thread block has, so P·V_j cannot stay in flight under Q·K_{j+1}ᵀ); the two
-//   consumer warpgroups overlap each other's softmax with their tensor-core work.
+//   Each warpgroup waits for its own wgmmas: S, P and O together do not fit the 168 registers
+//   of a thread in a 384-thread block, so P·V_j cannot stay in flight under Q·K_{j+1}ᵀ
+//   (setmaxnreg does raise the consumers' allocation, but ptxas 13.0 still serializes the
+//   wgmmas, C7512). Instead the two consumer warpgroups cover each other's softmax: they
+//   issue their Q·Kᵀ wgmmas in turn (named barriers 1 and 2, "ping-pong"), so the tensor
+//   cores run one warpgroup's products while the other one exponentiates.
 //
 // Shared memory (1024-byte aligned): Q [2 warpgroups][2 halves][64 rows][128 B], then
 // K [STAGES][2 halves][128 rows][128 B] and V likewise, then the mbarriers. A 256-byte row of
@@ -56,14 +59,19 @@ namespace {
 constexpr int WG_D = 128;                          // head_dim
 constexpr int WG_BR = 128;                         // queries per block (2 warpgroups × 64)
 constexpr int WG_BC = 128;                         // keys per tile
-constexpr int WG_STAGES = 2;                       // K/V ring depth
 constexpr int WG_THREADS = 384;                    // producer warpgroup + 2 consumers
 constexpr int WG_Q_BYTES = WG_BR * WG_D * 2;       // 32 KB
 constexpr int WG_T_BYTES = WG_BC * WG_D * 2;       // 32 KB per K or V tile
-constexpr int WG_OFF_K = WG_Q_BYTES;
-constexpr int WG_OFF_V = WG_OFF_K + WG_STAGES * WG_T_BYTES;
-[[maybe_unused]] constexpr int WG_OFF_BAR = WG_OFF_V + WG_STAGES * WG_T_BYTES;
-[[maybe_unused]] constexpr int WG_NBAR = 1 + 4 * WG_STAGES;  // full Q, full K/V, empty K/V
+
+// Shared-memory layout for a K/V ring of STAGES (2 or 3) stages.
+template <int STAGES>
+struct WgLayout {
+  static constexpr int off_k = WG_Q_BYTES;
+  static constexpr int off_v = off_k + STAGES * WG_T_BYTES;
+  static constexpr int off_bar = off_v + STAGES * WG_T_BYTES;
+  static constexpr int nbar = 1 + 4 * STAGES;  // full Q, full K/V[s], empty K/V[s]
+  static constexpr size_t smem = off_bar + 8 * nbar + 1024;  // + slack for the alignment
+};
 
 }  // namespace
 
@@ -215,21 +223,29 @@ __device__ __forceinline__ void store2(bf16 *p, float a, float b) {
 }
 
 // The mbarriers after the tiles: full Q, full K[s], full V[s], empty K[s], empty V[s].
-__device__ __forceinline__ uint32_t bar_full_q(uint32_t sb) { return sb + WG_OFF_BAR; }
+template <int S>
+__device__ __forceinline__ uint32_t bar_full_q(uint32_t sb) {
+  return sb + WgLayout<S>::off_bar;
+}
+template <int S>
 __device__ __forceinline__ uint32_t bar_full_k(uint32_t sb, int s) {
-  return sb + WG_OFF_BAR + 8u * (1 + s);
+  return sb + WgLayout<S>::off_bar + 8u * (1 + s);
 }
+template <int S>
 __device__ __forceinline__ uint32_t bar_full_v(uint32_t sb, int s) {
-  return sb + WG_OFF_BAR + 8u * (1 + WG_STAGES + s);
+  return sb + WgLayout<S>::off_bar + 8u * (1 + S + s);
 }
+template <int S>
 __device__ __forceinline__ uint32_t bar_empty_k(uint32_t sb, int s) {
-  return sb + WG_OFF_BAR + 8u * (1 + 2 * WG_STAGES + s);
+  return sb + WgLayout<S>::off_bar + 8u * (1 + 2 * S + s);
 }
+template <int S>
 __device__ __forceinline__ uint32_t bar_empty_v(uint32_t sb, int s) {
-  return sb + WG_OFF_BAR + 8u * (1 + 3 * WG_STAGES + s);
+  return sb + WgLayout<S>::off_bar + 8u * (1 + 3 * S + s);
 }
 
 // Producer warpgroup (thread p = 0..127): Q once, then K_j and V_j for j < ntiles.
+template <int S>
 __device__ __forceinline__ void produce_tiles(const bf16 *__restrict__ q, int64_t q_stride,
                                               const bf16 *__restrict__ k,
                                               const bf16 *__restrict__ v, int64_t kv_st,
@@ -269,36 +285,36 @@ __device__ __forceinline__ void produce_tiles(const bf16 *__restrict__ q, int64_
   };
   // Each thread waits for its own copies, fences them for the async proxy, then arrives; the
   // groups stay two deep (K_j in flight while V_{j-1} is handed over, and so on).
-  load_tile(kb, 0, sb + WG_OFF_K);
+  load_tile(kb, 0, sb + WgLayout<S>::off_k);
   cp_async_wait<1>();
   fence_proxy_async();
-  mbar_arrive(bar_full_q(sb));
-  load_tile(vb, 0, sb + WG_OFF_V);
+  mbar_arrive(bar_full_q<S>(sb));
+  load_tile(vb, 0, sb + WgLayout<S>::off_v);
   cp_async_wait<1>();
   fence_proxy_async();
-  mbar_arrive(bar_full_k(sb, 0));
+  mbar_arrive(bar_full_k<S>(sb, 0));
   for (int j = 1; j < ntiles; j++) {
-    const int st = j % WG_STAGES;
-    const uint32_t use = (uint32_t)(j / WG_STAGES);  // earlier tiles in this stage
-    if (use > 0) mbar_wait(bar_empty_k(sb, st), (use - 1) & 1);
-    load_tile(kb, j, sb + WG_OFF_K + st * WG_T_BYTES);
+    const int st = j % S;
+    const uint32_t use = (uint32_t)(j / S);  // earlier tiles in this stage
+    if (use > 0) mbar_wait(bar_empty_k<S>(sb, st), (use - 1) & 1);
+    load_tile(kb, j, sb + WgLayout<S>::off_k + st * WG_T_BYTES);
     cp_async_wait<1>();
     fence_proxy_async();
-    mbar_arrive(bar_full_v(sb, (j - 1) % WG_STAGES));
-    if (use > 0) mbar_wait(bar_empty_v(sb, st), (use - 1) & 1);
-    load_tile(vb, j, sb + WG_OFF_V + st * WG_T_BYTES);
+    mbar_arrive(bar_full_v<S>(sb, (j - 1) % S));
+    if (use > 0) mbar_wait(bar_empty_v<S>(sb, st), (use - 1) & 1);
+    load_tile(vb, j, sb + WgLayout<S>::off_v + st * WG_T_BYTES);
     cp_async_wait<1>();
     fence_proxy_async();
-    mbar_arrive(bar_full_k(sb, st));
+    mbar_arrive(bar_full_k<S>(sb, st));
   }
   cp_async_wait<0>();
   fence_proxy_async();
-  mbar_arrive(bar_full_v(sb, (ntiles - 1) % WG_STAGES));
+  mbar_arrive(bar_full_v<S>(sb, (ntiles - 1) % S));
 }
 
 // Consumer warpgroup cw (0, 1), warp w (0..3) inside it: query rows m0 + 64·cw + 16·w + g
 // and + 8 of this lane (g = lane / 4), their O in registers; writes out and lse2.
-template <class OutT, bool PINGPONG>
+template <class OutT, bool PINGPONG, int S>
 __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t out_stride,
                                               float *__restrict__ lse2, int H, int n, int h,
                                               int m0, int q_pos0, int kv_end, int ntiles,
@@ -316,9 +332,9 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
 
   if (ntiles > 0) {
     const uint64_t dq = make_desc(sb + cw * (WG_Q_BYTES / 2), 16, 1024);
-    const uint64_t dk = make_desc(sb + WG_OFF_K, 16, 1024);
-    const uint64_t dv = make_desc(sb + WG_OFF_V, WG_BC * 128, 1024);
-    mbar_wait(bar_full_q(sb), 0);
+    const uint64_t dk = make_desc(sb + WgLayout<S>::off_k, 16, 1024);
+    const uint64_t dv = make_desc(sb + WgLayout<S>::off_v, WG_BC * 128, 1024);
+    mbar_wait(bar_full_q<S>(sb), 0);
     __syncwarp();
     // Ping-pong: consumer c issues its Q·K_jᵀ only after the other one has issued its own
     // (named barrier 1 + c), so one warpgroup's softmax runs under the other's wgmmas. Both
@@ -326,12 +342,12 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
     // arrivals of consumer 1, consumer 1 ntiles times on barrier 2 against ntiles of consumer 0.
     if (PINGPONG && cw == 1) named_arrive<1>();
     for (int j = 0; j < ntiles; j++) {
-      const int st = j % WG_STAGES;
-      const uint32_t ph = (uint32_t)(j / WG_STAGES) & 1;
+      const int st = j % S;
+      const uint32_t ph = (uint32_t)(j / S) & 1;
       const int k0 = j * WG_BC;
 
       // S = Q·K_jᵀ
-      mbar_wait(bar_full_k(sb, st), ph);
+      mbar_wait(bar_full_k<S>(sb, st), ph);
       __syncwarp();
       float s[64];
       if (PINGPONG) cw == 0 ? named_sync<1>() : named_sync<2>();
@@ -348,7 +364,7 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
       wgmma_wait<0>();
       fence_regs(s);
       fence_regs(o);
-      if (lane == 0) mbar_arrive(bar_empty_k(sb, st));
+      if (lane == 0) mbar_arrive(bar_empty_k<S>(sb, st));
 
       // Mask keys past a row's position or past the end (tiles that cross either only).
       if (k0 + WG_BC - 1 > wg_pmin || k0 + WG_BC > kv_end) {
@@ -402,7 +418,7 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
         pa[u][2] = pack_bf16x2(s[8 * u + 4], s[8 * u + 5]);
         pa[u][3] = pack_bf16x2(s[8 * u + 6], s[8 * u + 7]);
       }
-      mbar_wait(bar_full_v(sb, st), ph);
+      mbar_wait(bar_full_v<S>(sb, st), ph);
       __syncwarp();
       fence_regs(o);
       wgmma_fence();
@@ -416,7 +432,7 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
       // the in-flight P would not fit; ptxas then serializes every wgmma instead).
       wgmma_wait<0>();
       fence_regs(o);
-      if (lane == 0) mbar_arrive(bar_empty_v(sb, st));
+      if (lane == 0) mbar_arrive(bar_empty_v<S>(sb, st));
     }
   }
 
@@ -440,7 +456,7 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
 }  // namespace
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <class OutT, bool PINGPONG>
+template <class OutT, bool PINGPONG, int S>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     flash_wgmma_kernel(const bf16 *__restrict__ q, int64_t q_stride, const bf16 *__restrict__ k,
                        const bf16 *__restrict__ v, int64_t kv_st, int64_t kv_sh, int n, int T,
@@ -459,13 +475,13 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
   const int ntiles = kv_end > 0 ? (kv_end + WG_BC - 1) / WG_BC : 0;
 
   if (tid == 0) {
-    mbar_init(bar_full_q(sb), 128);
+    mbar_init(bar_full_q<S>(sb), 128);
 #pragma unroll
-    for (int s = 0; s < WG_STAGES; s++) {
-      mbar_init(bar_full_k(sb, s), 128);
-      mbar_init(bar_full_v(sb, s), 128);
-      mbar_init(bar_empty_k(sb, s), 8);
-      mbar_init(bar_empty_v(sb, s), 8);
+    for (int i = 0; i < S; i++) {
+      mbar_init(bar_full_k<S>(sb, i), 128);
+      mbar_init(bar_full_v<S>(sb, i), 128);
+      mbar_init(bar_empty_k<S>(sb, i), 8);
+      mbar_init(bar_empty_v<S>(sb, i), 8);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -473,10 +489,10 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 
   if (warp < 4) {
     if (ntiles > 0)
-      produce_tiles(q, q_stride, k, v, kv_st, kv_sh, m0, h, h / G, rows_here, kv_end, ntiles,
+      produce_tiles<S>(q, q_stride, k, v, kv_st, kv_sh, m0, h, h / G, rows_here, kv_end, ntiles,
                     sb, tid);
   } else {
-    consume_tiles<OutT, PINGPONG>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end, ntiles, sl2, sb,
+    consume_tiles<OutT, PINGPONG, S>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end, ntiles, sl2, sb,
                         (warp >> 2) - 1, warp & 3, lane);
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
@@ -502,32 +518,52 @@ static bool device_is_sm90() {
 }
 #endif
 
+template <class OutT, bool PINGPONG, int S>
+static void launch_wgmma(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H, int G,
+                         int q_pos0, OutT *out, int64_t out_stride, float *lse2, cudaStream_t s) {
+  constexpr size_t smem = WgLayout<S>::smem;
+  static bool configured = false;  // idempotent attribute set; a race only repeats it
+  if (!configured) {
+    MP_CUDA(cudaFuncSetAttribute(flash_wgmma_kernel<OutT, PINGPONG, S>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    configured = true;
+  }
+  const int ntq = (n + WG_BR - 1) / WG_BR;
+  const float sl2 = 1.4426950408889634f / sqrtf((float)WG_D);  // log2(e)/√d
+  flash_wgmma_kernel<OutT, PINGPONG, S><<<dim3(H, ntq), WG_THREADS, smem, s>>>(
+      q, q_stride, kv.k, kv.v, kv.stride_t, kv.stride_h, n, T, G, q_pos0, sl2, out, out_stride,
+      lse2, H);
+  MP_CUDA_LAUNCH("flash_wgmma_kernel");
+}
+
 template <class OutT>
 bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H,
                              int Hkv, int d, int q_pos0, OutT *out, int64_t out_stride,
-                             float *lse2, cudaStream_t s, bool pingpong) {
+                             float *lse2, cudaStream_t s, int config) {
 #if defined(MP_SM90A)
   if (d != WG_D || n <= 0 || H <= 0 || Hkv <= 0 || H % Hkv != 0) return false;
   if (q_stride % 8 != 0 || kv.stride_t % 8 != 0 || kv.stride_h % 8 != 0 || out_stride % 2 != 0 ||
       ((uintptr_t)q & 15) != 0 || ((uintptr_t)kv.k & 15) != 0 || ((uintptr_t)kv.v & 15) != 0 ||
       ((uintptr_t)out & 7) != 0)
     return false;
-  const int ntq = (n + WG_BR - 1) / WG_BR;
-  if (H > 65535 || ntq > 65535) return false;
+  if (H > 65535 || (n + WG_BR - 1) / WG_BR > 65535) return false;
   if (!device_is_sm90()) return false;
-  constexpr size_t smem = WG_OFF_BAR + 8 * WG_NBAR + 1024;  // + slack for the alignment
-  auto kernel = pingpong ? flash_wgmma_kernel<OutT, true> : flash_wgmma_kernel<OutT, false>;
-  static bool configured[2] = {false, false};  // idempotent attribute set; a race repeats it
-  if (!configured[pingpong]) {
-    MP_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)smem));
-    configured[pingpong] = true;
+  const int G = H / Hkv;
+  switch (config) {
+    case WGMMA_NO_PINGPONG:
+      launch_wgmma<OutT, false, WGMMA_DEFAULT_STAGES>(q, q_stride, kv, n, T, H, G, q_pos0, out,
+                                                      out_stride, lse2, s);
+      break;
+    case WGMMA_STAGES_2:
+      launch_wgmma<OutT, true, 2>(q, q_stride, kv, n, T, H, G, q_pos0, out, out_stride, lse2, s);
+      break;
+    case WGMMA_STAGES_3:
+      launch_wgmma<OutT, true, 3>(q, q_stride, kv, n, T, H, G, q_pos0, out, out_stride, lse2, s);
+      break;
+    default:
+      launch_wgmma<OutT, true, WGMMA_DEFAULT_STAGES>(q, q_stride, kv, n, T, H, G, q_pos0, out,
+                                                     out_stride, lse2, s);
   }
-  const float sl2 = 1.4426950408889634f / sqrtf((float)WG_D);  // log2(e)/√d
-  kernel<<<dim3(H, ntq), WG_THREADS, smem, s>>>(q, q_stride, kv.k, kv.v, kv.stride_t,
-                                                kv.stride_h, n, T, H / Hkv, q_pos0, sl2, out,
-                                                out_stride, lse2, H);
-  MP_CUDA_LAUNCH("flash_wgmma_kernel");
   return true;
 #else
   return false;
@@ -536,9 +572,9 @@ bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, 
 
 template bool attention_prefill_sm90a<float>(const bf16 *, int64_t, KVView, int, int, int, int,
                                              int, int, float *, int64_t, float *, cudaStream_t,
-                                             bool);
+                                             int);
 template bool attention_prefill_sm90a<bf16>(const bf16 *, int64_t, KVView, int, int, int, int,
                                             int, int, bf16 *, int64_t, float *, cudaStream_t,
-                                            bool);
+                                            int);
 
 }  // namespace mp::gpu

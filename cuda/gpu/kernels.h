@@ -110,11 +110,18 @@ int attention_prefill(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, 
 // The same attention with the Hopper wgmma kernel (variant ATTN_WGMMA). Returns false, having
 // launched nothing, where it is not available: not an sm_90 device, a build without sm_90a
 // code, head_dim != 128, or strides/pointers not 16-byte aligned (8-byte for out).
-// pingpong = false drops the ordering of the two consumer warpgroups (benchmarks).
+// config (benchmarks): WGMMA_DEFAULT, or one of the variations below.
+enum WgmmaConfig : int {
+  WGMMA_DEFAULT = 0,       // ping-pong consumers, WGMMA_DEFAULT_STAGES K/V stages
+  WGMMA_NO_PINGPONG = 1,   // consumers not ordered against each other
+  WGMMA_STAGES_2 = 2,      // ping-pong, 2 stages (160 KB of shared memory)
+  WGMMA_STAGES_3 = 3,      // ping-pong, 3 stages (224 KB)
+};
+constexpr int WGMMA_DEFAULT_STAGES = 2;
 template <class OutT>
 bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H,
                              int Hkv, int d, int q_pos0, OutT *out, int64_t out_stride,
-                             float *lse2, cudaStream_t s, bool pingpong = true);
+                             float *lse2, cudaStream_t s, int config = WGMMA_DEFAULT);
 
 // ------------------------------------------------------------
 // attention_decode.cu
