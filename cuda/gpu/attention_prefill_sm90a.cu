@@ -40,7 +40,7 @@
 // the generic proxy; wgmma reads through the async proxy); empty barriers (8 arrivals: lane 0
 // of each of the 8 consumer warps after wgmma.wait_group) free a stage: K_j as soon as Q·K_jᵀ
 // has completed, V_j when P·V_j has.
-// A watchdog turns a wait of more than 10 s into a trap (an error instead of a hang).
+// A watchdog turns a wait of more than 20 s into a trap (an error instead of a hang).
 //
 // Blocks are ordered longest-first (blockIdx.y reversed), like the mma.sync kernel. The
 // device code exists only in the sm_90a compilation (__CUDA_ARCH_FEAT_SM90_ALL; the build
@@ -119,13 +119,13 @@ __device__ __forceinline__ uint64_t global_ns() {
   return t;
 }
 
-// Waits for the completion of the barrier's phase with this parity; traps after 10 s.
+// Waits for the completion of the barrier's phase with this parity; traps after 20 s.
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   if (mbar_try(bar, parity)) return;
   const uint64_t t0 = global_ns();
   for (uint32_t spin = 1;; spin++) {
     if (mbar_try(bar, parity)) return;
-    if ((spin & 1023u) == 0 && global_ns() - t0 > 10000000000ull) __trap();
+    if ((spin & 1023u) == 0 && global_ns() - t0 > 20000000000ull) __trap();
   }
 }
 
