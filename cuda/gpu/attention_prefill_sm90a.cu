@@ -22,8 +22,8 @@
 //   of a thread in a 384-thread block, so P·V_j cannot stay in flight under Q·K_{j+1}ᵀ
 //   (setmaxnreg does raise the consumers' allocation, but ptxas 13.0 still serializes the
 //   wgmmas, C7512). Instead the two consumer warpgroups cover each other's softmax: they
-//   issue their Q·Kᵀ wgmmas in turn (named barriers 1 and 2, "ping-pong"), so the tensor
-//   cores run one warpgroup's products while the other one exponentiates.
+//   issue their Q·Kᵀ wgmmas in turn (two "turn" mbarriers, "ping-pong"), so the tensor cores
+//   run one warpgroup's products while the other one exponentiates.
 //
 // Shared memory (1024-byte aligned): Q [2 warpgroups][2 halves][64 rows][128 B], then
 // K [STAGES][2 halves][128 rows][128 B] and V likewise, then the mbarriers. A 256-byte row of
@@ -69,7 +69,7 @@ struct WgLayout {
   static constexpr int off_k = WG_Q_BYTES;
   static constexpr int off_v = off_k + STAGES * WG_T_BYTES;
   static constexpr int off_bar = off_v + STAGES * WG_T_BYTES;
-  static constexpr int nbar = 1 + 4 * STAGES;  // full Q, full K/V[s], empty K/V[s]
+  static constexpr int nbar = 3 + 4 * STAGES;  // full Q, full/empty K/V[s], turn[2]
   static constexpr size_t smem = off_bar + 8 * nbar + 1024;  // + slack for the alignment
 };
 
@@ -154,16 +154,6 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
-// Named barriers 1 and 2 (0 is __syncthreads) order the two consumer warpgroups' Q·Kᵀ issues.
-template <int ID>
-__device__ __forceinline__ void named_sync() {
-  asm volatile("bar.sync %0, 256;\n" ::"n"(ID) : "memory");
-}
-template <int ID>
-__device__ __forceinline__ void named_arrive() {
-  asm volatile("bar.arrive %0, 256;\n" ::"n"(ID) : "memory");
-}
-
 // Keeps the compiler from moving accesses of these registers across the wgmma asm statements.
 template <int N>
 __device__ __forceinline__ void fence_regs(float (&r)[N]) {
@@ -242,6 +232,10 @@ __device__ __forceinline__ uint32_t bar_empty_k(uint32_t sb, int s) {
 template <int S>
 __device__ __forceinline__ uint32_t bar_empty_v(uint32_t sb, int s) {
   return sb + WgLayout<S>::off_bar + 8u * (1 + 3 * S + s);
+}
+template <int S>
+__device__ __forceinline__ uint32_t bar_turn(uint32_t sb, int c) {
+  return sb + WgLayout<S>::off_bar + 8u * (1 + 4 * S + c);
 }
 
 // Producer warpgroup (thread p = 0..127): Q once, then K_j and V_j for j < ntiles.
@@ -337,10 +331,12 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
     mbar_wait(bar_full_q<S>(sb), 0);
     __syncwarp();
     // Ping-pong: consumer c issues its Q·K_jᵀ only after the other one has issued its own
-    // (named barrier 1 + c), so one warpgroup's softmax runs under the other's wgmmas. Both
-    // run ntiles iterations: consumer 0 syncs ntiles times on barrier 1 against 1 + (ntiles − 1)
-    // arrivals of consumer 1, consumer 1 ntiles times on barrier 2 against ntiles of consumer 0.
-    if (PINGPONG && cw == 1) named_arrive<1>();
+    // (completion j of barrier turn[c], 4 arrivals: lane 0 of each warp of the other one), so
+    // one warpgroup's softmax runs under the other's wgmmas. turn[0] completes first by
+    // consumer 1's arrivals here, then after its Q·K_jᵀ for j < ntiles − 1; turn[1] after
+    // consumer 0's Q·K_jᵀ for every j. Strict alternation: no phase can complete twice ahead
+    // of its waiter (mbarriers rather than named barriers, so the watchdog covers a hang).
+    if (PINGPONG && cw == 1 && lane == 0) mbar_arrive(bar_turn<S>(sb, 0));
     for (int j = 0; j < ntiles; j++) {
       const int st = j % S;
       const uint32_t ph = (uint32_t)(j / S) & 1;
@@ -350,7 +346,10 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
       mbar_wait(bar_full_k<S>(sb, st), ph);
       __syncwarp();
       float s[64];
-      if (PINGPONG) cw == 0 ? named_sync<1>() : named_sync<2>();
+      if (PINGPONG) {
+        mbar_wait(bar_turn<S>(sb, cw), (uint32_t)j & 1);
+        __syncwarp();
+      }
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < WG_D / 16; kk++) {
@@ -359,8 +358,8 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
         wgmma_ss(s, dq + (qo >> 4), dk + (ko >> 4), kk);
       }
       wgmma_commit();
-      if (PINGPONG && cw == 0) named_arrive<2>();
-      if (PINGPONG && cw == 1 && j + 1 < ntiles) named_arrive<1>();
+      if (PINGPONG && lane == 0 && (cw == 0 || j + 1 < ntiles))
+        mbar_arrive(bar_turn<S>(sb, 1 - cw));
       wgmma_wait<0>();
       fence_regs(s);
       fence_regs(o);
@@ -483,17 +482,19 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
       mbar_init(bar_empty_k<S>(sb, i), 8);
       mbar_init(bar_empty_v<S>(sb, i), 8);
     }
+    mbar_init(bar_turn<S>(sb, 0), 4);
+    mbar_init(bar_turn<S>(sb, 1), 4);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
 
   if (warp < 4) {
     if (ntiles > 0)
-      produce_tiles<S>(q, q_stride, k, v, kv_st, kv_sh, m0, h, h / G, rows_here, kv_end, ntiles,
-                    sb, tid);
+      produce_tiles<S>(q, q_stride, k, v, kv_st, kv_sh, m0, h, h / G, rows_here, kv_end,
+                       ntiles, sb, tid);
   } else {
-    consume_tiles<OutT, PINGPONG, S>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end, ntiles, sl2, sb,
-                        (warp >> 2) - 1, warp & 3, lane);
+    consume_tiles<OutT, PINGPONG, S>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end, ntiles,
+                                     sl2, sb, (warp >> 2) - 1, warp & 3, lane);
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
