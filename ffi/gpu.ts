@@ -25,6 +25,8 @@ export const AttentionKernel = {
   FLASH: 1,
   DECODE: 2,
   GENERIC: 3,
+  /** Hopper wgmma kernel (sm_90a build on an sm_90 device, head_dim 128). */
+  WGMMA: 4,
   /** Tuned mma.sync flash kernel (32 rows per warp, the GQA group's heads per block). */
   FLASH2: 5,
 } as const;

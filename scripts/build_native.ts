@@ -2,7 +2,8 @@
  * Builds `build/libmagicpig.so` from `cuda/`.
  *
  * With `nvcc` on the PATH (or under `$CUDA_HOME/bin`, `/usr/local/cuda/bin`) the `.cu`
- * files are compiled for Hopper (sm_90) and the CUDA runtime is linked statically; where
+ * files are compiled for Hopper (sm_90; files named `*_sm90a.cu` for sm_90a, which wgmma
+ * needs) and the CUDA runtime is linked statically; where
  * the toolkit has cuBLAS (`libcublas.so` next to the runtime) it is linked too and
  * `MP_HAVE_CUBLAS` is defined. Without `nvcc` only the C++ files are compiled and the
  * library is CPU-only. The API is the same either way: `mp_device_count()` says which.
@@ -182,12 +183,18 @@ async function main(): Promise<void> {
     objects.push(obj);
     const objTime = await mtime(obj);
     if (objTime > Math.max(await mtime(src), headerTime, scriptTime)) continue;
+    // Files named *_sm90a.cu hold Hopper-only kernels (wgmma, setmaxnreg): for arch 90 they
+    // are compiled for sm_90a (machine code only, MP_SM90A defined); elsewhere like any .cu
+    // (their device code is guarded, and their launchers report "not available").
+    const sm90a = src.endsWith("_sm90a.cu") && tc.arch === "90";
     const cmd = src.endsWith(".cu")
       ? [
         tc.nvcc!,
         "-std=c++17",
         "-O3",
-        `-gencode=arch=compute_${tc.arch},code=[sm_${tc.arch},compute_${tc.arch}]`,
+        ...(sm90a
+          ? ["-gencode=arch=compute_90a,code=sm_90a", "-DMP_SM90A=1"]
+          : [`-gencode=arch=compute_${tc.arch},code=[sm_${tc.arch},compute_${tc.arch}]`]),
         "--expt-relaxed-constexpr",
         "-Xcompiler",
         "-fPIC,-fvisibility=hidden,-fopenmp,-march=native",

@@ -85,9 +85,11 @@ if has_step build; then
   {
     echo "==== SASS facts"
     for o in build/obj/*gpu__matmul.cu.o build/obj/*gpu__attention_prefill.cu.o \
+      build/obj/*gpu__attention_prefill_sm90a.cu.o \
       build/obj/*gpu__attention_decode.cu.o build/obj/*gpu__lsh.cu.o; do
       [ -f "$o" ] || continue
       echo "-- $o: $(cuobjdump --dump-sass "$o" 2>/dev/null | grep -c HMMA) HMMA, \
+$(cuobjdump --dump-sass "$o" 2>/dev/null | grep -c HGMMA) HGMMA, \
 $(cuobjdump --dump-sass "$o" 2>/dev/null | grep -c 'LDG.E.128') LDG.E.128, \
 $(cuobjdump --dump-sass "$o" 2>/dev/null | grep -c 'LDGSTS') LDGSTS, \
 $(cuobjdump --dump-sass "$o" 2>/dev/null | grep -cE 'LDL|STL') local-memory ops"

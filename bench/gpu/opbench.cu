@@ -240,6 +240,9 @@ const char *attn_variant_name(int ran) {
     default: return "other";
   }
 }
+// opbench-only variant numbers: the wgmma kernel in configuration c (WgmmaConfig) is
+// variant WGMMA_CFG + c.
+constexpr int WGMMA_CFG = 100;
 
 void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int variant) {
   const int T = q_pos0 + n;
@@ -251,8 +254,16 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
   fill_normal<bf16>(V.p, (int64_t)V.n, 13, 1.f, 0.f, s);
   MP_CUDA(cudaMemsetAsync(O.p, 0xff, O.bytes(), s));
   KVView kv{K.p, V.p, (int64_t)Hkv * d, (int64_t)d};
-  const int ran = attention_prefill<bf16>(Q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, O.p,
-                                          (int64_t)H * d, lse.p, s, variant);
+  auto launch = [&](float *l) {
+    if (variant >= WGMMA_CFG &&
+        attention_prefill_sm90a<bf16>(Q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, O.p,
+                                      (int64_t)H * d, l, s, variant - WGMMA_CFG))
+      return variant;
+    return attention_prefill<bf16>(Q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, O.p,
+                                   (int64_t)H * d, l, s,
+                                   variant >= WGMMA_CFG ? (int)ATTN_FLASH : variant);
+  };
+  const int ran = launch(lse.p);
   MP_CUDA(cudaStreamSynchronize(s));
   std::vector<bf16> o = to_host_vec(O.p, O.n), q = to_host_vec(Q.p, Q.n);
   std::vector<bf16> kh = to_host_vec(K.p, K.n), vh = to_host_vec(V.p, V.n);
@@ -292,10 +303,7 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
     lse_err = std::max(lse_err, std::fabs(l[(size_t)i * H + h] - lref));
   }
   const double err = bad ? 1e9 : std::sqrt(num / std::max(den, 1e-30));
-  const double ms = time_ms(s, [&](int) {
-    attention_prefill<bf16>(Q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, O.p, (int64_t)H * d,
-                            nullptr, s, variant);
-  }, 2, 5);
+  const double ms = time_ms(s, [&](int) { launch(nullptr); }, 2, 5);
   // Causal flops: 4·d per (query, key, head) pair.
   double pairs = 0;
   for (int i = 0; i < n; i++) pairs += std::min(T, q_pos0 + i + 1);
@@ -304,6 +312,14 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
   std::snprintf(shape, sizeof shape, "n=%d pos0=%d H%d/%d d%d", n, q_pos0, H, Hkv, d);
   std::snprintf(note, sizeof note, "lse max abs err %.2e%s", lse_err, bad ? " NaN/unwritten" : "");
   emit({"prefill", attn_variant_name(ran), shape, ms, flops / (ms * 1e9),
+  const char *vn = ran == WGMMA_CFG + WGMMA_NO_PINGPONG ? "wgmma-np"
+                   : ran == WGMMA_CFG + WGMMA_STAGES_2  ? "wgmma-s2"
+                   : ran == WGMMA_CFG + WGMMA_STAGES_3  ? "wgmma-s3"
+                   : ran >= WGMMA_CFG                   ? "wgmma-?"
+                   : ran == ATTN_WGMMA                  ? "wgmma"
+                   : ran == ATTN_FLASH                  ? "flash"
+                                                        : "generic";
+  emit({"prefill", vn, shape, ms, flops / (ms * 1e9),
         "TFLOP/s", g_tflops, err, 1.5e-2, note});
 }
 
@@ -727,6 +743,23 @@ int main(int argc, char **argv) {
     bench_flash(s, 777, 0, 8, 4, 64, ATTN_FLASH2);     // d = 64, G = 2
     for (int pos0 : {0, 24576, 90112})
       for (int v : {ATTN_FLASH, ATTN_FLASH2, ATTN_FLASH2_W8, ATTN_FLASH2_BC32})
+  // Hopper wgmma attention (attention_prefill_sm90a.cu, variant 4) against the mma.sync flash
+  // kernel (variant 1): odd shapes for parity (partial tiles, unaligned chunk starts, G = 2,
+  // 4 and 8, a few queries after many keys), then the 8B shape's 8192-query chunks at 0, 24K
+  // and 88K keys before them, also without the consumer ping-pong ("wgmma-np") and with a
+  // 3-stage K/V ring ("wgmma-s3"; the default, "wgmma", has WGMMA_DEFAULT_STAGES). A variant that cannot run falls back (the
+  // row's variant column says which ran).
+  section("wgmma", [&] {
+    bench_flash(s, 200, 0, 4, 2, 128, ATTN_WGMMA);
+    bench_flash(s, 1000, 0, 32, 8, 128, ATTN_WGMMA);
+    bench_flash(s, 777, 13, 8, 4, 128, ATTN_WGMMA);
+    bench_flash(s, 5, 995, 16, 2, 128, ATTN_WGMMA);
+    bench_flash(s, 300, 4000, 8, 2, 128, ATTN_WGMMA);
+    for (int c : {WGMMA_NO_PINGPONG, WGMMA_STAGES_3})
+      bench_flash(s, 777, 13, 8, 4, 128, WGMMA_CFG + c);
+    for (int pos0 : {0, 24576, 90112})
+      for (int v : {(int)ATTN_FLASH, (int)ATTN_WGMMA, WGMMA_CFG + WGMMA_NO_PINGPONG,
+                    WGMMA_CFG + WGMMA_STAGES_3})
         bench_flash(s, 8192, pos0, 32, 8, 128, v);
   });
   section("decode", [&] {

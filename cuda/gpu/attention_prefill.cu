@@ -20,7 +20,7 @@
 //   - Epilogue: O / l, written as OutT; lse2 = m + log2(l) (base-2 log-sum-exp of s/√d).
 //   Shared memory: (BR + 4·BC)·D·2 bytes = 80 KB at D = 128 (opt-in above 48 KB).
 //
-// Tuned flash kernel (variants 5-7, the automatic choice; same outputs and semantics):
+// Tuned flash kernel (variants 5-7; same outputs and semantics):
 //   - Each warp owns 32 rows (two m16 tiles), so every K and V fragment read by ldmatrix
 //     feeds two mma instead of one: half the shared-memory traffic per mma of the kernel
 //     above (its 16-row warps are bounded near 535 TFLOP/s by ldmatrix bandwidth alone).
@@ -40,6 +40,10 @@
 //     is a single XOR of a per-lane offset (every fragment row has row & 7 == lane & 7).
 //   Variants: 5 = 4 warps, BC = 64 (96 KB shared, 2 blocks per SM); 6 = 8 warps (256 rows,
 //   128 KB, 1 block per SM); 7 = 4 warps, BC = 32 (64 KB). 255 registers at D = 128, BC = 64.
+//
+// Automatic choice: on Hopper for head_dim 128 the wgmma kernel of
+// attention_prefill_sm90a.cu (variant ATTN_WGMMA, 4); otherwise the tuned flash kernel
+// (variant 5); the original flash kernel stays variant ATTN_FLASH (1).
 //
 // Generic kernel (any head_dim <= 256; tests, tiny models): one block per (query, head),
 // scores of 512-key chunks in shared memory, online softmax across chunks, thread c owns
@@ -669,6 +673,13 @@ int attention_prefill(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, 
                         kv.stride_h % 8 == 0 && out_stride % 2 == 0 &&
                         ((uintptr_t)q & 15) == 0 && ((uintptr_t)kv.k & 15) == 0 &&
                         ((uintptr_t)kv.v & 15) == 0 && ((uintptr_t)out & 7) == 0;
+  // Hopper: the wgmma kernel (attention_prefill_sm90a.cu) for head_dim 128 when it is
+  // available (sm_90 device, sm_90a build); otherwise the choice below.
+  if ((variant == ATTN_AUTO || variant == ATTN_WGMMA) && flash_ok && d == 128 &&
+      attention_prefill_sm90a<OutT>(q, q_stride, kv, n, T, H, Hkv, d, q_pos0, out, out_stride,
+                                    lse2, s))
+    return ATTN_WGMMA;
+  if (variant == ATTN_WGMMA) variant = ATTN_AUTO;
   if (variant == ATTN_AUTO || variant == ATTN_DECODE) variant = flash_ok ? ATTN_FLASH2 : ATTN_GENERIC;
   const bool flash2 = variant == ATTN_FLASH2 || variant == ATTN_FLASH2_W8 || variant == ATTN_FLASH2_BC32;
   if ((variant == ATTN_FLASH || flash2) && !flash_ok) variant = ATTN_GENERIC;

@@ -218,6 +218,9 @@ void set_kernel_variant(const char *op, int variant) {
            "variant \"%d\" is invalid: must be 0..%d", variant, max_variant);
   if (std::strcmp(op, "matmul") == 0) return force_variant(OP_MATMUL, variant);
   if (std::strcmp(op, "attention") == 0) return force_variant(OP_ATTENTION, variant);
+  MP_CHECK(variant <= 3, MP_ERR_INVALID, "variant \"%d\" is invalid for \"%s\": must be 0..3",
+           variant, op);
+  if (std::strcmp(op, "matmul") == 0) return force_variant(OP_MATMUL, variant);
   if (std::strcmp(op, "kv") == 0) {
     MP_CHECK(variant <= 2, MP_ERR_INVALID, "variant \"%d\" is invalid for \"kv\": must be 0..2",
              variant);

@@ -110,7 +110,7 @@ enum AttnVariant : int {
   ATTN_FLASH = 1,    // tensor cores, head_dim 64 or 128
   ATTN_DECODE = 2,   // split-K decode kernel (one query per sequence)
   ATTN_GENERIC = 3,  // any head_dim <= 256, f32 CUDA cores
-  // 4 is reserved for the sm_90a wgmma kernel (attention_prefill_sm90a.cu).
+  ATTN_WGMMA = 4,        // Hopper wgmma kernel (sm_90a build on an sm_90 device, head_dim 128)
   ATTN_FLASH2 = 5,       // tuned mma.sync flash: 32 rows per warp, 4 warps, GQA heads per block
   ATTN_FLASH2_W8 = 6,    // the same with 8 warps (256 rows per block, one block per SM)
   ATTN_FLASH2_BC32 = 7,  // the same with 32-key tiles (fewer registers)
@@ -124,6 +124,25 @@ template <class OutT>
 int attention_prefill(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H, int Hkv,
                       int d, int q_pos0, OutT *out, int64_t out_stride, float *lse2,
                       cudaStream_t s, int variant = ATTN_AUTO);
+
+// ------------------------------------------------------------
+// attention_prefill_sm90a.cu
+
+// The same attention with the Hopper wgmma kernel (variant ATTN_WGMMA). Returns false, having
+// launched nothing, where it is not available: not an sm_90 device, a build without sm_90a
+// code, head_dim != 128, or strides/pointers not 16-byte aligned (8-byte for out).
+// config (benchmarks): WGMMA_DEFAULT, or one of the variations below.
+enum WgmmaConfig : int {
+  WGMMA_DEFAULT = 0,       // ping-pong consumers, WGMMA_DEFAULT_STAGES K/V stages
+  WGMMA_NO_PINGPONG = 1,   // consumers not ordered against each other
+  WGMMA_STAGES_2 = 2,      // ping-pong, 2 stages (160 KB of shared memory)
+  WGMMA_STAGES_3 = 3,      // ping-pong, 3 stages (224 KB)
+};
+constexpr int WGMMA_DEFAULT_STAGES = 2;
+template <class OutT>
+bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H,
+                             int Hkv, int d, int q_pos0, OutT *out, int64_t out_stride,
+                             float *lse2, cudaStream_t s, int config = WGMMA_DEFAULT);
 
 // ------------------------------------------------------------
 // attention_decode.cu

@@ -422,11 +422,13 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
  * skinny tensor-core GEMV kernel (any n, W re-read per 16 rows), 3 the simple kernel,
  * 4 the CUDA-core GEMV kernel (any n, W re-read per 4 rows; automatic for n <= 4 on sm_90).
  * op "attention": 1 flash (tensor cores, head_dim 64/128), 2 split-K decode (one query
- * per "sequence"), 3 generic. op "kv" (where decoding keeps the KV of the layers it
- * attends on the GPU): 1 resident on the GPU (uploaded once per session), 2 streamed from
- * host memory every step (the "dense from host" baseline); automatic = resident while the
- * gpu_memory_budget allows, else streamed. op "graphs" (decode steps whose GPU part needs
- * no host work replay a captured CUDA graph): 1 on, 2 off; automatic = on. op "pin"
+ * per "sequence"), 3 generic, 4 Hopper wgmma (head_dim 128 on an sm_90 GPU, else as 0);
+ * automatic = 4 where it applies, else 1 (or 3 for other head sizes). op "kv" (where
+ * decoding keeps the KV of the layers it attends on the GPU): 1 resident on the GPU
+ * (uploaded once per session), 2 streamed from host memory every step (the "dense from
+ * host" baseline); automatic = resident while the gpu_memory_budget allows, else streamed.
+ * op "graphs" (decode steps whose GPU part needs no host work replay a captured CUDA
+ * graph): 1 on, 2 off; automatic = on. op "pin"
  * (sessions' host KV caches of a CUDA engine in page-locked memory, for full-speed PCIe
  * copies; applies to caches allocated later): 1 on, 2 off (pageable); automatic = on, with
  * a fallback to pageable memory when pinning fails. op "lsh" (where MAGICPIG index builds

@@ -230,6 +230,7 @@ Deno.test({
       [200, 300, 8, 4, 64, 100, 1], // d = 64
       [40, 60, 8, 4, 8, 20, 1], // stories260K head size
       [3, 4097, 8, 2, 128, 4094, 1], // decode over several splits
+      [300, 1100, 8, 2, 128, 777, 1], // several key tiles, unaligned chunk start, G = 4
     ];
     const variants: [string, number][] = [
       ["auto", AttentionKernel.AUTO],
@@ -237,6 +238,8 @@ Deno.test({
       ["flash2", AttentionKernel.FLASH2],
       ["decode", AttentionKernel.DECODE],
       ["generic", AttentionKernel.GENERIC],
+      // Hopper wgmma kernel (head_dim 128 on sm_90; elsewhere it falls back like auto).
+      ["wgmma", AttentionKernel.WGMMA],
     ];
     let seed = 100;
     for (const [n, T, H, Hkv, d, qPos0, qScale] of cases) {
@@ -251,6 +254,7 @@ Deno.test({
         const got = withKernel("attention", variant, () => ops.attention(inputs, GPU));
         const shape = `${vname} n ${n} T ${T} H ${H}/${Hkv} d ${d} pos0 ${qPos0}`;
         const tol = variant === AttentionKernel.FLASH || variant === AttentionKernel.FLASH2 ||
+            variant === AttentionKernel.WGMMA ||
             (variant === AttentionKernel.AUTO && n > 1 && (d === 64 || d === 128))
           ? 1.5e-2
           : 3e-3;
