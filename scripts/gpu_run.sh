@@ -14,7 +14,7 @@
 # Environment: OUT (default ./gpu_out), DEADLINE (seconds, default 510), STEPS (comma list,
 # default build,test,bench,sessions,attention; add opbench for the kernels), BENCH_ARGS
 # (replaces the model
-# bench's default arguments).
+# bench's default arguments), OPBENCH_ARGS (added to opbench's, e.g. --only wgmma,gemv2).
 #
 # Files under $OUT (8): build.log, test.log, test.json (one row per GPU parity check),
 # bench.log, bench.json, sessions.log, attention.log, opbench.log.
@@ -130,7 +130,8 @@ if has_step opbench; then
     g++ -o build/opbench build/opbench.o build/obj/${pre}__gpu__*.o \
       build/obj/${pre}__common__common.cpp.o -L"$CUDA_HOME/lib64" $libs \
       -Wl,-rpath,"$CUDA_HOME/lib64" -lrt -ldl -lpthread -fopenmp >> "$OUT/opbench.log" 2>&1; then
-    run_step opbench 70 "$OUT/opbench.log" build/opbench --budget 45
+    # shellcheck disable=SC2086
+    run_step opbench "${OPBENCH_LIMIT:-70}" "$OUT/opbench.log" build/opbench --budget 45 ${OPBENCH_ARGS:-}
   else
     LAST_ST=FAIL LAST_DT=0
     FAILED=$((FAILED + 1))

@@ -106,11 +106,14 @@ void emit(const Rec &r) {
 // it is reported as skipped, so the whole run stays bounded.
 std::chrono::steady_clock::time_point g_start;
 double g_budget = 150;
+std::string g_only;  // --only a,b,c: run just these sections (comma list; empty: all)
 double elapsed_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - g_start).count();
 }
 
 void section(const char *name, const std::function<void()> &fn) {
+  if (!g_only.empty() && ("," + g_only + ",").find("," + std::string(name) + ",") == std::string::npos)
+    return;
   if (elapsed_s() > g_budget) {
     char line[160];
     std::snprintf(line, sizeof line, "%-10s SKIPPED: the %.0f s budget is spent", name, g_budget);
@@ -646,13 +649,15 @@ void gemv_branch_sections(cudaStream_t s, Gemm &g, bool small) {
 }  // namespace
 
 int main(int argc, char **argv) {
-  // opbench [--quick] [--budget SECONDS] [out.jsonl]: --quick runs small shapes only (for
-  // compute-sanitizer); --budget bounds the full run (sections past it are skipped).
+  // opbench [--quick] [--budget SECONDS] [--only SECTIONS] [out.jsonl]: --quick runs small
+  // shapes only (for compute-sanitizer); --budget bounds the full run (sections past it are
+  // skipped); --only a,b runs just the named sections.
   bool quick = false;
   std::string path;
   for (int i = 1; i < argc; i++) {
     if (std::string(argv[i]) == "--quick") quick = true;
     else if (std::string(argv[i]) == "--budget" && i + 1 < argc) g_budget = std::atof(argv[++i]);
+    else if (std::string(argv[i]) == "--only" && i + 1 < argc) g_only = argv[++i];
     else path = argv[i];
   }
   g_start = std::chrono::steady_clock::now();
