@@ -314,14 +314,12 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
   char shape[96], note[96];
   std::snprintf(shape, sizeof shape, "n=%d pos0=%d H%d/%d d%d", n, q_pos0, H, Hkv, d);
   std::snprintf(note, sizeof note, "lse max abs err %.2e%s", lse_err, bad ? " NaN/unwritten" : "");
-  emit({"prefill", attn_variant_name(ran), shape, ms, flops / (ms * 1e9),
   const char *vn = ran == WGMMA_CFG + WGMMA_NO_PINGPONG ? "wgmma-np"
                    : ran == WGMMA_CFG + WGMMA_STAGES_2  ? "wgmma-s2"
                    : ran == WGMMA_CFG + WGMMA_STAGES_3  ? "wgmma-s3"
                    : ran >= WGMMA_CFG                   ? "wgmma-?"
                    : ran == ATTN_WGMMA                  ? "wgmma"
-                   : ran == ATTN_FLASH                  ? "flash"
-                                                        : "generic";
+                                                        : attn_variant_name(ran);
   emit({"prefill", vn, shape, ms, flops / (ms * 1e9),
         "TFLOP/s", g_tflops, err, 1.5e-2, note});
 }
@@ -748,6 +746,8 @@ int main(int argc, char **argv) {
     bench_flash(s, 777, 0, 8, 4, 64, ATTN_FLASH2);     // d = 64, G = 2
     for (int pos0 : {0, 24576, 90112})
       for (int v : {ATTN_FLASH, ATTN_FLASH2, ATTN_FLASH2_W8, ATTN_FLASH2_BC32})
+        bench_flash(s, 8192, pos0, 32, 8, 128, v);
+  });
   // Hopper wgmma attention (attention_prefill_sm90a.cu, variant 4) against the mma.sync flash
   // kernel (variant 1): odd shapes for parity (partial tiles, unaligned chunk starts, G = 2,
   // 4 and 8, a few queries after many keys), then the 8B shape's 8192-query chunks at 0, 24K

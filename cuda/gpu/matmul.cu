@@ -300,7 +300,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM)
     for (int i = 0; i < 4; i++) {
       const int r = gemv_row<EPI>(p, 4 * q + i);
       rv[i] = r >= 0;
-      wr[i] = p.W + (int64_t)(rv[i] ? r : 0) * in + lane * 8;
+      wr[i] = p.W + (int64_t)(rv[i] ? r : 0) * in;  // + k below (k includes lane·8)
     }
     float acc[4][NR];
 #pragma unroll
