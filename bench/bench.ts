@@ -171,7 +171,23 @@ interface Method {
   share?: number;
 }
 
+/** "magicpig@SHARE": MAGICPIG with split decode's GPU share forced (op "offload"). */
+const SHARES: Record<string, number> = {
+  none: GpuShare.NONE,
+  quarter: GpuShare.QUARTER,
+  half: GpuShare.AUTO,
+  "three-quarters": GpuShare.THREE_QUARTERS,
+  all: GpuShare.ALL,
+};
+
 function methodOf(name: string): Method {
+  const at = /^magicpig@(.+)$/.exec(name);
+  if (at) {
+    if (!(at[1] in SHARES)) {
+      throw new Error(`Unknown GPU share "${at[1]}": use ${Object.keys(SHARES).join(", ")}`);
+    }
+    return { ...methodOf("magicpig"), name, share: SHARES[at[1]] };
+  }
   switch (name) {
     case "dense-gpu":
       return {
@@ -436,6 +452,9 @@ async function main(): Promise<void> {
     jobs.push({ budget: 0n, N: o.contexts[0], method: "dense-gpu-nographs", B: 1 });
   }
   if (want("magicpig-cpu")) jobs.push({ budget: 0n, N: Nmax, method: "magicpig-cpu", B: 1 });
+  for (const m of o.methods.filter((x) => x.startsWith("magicpig@"))) {
+    jobs.push({ budget: 0n, N: Nmax, method: m, B: 1 });
+  }
   for (const B of o.batches.filter((b) => b !== 1)) {
     for (const N of o.contexts) for (const m of main) jobs.push({ budget: 0n, N, method: m, B });
   }
@@ -604,7 +623,8 @@ async function main(): Promise<void> {
       // Forks' host KV: page-locked where the GPU reads it every step (dense-host streams it;
       // MAGICPIG's GPU share gathers sampled rows from it, mapped); pinning 12 GB takes
       // seconds, and the CPU policies and one-time uploads read pageable memory as well.
-      const pin = m.name === "dense-host" || (m.name === "magicpig" && m.share === undefined);
+      const pin = m.name === "dense-host" ||
+        (m.name.startsWith("magicpig") && m.share !== GpuShare.NONE);
       if (useGpu) setKernel("pin", pin ? PinnedKv.ON : PinnedKv.OFF);
       try {
         while (members.length < B) {

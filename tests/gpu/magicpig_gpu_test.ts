@@ -244,13 +244,13 @@ Deno.test({
   ignore,
   async fn() {
     // head_dim 128 (the kernel's), 2 KV heads: none / half / all of them on the GPU
-    console.log("CUDA engine, MAGICPIG K4L64 session of 3000 tokens forked 3 times, 4 steps each");
+    console.log("CUDA engine, MAGICPIG K6L64 session of 3000 tokens forked 3 times, 4 steps each");
     await using e = Engine.create(hashConfig, { backend: Backend.CUDA, maxBatch: 3 });
     await e.initRandom(5n, 0.05);
     await e.finalize();
     const prompt = Int32Array.from({ length: 3000 }, (_, i) => (i * 29 + 3) % 256);
     await using base = await Session.create(e, {
-      attention: { lshK: 4, lshL: 64 },
+      attention: { lshK: 6, lshL: 64 },
       reserveTokens: 3100,
     });
     await base.prefill(prompt);
@@ -263,7 +263,7 @@ Deno.test({
       setKernel("offload", share);
       try {
         await using f = await base.fork({
-          attention: { lshK: 4, lshL: 64 },
+          attention: { lshK: 6, lshL: 64 },
           reserveTokens: 3100,
         });
         await f.commit();
