@@ -717,7 +717,16 @@ async function main(): Promise<void> {
         note: "",
       };
     } catch (e) {
-      return empty(e instanceof Error ? e.message.slice(0, 160) : String(e));
+      const msg = e instanceof Error ? e.message : String(e);
+      // A method whose KV cannot live on the GPU under the budget: say so plainly.
+      if (/GPU memory budget is exceeded/.test(msg)) {
+        const kv = B * N * kvBytesPerToken(cfg) / GiB;
+        return empty(
+          `does not fit: ${kv.toFixed(1)} GiB of KV on the GPU beside ` +
+            `${(matrixParams(cfg) * 2 / GiB).toFixed(1)} GiB of weights exceeds the ${bname} budget`,
+        );
+      }
+      return empty(msg.slice(0, 160));
     } finally {
       for (const f of forks) await f.close();
       if (useBase) await base.truncate(N);

@@ -14,7 +14,8 @@
 # Environment: OUT (default ./gpu_out), DEADLINE (seconds, default 510), STEPS (comma list,
 # default build,test,bench,sessions,attention; add opbench for the kernels), BENCH_ARGS
 # (replaces the model
-# bench's default arguments), OPBENCH_ARGS (added to opbench's, e.g. --only wgmma,gemv2).
+# bench's default arguments), OPBENCH_ARGS (added to opbench's, e.g. --only wgmma,gemv2), BENCH_LIMIT and OPBENCH_LIMIT
+# (their steps' time limits in seconds).
 #
 # Files under $OUT (8): build.log, test.log, test.json (one row per GPU parity check),
 # bench.log, bench.json, sessions.log, attention.log, opbench.log.
@@ -98,7 +99,7 @@ fi
 # ------------------------------------------------------------ model bench
 if has_step bench; then
   # shellcheck disable=SC2086
-  run_step bench 200 "$OUT/bench.log" $DENO run --allow-all bench/bench.ts \
+  run_step bench "${BENCH_LIMIT:-200}" "$OUT/bench.log" $DENO run --allow-all bench/bench.ts \
     --out "$OUT/bench.json" ${BENCH_ARGS:---time-limit 160 --batches 1,4,8}
   note bench "$LAST_ST" "$LAST_DT" "$(strip < "$OUT/bench.log" | grep -E 'bench done|time limit' | tail -1 | cut -c1-80)"
 fi

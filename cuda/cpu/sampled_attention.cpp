@@ -949,45 +949,47 @@ void attention(const Batch &batch, int32_t flags, const int32_t *sets, const int
   PROF_ADD(5, a1, a2);
   const int G = cx.G, H = cx.H, d = cx.d;
   const double log2e = 1.4426950408889634;
-  for (int b = 0; b < cx.B; b++)
-    for (int h = 0; h < H; h++) {
-      const int hkv = h / G, g = h % G;
-      const size_t bh = (size_t)b * H + h;
-      const int t0 = cx.task_begin[(size_t)b * cx.Hkv + hkv];
-      const int t1 = cx.task_begin[(size_t)b * cx.Hkv + hkv + 1];
-      float M = -INFINITY;
-      int64_t k = 0;
-      for (int ti = t0; ti < t1; ti++) {
-        const size_t r = (size_t)ti * G + g;
-        k += cx.res_nnz[r];
-        if (cx.res_nnz[r] > 0) M = std::max(M, cx.res_m[r]);
-      }
-      float *o = out + bh * d;
-      if (cx.any_off && cx.off_kv[(size_t)b * cx.Hkv + hkv]) k = (int64_t)cx.ids[bh].size();
-      if (nnz) nnz[bh] = (int32_t)k;
-      if (cx.any_off && cx.off_kv[(size_t)b * cx.Hkv + hkv]) {  // attended by the caller
-        std::fill(o, o + d, 0.0f);
-        lse2[bh] = -INFINITY;
-        continue;
-      }
-      if (k == 0 || !std::isfinite(M)) {
-        std::fill(o, o + d, 0.0f);
-        lse2[bh] = -INFINITY;
-        continue;
-      }
-      std::vector<double> acc(d, 0.0);
-      double l = 0.0;
-      for (int ti = t0; ti < t1; ti++) {
-        const size_t r = (size_t)ti * G + g;
-        if (cx.res_nnz[r] == 0) continue;
-        const double w = std::exp((double)cx.res_m[r] - (double)M);
-        l += w * cx.res_l[r];
-        const float *a = &cx.res_acc[r * d];
-        for (int e = 0; e < d; e++) acc[e] += w * a[e];
-      }
-      for (int e = 0; e < d; e++) o[e] = (float)(acc[e] / l);
-      lse2[bh] = (float)(((double)M + std::log(l)) * log2e);
+  // the tasks' partial states of each (b, h), merged by log-sum-exp (on the pool: split
+  // decode is latency-bound and this is a few thousand d-wide sums)
+  pool_run(cx.B * H, [&](int bhi) {
+    const int b = bhi / H, h = bhi % H;
+    const int hkv = h / G, g = h % G;
+    const size_t bh = (size_t)bhi;
+    const int t0 = cx.task_begin[(size_t)b * cx.Hkv + hkv];
+    const int t1 = cx.task_begin[(size_t)b * cx.Hkv + hkv + 1];
+    float M = -INFINITY;
+    int64_t k = 0;
+    for (int ti = t0; ti < t1; ti++) {
+      const size_t r = (size_t)ti * G + g;
+      k += cx.res_nnz[r];
+      if (cx.res_nnz[r] > 0) M = std::max(M, cx.res_m[r]);
     }
+    float *o = out + bh * d;
+    const bool off = cx.any_off && cx.off_kv[(size_t)b * cx.Hkv + hkv];
+    if (off) k = (int64_t)cx.ids[bh].size();
+    if (nnz) nnz[bh] = (int32_t)k;
+    if (off || k == 0 || !std::isfinite(M)) {  // attended by the caller, or empty
+      std::fill(o, o + d, 0.0f);
+      lse2[bh] = -INFINITY;
+      return;
+    }
+    double accs[256];
+    std::vector<double> accv;
+    double *acc = accs;
+    if (d > 256) accv.assign(d, 0.0), acc = accv.data();
+    std::fill(acc, acc + d, 0.0);
+    double l = 0.0;
+    for (int ti = t0; ti < t1; ti++) {
+      const size_t r = (size_t)ti * G + g;
+      if (cx.res_nnz[r] == 0) continue;
+      const double w = std::exp((double)cx.res_m[r] - (double)M);
+      l += w * cx.res_l[r];
+      const float *a = &cx.res_acc[r * d];
+      for (int e = 0; e < d; e++) acc[e] += w * a[e];
+    }
+    for (int e = 0; e < d; e++) o[e] = (float)(acc[e] / l);
+    lse2[bh] = (float)(((double)M + std::log(l)) * log2e);
+  });
   PROF_T(a3);
   PROF_ADD(6, a2, a3);
   if (stats) {
