@@ -723,7 +723,9 @@ async function main(): Promise<void> {
         const kv = B * N * kvBytesPerToken(cfg) / GiB;
         return empty(
           `does not fit: ${kv.toFixed(1)} GiB of KV on the GPU beside ` +
-            `${(matrixParams(cfg) * 2 / GiB).toFixed(1)} GiB of weights exceeds the ${bname} budget`,
+            `${
+              (matrixParams(cfg) * 2 / GiB).toFixed(1)
+            } GiB of weights exceeds the ${bname} budget`,
         );
       }
       return empty(msg.slice(0, 160));
