@@ -324,7 +324,10 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
         "TFLOP/s", g_tflops, err, 1.5e-2, note});
 }
 
-void bench_decode(cudaStream_t s, int B, int T, int H, int Hkv, int d, int force_splits = 0) {
+// form 0: attention_decode (decode kernel + combine kernel); form 1: attention_decode2 (dec2
+// branch: folded split merge, L2 prefetch, PDL when available).
+void bench_decode(cudaStream_t s, int B, int T, int H, int Hkv, int d, int force_splits = 0,
+                  int form = 0) {
   std::vector<DevBuf<bf16>> Ks, Vs;
   std::vector<SeqKV> seqs;
   for (int b = 0; b < B; b++) {
@@ -342,9 +345,18 @@ void bench_decode(cudaStream_t s, int B, int T, int H, int Hkv, int d, int force
   DevBuf<float> O((size_t)B * H * d), lse((size_t)B * H);
   const int splits = force_splits > 0 ? force_splits : decode_splits(B, Hkv, T);
   DevBuf<float> ws(std::max<size_t>(1, decode_workspace_floats(B, H, d, splits)));
+  DevBuf<unsigned> cnt((size_t)B * Hkv);
+  MP_CUDA(cudaMemsetAsync(cnt.p, 0, cnt.bytes(), s));
   MP_CUDA(cudaMemsetAsync(O.p, 0xff, O.bytes(), s));
-  attention_decode<bf16, float>(Q.p, (int64_t)H * d, dseqs.p, B, H, Hkv, d, splits, O.p, lse.p,
-                                ws.p, s);
+  auto launch = [&] {
+    if (form == 1)
+      attention_decode2<bf16, float>(Q.p, (int64_t)H * d, dseqs.p, B, H, Hkv, d, splits, O.p,
+                                     lse.p, ws.p, cnt.p, decode2_pdl(), s);
+    else
+      attention_decode<bf16, float>(Q.p, (int64_t)H * d, dseqs.p, B, H, Hkv, d, splits, O.p,
+                                    lse.p, ws.p, s);
+  };
+  launch();
   MP_CUDA(cudaStreamSynchronize(s));
   std::vector<float> o = to_host_vec(O.p, O.n), l = to_host_vec(lse.p, lse.n);
   std::vector<bf16> q = to_host_vec(Q.p, Q.n);
@@ -378,16 +390,19 @@ void bench_decode(cudaStream_t s, int B, int T, int H, int Hkv, int d, int force
     lse_err = std::max(lse_err, std::fabs(l[(size_t)b * H + h] - (mx + std::log(z)) / std::log(2.0)));
   }
   const double err = bad ? 1e9 : std::sqrt(num / std::max(den, 1e-30));
-  const double ms = time_ms(s, [&](int) {
-    attention_decode<bf16, float>(Q.p, (int64_t)H * d, dseqs.p, B, H, Hkv, d, splits, O.p, lse.p,
-                                  ws.p, s);
-  });
+  const double ms = time_ms(s, [&](int) { launch(); });
+  // The counters must be back to zero after every launch (form 1).
+  std::vector<unsigned> c = to_host_vec(cnt.p, cnt.n);
+  size_t stale = 0;
+  for (unsigned v : c) stale += v != 0;
   double bytes = 0;
   for (auto &sq : seqs) bytes += (double)sq.len * Hkv * d * 2 * 2;
   char shape[96], note[96];
   std::snprintf(shape, sizeof shape, "B=%d T=%d H%d/%d d%d", B, T, H, Hkv, d);
-  std::snprintf(note, sizeof note, "splits %d, lse max abs err %.2e", splits, lse_err);
-  emit({"decode", "splitk", shape, ms, bytes / (ms * 1e6), "GB/s", g_bw, err, 5e-3, note});
+  std::snprintf(note, sizeof note, "splits %d, lse max abs err %.2e%s", splits, lse_err,
+                stale ? " COUNTERS NOT RESET" : "");
+  emit({"decode", form == 1 ? "dec2" : "splitk", shape, ms, bytes / (ms * 1e6), "GB/s", g_bw,
+        (stale || lse_err > 1e-3) ? 1e9 : err, 5e-3, note});
 }
 
 void bench_lsh(cudaStream_t s, int n, int d, int K, int L) {
@@ -607,6 +622,141 @@ int old_decode_splits(int B, int Hkv, int max_len) {
   return std::max(1, std::min(splits, 1024));
 }
 
+// dec2 branch: the attention half of a decode layer at B = 1 on the 8B shape, timed as one
+// chain of kernels — norm+QKV GEMV -> rope + kv_append -> decode attention -> O GEMV (+=
+// residual) — in the original form (form 0: rope, kv_append, attention_decode + combine) and
+// the dec2 form (form 1: rope_kv_append and attention_decode2, with PDL between all of
+// them). That is where PDL and the removed launches show. Parity: the residual after one
+// chain from the same start, form 1 against form 0 (relative L2; f32 rounding of the merge
+// only, then bf16 attention outputs, so ~1e-4 at most).
+void bench_dec2_chain(cudaStream_t s, Gemm &g, int T, int form, std::vector<float> *ref) {
+  const int dim = 4096, H = 32, Hkv = 8, d = 128, QKV = (H + 2 * Hkv) * d;
+  const size_t wq = (size_t)QKV * dim, wo = (size_t)dim * H * d;
+  const int copies = 2;
+  DevBuf<bf16> Wq(wq * copies), Wo(wo * copies), XB(dim), QK(QKV), ATT((size_t)H * d);
+  DevBuf<bf16> Kc((size_t)T * Hkv * d), Vc((size_t)T * Hkv * d), Stage((size_t)2 * Hkv * d);
+  DevBuf<float> X(dim), X0(dim), NW(dim);
+  fill_normal<bf16>(Wq.p, (int64_t)Wq.n, 301, 0.02f, 0.f, s);
+  fill_normal<bf16>(Wo.p, (int64_t)Wo.n, 302, 0.02f, 0.f, s);
+  fill_normal<bf16>(Kc.p, (int64_t)Kc.n, 303, 1.f, 0.f, s);
+  fill_normal<bf16>(Vc.p, (int64_t)Vc.n, 304, 1.f, 0.f, s);
+  fill_normal<float>(X0.p, dim, 305, 1.f, 0.f, s);
+  fill_normal<float>(NW.p, dim, 306, 0.1f, 1.f, s);
+  mp_rope_params rp{500000.f, MP_ROPE_HALF, MP_ROPE_SCALING_LLAMA3, 8.f, 1.f, 4.f, 8192};
+  std::vector<double> f = rope_inv_freq(rp, d);
+  DevBuf<double> invf = upload(f.data(), f.size(), s);
+  const int32_t hpos = T - 1;
+  DevBuf<int32_t> pos = upload(&hpos, 1, s);
+  SeqKV sq{Kc.p, Vc.p, (int64_t)Hkv * d, (int64_t)d, T};
+  DevBuf<SeqKV> seq = upload(&sq, 1, s);
+  const int splits = decode_splits(1, Hkv, T);
+  DevBuf<float> ws(std::max<size_t>(1, decode_workspace_floats(1, H, d, splits)));
+  DevBuf<unsigned> cnt(Hkv);
+  MP_CUDA(cudaMemsetAsync(cnt.p, 0, cnt.bytes(), s));
+  const bool pdl = decode2_pdl();
+  auto chain = [&](int r) {
+    const bf16 *wqr = Wq.p + (size_t)(r % copies) * wq, *wor = Wo.p + (size_t)(r % copies) * wo;
+    matmul_norm<bf16>(g, wqr, X.p, NW.p, 1e-5f, 1, dim, QKV, XB.p, QK.p, QKV, false, GEMM_GEMV);
+    if (form == 1) {
+      rope_kv_append(QK.p, 1, H, Hkv, d, QKV, pos.p, invf.p, MP_ROPE_HALF, seq.p, Stage.p,
+                     Stage.p + Hkv * d, pdl, s);
+      attention_decode2<bf16, bf16>(QK.p, QKV, seq.p, 1, H, Hkv, d, splits, ATT.p, nullptr, ws.p,
+                                    cnt.p, pdl, s);
+    } else {
+      rope<bf16>(QK.p, 1, H + Hkv, d, QKV, pos.p, invf.p, MP_ROPE_HALF, s);
+      kv_append(QK.p, QKV, H * d, (H + Hkv) * d, seq.p, 1, Hkv, d, Stage.p, Stage.p + Hkv * d, s);
+      attention_decode<bf16, bf16>(QK.p, QKV, seq.p, 1, H, Hkv, d, splits, ATT.p, nullptr, ws.p, s);
+    }
+    matmul<float>(g, wor, ATT.p, H * d, 1, H * d, dim, X.p, dim, true, GEMM_GEMV);
+  };
+  MP_CUDA(cudaMemcpyAsync(X.p, X0.p, X.bytes(), cudaMemcpyDeviceToDevice, s));
+  chain(0);
+  MP_CUDA(cudaStreamSynchronize(s));
+  std::vector<float> x = to_host_vec(X.p, X.n);
+  double err = -1;
+  size_t nan = 0;
+  for (float v : x) nan += !std::isfinite(v);
+  if (ref && ref->empty()) *ref = x;
+  else if (ref) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < x.size(); i++) {
+      const double dd = (double)x[i] - (*ref)[i];
+      num += dd * dd, den += (double)(*ref)[i] * (*ref)[i];
+    }
+    err = std::sqrt(num / std::max(den, 1e-30));
+  }
+  if (nan) err = 1e9;
+  const double ms = time_ms(s, chain, 3, 20);
+  std::vector<unsigned> c = to_host_vec(cnt.p, cnt.n);
+  size_t stale = 0;
+  for (unsigned v : c) stale += v != 0;
+  const double bytes = (double)wq * 2 + (double)wo * 2 + (double)T * Hkv * d * 4;
+  char shape[96], note[128];
+  std::snprintf(shape, sizeof shape, "B=1 T=%d qkv+rope+app+attn+o", T);
+  std::snprintf(note, sizeof note, "splits %d, pdl %d, %.0f%% of 4.3 TB/s%s", splits,
+                form == 1 && pdl ? 1 : 0, 100.0 * bytes / (ms * 1e6) / kHbmGBs,
+                stale ? " COUNTERS NOT RESET" : "");
+  emit({"dec2.chain", form == 1 ? "dec2" : "old", shape, ms, bytes / (ms * 1e6), "GB/s", g_bw,
+        stale ? 1e9 : err, 1e-3, note});
+}
+
+// Rope + kv_append (two kernels) against rope_kv_append (one), B = 1 and 4, 8B shape;
+// parity: the rotated qkv rows and the appended cache rows must be bit-identical.
+void bench_rope_append(cudaStream_t s, int B) {
+  const int H = 32, Hkv = 8, d = 128, QKV = (H + 2 * Hkv) * d, T = 64;
+  DevBuf<bf16> Q0((size_t)B * QKV), Q1((size_t)B * QKV), Q2((size_t)B * QKV);
+  DevBuf<bf16> K1((size_t)B * T * Hkv * d), V1(K1.n), K2(K1.n), V2(K1.n);
+  DevBuf<bf16> S1((size_t)B * 2 * Hkv * d), S2(S1.n);
+  fill_normal<bf16>(Q0.p, (int64_t)Q0.n, 401, 1.f, 0.f, s);
+  MP_CUDA(cudaMemsetAsync(K1.p, 0, K1.bytes(), s));
+  MP_CUDA(cudaMemsetAsync(V1.p, 0, V1.bytes(), s));
+  MP_CUDA(cudaMemsetAsync(K2.p, 0, K2.bytes(), s));
+  MP_CUDA(cudaMemsetAsync(V2.p, 0, V2.bytes(), s));
+  mp_rope_params rp{500000.f, MP_ROPE_HALF, MP_ROPE_SCALING_LLAMA3, 8.f, 1.f, 4.f, 8192};
+  std::vector<double> f = rope_inv_freq(rp, d);
+  DevBuf<double> invf = upload(f.data(), f.size(), s);
+  std::vector<int32_t> hpos((size_t)B);
+  std::vector<SeqKV> q1((size_t)B), q2((size_t)B);
+  for (int b = 0; b < B; b++) {
+    const int len = T - 5 * b;
+    hpos[(size_t)b] = 8000 + 977 * b;
+    const size_t o = (size_t)b * T * Hkv * d;
+    q1[(size_t)b] = SeqKV{K1.p + o, V1.p + o, (int64_t)Hkv * d, (int64_t)d, len};
+    q2[(size_t)b] = SeqKV{K2.p + o, V2.p + o, (int64_t)Hkv * d, (int64_t)d, len};
+  }
+  DevBuf<int32_t> pos = upload(hpos.data(), hpos.size(), s);
+  DevBuf<SeqKV> sq1 = upload(q1.data(), q1.size(), s), sq2 = upload(q2.data(), q2.size(), s);
+  const bool pdl = decode2_pdl();
+  auto old_f = [&] {
+    rope<bf16>(Q1.p, B, H + Hkv, d, QKV, pos.p, invf.p, MP_ROPE_HALF, s);
+    kv_append(Q1.p, QKV, H * d, (H + Hkv) * d, sq1.p, B, Hkv, d, S1.p, S1.p + (size_t)B * Hkv * d, s);
+  };
+  auto new_f = [&] {
+    rope_kv_append(Q2.p, B, H, Hkv, d, QKV, pos.p, invf.p, MP_ROPE_HALF, sq2.p, S2.p,
+                   S2.p + (size_t)B * Hkv * d, pdl, s);
+  };
+  MP_CUDA(cudaMemcpyAsync(Q1.p, Q0.p, Q0.bytes(), cudaMemcpyDeviceToDevice, s));
+  MP_CUDA(cudaMemcpyAsync(Q2.p, Q0.p, Q0.bytes(), cudaMemcpyDeviceToDevice, s));
+  old_f();
+  new_f();
+  MP_CUDA(cudaStreamSynchronize(s));
+  size_t diff = 0, total = 0;
+  auto cmp = [&](const DevBuf<bf16> &a, const DevBuf<bf16> &b) {
+    std::vector<bf16> x = to_host_vec(a.p, a.n), y = to_host_vec(b.p, b.n);
+    total += x.size();
+    diff += std::memcmp(x.data(), y.data(), x.size() * sizeof(bf16)) != 0;
+  };
+  cmp(Q1, Q2), cmp(K1, K2), cmp(V1, V2), cmp(S1, S2);
+  char shape[64];
+  std::snprintf(shape, sizeof shape, "B=%d H32/8 d128", B);
+  // Timed from the same start every time (rope rotates in place: values drift, time does not).
+  const double ms_old = time_ms(s, [&](int) { old_f(); });
+  const double ms_new = time_ms(s, [&](int) { new_f(); });
+  emit({"rope_app", "old", shape, ms_old, 0, "GB/s", 0, -1, 0, "rope + kv_append"});
+  emit({"rope_app", "dec2", shape, ms_new, 0, "GB/s", 0, diff ? 1.0 : 0.0, 0.0,
+        diff ? "qkv/cache/staging differ from rope + kv_append" : "bit-identical to rope + kv_append"});
+}
+
 // small = true: the parity shapes (also in --quick); false: the timed 8B shapes.
 void gemv_branch_sections(cudaStream_t s, Gemm &g, bool small) {
   if (small) return section("gemv2.small", [&] {
@@ -619,6 +769,13 @@ void gemv_branch_sections(cudaStream_t s, Gemm &g, bool small) {
     bench_gemv_fused(s, g, 2 * 501, 264, 3, true, true, 66);
     bench_decode(s, 1, 700, 32, 8, 128);
     bench_decode(s, 2, 4097, 8, 2, 128);
+    // dec2 form (folded merge): odd lengths, batch, G 1..8, d 8..256
+    bench_decode(s, 1, 700, 32, 8, 128, 0, 1);
+    bench_decode(s, 2, 4097, 8, 2, 128, 0, 1);
+    bench_decode(s, 3, 131, 4, 2, 64, 0, 1);
+    bench_decode(s, 2, 100, 8, 4, 8, 0, 1);
+    bench_decode(s, 2, 3000, 8, 1, 256, 0, 1);
+    bench_decode(s, 3, 140, 8, 8, 128, 0, 1);
   });
   section("gemv2", [&] {
     const int shapes[5][2] = {{6144, 4096}, {4096, 4096}, {28672, 4096}, {4096, 14336},
@@ -641,6 +798,19 @@ void gemv_branch_sections(cudaStream_t s, Gemm &g, bool small) {
       bench_decode(s, 1, T, 32, 8, 128);                             // this branch's
     }
     bench_decode(s, 4, 8192, 32, 8, 128);
+  });
+  // dec2 branch: old vs new decode-step kernels (form 0 / form 1; $MP_DECODE_PF_MB and
+  // $MP_DECODE2_PDL apply to form 1).
+  section("dec2", [&] {
+    for (int T : {700, 8192, 32768})
+      for (int form : {0, 1}) bench_decode(s, 1, T, 32, 8, 128, 0, form);
+    for (int form : {0, 1}) bench_decode(s, 4, 8192, 32, 8, 128, 0, form);
+    bench_rope_append(s, 1);
+    bench_rope_append(s, 4);
+    for (int T : {8192, 32768}) {
+      std::vector<float> ref;
+      for (int form : {0, 1}) bench_dec2_chain(s, g, T, form, &ref);
+    }
   });
 }
 

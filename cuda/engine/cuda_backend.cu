@@ -526,6 +526,11 @@ class CudaBackend final : public ForwardBackend {
       stream_in(0);
     }
 
+    // Decode-step kernels of the dec2 branch (rope_kv_append, attention_decode2 with the
+    // folded split merge; $MP_DECODE2=0: the original rope + kv_append + attention_decode +
+    // combine). Not with streamed KV: its event wait sits between rope and kv_append.
+    const bool dec2 = gpu::decode2_enabled() && stream_rows == 0;
+    const bool dec2_pdl = dec2 && gpu::decode2_pdl();
     bf16 *stage = h_stage_.ensure((size_t)NL * B * 2 * Hkv_ * d_);
     const size_t kvrow = (size_t)Hkv_ * d_;
     // The step's GPU work from the token ids to the logits. `capturing`: inside CUDA graph
@@ -541,19 +546,30 @@ class CudaBackend final : public ForwardBackend {
         const LayerDev &L = layers_[(size_t)l];
         gpu::matmul_norm<bf16>(*gemm_, L.wqkv.p, d_x_.p, L.attn_norm.p, c_.rms_eps, B, dim_,
                                QKV_, d_xb_.p, d_qkv_.p, QKV_, false);
-        gpu::rope<bf16>(d_qkv_.p, B, H_ + Hkv_, d_, QKV_, d_pos_.p, inv_freq_.p, c_.rope.style,
-                        s_);
         // New K and V rows: into the device caches (and windows) and into the device staging
         // of the step ([layer][K|V][B][Hkv·d]), copied to the host caches once after the step.
         bf16 *dk = d_stage_.p + (size_t)l * B * 2 * kvrow;
         const gpu::SeqKV *dseq = d_seqs_.p + (size_t)l * B;
-        if (stream_rows > 0) {
-          MP_CUDA(cudaStreamWaitEvent(s_, ev_[l & 1], 0));  // layer l's rows are in
+        if (dec2) {
+          // RoPE + K/V append in one kernel (PDL after the QKV GEMV).
+          gpu::rope_kv_append(d_qkv_.p, B, H_, Hkv_, d_, QKV_, d_pos_.p, inv_freq_.p,
+                              c_.rope.style, dseq, dk, dk + (size_t)B * kvrow, dec2_pdl, s_);
+        } else {
+          gpu::rope<bf16>(d_qkv_.p, B, H_ + Hkv_, d_, QKV_, d_pos_.p, inv_freq_.p,
+                          c_.rope.style, s_);
+          if (stream_rows > 0) {
+            MP_CUDA(cudaStreamWaitEvent(s_, ev_[l & 1], 0));  // layer l's rows are in
+          }
+          gpu::kv_append(d_qkv_.p, QKV_, (int)Hd, (int)(Hd + kvrow), dseq, B, Hkv_, d_, dk,
+                         dk + (size_t)B * kvrow, s_);
         }
-        gpu::kv_append(d_qkv_.p, QKV_, (int)Hd, (int)(Hd + kvrow), dseq, B, Hkv_, d_, dk,
-                       dk + (size_t)B * kvrow, s_);
         if (split_layer[(size_t)l]) {
           split_layer_attention(ss, B, l, pos, split_E, dseq);
+        } else if (dec2) {
+          // Split merge folded into the kernel (self-resetting counters), PDL, L2 prefetch.
+          gpu::attention_decode2<bf16, bf16>(d_qkv_.p, QKV_, dseq, B, H_, Hkv_, d_, splits_,
+                                             d_att_.p, nullptr, d_ws_.p, d_cnt_.p, dec2_pdl,
+                                             s_);
         } else {
           gpu::attention_decode<bf16, bf16>(d_qkv_.p, QKV_, dseq, B, H_, Hkv_, d_, splits_,
                                             d_att_.p, nullptr, d_ws_.p, s_);
@@ -933,6 +949,9 @@ class CudaBackend final : public ForwardBackend {
       d_lgpu_.ensure(mem_, (size_t)B * H_, "decode workspace");
       d_of2_.ensure(mem_, (size_t)B * H_ * d_, "decode workspace");
       d_lse2_.ensure(mem_, (size_t)B * H_, "decode workspace");
+      // attention_decode2's split counters: zero here, left zero by every launch.
+      d_cnt_.ensure(mem_, (size_t)B * Hkv_, "decode workspace");
+      MP_CUDA(cudaMemsetAsync(d_cnt_.p, 0, d_cnt_.bytes(), s_));
       ws_batch_ = B;
       ws_gen_++;
     }
@@ -1271,6 +1290,7 @@ class CudaBackend final : public ForwardBackend {
   cudaEvent_t ev_q_ = nullptr;          // split decode: q is on the host
   double prof_[PROF_COUNT] = {};        // this step's stage timers (profile.h)
   Arr<int32_t> d_pos_, d_tok_;
+  Arr<unsigned> d_cnt_;
   Arr<gpu::SeqKV> d_seqs_;
   Arr<bf16> stream_k_[2], stream_v_[2];
   Pinned<gpu::SeqKV> h_seqs_;

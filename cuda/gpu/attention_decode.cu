@@ -21,10 +21,32 @@
 //     [B][H][splits] that a second kernel merges by their LSEs.
 // Sequences of length 0 (or splits past the end) produce lse −∞ and a zero output.
 //
+// Decode-step form (attention_decode2, V2 = true; $MP_DECODE2=0 returns the engine to the
+// form above), built to shorten the kernel's fixed costs at short contexts (GPU run 3: 21.5 µs
+// at 8K for 8.4 µs of HBM traffic, 12.8 µs at 700 keys):
+//   - programmatic dependent launch: each block reads its SeqKV (host-written before the
+//     step), issues L2 prefetches of the first pf_keys K/V rows of its split (pf_keys sized
+//     by the launcher so that the whole grid prefetches at most $MP_DECODE_PF_MB, default
+//     32 MB), lets the next kernel launch, and only then waits for the previous kernel
+//     (griddepcontrol.wait) before reading q and the K/V rows. The rows below len − 1 are
+//     not written by the previous kernels of the step; row len − 1 is (rope_kv_append), and
+//     a prefetch into L2 — the coherence point — cannot make the later loads see stale data
+//     (the loads use the non-coherent path only after the wait). So the K/V stream starts
+//     while the previous kernel drains, and the main loop mostly hits L2.
+//   - the split merge is folded in: every block writes its partials, fences, and bumps a
+//     per-(sequence, KV head) counter; the block that brings it to `splits` merges all
+//     splits of its G heads in split order (the result does not depend on which block is
+//     last) and resets the counter to 0 for the next launch (graph replays included).
+//     The merge stages the G·splits LSEs in the block's shared accumulator (1024·G floats:
+//     NGB·D = 1024 for every D), then each thread owns 4 dims of one head and sums the
+//     splits with 16-byte L2 loads (__ldcg), 16 in flight. No combine kernel, no launch gap.
+//
 // q[b][h][:] = q + b·q_stride + h·d (bf16); K[t][hk][:] = seqs[b].k + t·stride_t + hk·stride_h;
 // out[b][h][:]; lse2[b·H + h].
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
@@ -51,11 +73,12 @@ __device__ __forceinline__ void load8(const bf16 *p, float (&f)[8]) {
 // ------------------------------------------------------------
 // kernels
 
-template <int D, int G, class QT, class OutT>
+template <int D, int G, class QT, class OutT, bool V2>
 __global__ void __launch_bounds__(DEC_THREADS)
     decode_attn_kernel(const QT *__restrict__ q, int64_t q_stride, const SeqKV *__restrict__ seqs,
                        int H, float sl2, float *__restrict__ part_o, float *__restrict__ part_lse,
-                       OutT *__restrict__ out, float *__restrict__ lse2) {
+                       OutT *__restrict__ out, float *__restrict__ lse2,
+                       unsigned *__restrict__ counters, int pf_keys) {
   constexpr int LPK = D / 8;                 // lanes per key row
   constexpr int NG = 32 / LPK;               // key groups per warp
   constexpr int NGB = NG * (DEC_THREADS / 32);  // key groups per block
@@ -74,6 +97,24 @@ __global__ void __launch_bounds__(DEC_THREADS)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int grp = lane / LPK, gl = lane % LPK;
   const int gid = warp * NG + grp;
+
+  if (V2) {
+    // L2 prefetch of the split's first pf_keys K and V rows (128-byte lines), then PDL (see
+    // the file comment). Every block reaches the wait: no return before it.
+    constexpr int LPR = D * 2 >= 128 ? D * 2 / 128 : 1;  // lines per row
+    const int pe = min(ke, kb + pf_keys);
+    const int nl = pe > kb ? (pe - kb) * LPR : 0;
+    for (int i = threadIdx.x; i < nl; i += DEC_THREADS) {
+      const int64_t off = (int64_t)(kb + i / LPR) * sq.stride_t + (int64_t)hk * sq.stride_h +
+                          (i % LPR) * 64;
+      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(sq.k + off));
+      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(sq.v + off));
+    }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+  }
 
   float qv[G][8];
 #pragma unroll
@@ -213,6 +254,52 @@ __global__ void __launch_bounds__(DEC_THREADS)
       if (dd == 0) part_lse[row] = lse;
     }
   }
+  if constexpr (V2) {
+  if (splits == 1 || counters == nullptr) return;
+  // Folded split merge (V2): the last block of this (sequence, KV head) to finish merges.
+  __shared__ unsigned s_last;
+  __threadfence();  // this block's partials are visible device-wide before the count
+  __syncthreads();
+  unsigned *cnt = counters + (int64_t)b * gridDim.y + hk;
+  if (threadIdx.x == 0) s_last = atomicAdd(cnt, 1u) == (unsigned)(splits - 1) ? 1u : 0u;
+  __syncthreads();
+  if (!s_last) return;  // block-uniform
+  __threadfence();      // see the other blocks' partials
+  // LSEs of the G heads × splits into shared memory (sm_acc: NGB·G·D = 1024·G floats >= G·splits,
+  // splits <= COMB_MAX_SPLITS = 1024; its last reads were before the __syncthreads above).
+  float *sl = &sm_acc[0][0][0];
+  const int64_t row0 = (int64_t)b * H + hk * G;
+  for (int i = threadIdx.x; i < G * splits; i += DEC_THREADS)
+    sl[i] = __ldcg(part_lse + row0 * splits + i);  // rows row0.. are consecutive: [G][splits]
+  __syncthreads();
+  constexpr int D4 = D / 4;
+  for (int it = threadIdx.x; it < G * D4; it += DEC_THREADS) {
+    const int gi = it / D4, c4 = it % D4;
+    const float *lg = sl + gi * splits;
+    float M = -INFINITY;
+    for (int j = 0; j < splits; j++) M = fmaxf(M, lg[j]);
+    float L = 0.f;
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+    const int64_t row = row0 + gi;
+    if (M != -INFINITY) {
+      const float4 *po = reinterpret_cast<const float4 *>(part_o + row * splits * D) + c4;
+#pragma unroll 16
+      for (int j = 0; j < splits; j++) {
+        const float4 v = __ldcg(po + (int64_t)j * D4);
+        const float w = exp2f(lg[j] - M);
+        L += w;
+        o.x = fmaf(w, v.x, o.x), o.y = fmaf(w, v.y, o.y);
+        o.z = fmaf(w, v.z, o.z), o.w = fmaf(w, v.w, o.w);
+      }
+    }
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    OutT *dst = out + row * D + 4 * c4;
+    dst[0] = to_out<OutT>(o.x * inv), dst[1] = to_out<OutT>(o.y * inv);
+    dst[2] = to_out<OutT>(o.z * inv), dst[3] = to_out<OutT>(o.w * inv);
+    if (lse2 && c4 == 0) lse2[row] = L > 0.f ? M + log2f(L) : -INFINITY;
+  }
+  if (threadIdx.x == 0) *cnt = 0u;  // for the next launch (kernel boundary orders it)
+  }
 }
 
 // Merges the splits of each (sequence, head) row by their LSEs: one block of 128 threads
@@ -288,7 +375,7 @@ static int decode_blocks_per_sm() {
   static const int nb = [] {
     int v = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-            &v, decode_attn_kernel<128, 4, bf16, bf16>, DEC_THREADS, 0) != cudaSuccess) {
+            &v, decode_attn_kernel<128, 4, bf16, bf16, false>, DEC_THREADS, 0) != cudaSuccess) {
       (void)cudaGetLastError();
       v = 3;
     }
@@ -310,16 +397,40 @@ size_t decode_workspace_floats(int B, int H, int d, int splits) {
   return splits > 1 ? (size_t)B * H * splits * (d + 1) : 0;
 }
 
+// Options of the decode-step form (attention_decode2); v2 = false is the original form.
+struct DecOpts {
+  bool v2 = false;
+  bool pdl = false;
+  unsigned *counters = nullptr;
+  int pf_keys = 0;
+};
+
 template <int D, int G, class QT, class OutT>
 static void launch_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, int H, int Hkv, int splits,
-                          OutT *out, float *lse2, float *ws, cudaStream_t s) {
+                          OutT *out, float *lse2, float *ws, const DecOpts &o, cudaStream_t s) {
   const float sl2 = LOG2E / sqrtf((float)D);
   float *part_o = ws;
   float *part_lse = ws ? ws + (size_t)B * H * splits * D : nullptr;
-  decode_attn_kernel<D, G, QT, OutT>
-      <<<dim3(splits, Hkv, B), DEC_THREADS, 0, s>>>(q, q_stride, seqs, H, sl2, part_o, part_lse, out, lse2);
-  MP_CUDA_LAUNCH("decode_attn_kernel");
-  if (splits > 1) {
+  if (!o.v2) {
+    decode_attn_kernel<D, G, QT, OutT, false><<<dim3(splits, Hkv, B), DEC_THREADS, 0, s>>>(
+        q, q_stride, seqs, H, sl2, part_o, part_lse, out, lse2, nullptr, 0);
+    MP_CUDA_LAUNCH("decode_attn_kernel");
+  } else {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(splits, Hkv, B);
+    cfg.blockDim = dim3(DEC_THREADS);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = o.pdl ? 1 : 0;
+    MP_CUDA(cudaLaunchKernelEx(&cfg, decode_attn_kernel<D, G, QT, OutT, true>, q, q_stride, seqs,
+                               H, sl2, part_o, part_lse, out, lse2, o.counters, o.pf_keys));
+    MP_CUDA_LAUNCH("decode_attn_kernel (v2)");
+  }
+  if (splits > 1 && !(o.v2 && o.counters)) {
     decode_combine_kernel<OutT><<<B * H, COMB_THREADS, 0, s>>>(part_o, part_lse, splits, D, out,
                                                               lse2);
     MP_CUDA_LAUNCH("decode_combine_kernel");
@@ -328,20 +439,21 @@ static void launch_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int 
 
 template <int D, class QT, class OutT>
 static void dispatch_g(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, int H, int Hkv, int splits,
-                       OutT *out, float *lse2, float *ws, cudaStream_t s) {
+                       OutT *out, float *lse2, float *ws, const DecOpts &o, cudaStream_t s) {
   switch (H / Hkv) {
-    case 1: return launch_decode<D, 1, QT, OutT>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, ws, s);
-    case 2: return launch_decode<D, 2, QT, OutT>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, ws, s);
-    case 4: return launch_decode<D, 4, QT, OutT>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, ws, s);
-    case 8: return launch_decode<D, 8, QT, OutT>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, ws, s);
+    case 1: return launch_decode<D, 1, QT, OutT>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, ws, o, s);
+    case 2: return launch_decode<D, 2, QT, OutT>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, ws, o, s);
+    case 4: return launch_decode<D, 4, QT, OutT>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, ws, o, s);
+    case 8: return launch_decode<D, 8, QT, OutT>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, ws, o, s);
   }
   MP_FAIL(MP_ERR_UNSUPPORTED, "decode attention: GQA group of %d heads is not supported",
           H / Hkv);
 }
 
 template <class QT, class OutT>
-void attention_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, int H, int Hkv, int d, int splits,
-                      OutT *out, float *lse2, float *workspace, cudaStream_t s) {
+static void attention_decode_impl(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, int H, int Hkv, int d,
+                                  int splits, OutT *out, float *lse2, float *workspace, const DecOpts &o,
+                                  cudaStream_t s) {
   if (B <= 0) return;
   MP_CHECK(H > 0 && Hkv > 0 && H % Hkv == 0, MP_ERR_INVALID,
            "decode attention: %d query heads are not a multiple of %d KV heads", H, Hkv);
@@ -349,15 +461,80 @@ void attention_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, i
            MP_ERR_INVALID, "decode attention: grid too large");
   MP_CHECK(splits == 1 || workspace, MP_ERR_INTERNAL, "decode attention: no workspace");
   switch (d) {
-    case 8: return dispatch_g<8>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, s);
-    case 16: return dispatch_g<16>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, s);
-    case 32: return dispatch_g<32>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, s);
-    case 64: return dispatch_g<64>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, s);
-    case 128: return dispatch_g<128>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, s);
-    case 256: return dispatch_g<256>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, s);
+    case 8: return dispatch_g<8>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, o, s);
+    case 16: return dispatch_g<16>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, o, s);
+    case 32: return dispatch_g<32>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, o, s);
+    case 64: return dispatch_g<64>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, o, s);
+    case 128: return dispatch_g<128>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, o, s);
+    case 256: return dispatch_g<256>(q, q_stride, seqs, B, H, Hkv, splits, out, lse2, workspace, o, s);
   }
   MP_FAIL(MP_ERR_UNSUPPORTED, "decode attention: head_dim %d is not supported", d);
 }
+
+template <class QT, class OutT>
+void attention_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, int H, int Hkv, int d, int splits,
+                      OutT *out, float *lse2, float *workspace, cudaStream_t s) {
+  attention_decode_impl<QT, OutT>(q, q_stride, seqs, B, H, Hkv, d, splits, out, lse2, workspace,
+                                  DecOpts{}, s);
+}
+
+// $MP_DECODE2 = 0: the engine's decode step uses the original kernels (rope + kv_append,
+// attention_decode with the combine kernel, no PDL outside the GEMVs).
+bool decode2_enabled() {
+  static const bool on = [] {
+    const char *v = std::getenv("MP_DECODE2");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+// PDL for the decode-step kernels of this branch: sm_90, CUDA 12.3+ runtime and driver (as
+// the GEMVs' gemv_pdl), unless $MP_DECODE2_PDL=0.
+bool decode2_pdl() {
+  static const bool on = [] {
+    const char *v = std::getenv("MP_DECODE2_PDL");
+    if (v && std::strcmp(v, "0") == 0) return false;
+    int dev = 0, major = 0, rt = 0, drv = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+      return false;
+    if (cudaRuntimeGetVersion(&rt) != cudaSuccess || cudaDriverGetVersion(&drv) != cudaSuccess)
+      return false;
+    return major >= 9 && rt >= 12030 && drv >= 12030;
+  }();
+  return on;
+}
+
+// Bytes the whole grid may prefetch into L2: $MP_DECODE_PF_MB (MiB, default 32; 0 = off).
+static int64_t decode2_pf_bytes() {
+  static const int64_t b = [] {
+    const char *v = std::getenv("MP_DECODE_PF_MB");
+    const int64_t mb = v ? std::max(0, std::atoi(v)) : 32;
+    return mb << 20;
+  }();
+  return b;
+}
+
+template <class QT, class OutT>
+void attention_decode2(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, int H, int Hkv, int d, int splits,
+                       OutT *out, float *lse2, float *workspace, unsigned *counters, bool pdl,
+                       cudaStream_t s) {
+  DecOpts o;
+  o.v2 = true;
+  o.pdl = pdl;
+  o.counters = counters;
+  const int64_t per_key = (int64_t)std::max(1, B) * Hkv * splits * 4 * d;  // K + V bf16, all blocks
+  o.pf_keys = (int)std::min<int64_t>(1 << 30, decode2_pf_bytes() / std::max<int64_t>(1, per_key));
+  attention_decode_impl<QT, OutT>(q, q_stride, seqs, B, H, Hkv, d, splits, out, lse2, workspace, o,
+                                  s);
+}
+
+template void attention_decode2<bf16, float>(const bf16 *, int64_t, const SeqKV *, int, int, int,
+                                             int, int, float *, float *, float *, unsigned *, bool,
+                                             cudaStream_t);
+template void attention_decode2<bf16, bf16>(const bf16 *, int64_t, const SeqKV *, int, int, int,
+                                            int, int, bf16 *, float *, float *, unsigned *, bool,
+                                            cudaStream_t);
 
 template void attention_decode<bf16, float>(const bf16 *, int64_t, const SeqKV *, int, int, int,
                                             int, int, float *, float *, float *, cudaStream_t);

@@ -744,8 +744,17 @@ void op_attention(int32_t kv_dtype, const float *q, const void *k, const void *v
     DevBuf<SeqKV> d_seqs = upload(seqs.data(), seqs.size(), s);
     const int splits = decode_splits(n, Hkv, max_len);
     DevBuf<float> ws(decode_workspace_floats(n, H, d, splits));
-    attention_decode<bf16, float>(d_q.p, (int64_t)H * d, d_seqs.p, n, H, Hkv, d, splits, d_out.p, d_lse.p, ws.p,
-                                  s);
+    if (decode2_enabled()) {
+      // The decode step's form ($MP_DECODE2=0: the original): folded merge, PDL, prefetch.
+      DevBuf<unsigned> cnt((size_t)n * Hkv);
+      MP_CUDA(cudaMemsetAsync(cnt.p, 0, cnt.bytes(), s));
+      attention_decode2<bf16, float>(d_q.p, (int64_t)H * d, d_seqs.p, n, H, Hkv, d, splits, d_out.p,
+                                     d_lse.p, ws.p, cnt.p, decode2_pdl(), s);
+      s.sync();  // cnt must outlive the kernel
+    } else {
+      attention_decode<bf16, float>(d_q.p, (int64_t)H * d, d_seqs.p, n, H, Hkv, d, splits, d_out.p,
+                                    d_lse.p, ws.p, s);
+    }
     s.sync();  // seqs and ws must outlive the kernels
   } else {
     KVView kv{d_k.p, d_v.p, (int64_t)Hkv * d, (int64_t)d};

@@ -47,6 +47,17 @@ template <class T>
 void rope(T *x, int n, int heads, int head_dim, int64_t token_stride, const int32_t *positions,
           const double *inv_freq, int style, cudaStream_t s);
 
+// Decode step: rope<bf16> of the q and k heads of each row of the fused QKV output qkv
+// [n][row_stride] (H query heads, then Hkv key heads, then Hkv value heads) followed by
+// kv_append of its new K/V rows (koff = H·d, voff = (H + Hkv)·d), in one kernel with the
+// results of the two (same arithmetic). pdl: launched with programmatic dependent launch;
+// positions and seqs are then read before the wait for the previous kernel, so they must
+// not be written by it (the engine uploads them before the step). head_dim % 8 == 0, <= 256.
+struct SeqKV;
+void rope_kv_append(bf16 *qkv, int n, int H, int Hkv, int head_dim, int64_t row_stride,
+                    const int32_t *positions, const double *inv_freq, int style,
+                    const SeqKV *seqs, bf16 *stage_k, bf16 *stage_v, bool pdl, cudaStream_t s);
+
 // ------------------------------------------------------------
 // matmul.cu
 
@@ -168,6 +179,25 @@ size_t decode_workspace_floats(int B, int H, int d, int splits);
 template <class QT, class OutT>
 void attention_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, int H, int Hkv, int d, int splits,
                       OutT *out, float *lse2, float *workspace, cudaStream_t s);
+
+// Decode-step form (dec2 branch): the same attention, with
+//   - counters (device, B·Hkv uint32, zero before the first call; every call leaves them
+//     zero): with splits > 1 the last block of each (sequence, KV head) merges the splits
+//     itself (no combine kernel). Null: the combine kernel runs as in attention_decode;
+//   - an L2 prefetch of each block's first K/V rows (up to $MP_DECODE_PF_MB MiB for the
+//     grid, default 32) issued before the wait for the previous kernel;
+//   - pdl: launched with programmatic dependent launch (sm_90). seqs (and the K/V rows other
+//     than len − 1) must not be written by the kernel just before it: they are read before
+//     the wait.
+// Results equal attention_decode's up to f32 rounding of the merge (same split order).
+template <class QT, class OutT>
+void attention_decode2(const QT *q, int64_t q_stride, const SeqKV *seqs, int B, int H, int Hkv, int d, int splits,
+                       OutT *out, float *lse2, float *workspace, unsigned *counters, bool pdl,
+                       cudaStream_t s);
+// $MP_DECODE2 != "0": the engine's decode step uses attention_decode2 and rope_kv_append.
+bool decode2_enabled();
+// Programmatic dependent launch for those kernels (sm_90, CUDA >= 12.3; $MP_DECODE2_PDL=0: off).
+bool decode2_pdl();
 
 // ------------------------------------------------------------
 // merge.cu

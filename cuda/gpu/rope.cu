@@ -81,8 +81,85 @@ __global__ void rope_kernel(T *__restrict__ x, int heads, int head_dim, int64_t 
   }
 }
 
+// Decode step: rope_kernel's rotation of the H + Hkv q/k heads of row blockIdx.x, then
+// kv_append_kernel's copy of its K/V rows (see kernels.h, rope_kv_append). The angles come
+// from host-written positions, so they are computed before the PDL wait; the rows are
+// touched only after it. Every block reaches the wait (no early return).
+__global__ void rope_append_kernel(bf16 *__restrict__ qkv, int H, int Hkv, int head_dim,
+                                   int64_t row_stride, const int32_t *__restrict__ positions,
+                                   const double *__restrict__ inv_freq, int style,
+                                   const SeqKV *__restrict__ seqs, bf16 *__restrict__ stage_k,
+                                   bf16 *__restrict__ stage_v) {
+  __shared__ float cs[128], sn[128];
+  const int half = head_dim >> 1;
+  const int i = blockIdx.x;
+  const double p = (double)positions[i];
+  for (int e = threadIdx.x; e < half; e += blockDim.x) {
+    double sd, cd;
+    sincos(p * inv_freq[e], &sd, &cd);
+    cs[e] = (float)cd, sn[e] = (float)sd;
+  }
+  const SeqKV sq = seqs[i];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+  __syncthreads();
+  bf16 *row = qkv + (int64_t)i * row_stride;
+  for (int e = threadIdx.x; e < (H + Hkv) * half; e += blockDim.x) {
+    const int h = e / half, j = e % half;
+    bf16 *v = row + (int64_t)h * head_dim;
+    const int ia = style == MP_ROPE_INTERLEAVED ? 2 * j : j;
+    const int ib = style == MP_ROPE_INTERLEAVED ? 2 * j + 1 : j + half;
+    const float a = to_f32(v[ia]), b = to_f32(v[ib]);
+    v[ia] = to_out<bf16>(a * cs[j] - b * sn[j]);
+    v[ib] = to_out<bf16>(a * sn[j] + b * cs[j]);
+  }
+  __syncthreads();  // the rotated k heads (global writes of this block) are visible to it
+  const bool cache = sq.len > 0 && sq.k != nullptr;
+  const int64_t t = sq.len - 1;
+  const int d = head_dim;
+  const int koff = H * d, voff = (H + Hkv) * d;
+  const int per = Hkv * d / 8;
+  for (int e = threadIdx.x; e < per; e += blockDim.x) {
+    const int h = e / (d / 8), c = (e % (d / 8)) * 8;
+    const uint4 kv = *reinterpret_cast<const uint4 *>(row + koff + h * d + c);
+    const uint4 vv = *reinterpret_cast<const uint4 *>(row + voff + h * d + c);
+    if (cache) {
+      const int64_t dst = t * sq.stride_t + (int64_t)h * sq.stride_h + c;
+      *reinterpret_cast<uint4 *>(const_cast<bf16 *>(sq.k) + dst) = kv;
+      *reinterpret_cast<uint4 *>(const_cast<bf16 *>(sq.v) + dst) = vv;
+    }
+    if (stage_k) {
+      *reinterpret_cast<uint4 *>(stage_k + (int64_t)i * Hkv * d + h * d + c) = kv;
+      *reinterpret_cast<uint4 *>(stage_v + (int64_t)i * Hkv * d + h * d + c) = vv;
+    }
+  }
+}
+
 // ------------------------------------------------------------
 // launchers
+
+void rope_kv_append(bf16 *qkv, int n, int H, int Hkv, int head_dim, int64_t row_stride,
+                    const int32_t *positions, const double *inv_freq, int style,
+                    const SeqKV *seqs, bf16 *stage_k, bf16 *stage_v, bool pdl, cudaStream_t s) {
+  if (n <= 0) return;
+  MP_CHECK(head_dim % 8 == 0 && head_dim <= 256, MP_ERR_UNSUPPORTED,
+           "rope_kv_append: head_dim %d is not a multiple of 8 up to 256", head_dim);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)n);
+  cfg.blockDim = dim3(128);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  MP_CUDA(cudaLaunchKernelEx(&cfg, rope_append_kernel, qkv, H, Hkv, head_dim, row_stride,
+                             positions, inv_freq, style, seqs, stage_k, stage_v));
+  MP_CUDA_LAUNCH("rope_append_kernel");
+}
 
 template <class T>
 void rope(T *x, int n, int heads, int head_dim, int64_t token_stride, const int32_t *positions,
