@@ -211,6 +211,7 @@ class CudaBackend final : public ForwardBackend {
     MP_CUDA(cudaStreamCreateWithFlags(&hash_, cudaStreamNonBlocking));
     for (auto &ev : ev_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
     MP_CUDA(cudaEventCreateWithFlags(&ev_q_, cudaEventDisableTiming));
+    for (auto &ev : ev_pf_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
     gemm_ = std::make_unique<gpu::Gemm>(s_);
     H_ = c_.n_heads, Hkv_ = c_.n_kv_heads, d_ = c_.head_dim, dim_ = c_.dim, F_ = c_.ffn_dim;
     QKV_ = (H_ + 2 * Hkv_) * d_;
@@ -228,6 +229,7 @@ class CudaBackend final : public ForwardBackend {
     gemm_.reset();
     for (auto &ev : ev_) (void)cudaEventDestroy(ev);
     (void)cudaEventDestroy(ev_q_);
+    for (auto &ev : ev_pf_) (void)cudaEventDestroy(ev);
     (void)cudaStreamDestroy(s_);
     (void)cudaStreamDestroy(copy_);
     (void)cudaStreamSynchronize(hash_);
@@ -310,12 +312,17 @@ class CudaBackend final : public ForwardBackend {
     const int32_t C = std::min<int32_t>(e_.prefill_chunk(), n);
     // Everything this call needs, allocated before any work (budget errors come first).
     Arr<float> x;
-    Arr<bf16> xb, qkv, att, gu, hb, K, V;
+    // K/V of two layers: layer l computes into buffer l & 1 while layer l − 1's rows go to
+    // the host cache on the copy stream (the write-back is off the critical path).
+    Arr<bf16> xb, qkv, att, gu, hb, Kb[2], Vb[2];
     Arr<int32_t> pos, tok;
     Arr<float> lg;
     x.ensure(mem_, (size_t)n * dim_, "prefill residual stream");
-    K.ensure(mem_, (size_t)Hkv_ * T * d_, "prefill layer keys");
-    V.ensure(mem_, (size_t)Hkv_ * T * d_, "prefill layer values");
+    const int nbuf = c_.n_layers > 1 ? 2 : 1;
+    for (int b = 0; b < nbuf; b++) {
+      Kb[b].ensure(mem_, (size_t)Hkv_ * T * d_, "prefill layer keys");
+      Vb[b].ensure(mem_, (size_t)Hkv_ * T * d_, "prefill layer values");
+    }
     xb.ensure(mem_, (size_t)C * dim_, "prefill chunk activations");
     qkv.ensure(mem_, (size_t)C * QKV_, "prefill chunk activations");
     att.ensure(mem_, (size_t)C * H_ * d_, "prefill chunk activations");
@@ -336,16 +343,21 @@ class CudaBackend final : public ForwardBackend {
     for (int32_t l = 0; l < c_.n_layers; l++) {
       if (abort_requested(abort)) {
         gpu::stream_wait(s_, "the aborted prefill");
+        gpu::stream_wait(copy_, "the aborted prefill's write-back");
         return MP_ABORTED;
       }
       trace("prefill: layer %d of %d queued (%d tokens at %lld)", l, c_.n_layers, n,
             (long long)p0);
       const LayerDev &L = layers_[(size_t)l];
+      const int buf = l % nbuf;
+      bf16 *const K = Kb[buf].p, *const V = Vb[buf].p;
+      // the buffer's previous layer must be on the host before it is overwritten
+      if (l >= nbuf) MP_CUDA(cudaStreamWaitEvent(s_, ev_pf_[buf], 0));
       if (p0 > 0) {  // earlier tokens of this layer from the host cache
-        MP_CUDA(cudaMemcpy2DAsync(K.p, (size_t)T * row_b, s.k_row(l, 0, 0),
+        MP_CUDA(cudaMemcpy2DAsync(K, (size_t)T * row_b, s.k_row(l, 0, 0),
                                   (size_t)s.capacity() * row_b, (size_t)p0 * row_b, Hkv_,
                                   cudaMemcpyHostToDevice, s_));
-        MP_CUDA(cudaMemcpy2DAsync(V.p, (size_t)T * row_b, s.v_row(l, 0, 0),
+        MP_CUDA(cudaMemcpy2DAsync(V, (size_t)T * row_b, s.v_row(l, 0, 0),
                                   (size_t)s.capacity() * row_b, (size_t)p0 * row_b, Hkv_,
                                   cudaMemcpyHostToDevice, s_));
       }
@@ -357,9 +369,8 @@ class CudaBackend final : public ForwardBackend {
         gpu::matmul<bf16>(*gemm_, L.wqkv.p, xb.p, dim_, m, dim_, QKV_, qkv.p, QKV_, false);
         gpu::rope<bf16>(qkv.p, m, H_ + Hkv_, d_, QKV_, pos.p + c0, inv_freq_.p, c_.rope.style,
                         s_);
-        gpu::kv_scatter(qkv.p, QKV_, H_ * d_, (H_ + Hkv_) * d_, m, Hkv_, d_, K.p, V.p, T, pos0,
-                        s_);
-        gpu::KVView kv{K.p, V.p, (int64_t)d_, (int64_t)T * d_};
+        gpu::kv_scatter(qkv.p, QKV_, H_ * d_, (H_ + Hkv_) * d_, m, Hkv_, d_, K, V, T, pos0, s_);
+        gpu::KVView kv{K, V, (int64_t)d_, (int64_t)T * d_};
         gpu::attention_prefill<bf16>(qkv.p, QKV_, kv, m, (int)(pos0 + m), H_, Hkv_, d_,
                                      (int)pos0, att.p, (int64_t)H_ * d_, nullptr, s_);
         gpu::matmul<float>(*gemm_, L.wo.p, att.p, (int64_t)H_ * d_, m, H_ * d_, dim_, xc, dim_,
@@ -369,13 +380,17 @@ class CudaBackend final : public ForwardBackend {
         gpu::swiglu<bf16, bf16>(gu.p, gu.p + F_, m, F_, 2 * F_, hb.p, F_, s_);
         gpu::matmul<float>(*gemm_, L.wd.p, hb.p, F_, m, F_, dim_, xc, dim_, true);
       }
-      // The layer's new rows to the session's host cache.
+      // The layer's new rows to the session's host cache, on the copy stream once the
+      // layer is computed; ev_pf_[buf] marks the buffer free again.
+      MP_CUDA(cudaEventRecord(ev_pf_[buf], s_));
+      MP_CUDA(cudaStreamWaitEvent(copy_, ev_pf_[buf], 0));
       MP_CUDA(cudaMemcpy2DAsync(s.k_row(l, 0, p0), (size_t)s.capacity() * row_b,
-                                K.p + (size_t)p0 * d_, (size_t)T * row_b, (size_t)n * row_b,
-                                Hkv_, cudaMemcpyDeviceToHost, s_));
+                                K + (size_t)p0 * d_, (size_t)T * row_b, (size_t)n * row_b, Hkv_,
+                                cudaMemcpyDeviceToHost, copy_));
       MP_CUDA(cudaMemcpy2DAsync(s.v_row(l, 0, p0), (size_t)s.capacity() * row_b,
-                                V.p + (size_t)p0 * d_, (size_t)T * row_b, (size_t)n * row_b,
-                                Hkv_, cudaMemcpyDeviceToHost, s_));
+                                V + (size_t)p0 * d_, (size_t)T * row_b, (size_t)n * row_b, Hkv_,
+                                cudaMemcpyDeviceToHost, copy_));
+      MP_CUDA(cudaEventRecord(ev_pf_[buf], copy_));
     }
     if (logits) {
       gpu::rmsnorm<bf16>(x.p + (size_t)(n - 1) * dim_, out_norm_.p, 1, dim_, c_.rms_eps, xb.p,
@@ -386,6 +401,7 @@ class CudaBackend final : public ForwardBackend {
                               s_));
     }
     gpu::stream_wait(s_, "the prefill");
+    gpu::stream_wait(copy_, "the prefill's write-back");
     trace("prefill: done");
     s.set_n_tokens(T);
     return MP_OK;
@@ -1288,6 +1304,7 @@ class CudaBackend final : public ForwardBackend {
   Pinned<uint8_t> h_sa_up_;
   int host_ptr_ok_ = -1;  // the device reads registered host memory at its host address
   cudaEvent_t ev_q_ = nullptr;          // split decode: q is on the host
+  cudaEvent_t ev_pf_[2] = {};           // prefill: a K/V buffer's layer written back
   double prof_[PROF_COUNT] = {};        // this step's stage timers (profile.h)
   Arr<int32_t> d_pos_, d_tok_;
   Arr<unsigned> d_cnt_;
