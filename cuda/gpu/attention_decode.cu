@@ -385,6 +385,12 @@ static int decode_blocks_per_sm() {
 }
 
 int decode_splits(int B, int Hkv, int max_len) {
+  // MP_DECODE_SPLITS=N: at most N splits (tuning runs); unset: one resident wave.
+  static const int forced = [] {
+    const char *v = std::getenv("MP_DECODE_SPLITS");
+    return v ? std::max(0, std::atoi(v)) : 0;
+  }();
+  if (forced > 0) return std::max(1, std::min({forced, std::max(1, max_len / 64), COMB_MAX_SPLITS}));
   const int pairs = std::max(1, B * Hkv);
   const int by_gpu = std::max(1, decode_blocks_per_sm() * sm_count() / pairs);
   const int by_len = std::max(1, max_len / 64);
