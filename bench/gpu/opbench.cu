@@ -180,24 +180,29 @@ void bench_copy(cudaStream_t s) {
   emit({"copy", "d2d", "2 GiB", ms, g_bw, "GB/s", 0, -1, 0, "read+write: the HBM ceiling"});
 }
 
-// y = x·Wᵀ for W [out][in]; sampled check against float64.
-void bench_matmul(cudaStream_t s, Gemm &g, int out, int in, int n, int variant, const char *vname,
-                  uint64_t seed) {
+// One matmul case: y = x·Wᵀ for W [out][in] with a forced variant, 64 sampled outputs
+// checked against float64 (and none left NaN), then timed over rotating copies of W (enough
+// that the timed runs never hit L2).
+struct MatmulRun {
+  int ran = 0;
+  double err = 0, ms = 0, bytes = 0;
+  size_t nan = 0;
+};
+MatmulRun run_matmul(cudaStream_t s, Gemm &g, int out, int in, int n, int variant, uint64_t seed,
+                     int warm = -1, int reps = -1) {
   const size_t wn = (size_t)out * in;
-  // Enough copies of W that the rotation never hits L2 (50 MB) for the timed runs.
   const int copies = (int)std::max<size_t>(1, std::min<size_t>(8, (200u << 20) / (wn * 2) + 1));
   DevBuf<bf16> W(wn * copies), X((size_t)n * in);
   DevBuf<float> Y((size_t)n * out);
   fill_normal<bf16>(W.p, (int64_t)W.n, seed, 0.02f, 0.f, s);
   fill_normal<bf16>(X.p, (int64_t)X.n, seed + 1, 1.f, 0.f, s);
   MP_CUDA(cudaMemsetAsync(Y.p, 0xff, Y.bytes(), s));  // NaN poison
-  int ran = matmul<float>(g, W.p, X.p, in, n, in, out, Y.p, out, false, variant);
+  MatmulRun r;
+  r.ran = matmul<float>(g, W.p, X.p, in, n, in, out, Y.p, out, false, variant);
   MP_CUDA(cudaStreamSynchronize(s));
-  // Check 64 sampled outputs (and that nothing stayed NaN).
   std::vector<float> y = to_host_vec(Y.p, Y.n);
   std::vector<bf16> x = to_host_vec(X.p, X.n);
-  size_t nan = 0;
-  for (float v : y) nan += !std::isfinite(v);
+  for (float v : y) r.nan += !std::isfinite(v);
   uint64_t st = seed;
   double num = 0, den = 0;
   std::vector<bf16> wrow((size_t)in);
@@ -209,12 +214,23 @@ void bench_matmul(cudaStream_t s, Gemm &g, int out, int in, int n, int variant, 
     const double d = y[(size_t)i * out + o] - ref;
     num += d * d, den += ref * ref;
   }
-  const double err = nan ? 1e9 : std::sqrt(num / std::max(den, 1e-30));
-  const double ms = time_ms(s, [&](int r) {
-    matmul<float>(g, W.p + (size_t)(r % copies) * wn, X.p, in, n, in, out, Y.p, out, false,
+  r.err = r.nan ? 1e9 : std::sqrt(num / std::max(den, 1e-30));
+  auto launch = [&](int k) {
+    matmul<float>(g, W.p + (size_t)(k % copies) * wn, X.p, in, n, in, out, Y.p, out, false,
                   variant);
-  });
-  const double bytes = (double)wn * 2 + (double)n * in * 2 + (double)n * out * 4;
+  };
+  r.ms = warm >= 0 ? time_ms(s, launch, warm, reps) : time_ms(s, launch);
+  r.bytes = (double)wn * 2 + (double)n * in * 2 + (double)n * out * 4;
+  return r;
+}
+
+// y = x·Wᵀ for W [out][in]; sampled check against float64.
+void bench_matmul(cudaStream_t s, Gemm &g, int out, int in, int n, int variant, const char *vname,
+                  uint64_t seed) {
+  const MatmulRun r = run_matmul(s, g, out, in, n, variant, seed);
+  const int ran = r.ran;
+  const double err = r.err, ms = r.ms, bytes = r.bytes;
+  const size_t nan = r.nan;
   const double flops = 2.0 * n * in * out;
   char shape[96];
   std::snprintf(shape, sizeof shape, "n=%d %dx%d", n, out, in);
@@ -487,36 +503,10 @@ constexpr double kHbmGBs = 4300.0;
 // y = x·Wᵀ with a forced variant; parity of 64 sampled outputs against float64.
 void bench_gemv_plain(cudaStream_t s, Gemm &g, int out, int in, int n, int variant,
                       uint64_t seed) {
-  const size_t wn = (size_t)out * in;
-  const int copies = (int)std::max<size_t>(1, std::min<size_t>(8, (200u << 20) / (wn * 2) + 1));
-  DevBuf<bf16> W(wn * copies), X((size_t)n * in);
-  DevBuf<float> Y((size_t)n * out);
-  fill_normal<bf16>(W.p, (int64_t)W.n, seed, 0.02f, 0.f, s);
-  fill_normal<bf16>(X.p, (int64_t)X.n, seed + 1, 1.f, 0.f, s);
-  MP_CUDA(cudaMemsetAsync(Y.p, 0xff, Y.bytes(), s));
-  const int ran = matmul<float>(g, W.p, X.p, in, n, in, out, Y.p, out, false, variant);
-  MP_CUDA(cudaStreamSynchronize(s));
-  std::vector<float> y = to_host_vec(Y.p, Y.n);
-  std::vector<bf16> x = to_host_vec(X.p, X.n);
-  size_t nan = 0;
-  for (float v : y) nan += !std::isfinite(v);
-  uint64_t st = seed;
-  double num = 0, den = 0;
-  std::vector<bf16> wrow((size_t)in);
-  for (int k = 0; k < 64; k++) {
-    const int i = (int)(lcg(st) % n), o = (int)(lcg(st) % out);
-    MP_CUDA(cudaMemcpy(wrow.data(), W.p + (size_t)o * in, (size_t)in * 2, cudaMemcpyDeviceToHost));
-    double ref = 0;
-    for (int c = 0; c < in; c++) ref += bf(wrow[c]) * bf(x[(size_t)i * in + c]);
-    const double d = y[(size_t)i * out + o] - ref;
-    num += d * d, den += ref * ref;
-  }
-  const double err = nan ? 1e9 : std::sqrt(num / std::max(den, 1e-30));
-  const double ms = time_ms(s, [&](int r) {
-    matmul<float>(g, W.p + (size_t)(r % copies) * wn, X.p, in, n, in, out, Y.p, out, false,
-                  variant);
-  }, 3, 20);
-  const double bytes = (double)wn * 2 + (double)n * in * 2 + (double)n * out * 4;
+  const MatmulRun r = run_matmul(s, g, out, in, n, variant, seed, 3, 20);
+  const int ran = r.ran;
+  const double err = r.err, ms = r.ms, bytes = r.bytes;
+  const size_t nan = r.nan;
   const double gbs = bytes / (ms * 1e6);
   char shape[96], note[96];
   std::snprintf(shape, sizeof shape, "n=%d %dx%d", n, out, in);

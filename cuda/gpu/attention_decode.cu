@@ -422,18 +422,9 @@ static void launch_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int 
         q, q_stride, seqs, H, sl2, part_o, part_lse, out, lse2, nullptr, 0);
     MP_CUDA_LAUNCH("decode_attn_kernel");
   } else {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(splits, Hkv, B);
-    cfg.blockDim = dim3(DEC_THREADS);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = o.pdl ? 1 : 0;
-    MP_CUDA(cudaLaunchKernelEx(&cfg, decode_attn_kernel<D, G, QT, OutT, true>, q, q_stride, seqs,
-                               H, sl2, part_o, part_lse, out, lse2, o.counters, o.pf_keys));
+    launch_ex(decode_attn_kernel<D, G, QT, OutT, true>, dim3(splits, Hkv, B), dim3(DEC_THREADS), 0,
+              s, o.pdl, q, q_stride, seqs, H, sl2, part_o, part_lse, out, lse2, o.counters,
+              o.pf_keys);
     MP_CUDA_LAUNCH("decode_attn_kernel (v2)");
   }
   if (splits > 1 && !(o.v2 && o.counters)) {
@@ -497,17 +488,7 @@ bool decode2_enabled() {
 // PDL for the decode-step kernels of this branch: sm_90, CUDA 12.3+ runtime and driver (as
 // the GEMVs' gemv_pdl), unless $MP_DECODE2_PDL=0.
 bool decode2_pdl() {
-  static const bool on = [] {
-    const char *v = std::getenv("MP_DECODE2_PDL");
-    if (v && std::strcmp(v, "0") == 0) return false;
-    int dev = 0, major = 0, rt = 0, drv = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-      return false;
-    if (cudaRuntimeGetVersion(&rt) != cudaSuccess || cudaDriverGetVersion(&drv) != cudaSuccess)
-      return false;
-    return major >= 9 && rt >= 12030 && drv >= 12030;
-  }();
+  static const bool on = pdl_supported("MP_DECODE2_PDL");
   return on;
 }
 

@@ -186,6 +186,30 @@ enum Op : int {
   OP_COUNT = 7,
 };
 int forced_variant(Op op);
+
+// Programmatic dependent launch (a kernel's blocks start while the previous kernel in the
+// stream drains; the kernel orders itself with griddepcontrol.wait): an sm_90 device with a
+// CUDA 12.3+ runtime and driver (graph capture of such launches), unless the environment
+// variable `env` is "0". Not cached: call sites keep the answer in a static.
+bool pdl_supported(const char *env);
+
+// kernel<<<grid, block, smem, s>>>(args...) through cudaLaunchKernelEx, with programmatic
+// stream serialization when `pdl`; the launch is checked.
+template <class... KArgs, class... Args>
+void launch_ex(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+               bool pdl, Args &&...args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  MP_CUDA(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
 void force_variant(Op op, int variant);
 
 }  // namespace mp::gpu

@@ -245,4 +245,16 @@ void set_kernel_variant(const char *op, int variant) {
 
 int lsh_key_hashing() { return forced_variant(OP_LSH); }
 
+bool pdl_supported(const char *env) {
+  const char *v = env ? std::getenv(env) : nullptr;
+  if (v && std::strcmp(v, "0") == 0) return false;
+  int dev = 0, major = 0, rt = 0, drv = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+    return false;
+  if (cudaRuntimeGetVersion(&rt) != cudaSuccess || cudaDriverGetVersion(&drv) != cudaSuccess)
+    return false;
+  return major >= 9 && rt >= 12030 && drv >= 12030;
+}
+
 }  // namespace mp::gpu

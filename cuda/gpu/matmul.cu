@@ -500,17 +500,7 @@ static int gemv_quads_per_block(int64_t rows) {
 // GEMV (O -> gate/up -> down -> next layer's QKV -> ... -> LM head) then starts its blocks
 // and W prefetches while the previous one drains, instead of after it.
 static bool gemv_pdl() {
-  static const bool on = [] {
-    const char *v = std::getenv("MP_GEMV_PDL");
-    if (v && std::strcmp(v, "0") == 0) return false;
-    int dev = 0, major = 0, rt = 0, drv = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-      return false;
-    if (cudaRuntimeGetVersion(&rt) != cudaSuccess || cudaDriverGetVersion(&drv) != cudaSuccess)
-      return false;
-    return major >= 9 && rt >= 12030 && drv >= 12030;
-  }();
+  static const bool on = pdl_supported("MP_GEMV_PDL");
   return on;
 }
 
@@ -523,17 +513,8 @@ static void launch_gemv_k(const GemvParams &p, unsigned gx, unsigned gy, size_t 
         GEMV_MAX_SMEM);
     MP_CUDA(rc);
   }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(gx, gy);
-  cfg.blockDim = dim3(GEMV_THREADS);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = gemv_pdl() ? 1 : 0;
-  MP_CUDA(cudaLaunchKernelEx(&cfg, gemv_kernel<NR, MODE, EPI, OutT>, p));
+  launch_ex(gemv_kernel<NR, MODE, EPI, OutT>, dim3(gx, gy), dim3(GEMV_THREADS), smem, s,
+            gemv_pdl(), p);
   MP_CUDA_LAUNCH("gemv_kernel");
 }
 

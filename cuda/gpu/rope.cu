@@ -55,21 +55,21 @@ std::vector<double> rope_inv_freq(const mp_rope_params &p, int head_dim) {
 // ------------------------------------------------------------
 // kernels
 
-template <class T>
-__global__ void rope_kernel(T *__restrict__ x, int heads, int head_dim, int64_t token_stride,
-                            const int32_t *__restrict__ positions,
-                            const double *__restrict__ inv_freq, int style) {
-  __shared__ float cs[128], sn[128];
-  const int half = head_dim >> 1;
-  const int64_t t = blockIdx.x;
-  const double p = (double)positions[t];
+// cos/sin of position p's angles into shared cs/sn [half] (double angles, f32 results).
+__device__ __forceinline__ void rope_angles(double p, const double *__restrict__ inv_freq,
+                                            int half, float *cs, float *sn) {
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     double sd, cd;
     sincos(p * inv_freq[i], &sd, &cd);
     cs[i] = (float)cd, sn[i] = (float)sd;
   }
-  __syncthreads();
-  T *row = x + t * token_stride;
+}
+
+// Rotates the `heads` heads of one token's row (after rope_angles and a barrier).
+template <class T>
+__device__ __forceinline__ void rope_rotate(T *row, int heads, int head_dim, int style,
+                                            const float *cs, const float *sn) {
+  const int half = head_dim >> 1;
   for (int e = threadIdx.x; e < heads * half; e += blockDim.x) {
     const int h = e / half, i = e % half;
     T *v = row + (int64_t)h * head_dim;
@@ -79,6 +79,17 @@ __global__ void rope_kernel(T *__restrict__ x, int heads, int head_dim, int64_t 
     v[ia] = to_out<T>(a * cs[i] - b * sn[i]);
     v[ib] = to_out<T>(a * sn[i] + b * cs[i]);
   }
+}
+
+template <class T>
+__global__ void rope_kernel(T *__restrict__ x, int heads, int head_dim, int64_t token_stride,
+                            const int32_t *__restrict__ positions,
+                            const double *__restrict__ inv_freq, int style) {
+  __shared__ float cs[128], sn[128];
+  const int64_t t = blockIdx.x;
+  rope_angles((double)positions[t], inv_freq, head_dim >> 1, cs, sn);
+  __syncthreads();
+  rope_rotate(x + t * token_stride, heads, head_dim, style, cs, sn);
 }
 
 // Decode step: rope_kernel's rotation of the H + Hkv q/k heads of row blockIdx.x, then
@@ -91,14 +102,8 @@ __global__ void rope_append_kernel(bf16 *__restrict__ qkv, int H, int Hkv, int h
                                    const SeqKV *__restrict__ seqs, bf16 *__restrict__ stage_k,
                                    bf16 *__restrict__ stage_v) {
   __shared__ float cs[128], sn[128];
-  const int half = head_dim >> 1;
   const int i = blockIdx.x;
-  const double p = (double)positions[i];
-  for (int e = threadIdx.x; e < half; e += blockDim.x) {
-    double sd, cd;
-    sincos(p * inv_freq[e], &sd, &cd);
-    cs[e] = (float)cd, sn[e] = (float)sd;
-  }
+  rope_angles((double)positions[i], inv_freq, head_dim >> 1, cs, sn);
   const SeqKV sq = seqs[i];
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
@@ -106,15 +111,7 @@ __global__ void rope_append_kernel(bf16 *__restrict__ qkv, int H, int Hkv, int h
 #endif
   __syncthreads();
   bf16 *row = qkv + (int64_t)i * row_stride;
-  for (int e = threadIdx.x; e < (H + Hkv) * half; e += blockDim.x) {
-    const int h = e / half, j = e % half;
-    bf16 *v = row + (int64_t)h * head_dim;
-    const int ia = style == MP_ROPE_INTERLEAVED ? 2 * j : j;
-    const int ib = style == MP_ROPE_INTERLEAVED ? 2 * j + 1 : j + half;
-    const float a = to_f32(v[ia]), b = to_f32(v[ib]);
-    v[ia] = to_out<bf16>(a * cs[j] - b * sn[j]);
-    v[ib] = to_out<bf16>(a * sn[j] + b * cs[j]);
-  }
+  rope_rotate(row, H + Hkv, head_dim, style, cs, sn);
   __syncthreads();  // the rotated k heads (global writes of this block) are visible to it
   const bool cache = sq.len > 0 && sq.k != nullptr;
   const int64_t t = sq.len - 1;
@@ -146,18 +143,8 @@ void rope_kv_append(bf16 *qkv, int n, int H, int Hkv, int head_dim, int64_t row_
   if (n <= 0) return;
   MP_CHECK(head_dim % 8 == 0 && head_dim <= 256, MP_ERR_UNSUPPORTED,
            "rope_kv_append: head_dim %d is not a multiple of 8 up to 256", head_dim);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((unsigned)n);
-  cfg.blockDim = dim3(128);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  MP_CUDA(cudaLaunchKernelEx(&cfg, rope_append_kernel, qkv, H, Hkv, head_dim, row_stride,
-                             positions, inv_freq, style, seqs, stage_k, stage_v));
+  launch_ex(rope_append_kernel, dim3((unsigned)n), dim3(128), 0, s, pdl, qkv, H, Hkv, head_dim,
+            row_stride, positions, inv_freq, style, seqs, stage_k, stage_v);
   MP_CUDA_LAUNCH("rope_append_kernel");
 }
 
