@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -57,6 +58,8 @@ class Pool {
       gen_.fetch_add(1, std::memory_order_release);
     }
     if (sleepers_.load(std::memory_order_acquire) > 0) cv_.notify_all();
+    error_ = nullptr;
+    failed_.store(false, std::memory_order_relaxed);
     work();
     while (done_.load(std::memory_order_acquire) < n_) cpu_relax();
     // close: wait out the workers inside (they find no index left)
@@ -65,6 +68,7 @@ class Pool {
         break;
       cpu_relax();
     }
+    if (error_) std::rethrow_exception(error_);  // the first task that threw
   }
 
  private:
@@ -73,7 +77,11 @@ class Pool {
     for (;;) {
       const int i = next_.fetch_add(1, std::memory_order_relaxed);
       if (i >= n_) break;
-      (*fn_)(i);
+      try {
+        (*fn_)(i);
+      } catch (...) {  // kept for the caller; the other tasks still run (and count)
+        if (!failed_.exchange(true, std::memory_order_acq_rel)) error_ = std::current_exception();
+      }
       done_.fetch_add(1, std::memory_order_release);
     }
     t_in_job = false;
@@ -128,6 +136,8 @@ class Pool {
   int n_ = 0;
   std::atomic<int> next_{0}, done_{0};
   std::atomic<uint64_t> state_{0};
+  std::atomic<bool> failed_{false};
+  std::exception_ptr error_;  // written once per job (by the task that set failed_)
 };
 
 std::mutex g_pool_mu;

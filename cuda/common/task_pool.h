@@ -12,7 +12,9 @@
 // run(n, fn): fn(i) for every i in [0, n), in order of i across threads (an atomic
 // counter hands out indices one at a time: a task may wait on earlier ones), on the caller
 // plus mp::threads() − 1 workers. Jobs from several threads at once are serialised; a job
-// started from inside a job runs inline. fn must not throw (wrap and rethrow outside).
+// started from inside a job runs inline. If tasks throw, every other task still runs and
+// the first exception is rethrown to the caller (a task that others wait for must signal
+// them on every path).
 #pragma once
 
 #include <functional>

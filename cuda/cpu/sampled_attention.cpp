@@ -839,9 +839,16 @@ static void run_all(Ctx &cx) {
     if (ia < na) {
       const int bh = order[(size_t)ia];
       const int b = bh / cx.H, h = bh % cx.H;
+      // The tasks waiting for this head are released even if it throws (no hang).
+      struct Release {
+        int32_t *p;
+        std::atomic<int> *off;
+        ~Release() {
+          __atomic_fetch_sub(p, 1, __ATOMIC_RELEASE);
+          if (off) off->fetch_sub(1, std::memory_order_release);
+        }
+      } release{&pend[(size_t)b * cx.Hkv + h / cx.G], ia < n_off ? &off_left : nullptr};
       sample_head(cx, b, h);
-      __atomic_fetch_sub(&pend[(size_t)b * cx.Hkv + h / cx.G], 1, __ATOMIC_RELEASE);
-      if (ia < n_off) off_left.fetch_sub(1, std::memory_order_release);
     } else {
       const Task &tk = cx.tasks[ia - na];
       const int32_t *p = &pend[(size_t)tk.b * cx.Hkv + tk.hkv];
