@@ -489,6 +489,57 @@ export function lshAttention(
   };
 }
 
+/**
+ * {@link lshAttention} with some KV heads attended elsewhere (split decode hands their
+ * samples to the GPU): `offloadKv[b·Hkv + hkv]` = 1 marks one. Their out rows come back 0
+ * with lse2 −∞, and `samples[b·H + h]` holds the ascending sample of every head of an
+ * offloaded KV head (empty for the others); `handed` counts the hand-offs (1 when any head
+ * is offloaded).
+ */
+export function lshAttentionOffload(
+  indexes: readonly LshIndex[],
+  q: Float32Array<ArrayBuffer>,
+  H: number,
+  offloadKv: Uint8Array<ArrayBuffer>,
+  options: LshCallOptions = {},
+): AttentionResult & { samples: Int32Array<ArrayBuffer>[]; handed: number } {
+  const B = indexes.length;
+  const d = indexes[0].headDim;
+  const cap = Math.max(1, ...indexes.map((i) => i.info().nTokens));
+  const out = new Float32Array(B * H * d);
+  const lse2 = new Float32Array(B * H);
+  const nnz = new Int32Array(B * H);
+  const ids = new Int32Array(B * H * cap);
+  const n = new Int32Array(B * H);
+  const handed = new Int32Array(1);
+  const err = errorBuffer();
+  check(
+    lib().mp_lsh_attention_offload(
+      pointers(indexes),
+      B,
+      bytesOf(q),
+      H,
+      options.qcodes ? bytesOf(options.qcodes) : null,
+      options.flags ?? 0,
+      bytesOf(offloadKv),
+      BigInt(cap),
+      bytesOf(ids),
+      bytesOf(n),
+      bytesOf(handed),
+      bytesOf(out),
+      bytesOf(lse2),
+      bytesOf(nnz),
+      err,
+      BigInt(err.length),
+    ),
+    err,
+    "Cannot compute sampled attention with an offloaded share",
+  );
+  const samples: Int32Array<ArrayBuffer>[] = [];
+  for (let bh = 0; bh < B * H; bh++) samples.push(ids.slice(bh * cap, bh * cap + n[bh]));
+  return { out, lse2, nnz, samples, handed: handed[0] };
+}
+
 /** Sampled-attention weights over given samples: `sets[b·H + h]` are token ids. */
 export function lshAttentionSets(
   indexes: readonly LshIndex[],

@@ -26,6 +26,7 @@ import {
 } from "./_lsh_ref.ts";
 import {
   lshAttention,
+  lshAttentionOffload,
   lshAttentionSets,
   lshCollisionWeights,
   LshFlags,
@@ -560,5 +561,67 @@ Deno.test("sampled fraction for isotropic inputs is the mean u(cos) within 3 SE"
         `predicted ${(100 * predicted).toFixed(3)}%, u(0) ${(100 * uClosed(0, K, L)).toFixed(3)}%`,
     );
     assertLessOrEqual(Math.abs(m - predicted), 3 * se, name);
+  }
+});
+
+Deno.test("an offloaded share: the other heads are unchanged bit for bit, the offloaded heads' samples are handed out once", async () => {
+  // split decode's GPU share, CPU side: every head is retrieved; offloaded KV heads get no
+  // CPU attention (0 and −∞, so the merge takes the GPU's part alone) and their samples are
+  // exactly the retrieved sets
+  const hkv = 4, H = 16, d = 32, n = 5000, K = 8, L = 75, B = 2;
+  const G = H / hkv;
+  const idxs: LshIndex[] = [];
+  for (let b = 0; b < B; b++) {
+    const { keys, values } = kvData(hkv, n, d, 300 + b);
+    idxs.push(
+      await LshIndex.create(
+        { k: K, l: L, seed: BigInt(40 + b) },
+        hkv,
+        d,
+        DType.BF16,
+        bf16Array(keys),
+        bf16Array(values),
+        n,
+      ),
+    );
+  }
+  try {
+    const q = randn(B * H * d, 301, 0.4);
+    const full = lshAttention(idxs, q, H);
+    const sets = lshRetrieve(idxs, q, H).sets;
+    // sequence 0 offloads KV heads 1 and 3, sequence 1 offloads KV head 0
+    const offload = new Uint8Array(B * hkv);
+    offload[1] = offload[3] = 1;
+    offload[hkv + 0] = 1;
+    const got = lshAttentionOffload(idxs, q, H, offload);
+    assertEquals(got.handed, 1);
+    let offloaded = 0;
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < H; h++) {
+        const bh = b * H + h;
+        const off = offload[b * hkv + Math.floor(h / G)] === 1;
+        const what = `sequence ${b} head ${h}`;
+        assertEquals(got.nnz[bh], full.nnz[bh], `${what}: nnz`);
+        const o = got.out.subarray(bh * d, (bh + 1) * d);
+        if (off) {
+          offloaded++;
+          assertEquals(got.lse2[bh], -Infinity, what);
+          assert(o.every((x) => x === 0), `${what}: out must be 0`);
+          assertEquals(Array.from(got.samples[bh]), Array.from(sets[bh]), `${what}: samples`);
+        } else {
+          assertEquals(got.lse2[bh], full.lse2[bh], `${what}: lse2`);
+          assertEquals(Array.from(o), Array.from(full.out.subarray(bh * d, (bh + 1) * d)), what);
+          assertEquals(got.samples[bh].length, 0, `${what}: not handed out`);
+        }
+      }
+    }
+    assertEquals(offloaded, 3 * G);
+    assertGreater(sets[G].length, 0); // a non-trivial sample was handed out
+    // nothing offloaded: no hand-off, the same result as lshAttention
+    const none = lshAttentionOffload(idxs, q, H, new Uint8Array(B * hkv));
+    assertEquals(none.handed, 0);
+    assertEquals(Array.from(none.out), Array.from(full.out));
+  } finally {
+    for (const i of idxs) i.close();
   }
 });

@@ -301,6 +301,49 @@ MP_API int32_t mp_lsh_attention(mp_lsh_index *const *idx, int32_t B, const float
   });
 }
 
+MP_API int32_t mp_lsh_attention_offload(mp_lsh_index *const *idx, int32_t B, const float *q,
+                                        int32_t H, const uint16_t *qcodes, int32_t flags,
+                                        const uint8_t *offload_kv, int64_t off_cap,
+                                        int32_t *off_ids, int32_t *off_n, int32_t *handed,
+                                        float *out, float *lse2, int32_t *nnz, char *err,
+                                        size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    MP_CHECK(out && lse2 && offload_kv && off_n && handed, MP_ERR_INVALID,
+             "out, lse2, offload_kv, off_n and handed are required");
+    MP_CHECK(off_cap >= 0 && (off_cap == 0 || off_ids), MP_ERR_INVALID,
+             "off_ids is required for a capacity \"%lld\"", (long long)off_cap);
+    BatchHolder bh(idx, B, q, H, qcodes);
+    struct Sink {
+      int64_t cap;
+      int32_t *ids, *n;
+      int32_t calls = 0;
+      const uint8_t *kv;
+    } sink{off_cap, off_ids, off_n, 0, offload_kv};
+    mp::lsh::Offload off;
+    off.kv_heads = offload_kv;
+    off.ctx = &sink;
+    off.ready = [](void *ctx, const mp::lsh::OffloadSamples &smp) {
+      Sink &k = *static_cast<Sink *>(ctx);
+      k.calls++;
+      for (int b = 0; b < smp.B; b++)
+        for (int h = 0; h < smp.H; h++) {
+          const size_t bh = (size_t)b * smp.H + h;
+          if (!k.kv[(size_t)b * smp.Hkv + h / smp.G]) continue;
+          std::vector<int32_t> v = smp.ids[bh];
+          std::sort(v.begin(), v.end());
+          k.n[bh] = (int32_t)v.size();
+          const size_t m = std::min<size_t>(v.size(), (size_t)k.cap);
+          if (m) std::copy(v.begin(), v.begin() + (int64_t)m, k.ids + bh * k.cap);
+        }
+    };
+    bh.batch.offload = &off;
+    std::fill(off_n, off_n + (size_t)B * H, 0);
+    mp::lsh::attention(bh.batch, flags, nullptr, nullptr, 0, out, lse2, nnz, nullptr);
+    *handed = sink.calls;
+    return MP_OK;
+  });
+}
+
 MP_API int32_t mp_lsh_attention_sets(mp_lsh_index *const *idx, int32_t B, const float *q,
                                      int32_t H, const int32_t *sets, const int32_t *set_n,
                                      int64_t set_cap, int32_t flags, float *out, float *lse2,

@@ -588,6 +588,20 @@ MP_API int32_t mp_lsh_attention(mp_lsh_index *const *idx, int32_t B, const float
                                 float *lse2, int32_t *nnz, mp_lsh_stats *stats, char *err,
                                 size_t err_cap);
 
+/* mp_lsh_attention with some KV heads attended elsewhere (split decode's GPU share, here
+ * for tests): offload_kv[b][hkv] != 0 marks KV head hkv of sequence b. Every head is
+ * retrieved; the offloaded heads' out rows are 0 and their lse2 −∞ (nnz still counts their
+ * samples), and their samples are handed out as the GPU would get them: off_n[b][h] ids
+ * (ascending, the first off_cap in off_ids[b][h][..]) for heads of offloaded KV heads, 0
+ * for the others. *handed is set to 1 when the hand-off ran (exactly once when any head is
+ * offloaded), else 0. */
+MP_API int32_t mp_lsh_attention_offload(mp_lsh_index *const *idx, int32_t B, const float *q,
+                                        int32_t H, const uint16_t *qcodes, int32_t flags,
+                                        const uint8_t *offload_kv, int64_t off_cap,
+                                        int32_t *off_ids, int32_t *off_n, int32_t *handed,
+                                        float *out, float *lse2, int32_t *nnz, char *err,
+                                        size_t err_cap);
+
 /* The same weights over given samples instead of retrieved ones: the sample of (b, h) is
  * sets[b][h][0 .. set_n[b][h]) (token ids, set_cap per head; duplicates ignored). */
 MP_API int32_t mp_lsh_attention_sets(mp_lsh_index *const *idx, int32_t B, const float *q,
