@@ -30,6 +30,8 @@ import {
 } from "../../ffi/native.ts";
 import { Graphs, KvPlacement, setKernel } from "../../ffi/gpu.ts";
 import { loadModel } from "../../engine/model/loader.ts";
+import { ggufToHfDir } from "../_convert.ts";
+import { tempDir } from "../_tmp.ts";
 
 const gpus = (() => {
   try {
@@ -269,74 +271,94 @@ interface StoriesRef {
   bos_only_256: { prompt_ids: number[]; generated_ids: number[] };
 }
 
+/**
+ * The stories260K checks on the CUDA engine: logits at position 4 against the float32
+ * reference, teacher-forced greedy agreement wherever the reference's margin exceeds what
+ * bf16 can move, and 256 steps from BOS.
+ */
+async function storiesOnCuda(path: string, label: string): Promise<void> {
+  const ref = JSON.parse(
+    await Deno.readTextFile(`${sharedModels!}/reference/stories260K_reference.json`),
+  ) as StoriesRef;
+  console.log(`stories260K (${label}) on the CUDA engine: prompt run, then 256 steps from BOS`);
+  const model = await loadModel({ path, backend: Backend.CUDA });
+  const e = model.engine;
+  try {
+    const V = e.config.vocab_size;
+    const argmax = (l: Float32Array) => {
+      let b = 0;
+      for (let j = 1; j < V; j++) if (l[j] > l[b]) b = j;
+      return b;
+    };
+    const f: (string | null)[] = [];
+    // Teacher-forced: feed the reference's tokens; our argmax must agree wherever the
+    // reference's top-2 margin exceeds what bf16 can move (0.5).
+    const run = ref.prompt_run;
+    await using s = await Session.create(e, denseOpts);
+    const l = new Float32Array(V);
+    await s.prefill(new Int32Array(run.prompt_ids), { logits: l });
+    f.push(
+      check(
+        "engine",
+        `stories260K (${label}) logits at position 4 vs float32 reference`,
+        relError(l, Float32Array.from(run.logits_at_pos4_float32)),
+        2e-2,
+      ),
+    );
+    let disagree = 0, tight = 0;
+    for (const [i, step] of run.per_step.entries()) {
+      if (i > 0) await decodeStep(e, [s], new Int32Array([step.token_in]), l);
+      if (argmax(l) !== step.argmax) {
+        if (step.margin_top1_top2 >= 0.5) disagree++;
+        else tight++;
+      }
+    }
+    f.push(
+      check(
+        "engine",
+        `stories260K (${label}) greedy steps differing where margin >= 0.5 (${tight} tight flips)`,
+        disagree,
+        0,
+      ),
+    );
+    // From BOS, teacher-forced over all 256 reference tokens: bf16 may flip a few steps
+    // whose margins are tight (the reference gives no margins for this run).
+    await using b = await Session.create(e, denseOpts);
+    const bos = ref.bos_only_256;
+    await b.prefill(new Int32Array(bos.prompt_ids), { logits: l });
+    let flips = 0;
+    for (const [i, t] of bos.generated_ids.entries()) {
+      if (argmax(l) !== t) flips++;
+      if (i + 1 < bos.generated_ids.length) await decodeStep(e, [b], new Int32Array([t]), l);
+    }
+    f.push(
+      check(
+        "engine",
+        `stories260K (${label}) from BOS, 256 teacher-forced steps: argmax flips`,
+        flips,
+        3,
+      ),
+    );
+    assertAll(f);
+  } finally {
+    await e.close();
+  }
+}
+
 Deno.test({
   name: "CUDA engine: stories260K (GGUF) reproduces the reference tokens",
   ignore: ignore || sharedModels === null,
+  fn: () => storiesOnCuda(`${sharedModels!}/stories260K/stories260K.gguf`, "GGUF"),
+});
+
+Deno.test({
+  name: "CUDA engine: stories260K as a Hugging Face directory reproduces the reference tokens",
+  ignore: ignore || sharedModels === null,
   async fn() {
-    const dir = sharedModels!;
-    const ref = JSON.parse(
-      await Deno.readTextFile(`${dir}/reference/stories260K_reference.json`),
-    ) as StoriesRef;
-    console.log("stories260K on the CUDA engine: prompt run, then 256 steps from BOS");
-    const model = await loadModel({
-      path: `${dir}/stories260K/stories260K.gguf`,
-      backend: Backend.CUDA,
-    });
-    const e = model.engine;
-    try {
-      const V = e.config.vocab_size;
-      const argmax = (l: Float32Array) => {
-        let b = 0;
-        for (let j = 1; j < V; j++) if (l[j] > l[b]) b = j;
-        return b;
-      };
-      const f: (string | null)[] = [];
-      // Teacher-forced: feed the reference's tokens; our argmax must agree wherever the
-      // reference's top-2 margin exceeds what bf16 can move (0.5).
-      const run = ref.prompt_run;
-      await using s = await Session.create(e, denseOpts);
-      const l = new Float32Array(V);
-      await s.prefill(new Int32Array(run.prompt_ids), { logits: l });
-      f.push(
-        check(
-          "engine",
-          "stories260K logits at position 4 vs float32 reference",
-          relError(l, Float32Array.from(run.logits_at_pos4_float32)),
-          2e-2,
-        ),
-      );
-      let disagree = 0, tight = 0;
-      for (const [i, step] of run.per_step.entries()) {
-        if (i > 0) await decodeStep(e, [s], new Int32Array([step.token_in]), l);
-        if (argmax(l) !== step.argmax) {
-          if (step.margin_top1_top2 >= 0.5) disagree++;
-          else tight++;
-        }
-      }
-      f.push(
-        check(
-          "engine",
-          `stories260K greedy steps differing where margin >= 0.5 (${tight} tight flips)`,
-          disagree,
-          0,
-        ),
-      );
-      // From BOS, teacher-forced over all 256 reference tokens: bf16 may flip a few steps
-      // whose margins are tight (the reference gives no margins for this run).
-      await using b = await Session.create(e, denseOpts);
-      const bos = ref.bos_only_256;
-      await b.prefill(new Int32Array(bos.prompt_ids), { logits: l });
-      let flips = 0;
-      for (const [i, t] of bos.generated_ids.entries()) {
-        if (argmax(l) !== t) flips++;
-        if (i + 1 < bos.generated_ids.length) await decodeStep(e, [b], new Int32Array([t]), l);
-      }
-      f.push(
-        check("engine", "stories260K from BOS, 256 teacher-forced steps: argmax flips", flips, 3),
-      );
-      assertAll(f);
-    } finally {
-      await e.close();
-    }
+    // safetensors + config.json converted from the GGUF (Q/K rows un-permuted: rotate-half
+    // RoPE), the Hugging Face layout the loader reads for real checkpoints
+    const dir = await tempDir("hf-stories-gpu");
+    await ggufToHfDir(`${sharedModels!}/stories260K/stories260K.gguf`, dir);
+    await storiesOnCuda(dir, "Hugging Face format");
   },
 });
