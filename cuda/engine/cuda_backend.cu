@@ -67,6 +67,74 @@ namespace mp {
 
 namespace {
 
+// $MP_TRACE's prefill profile: events on the compute stream at every layer start and between
+// the ops of every chunk of one layer; report() (after the prefill's final synchronisation)
+// traces each layer's GPU time and that layer's time per op. Off: every call returns at once.
+class PrefillProfile {
+ public:
+  static constexpr int OPS = 10;  // op(l, i) marks the start of op i; op(l, OPS - 1) its end
+  PrefillProfile(bool on, int layer, cudaStream_t s) : on_(on), layer_(layer), s_(s) {}
+  ~PrefillProfile() {
+    for (cudaEvent_t e : layers_) (void)cudaEventDestroy(e);
+    for (cudaEvent_t e : ops_) (void)cudaEventDestroy(e);
+  }
+  PrefillProfile(const PrefillProfile &) = delete;
+  PrefillProfile &operator=(const PrefillProfile &) = delete;
+  void layer(int32_t) {
+    if (on_) layers_.push_back(record());
+  }
+  void op(int32_t l, int) {
+    if (on_ && l == layer_) ops_.push_back(record());
+  }
+  void report(int32_t n) const {
+    if (!on_ || layers_.size() < 2) return;
+    double total = 0;
+    std::string per;
+    for (size_t l = 0; l + 1 < layers_.size(); l++) {
+      const double ms = elapsed(layers_[l], layers_[l + 1]);
+      total += ms;
+      char b[32];
+      std::snprintf(b, sizeof b, "%s%.1f", l ? " " : "", ms);
+      per += b;
+    }
+    gpu::trace("prefill profile: %d tokens, %.1f ms of GPU time over %zu layers (ms each: %s)", n,
+          total, layers_.size() - 1, per.c_str());
+    // ops_: per chunk the start of op 0 and the ends of ops 0..OPS-2 (= starts of 1..OPS-1),
+    // the last mark being the end of op OPS-1.
+    static const char *names[OPS - 1] = {"attn_norm", "qkv", "rope+kv", "attention", "o",
+                                         "ffn_norm", "gate/up", "swiglu", "down"};
+    double sum[OPS - 1] = {};
+    for (size_t c = 0; c + OPS <= ops_.size(); c += OPS)
+      for (int i = 0; i < OPS - 1; i++) sum[i] += elapsed(ops_[c + i], ops_[c + i + 1]);
+    std::string ops;
+    for (int i = 0; i < OPS - 1; i++) {
+      char b[64];
+      std::snprintf(b, sizeof b, "%s%s %.2f", i ? ", " : "", names[i], sum[i]);
+      ops += b;
+    }
+    gpu::trace("prefill profile: layer %d, ms per op over %zu chunks: %s", layer_, ops_.size() / OPS,
+          ops.c_str());
+  }
+
+ private:
+  cudaEvent_t record() {
+    cudaEvent_t e = nullptr;
+    MP_CUDA(cudaEventCreate(&e));
+    const cudaError_t rc = cudaEventRecord(e, s_);
+    if (rc != cudaSuccess) (void)cudaEventDestroy(e);
+    MP_CUDA(rc);
+    return e;
+  }
+  static double elapsed(cudaEvent_t a, cudaEvent_t b) {
+    float ms = 0.f;
+    return cudaEventElapsedTime(&ms, a, b) == cudaSuccess ? ms : 0.0;
+  }
+  bool on_;
+  int layer_;
+  cudaStream_t s_;
+  std::vector<cudaEvent_t> layers_, ops_;
+};
+
 using gpu::bf16;
 using gpu::trace;
 
@@ -340,7 +408,11 @@ class CudaBackend final : public ForwardBackend {
     gpu::stream_wait(s_, "the prefill's uploads");  // hpos and tokens: host memory of this frame
 
     const size_t row_b = (size_t)d_ * sizeof(bf16);
+    // $MP_TRACE: each layer's GPU time, and per-op GPU times of one layer (events between
+    // its kernels), traced after the prefill: what bounds the prefill figure.
+    PrefillProfile prof(gpu::trace_enabled(), c_.n_layers > 1 ? 1 : 0, s_);
     for (int32_t l = 0; l < c_.n_layers; l++) {
+      prof.layer(l);
       if (abort_requested(abort)) {
         gpu::stream_wait(s_, "the aborted prefill");
         gpu::stream_wait(copy_, "the aborted prefill's write-back");
@@ -365,20 +437,30 @@ class CudaBackend final : public ForwardBackend {
         const int32_t m = std::min(C, n - c0);
         const int64_t pos0 = p0 + c0;
         float *xc = x.p + (size_t)c0 * dim_;
+        prof.op(l, 0);
         gpu::rmsnorm<bf16>(xc, L.attn_norm.p, m, dim_, c_.rms_eps, xb.p, s_);
+        prof.op(l, 1);
         gpu::matmul<bf16>(*gemm_, L.wqkv.p, xb.p, dim_, m, dim_, QKV_, qkv.p, QKV_, false);
+        prof.op(l, 2);
         gpu::rope<bf16>(qkv.p, m, H_ + Hkv_, d_, QKV_, pos.p + c0, inv_freq_.p, c_.rope.style,
                         s_);
         gpu::kv_scatter(qkv.p, QKV_, H_ * d_, (H_ + Hkv_) * d_, m, Hkv_, d_, K, V, T, pos0, s_);
         gpu::KVView kv{K, V, (int64_t)d_, (int64_t)T * d_};
+        prof.op(l, 3);
         gpu::attention_prefill<bf16>(qkv.p, QKV_, kv, m, (int)(pos0 + m), H_, Hkv_, d_,
                                      (int)pos0, att.p, (int64_t)H_ * d_, nullptr, s_);
+        prof.op(l, 4);
         gpu::matmul<float>(*gemm_, L.wo.p, att.p, (int64_t)H_ * d_, m, H_ * d_, dim_, xc, dim_,
                            true);
+        prof.op(l, 5);
         gpu::rmsnorm<bf16>(xc, L.ffn_norm.p, m, dim_, c_.rms_eps, xb.p, s_);
+        prof.op(l, 6);
         gpu::matmul<bf16>(*gemm_, L.wgu.p, xb.p, dim_, m, dim_, 2 * F_, gu.p, 2 * F_, false);
+        prof.op(l, 7);
         gpu::swiglu<bf16, bf16>(gu.p, gu.p + F_, m, F_, 2 * F_, hb.p, F_, s_);
+        prof.op(l, 8);
         gpu::matmul<float>(*gemm_, L.wd.p, hb.p, F_, m, F_, dim_, xc, dim_, true);
+        prof.op(l, 9);
       }
       // The layer's new rows to the session's host cache, on the copy stream once the
       // layer is computed; ev_pf_[buf] marks the buffer free again.
@@ -400,9 +482,11 @@ class CudaBackend final : public ForwardBackend {
       MP_CUDA(cudaMemcpyAsync(logits, lg.p, (size_t)c_.vocab_size * 4, cudaMemcpyDeviceToHost,
                               s_));
     }
+    prof.layer(c_.n_layers);
     gpu::stream_wait(s_, "the prefill");
     gpu::stream_wait(copy_, "the prefill's write-back");
     trace("prefill: done");
+    prof.report(n);
     s.set_n_tokens(T);
     return MP_OK;
   }
