@@ -690,9 +690,10 @@ void bench_dec2_chain(cudaStream_t s, Gemm &g, int T, int form, std::vector<floa
         stale ? 1e9 : err, 1e-3, note});
 }
 
-// Rope + kv_append (two kernels) against rope_kv_append (one), B = 1 and 4, 8B shape;
-// parity: the rotated qkv rows and the appended cache rows must be bit-identical.
-void bench_rope_append(cudaStream_t s, int B) {
+// Rope + kv_append (two kernels) against rope_kv_append (one), B = 1 and 4, 8B shape, both
+// pair conventions; parity: the rotated qkv rows and the appended cache rows must be
+// bit-identical.
+void bench_rope_append(cudaStream_t s, int B, int style = MP_ROPE_HALF) {
   const int H = 32, Hkv = 8, d = 128, QKV = (H + 2 * Hkv) * d, T = 64;
   DevBuf<bf16> Q0((size_t)B * QKV), Q1((size_t)B * QKV), Q2((size_t)B * QKV);
   DevBuf<bf16> K1((size_t)B * T * Hkv * d), V1(K1.n), K2(K1.n), V2(K1.n);
@@ -702,7 +703,7 @@ void bench_rope_append(cudaStream_t s, int B) {
   MP_CUDA(cudaMemsetAsync(V1.p, 0, V1.bytes(), s));
   MP_CUDA(cudaMemsetAsync(K2.p, 0, K2.bytes(), s));
   MP_CUDA(cudaMemsetAsync(V2.p, 0, V2.bytes(), s));
-  mp_rope_params rp{500000.f, MP_ROPE_HALF, MP_ROPE_SCALING_LLAMA3, 8.f, 1.f, 4.f, 8192};
+  mp_rope_params rp{500000.f, style, MP_ROPE_SCALING_LLAMA3, 8.f, 1.f, 4.f, 8192};
   std::vector<double> f = rope_inv_freq(rp, d);
   DevBuf<double> invf = upload(f.data(), f.size(), s);
   std::vector<int32_t> hpos((size_t)B);
@@ -718,11 +719,11 @@ void bench_rope_append(cudaStream_t s, int B) {
   DevBuf<SeqKV> sq1 = upload(q1.data(), q1.size(), s), sq2 = upload(q2.data(), q2.size(), s);
   const bool pdl = decode2_pdl();
   auto old_f = [&] {
-    rope<bf16>(Q1.p, B, H + Hkv, d, QKV, pos.p, invf.p, MP_ROPE_HALF, s);
+    rope<bf16>(Q1.p, B, H + Hkv, d, QKV, pos.p, invf.p, style, s);
     kv_append(Q1.p, QKV, H * d, (H + Hkv) * d, sq1.p, B, Hkv, d, S1.p, S1.p + (size_t)B * Hkv * d, s);
   };
   auto new_f = [&] {
-    rope_kv_append(Q2.p, B, H, Hkv, d, QKV, pos.p, invf.p, MP_ROPE_HALF, sq2.p, S2.p,
+    rope_kv_append(Q2.p, B, H, Hkv, d, QKV, pos.p, invf.p, style, sq2.p, S2.p,
                    S2.p + (size_t)B * Hkv * d, pdl, s);
   };
   MP_CUDA(cudaMemcpyAsync(Q1.p, Q0.p, Q0.bytes(), cudaMemcpyDeviceToDevice, s));
@@ -738,7 +739,8 @@ void bench_rope_append(cudaStream_t s, int B) {
   };
   cmp(Q1, Q2), cmp(K1, K2), cmp(V1, V2), cmp(S1, S2);
   char shape[64];
-  std::snprintf(shape, sizeof shape, "B=%d H32/8 d128", B);
+  std::snprintf(shape, sizeof shape, "B=%d H32/8 d128 %s", B,
+                style == MP_ROPE_HALF ? "half" : "interleaved");
   // Timed from the same start every time (rope rotates in place: values drift, time does not).
   const double ms_old = time_ms(s, [&](int) { old_f(); });
   const double ms_new = time_ms(s, [&](int) { new_f(); });
@@ -791,12 +793,16 @@ void gemv_branch_sections(cudaStream_t s, Gemm &g, bool small) {
   });
   // dec2 branch: old vs new decode-step kernels (form 0 / form 1; $MP_DECODE_PF_MB and
   // $MP_DECODE2_PDL apply to form 1).
+  // One decode-step attention shape (8B, 8K keys, batch 1, the engine's form), for
+  // profiling it alone: ncu -k regex:decode_attn build/opbench --only dec8k.
+  section("dec8k", [&] { bench_decode(s, 1, 8192, 32, 8, 128, 0, 1); });
   section("dec2", [&] {
     for (int T : {700, 8192, 32768})
       for (int form : {0, 1}) bench_decode(s, 1, T, 32, 8, 128, 0, form);
     for (int form : {0, 1}) bench_decode(s, 4, 8192, 32, 8, 128, 0, form);
     bench_rope_append(s, 1);
     bench_rope_append(s, 4);
+    bench_rope_append(s, 4, MP_ROPE_INTERLEAVED);
     for (int T : {8192, 32768}) {
       std::vector<float> ref;
       for (int form : {0, 1}) bench_dec2_chain(s, g, T, form, &ref);

@@ -112,8 +112,15 @@ class PrefillProfile {
       std::snprintf(b, sizeof b, "%s%s %.2f", i ? ", " : "", names[i], sum[i]);
       ops += b;
     }
-    gpu::trace("prefill profile: layer %d, ms per op over %zu chunks: %s", layer_, ops_.size() / OPS,
-          ops.c_str());
+    gpu::trace("prefill profile: layer %d, ms per op over %zu chunks: %s", layer_,
+               ops_.size() / OPS, ops.c_str());
+    std::string att;
+    for (size_t c = 0; c + OPS <= ops_.size(); c += OPS) {
+      char b[32];
+      std::snprintf(b, sizeof b, "%s%.2f", c ? " " : "", elapsed(ops_[c + 3], ops_[c + 4]));
+      att += b;
+    }
+    gpu::trace("prefill profile: layer %d, attention ms per chunk: %s", layer_, att.c_str());
   }
 
  private:

@@ -18,6 +18,8 @@
 // One block per token: its threads first fill the token's cos/sin table (head_dim/2 <= 128
 // entries, double precision, in shared memory), then rotate every (head, pair).
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
@@ -134,6 +136,70 @@ __global__ void rope_append_kernel(bf16 *__restrict__ qkv, int H, int Hkv, int h
   }
 }
 
+// rope_append_kernel's work spread over the whole GPU, for head_dim % 16 == 0 (the engine's
+// decode step; GPU run of 2026-11-28: the one-block-per-row form took 8.3 µs of a 151 µs
+// layer at batch 1, its 2560 scalar rotations a chain of dependent loads and stores).
+// Grid (ceil(items / blockDim.x), n); an item is one head of row blockIdx.y and one group of
+// 8 of its pairs: 16 values, two 16-byte loads (MP_ROPE_HALF: columns c..c+7 and
+// half+c..half+c+7; MP_ROPE_INTERLEAVED: columns 2c..2c+15). Items of the H + Hkv q/k heads
+// rotate (the same f32 arithmetic as rope_rotate: bit-identical results) and store back;
+// items of k and v heads then also write their 16 values to the cache row len − 1 and to
+// the staging rows. Each block fills the cos/sin table of its row before the PDL wait.
+__global__ void rope_append16_kernel(bf16 *__restrict__ qkv, int H, int Hkv, int head_dim,
+                                     int64_t row_stride, const int32_t *__restrict__ positions,
+                                     const double *__restrict__ inv_freq, int style,
+                                     const SeqKV *__restrict__ seqs, bf16 *__restrict__ stage_k,
+                                     bf16 *__restrict__ stage_v) {
+  __shared__ float cs[128], sn[128];
+  const int i = blockIdx.y;
+  const int half = head_dim >> 1, gph = half / 8;
+  rope_angles((double)positions[i], inv_freq, half, cs, sn);
+  const SeqKV sq = seqs[i];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+  __syncthreads();
+  const int item = blockIdx.x * blockDim.x + threadIdx.x;
+  if (item >= (H + 2 * Hkv) * gph) return;  // no barrier below
+  const int h = item / gph, c = (item % gph) * 8;
+  const bool il = style == MP_ROPE_INTERLEAVED;
+  const int oa = il ? 2 * c : c, ob = il ? 2 * c + 8 : c + half;
+  bf16 *head = qkv + (int64_t)i * row_stride + (int64_t)h * head_dim;
+  uint4 ua = *reinterpret_cast<const uint4 *>(head + oa);
+  uint4 ub = *reinterpret_cast<const uint4 *>(head + ob);
+  if (h < H + Hkv) {
+    bf16 *ea = reinterpret_cast<bf16 *>(&ua), *eb = reinterpret_cast<bf16 *>(&ub);
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+      // pair c + j: (ea[j], eb[j]) for MP_ROPE_HALF; interleaved: 4 pairs in each vector
+      bf16 *pa = il ? (j < 4 ? ea + 2 * j : eb + 2 * (j - 4)) : ea + j;
+      bf16 *pb = il ? pa + 1 : eb + j;
+      const float a = __bfloat162float(*pa), b = __bfloat162float(*pb);
+      const float cj = cs[c + j], sj = sn[c + j];
+      *pa = __float2bfloat16_rn(a * cj - b * sj);
+      *pb = __float2bfloat16_rn(a * sj + b * cj);
+    }
+    *reinterpret_cast<uint4 *>(head + oa) = ua;
+    *reinterpret_cast<uint4 *>(head + ob) = ub;
+  }
+  if (h < H) return;
+  const bool is_k = h < H + Hkv;
+  const int hk = is_k ? h - H : h - H - Hkv;
+  if (sq.len > 0 && sq.k != nullptr) {
+    bf16 *dst = const_cast<bf16 *>(is_k ? sq.k : sq.v) + (int64_t)(sq.len - 1) * sq.stride_t +
+                (int64_t)hk * sq.stride_h;
+    *reinterpret_cast<uint4 *>(dst + oa) = ua;
+    *reinterpret_cast<uint4 *>(dst + ob) = ub;
+  }
+  bf16 *st = is_k ? stage_k : stage_v;
+  if (st) {
+    bf16 *dst = st + ((int64_t)i * Hkv + hk) * head_dim;
+    *reinterpret_cast<uint4 *>(dst + oa) = ua;
+    *reinterpret_cast<uint4 *>(dst + ob) = ub;
+  }
+}
+
 // ------------------------------------------------------------
 // launchers
 
@@ -143,6 +209,18 @@ void rope_kv_append(bf16 *qkv, int n, int H, int Hkv, int head_dim, int64_t row_
   if (n <= 0) return;
   MP_CHECK(head_dim % 8 == 0 && head_dim <= 256, MP_ERR_UNSUPPORTED,
            "rope_kv_append: head_dim %d is not a multiple of 8 up to 256", head_dim);
+  static const bool v16 = [] {  // $MP_ROPE16=0: the one-block-per-row form (A/B)
+    const char *v = std::getenv("MP_ROPE16");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  if (v16 && head_dim % 16 == 0 && n <= 65535) {
+    const int items = (H + 2 * Hkv) * (head_dim / 16);
+    launch_ex(rope_append16_kernel, dim3((unsigned)((items + 127) / 128), (unsigned)n),
+              dim3(128), 0, s, pdl, qkv, H, Hkv, head_dim, row_stride, positions, inv_freq,
+              style, seqs, stage_k, stage_v);
+    MP_CUDA_LAUNCH("rope_append16_kernel");
+    return;
+  }
   launch_ex(rope_append_kernel, dim3((unsigned)n), dim3(128), 0, s, pdl, qkv, H, Hkv, head_dim,
             row_stride, positions, inv_freq, style, seqs, stage_k, stage_v);
   MP_CUDA_LAUNCH("rope_append_kernel");

@@ -4,6 +4,9 @@
 // are any two [rows][cols] views with row stride in_stride, so the forward pass reads one
 // fused [rows][gate | up] GEMM output (in_stride = 2·cols, up = gate + cols). One thread per
 // element, grid-stride.
+#include <cstdint>
+#include <type_traits>
+
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
 #include "gpu/reduce.cuh"
@@ -30,12 +33,49 @@ __global__ void swiglu_kernel(const T *__restrict__ gate, const T *__restrict__ 
 // ------------------------------------------------------------
 // launchers
 
+// bf16 in and out, cols % 8 == 0, 16-byte aligned rows: 8 values per thread with 16-byte
+// loads and stores, the same f32 arithmetic as swiglu_kernel (bit-identical). The prefill's
+// SwiGLU over 8192 × 14336 values ran at 1.7 TB/s in the scalar form (GPU run of
+// 2026-11-28: 5.1 ms of a 228 ms layer at 96K).
+__global__ void swiglu8_kernel(const bf16 *__restrict__ gate, const bf16 *__restrict__ up,
+                               int64_t rows, int64_t cols8, int64_t in_stride,
+                               bf16 *__restrict__ out, int64_t out_stride) {
+  const int64_t total = rows * cols8;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / cols8, c = (i % cols8) * 8;
+    const uint4 gv = *reinterpret_cast<const uint4 *>(gate + r * in_stride + c);
+    const uint4 uv = *reinterpret_cast<const uint4 *>(up + r * in_stride + c);
+    const bf16 *g8 = reinterpret_cast<const bf16 *>(&gv), *u8 = reinterpret_cast<const bf16 *>(&uv);
+    uint4 ov;
+    bf16 *o8 = reinterpret_cast<bf16 *>(&ov);
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+      const float g = __bfloat162float(g8[e]), u = __bfloat162float(u8[e]);
+      o8[e] = __float2bfloat16_rn(g / (1.f + expf(-g)) * u);
+    }
+    *reinterpret_cast<uint4 *>(out + r * out_stride + c) = ov;
+  }
+}
+
 template <class T, class OutT>
 void swiglu(const T *gate, const T *up, int64_t rows, int64_t cols, int64_t in_stride, OutT *out,
             int64_t out_stride, cudaStream_t s) {
   const int64_t total = rows * cols;
   if (total <= 0) return;
   const int threads = 256;
+  if constexpr (std::is_same_v<T, bf16> && std::is_same_v<OutT, bf16>) {
+    const auto a16 = [](const void *p) { return ((uintptr_t)p & 15) == 0; };
+    if (cols % 8 == 0 && in_stride % 8 == 0 && out_stride % 8 == 0 && a16(gate) && a16(up) &&
+        a16(out)) {
+      const int64_t vec = rows * (cols / 8);
+      const int64_t blocks = std::min<int64_t>((vec + threads - 1) / threads, 132LL * 16);
+      swiglu8_kernel<<<(unsigned)blocks, threads, 0, s>>>(gate, up, rows, cols / 8, in_stride,
+                                                         out, out_stride);
+      MP_CUDA_LAUNCH("swiglu8_kernel");
+      return;
+    }
+  }
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 132LL * 64);
   swiglu_kernel<T, OutT>
       <<<(unsigned)blocks, threads, 0, s>>>(gate, up, rows, cols, in_stride, out, out_stride);
