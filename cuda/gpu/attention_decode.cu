@@ -73,8 +73,10 @@ __device__ __forceinline__ void load8(const bf16 *p, float (&f)[8]) {
 // ------------------------------------------------------------
 // kernels
 
-template <int D, int G, class QT, class OutT, bool V2>
-__global__ void __launch_bounds__(DEC_THREADS)
+// KPG: keys per group and step (DEC_KPG by default); MINB: the launch bounds' minimum blocks
+// per SM (1: no register cap). Both tunable for the 8B shape only (decode_cfg).
+template <int D, int G, class QT, class OutT, bool V2, int KPG = DEC_KPG, int MINB = 1>
+__global__ void __launch_bounds__(DEC_THREADS, MINB)
     decode_attn_kernel(const QT *__restrict__ q, int64_t q_stride, const SeqKV *__restrict__ seqs,
                        int H, float sl2, float *__restrict__ part_o, float *__restrict__ part_lse,
                        OutT *__restrict__ out, float *__restrict__ lse2,
@@ -143,32 +145,32 @@ __global__ void __launch_bounds__(DEC_THREADS)
   // Double-buffered: the K/V rows of the warp's next step are requested before the math of
   // this one, so a warp keeps 2 steps (up to 8 KB) in flight instead of waiting a full
   // round trip per step.
-  constexpr int WSTEP = NGB * DEC_KPG;
-  auto load_step = [&](int w, uint4 (&kk)[DEC_KPG], uint4 (&vv)[DEC_KPG]) {
-    const int t0 = w + grp * DEC_KPG;
+  constexpr int WSTEP = NGB * KPG;
+  auto load_step = [&](int w, uint4 (&kk)[KPG], uint4 (&vv)[KPG]) {
+    const int t0 = w + grp * KPG;
 #pragma unroll
-    for (int u = 0; u < DEC_KPG; u++) {
+    for (int u = 0; u < KPG; u++) {
       const int tt = t0 + u;
       const bool ok = tt < ke;
       kk[u] = ok ? ld_stream_16(kbase + (int64_t)tt * sq.stride_t) : zero;
       vv[u] = ok ? ld_stream_16(vbase + (int64_t)tt * sq.stride_t) : zero;
     }
   };
-  uint4 kr[DEC_KPG], vr[DEC_KPG];
-  const int wfirst = kb + warp * NG * DEC_KPG;
+  uint4 kr[KPG], vr[KPG];
+  const int wfirst = kb + warp * NG * KPG;
   if (wfirst < ke) load_step(wfirst, kr, vr);
   for (int w0 = wfirst; w0 < ke; w0 += WSTEP) {
-    const int t0 = w0 + grp * DEC_KPG;
-    uint4 kn[DEC_KPG], vn[DEC_KPG];
+    const int t0 = w0 + grp * KPG;
+    uint4 kn[KPG], vn[KPG];
     if (w0 + WSTEP < ke) {
       load_step(w0 + WSTEP, kn, vn);
     } else {
 #pragma unroll
-      for (int u = 0; u < DEC_KPG; u++) kn[u] = vn[u] = zero;
+      for (int u = 0; u < KPG; u++) kn[u] = vn[u] = zero;
     }
-    float sc[G][DEC_KPG];
+    float sc[G][KPG];
 #pragma unroll
-    for (int u = 0; u < DEC_KPG; u++) {
+    for (int u = 0; u < KPG; u++) {
       float kf[8];
       float2 x;
       x = unpack_bf16x2(kr[u].x), kf[0] = x.x, kf[1] = x.y;
@@ -188,9 +190,9 @@ __global__ void __launch_bounds__(DEC_THREADS)
 #pragma unroll
       for (int gi = 0; gi < G; gi++)
 #pragma unroll
-        for (int u = 0; u < DEC_KPG; u++) sc[gi][u] += __shfl_xor_sync(0xffffffffu, sc[gi][u], off);
+        for (int u = 0; u < KPG; u++) sc[gi][u] += __shfl_xor_sync(0xffffffffu, sc[gi][u], off);
 #pragma unroll
-    for (int u = 0; u < DEC_KPG; u++)
+    for (int u = 0; u < KPG; u++)
       if (t0 + u >= ke)
 #pragma unroll
         for (int gi = 0; gi < G; gi++) sc[gi][u] = -INFINITY;
@@ -199,7 +201,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
     for (int gi = 0; gi < G; gi++) {
       float mx = sc[gi][0];
 #pragma unroll
-      for (int u = 1; u < DEC_KPG; u++) mx = fmaxf(mx, sc[gi][u]);
+      for (int u = 1; u < KPG; u++) mx = fmaxf(mx, sc[gi][u]);
       const float m_new = fmaxf(m[gi], mx);  // −∞ while this group has seen no key
       const float m_use = m_new == -INFINITY ? 0.f : m_new;
       const float alpha = exp2f(m[gi] - m_use);
@@ -207,7 +209,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
 #pragma unroll
       for (int e = 0; e < 8; e++) acc[gi][e] *= alpha;
 #pragma unroll
-      for (int u = 0; u < DEC_KPG; u++) {
+      for (int u = 0; u < KPG; u++) {
         const float p = exp2f(sc[gi][u] - m_use);
         l[gi] += p;
         float2 x;
@@ -219,7 +221,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
       m[gi] = m_new;
     }
 #pragma unroll
-    for (int u = 0; u < DEC_KPG; u++) kr[u] = kn[u], vr[u] = vn[u];
+    for (int u = 0; u < KPG; u++) kr[u] = kn[u], vr[u] = vn[u];
   }
 
   // Combine the block's key groups.
@@ -371,15 +373,38 @@ __global__ void __launch_bounds__(COMB_THREADS)
 // sequences: a power of two <= len / 64 (>= 64 keys per split), so the count — part of a
 // captured decode graph's key — changes only when the length doubles, until it reaches the
 // cap.
+// Decode kernel configuration of the 8B shape (d = 128, G = 4) in the engine's form:
+// $MP_DECODE_CFG 0 (default) KPG 4 without a register cap; 1: KPG 4, 4 blocks per SM; 2: KPG
+// 2, 4 blocks; 3: KPG 2, 5 blocks; 4: KPG 2, 6 blocks (opbench A/B: ncu of GPU run 2 showed
+// the default latency-bound at 12 warps per SM, 168 registers).
+static int decode_cfg() {
+  static const int c = [] {
+    const char *v = std::getenv("MP_DECODE_CFG");
+    const int x = v ? std::atoi(v) : 0;
+    return x >= 0 && x <= 4 ? x : 0;
+  }();
+  return c;
+}
+
+template <class F>
+static int occupancy(F f) {
+  int v = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, f, DEC_THREADS, 0) != cudaSuccess) {
+    (void)cudaGetLastError();
+    v = 3;
+  }
+  return std::max(1, v);
+}
+
 static int decode_blocks_per_sm() {
   static const int nb = [] {
-    int v = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-            &v, decode_attn_kernel<128, 4, bf16, bf16, false>, DEC_THREADS, 0) != cudaSuccess) {
-      (void)cudaGetLastError();
-      v = 3;
+    switch (decode_cfg()) {
+      case 1: return occupancy(decode_attn_kernel<128, 4, bf16, bf16, true, 4, 4>);
+      case 2: return occupancy(decode_attn_kernel<128, 4, bf16, bf16, true, 2, 4>);
+      case 3: return occupancy(decode_attn_kernel<128, 4, bf16, bf16, true, 2, 5>);
+      case 4: return occupancy(decode_attn_kernel<128, 4, bf16, bf16, true, 2, 6>);
+      default: return occupancy(decode_attn_kernel<128, 4, bf16, bf16, false>);
     }
-    return std::max(1, v);
   }();
   return nb;
 }
@@ -422,9 +447,21 @@ static void launch_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int 
         q, q_stride, seqs, H, sl2, part_o, part_lse, out, lse2, nullptr, 0);
     MP_CUDA_LAUNCH("decode_attn_kernel");
   } else {
-    launch_ex(decode_attn_kernel<D, G, QT, OutT, true>, dim3(splits, Hkv, B), dim3(DEC_THREADS), 0,
-              s, o.pdl, q, q_stride, seqs, H, sl2, part_o, part_lse, out, lse2, o.counters,
-              o.pf_keys);
+    auto go = [&](auto kernel) {
+      launch_ex(kernel, dim3(splits, Hkv, B), dim3(DEC_THREADS), 0, s, o.pdl, q, q_stride, seqs,
+                H, sl2, part_o, part_lse, out, lse2, o.counters, o.pf_keys);
+    };
+    if constexpr (D == 128 && G == 4) {
+      switch (decode_cfg()) {
+        case 1: go(decode_attn_kernel<D, G, QT, OutT, true, 4, 4>); break;
+        case 2: go(decode_attn_kernel<D, G, QT, OutT, true, 2, 4>); break;
+        case 3: go(decode_attn_kernel<D, G, QT, OutT, true, 2, 5>); break;
+        case 4: go(decode_attn_kernel<D, G, QT, OutT, true, 2, 6>); break;
+        default: go(decode_attn_kernel<D, G, QT, OutT, true>); break;
+      }
+    } else {
+      go(decode_attn_kernel<D, G, QT, OutT, true>);
+    }
     MP_CUDA_LAUNCH("decode_attn_kernel (v2)");
   }
   if (splits > 1 && !(o.v2 && o.counters)) {
