@@ -415,9 +415,9 @@ class CudaBackend final : public ForwardBackend {
     gpu::stream_wait(s_, "the prefill's uploads");  // hpos and tokens: host memory of this frame
 
     const size_t row_b = (size_t)d_ * sizeof(bf16);
-    // $MP_TRACE: each layer's GPU time, and per-op GPU times of one layer (events between
-    // its kernels), traced after the prefill: what bounds the prefill figure.
-    PrefillProfile prof(gpu::trace_enabled(), c_.n_layers > 1 ? 1 : 0, s_);
+    // $MP_TRACE: each layer's GPU time, and per-op GPU times of one layer that is not the
+    // last (events between its kernels), traced after the prefill: what bounds the figure.
+    PrefillProfile prof(gpu::trace_enabled(), c_.n_layers > 2 ? 1 : c_.n_layers == 2 ? 0 : -1, s_);
     for (int32_t l = 0; l < c_.n_layers; l++) {
       prof.layer(l);
       if (abort_requested(abort)) {
@@ -454,19 +454,28 @@ class CudaBackend final : public ForwardBackend {
         gpu::kv_scatter(qkv.p, QKV_, H_ * d_, (H_ + Hkv_) * d_, m, Hkv_, d_, K, V, T, pos0, s_);
         gpu::KVView kv{K, V, (int64_t)d_, (int64_t)T * d_};
         prof.op(l, 3);
-        gpu::attention_prefill<bf16>(qkv.p, QKV_, kv, m, (int)(pos0 + m), H_, Hkv_, d_,
-                                     (int)pos0, att.p, (int64_t)H_ * d_, nullptr, s_);
+        // The last layer's outputs are read only at the last token (its logits): the other
+        // rows need their K/V (above) and nothing else, so attention and the MLP run for
+        // that one row, in the last chunk, and not at all without logits. Exact: the rows
+        // skipped are never read.
+        const bool last = l == c_.n_layers - 1;
+        if (last && (!logits || c0 + m < n)) continue;
+        const int32_t r0 = last ? m - 1 : 0, mr = m - r0;  // rows r0.. of the chunk
+        const bf16 *qr = qkv.p + (size_t)r0 * QKV_;
+        float *xr = xc + (size_t)r0 * dim_;
+        gpu::attention_prefill<bf16>(qr, QKV_, kv, mr, (int)(pos0 + m), H_, Hkv_, d_,
+                                     (int)(pos0 + r0), att.p, (int64_t)H_ * d_, nullptr, s_);
         prof.op(l, 4);
-        gpu::matmul<float>(*gemm_, L.wo.p, att.p, (int64_t)H_ * d_, m, H_ * d_, dim_, xc, dim_,
+        gpu::matmul<float>(*gemm_, L.wo.p, att.p, (int64_t)H_ * d_, mr, H_ * d_, dim_, xr, dim_,
                            true);
         prof.op(l, 5);
-        gpu::rmsnorm<bf16>(xc, L.ffn_norm.p, m, dim_, c_.rms_eps, xb.p, s_);
+        gpu::rmsnorm<bf16>(xr, L.ffn_norm.p, mr, dim_, c_.rms_eps, xb.p, s_);
         prof.op(l, 6);
-        gpu::matmul<bf16>(*gemm_, L.wgu.p, xb.p, dim_, m, dim_, 2 * F_, gu.p, 2 * F_, false);
+        gpu::matmul<bf16>(*gemm_, L.wgu.p, xb.p, dim_, mr, dim_, 2 * F_, gu.p, 2 * F_, false);
         prof.op(l, 7);
-        gpu::swiglu<bf16, bf16>(gu.p, gu.p + F_, m, F_, 2 * F_, hb.p, F_, s_);
+        gpu::swiglu<bf16, bf16>(gu.p, gu.p + F_, mr, F_, 2 * F_, hb.p, F_, s_);
         prof.op(l, 8);
-        gpu::matmul<float>(*gemm_, L.wd.p, hb.p, F_, m, F_, dim_, xc, dim_, true);
+        gpu::matmul<float>(*gemm_, L.wd.p, hb.p, F_, mr, F_, dim_, xr, dim_, true);
         prof.op(l, 9);
       }
       // The layer's new rows to the session's host cache, on the copy stream once the
