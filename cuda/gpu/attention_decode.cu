@@ -47,7 +47,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <type_traits>
 
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
@@ -74,63 +73,8 @@ __device__ __forceinline__ void load8(const bf16 *p, float (&f)[8]) {
 // ------------------------------------------------------------
 // kernels
 
-// Folded split merge (attention_decode2): called by every block of a (sequence, KV head)
-// after its partials are written; the last block to finish merges all splits of its G heads
-// in split order (the result does not depend on which block is last) and resets the counter
-// for the next launch. sl: shared scratch of at least G·splits floats, free to overwrite.
-template <int D, int G, class OutT>
-__device__ __forceinline__ void fold_merge(int b, int hk, int H, int splits,
-                                           const float *__restrict__ part_o,
-                                           const float *__restrict__ part_lse,
-                                           OutT *__restrict__ out, float *__restrict__ lse2,
-                                           unsigned *__restrict__ counters, float *sl) {
-  __shared__ unsigned s_last;
-  __threadfence();  // this block's partials are visible device-wide before the count
-  __syncthreads();
-  unsigned *cnt = counters + (int64_t)b * gridDim.y + hk;
-  if (threadIdx.x == 0) s_last = atomicAdd(cnt, 1u) == (unsigned)(splits - 1) ? 1u : 0u;
-  __syncthreads();
-  if (!s_last) return;  // block-uniform
-  __threadfence();      // see the other blocks' partials
-  // LSEs of the G heads × splits into shared memory (its last reads were before the
-  // __syncthreads above).
-  const int64_t row0 = (int64_t)b * H + hk * G;
-  for (int i = threadIdx.x; i < G * splits; i += DEC_THREADS)
-    sl[i] = __ldcg(part_lse + row0 * splits + i);  // rows row0.. are consecutive: [G][splits]
-  __syncthreads();
-  constexpr int D4 = D / 4;
-  for (int it = threadIdx.x; it < G * D4; it += DEC_THREADS) {
-    const int gi = it / D4, c4 = it % D4;
-    const float *lg = sl + gi * splits;
-    float M = -INFINITY;
-    for (int j = 0; j < splits; j++) M = fmaxf(M, lg[j]);
-    float L = 0.f;
-    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
-    const int64_t row = row0 + gi;
-    if (M != -INFINITY) {
-      const float4 *po = reinterpret_cast<const float4 *>(part_o + row * splits * D) + c4;
-#pragma unroll 16
-      for (int j = 0; j < splits; j++) {
-        const float4 v = __ldcg(po + (int64_t)j * D4);
-        const float w = exp2f(lg[j] - M);
-        L += w;
-        o.x = fmaf(w, v.x, o.x), o.y = fmaf(w, v.y, o.y);
-        o.z = fmaf(w, v.z, o.z), o.w = fmaf(w, v.w, o.w);
-      }
-    }
-    const float inv = L > 0.f ? 1.f / L : 0.f;
-    OutT *dst = out + row * D + 4 * c4;
-    dst[0] = to_out<OutT>(o.x * inv), dst[1] = to_out<OutT>(o.y * inv);
-    dst[2] = to_out<OutT>(o.z * inv), dst[3] = to_out<OutT>(o.w * inv);
-    if (lse2 && c4 == 0) lse2[row] = L > 0.f ? M + log2f(L) : -INFINITY;
-  }
-  if (threadIdx.x == 0) *cnt = 0u;  // for the next launch (kernel boundary orders it)
-}
-
-// KPG: keys per group and step (DEC_KPG by default); MINB: the launch bounds' minimum blocks
-// per SM (1: no register cap). Both tunable for the 8B shape only (decode_cfg).
-template <int D, int G, class QT, class OutT, bool V2, int KPG = DEC_KPG, int MINB = 1>
-__global__ void __launch_bounds__(DEC_THREADS, MINB)
+template <int D, int G, class QT, class OutT, bool V2>
+__global__ void __launch_bounds__(DEC_THREADS)
     decode_attn_kernel(const QT *__restrict__ q, int64_t q_stride, const SeqKV *__restrict__ seqs,
                        int H, float sl2, float *__restrict__ part_o, float *__restrict__ part_lse,
                        OutT *__restrict__ out, float *__restrict__ lse2,
@@ -199,32 +143,32 @@ __global__ void __launch_bounds__(DEC_THREADS, MINB)
   // Double-buffered: the K/V rows of the warp's next step are requested before the math of
   // this one, so a warp keeps 2 steps (up to 8 KB) in flight instead of waiting a full
   // round trip per step.
-  constexpr int WSTEP = NGB * KPG;
-  auto load_step = [&](int w, uint4 (&kk)[KPG], uint4 (&vv)[KPG]) {
-    const int t0 = w + grp * KPG;
+  constexpr int WSTEP = NGB * DEC_KPG;
+  auto load_step = [&](int w, uint4 (&kk)[DEC_KPG], uint4 (&vv)[DEC_KPG]) {
+    const int t0 = w + grp * DEC_KPG;
 #pragma unroll
-    for (int u = 0; u < KPG; u++) {
+    for (int u = 0; u < DEC_KPG; u++) {
       const int tt = t0 + u;
       const bool ok = tt < ke;
       kk[u] = ok ? ld_stream_16(kbase + (int64_t)tt * sq.stride_t) : zero;
       vv[u] = ok ? ld_stream_16(vbase + (int64_t)tt * sq.stride_t) : zero;
     }
   };
-  uint4 kr[KPG], vr[KPG];
-  const int wfirst = kb + warp * NG * KPG;
+  uint4 kr[DEC_KPG], vr[DEC_KPG];
+  const int wfirst = kb + warp * NG * DEC_KPG;
   if (wfirst < ke) load_step(wfirst, kr, vr);
   for (int w0 = wfirst; w0 < ke; w0 += WSTEP) {
-    const int t0 = w0 + grp * KPG;
-    uint4 kn[KPG], vn[KPG];
+    const int t0 = w0 + grp * DEC_KPG;
+    uint4 kn[DEC_KPG], vn[DEC_KPG];
     if (w0 + WSTEP < ke) {
       load_step(w0 + WSTEP, kn, vn);
     } else {
 #pragma unroll
-      for (int u = 0; u < KPG; u++) kn[u] = vn[u] = zero;
+      for (int u = 0; u < DEC_KPG; u++) kn[u] = vn[u] = zero;
     }
-    float sc[G][KPG];
+    float sc[G][DEC_KPG];
 #pragma unroll
-    for (int u = 0; u < KPG; u++) {
+    for (int u = 0; u < DEC_KPG; u++) {
       float kf[8];
       float2 x;
       x = unpack_bf16x2(kr[u].x), kf[0] = x.x, kf[1] = x.y;
@@ -244,9 +188,9 @@ __global__ void __launch_bounds__(DEC_THREADS, MINB)
 #pragma unroll
       for (int gi = 0; gi < G; gi++)
 #pragma unroll
-        for (int u = 0; u < KPG; u++) sc[gi][u] += __shfl_xor_sync(0xffffffffu, sc[gi][u], off);
+        for (int u = 0; u < DEC_KPG; u++) sc[gi][u] += __shfl_xor_sync(0xffffffffu, sc[gi][u], off);
 #pragma unroll
-    for (int u = 0; u < KPG; u++)
+    for (int u = 0; u < DEC_KPG; u++)
       if (t0 + u >= ke)
 #pragma unroll
         for (int gi = 0; gi < G; gi++) sc[gi][u] = -INFINITY;
@@ -255,7 +199,7 @@ __global__ void __launch_bounds__(DEC_THREADS, MINB)
     for (int gi = 0; gi < G; gi++) {
       float mx = sc[gi][0];
 #pragma unroll
-      for (int u = 1; u < KPG; u++) mx = fmaxf(mx, sc[gi][u]);
+      for (int u = 1; u < DEC_KPG; u++) mx = fmaxf(mx, sc[gi][u]);
       const float m_new = fmaxf(m[gi], mx);  // −∞ while this group has seen no key
       const float m_use = m_new == -INFINITY ? 0.f : m_new;
       const float alpha = exp2f(m[gi] - m_use);
@@ -263,7 +207,7 @@ __global__ void __launch_bounds__(DEC_THREADS, MINB)
 #pragma unroll
       for (int e = 0; e < 8; e++) acc[gi][e] *= alpha;
 #pragma unroll
-      for (int u = 0; u < KPG; u++) {
+      for (int u = 0; u < DEC_KPG; u++) {
         const float p = exp2f(sc[gi][u] - m_use);
         l[gi] += p;
         float2 x;
@@ -275,7 +219,7 @@ __global__ void __launch_bounds__(DEC_THREADS, MINB)
       m[gi] = m_new;
     }
 #pragma unroll
-    for (int u = 0; u < KPG; u++) kr[u] = kn[u], vr[u] = vn[u];
+    for (int u = 0; u < DEC_KPG; u++) kr[u] = kn[u], vr[u] = vn[u];
   }
 
   // Combine the block's key groups.
@@ -311,250 +255,51 @@ __global__ void __launch_bounds__(DEC_THREADS, MINB)
     }
   }
   if constexpr (V2) {
-    if (splits == 1 || counters == nullptr) return;
-    // sm_acc: NGB·G·D = 1024·G floats >= G·splits (splits <= COMB_MAX_SPLITS = 1024)
-    fold_merge<D, G, OutT>(b, hk, H, splits, part_o, part_lse, out, lse2, counters,
-                           &sm_acc[0][0][0]);
-  }
-}
-
-// ------------------------------------------------------------
-// Tensor-core form (attention_decode2 at d = 128, G <= 8 query heads per KV head; sm_80+;
-// $MP_DECODE_MMA=0 keeps the CUDA-core kernel above). ncu of the CUDA-core kernel at 8K keys,
-// batch 1 (GPU run 2 of 2026-11-28): 21.9 µs, 33 % of HBM bandwidth, issue-bound in its
-// active cycles (8.4 M instructions: per key and head 8 FMAs per lane for q·k, a 4-level
-// shuffle reduction, 8 FMAs for p·v). Here each warp computes S = Q·Kᵀ and O += P·V with
-// mma.m16n8k16: the G heads are rows 0..G−1 of the 16-row A operand (the rest zero), 16 keys
-// per warp step.
-//   - grid (splits, Hkv, B), 4 warps. The split's keys go global → shared in block tiles of
-//     MT_K = 64 keys (K and V, 32 KB) through a MT_STAGES-deep cp.async ring; warp w owns
-//     keys 16w..16w+15 of every tile. Rows are 16-byte-chunk swizzled (chunk c of row r at
-//     c ^ (r & 7)).
-//   - S: the sum over d may run in any order, so lane (g = lane/4, c = lane%4) takes
-//     dimensions 32c..32c+31 of its key (and of q) and feeds them to the 8 k-steps in
-//     order: step j uses dims 32c+4j..32c+4j+3 as the fragment's (2c, 2c+1, 2c+8, 2c+9). So
-//     a K fragment is 4 contiguous 16-byte shared loads, and q's fragments (raw bf16; the
-//     scale log2(e)/√d is applied to the f32 scores) are loaded once from global memory.
-//   - Online softmax in base 2 per row (the row's 4 lanes share the max by two shuffles),
-//     P rounded to bf16 as the A operand of P·V (FlashAttention's choice; l sums the f32 p).
-//   - P·V: output dims are permuted the same way: n-tile j, column n ↔ dim 16n + j, so
-//     lane (g, c) reads dims 16g..16g+15 of keys 2c, 2c+1, 2c+8, 2c+9 (two 16-byte loads
-//     each) and byte-permutes pairs into B fragments; its accumulators hold dims 32c + j and
-//     32c + 16 + j of row g.
-//   - The 4 warps combine through shared memory; then the partials / final output and the
-//     folded split merge exactly as the kernel above.
-constexpr int MT_K = 64;
-constexpr int MT_STAGES = 3;
-constexpr size_t MT_SMEM = (size_t)MT_STAGES * 2 * MT_K * 128 * sizeof(bf16);  // 96 KB
-
-__device__ __forceinline__ int mt_swz(int row, int chunk) {  // element offset, D = 128
-  return row * 128 + ((chunk ^ (row & 7)) << 3);
-}
-
-template <int G, class QT, class OutT>
-__global__ void __launch_bounds__(128)
-    decode_mma_kernel(const QT *__restrict__ q, int64_t q_stride, const SeqKV *__restrict__ seqs,
-                      int H, float sl2, float *__restrict__ part_o, float *__restrict__ part_lse,
-                      OutT *__restrict__ out, float *__restrict__ lse2,
-                      unsigned *__restrict__ counters, int pf_keys) {
-  static_assert(G >= 1 && G <= 8, "rows g < 8 of the m16 tile hold the heads");
-  constexpr int D = 128;
-  extern __shared__ __align__(16) unsigned char mt_smem[];
-  bf16 *const ring = reinterpret_cast<bf16 *>(mt_smem);  // [stage][K|V][MT_K][D]
-  const int s = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
-  const int splits = gridDim.x;
-  const SeqKV sq = seqs[b];
-  const int len = sq.len;
-  const int chunk = (len + splits - 1) / splits;
-  const int kb = s * chunk;
-  const int ke = min(len, kb + chunk);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int g = lane >> 2, c = lane & 3;
-
-  {  // L2 prefetch of the split's first pf_keys rows, then PDL (as decode_attn_kernel V2)
-    const int pe = min(ke, kb + pf_keys);
-    const int nl = pe > kb ? (pe - kb) * 2 : 0;  // 2 lines of 128 bytes per row
-    for (int i = threadIdx.x; i < nl; i += 128) {
-      const int64_t off = (int64_t)(kb + i / 2) * sq.stride_t + (int64_t)hk * sq.stride_h +
-                          (i % 2) * 64;
-      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(sq.k + off));
-      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(sq.v + off));
-    }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-  }
-
-  // q fragments: row g (head hk·G + g when g < G), dims 32c..32c+31 as 16 words.
-  uint32_t qw[16];
-  if (g < G) {
-    const uint4 *qp = reinterpret_cast<const uint4 *>(q + (int64_t)b * q_stride +
-                                                      (int64_t)(hk * G + g) * D + 32 * c);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const uint4 v = qp[i];
-      qw[4 * i] = v.x, qw[4 * i + 1] = v.y, qw[4 * i + 2] = v.z, qw[4 * i + 3] = v.w;
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < 16; i++) qw[i] = 0u;
-  }
-
-  const int ntiles = ke > kb ? (ke - kb + MT_K - 1) / MT_K : 0;
-  const bf16 *kbase = sq.k + (int64_t)hk * sq.stride_h;
-  const bf16 *vbase = sq.v + (int64_t)hk * sq.stride_h;
-  auto issue = [&](int t) {  // tile t into stage t % MT_STAGES: 16 chunks of 16 B per row
-    bf16 *ks = ring + (size_t)(t % MT_STAGES) * 2 * MT_K * D;
-    bf16 *vs = ks + MT_K * D;
-    const int t0 = kb + t * MT_K;
-#pragma unroll
-    for (int i = 0; i < MT_K * 16 / 128; i++) {
-      const int idx = threadIdx.x + 128 * i;
-      const int r = idx >> 4, ch = idx & 15;
-      const int key = t0 + r;
-      const bool ok = key < ke;
-      const int64_t go = (int64_t)(ok ? key : kb) * sq.stride_t + ch * 8;
-      cp_async_16(ks + mt_swz(r, ch), kbase + go, ok);
-      cp_async_16(vs + mt_swz(r, ch), vbase + go, ok);
-    }
-  };
-#pragma unroll
-  for (int t = 0; t < MT_STAGES - 1; t++) {
-    if (t < ntiles) issue(t);
-    cp_async_commit();
-  }
-
-  float o[16][4];
-#pragma unroll
-  for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-  float m = -INFINITY, l = 0.f;  // row g (lanes of one row agree on m; l is per lane)
-
-  for (int t = 0; t < ntiles; t++) {
-    __syncthreads();  // every warp is done with the stage that tile t + STAGES − 1 refills
-    if (t + MT_STAGES - 1 < ntiles) issue(t + MT_STAGES - 1);
-    cp_async_commit();
-    cp_async_wait<MT_STAGES - 1>();
-    __syncthreads();  // tile t is in shared memory for every warp
-    const bf16 *ks = ring + (size_t)(t % MT_STAGES) * 2 * MT_K * D;
-    const bf16 *vs = ks + MT_K * D;
-    const int r0 = warp * 16;  // this warp's 16 keys of the tile
-    const int key0 = kb + t * MT_K + r0;
-
-    // S = Q·Kᵀ for two n-tiles of 8 keys.
-    float sc[2][4];
-#pragma unroll
-    for (int nt = 0; nt < 2; nt++) {
-      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
-      const int r = r0 + nt * 8 + g;
-      uint32_t kw[16];
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const uint4 v = *reinterpret_cast<const uint4 *>(ks + mt_swz(r, 4 * c + i));
-        kw[4 * i] = v.x, kw[4 * i + 1] = v.y, kw[4 * i + 2] = v.z, kw[4 * i + 3] = v.w;
-      }
-#pragma unroll
-      for (int j = 0; j < 8; j++)
-        mma_bf16_16816(sc[nt], qw[2 * j], 0u, qw[2 * j + 1], 0u, kw[2 * j], kw[2 * j + 1]);
-    }
-    // Scores of row g: keys key0 + nt·8 + 2c + {0, 1}.
-    float p[2][2];
-    float mx = -INFINITY;
-#pragma unroll
-    for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-      for (int e = 0; e < 2; e++) {
-        const int key = key0 + nt * 8 + 2 * c + e;
-        p[nt][e] = key < ke ? sc[nt][e] * sl2 : -INFINITY;
-        mx = fmaxf(mx, p[nt][e]);
-      }
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float m_new = fmaxf(m, mx);
-    const float m_use = m_new == -INFINITY ? 0.f : m_new;
-    const float alpha = exp2f(m - m_use);
-    l *= alpha;
-#pragma unroll
-    for (int j = 0; j < 16; j++) o[j][0] *= alpha, o[j][1] *= alpha;
-#pragma unroll
-    for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-      for (int e = 0; e < 2; e++) {
-        p[nt][e] = exp2f(p[nt][e] - m_use);
-        l += p[nt][e];
-      }
-    m = m_new;
-    // A operand of P·V (rows 8..15 zero): keys 2c, 2c+1 | 2c+8, 2c+9 of the warp's 16.
-    const uint32_t pa0 = g < G ? pack_bf16x2(p[0][0], p[0][1]) : 0u;
-    const uint32_t pa2 = g < G ? pack_bf16x2(p[1][0], p[1][1]) : 0u;
-    // V rows 2c, 2c+1, 2c+8, 2c+9 of the warp's keys, dims 16g..16g+15 (chunks 2g, 2g+1).
-    uint32_t vw[4][8];
-#pragma unroll
-    for (int rr = 0; rr < 4; rr++) {
-      const int r = r0 + 2 * c + (rr & 1) + (rr >> 1) * 8;
-#pragma unroll
-      for (int h2 = 0; h2 < 2; h2++) {
-        const uint4 v = *reinterpret_cast<const uint4 *>(vs + mt_swz(r, 2 * g + h2));
-        vw[rr][4 * h2] = v.x, vw[rr][4 * h2 + 1] = v.y, vw[rr][4 * h2 + 2] = v.z,
-                   vw[rr][4 * h2 + 3] = v.w;
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < 16; j++) {
-      // element j of each row: word j/2, low (j even) or high half
-      const uint32_t sel = (j & 1) ? 0x7632u : 0x5410u;
-      const uint32_t b0 = __byte_perm(vw[0][j >> 1], vw[1][j >> 1], sel);
-      const uint32_t b1 = __byte_perm(vw[2][j >> 1], vw[3][j >> 1], sel);
-      mma_bf16_16816(o[j], pa0, 0u, pa2, 0u, b0, b1);
-    }
-  }
-  cp_async_wait<0>();
-  l += __shfl_xor_sync(0xffffffffu, l, 1);
-  l += __shfl_xor_sync(0xffffffffu, l, 2);
-
-  // Combine the 4 warps (the ring is free once every warp is past its last tile).
+  if (splits == 1 || counters == nullptr) return;
+  // Folded split merge (V2): the last block of this (sequence, KV head) to finish merges.
+  __shared__ unsigned s_last;
+  __threadfence();  // this block's partials are visible device-wide before the count
   __syncthreads();
-  float *sm_o = reinterpret_cast<float *>(mt_smem);  // [4][G][D]
-  float *sm_m = sm_o + 4 * G * D;                    // [4][G]
-  float *sm_l = sm_m + 4 * G;                        // [4][G]
-  if (g < G) {
-    float *dst = sm_o + ((size_t)warp * G + g) * D + 32 * c;
-#pragma unroll
-    for (int j = 0; j < 16; j++) dst[j] = o[j][0], dst[16 + j] = o[j][1];
-    if (c == 0) sm_m[warp * G + g] = m, sm_l[warp * G + g] = l;
-  }
+  unsigned *cnt = counters + (int64_t)b * gridDim.y + hk;
+  if (threadIdx.x == 0) s_last = atomicAdd(cnt, 1u) == (unsigned)(splits - 1) ? 1u : 0u;
   __syncthreads();
-  for (int idx = threadIdx.x; idx < G * D; idx += 128) {
-    const int gi = idx / D, dd = idx % D;
+  if (!s_last) return;  // block-uniform
+  __threadfence();      // see the other blocks' partials
+  // LSEs of the G heads × splits into shared memory (sm_acc: NGB·G·D = 1024·G floats >= G·splits,
+  // splits <= COMB_MAX_SPLITS = 1024; its last reads were before the __syncthreads above).
+  float *sl = &sm_acc[0][0][0];
+  const int64_t row0 = (int64_t)b * H + hk * G;
+  for (int i = threadIdx.x; i < G * splits; i += DEC_THREADS)
+    sl[i] = __ldcg(part_lse + row0 * splits + i);  // rows row0.. are consecutive: [G][splits]
+  __syncthreads();
+  constexpr int D4 = D / 4;
+  for (int it = threadIdx.x; it < G * D4; it += DEC_THREADS) {
+    const int gi = it / D4, c4 = it % D4;
+    const float *lg = sl + gi * splits;
     float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < 4; w++) M = fmaxf(M, sm_m[w * G + gi]);
-    float L = 0.f, O = 0.f;
+    for (int j = 0; j < splits; j++) M = fmaxf(M, lg[j]);
+    float L = 0.f;
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+    const int64_t row = row0 + gi;
     if (M != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < 4; w++) {
-        const float wt = exp2f(sm_m[w * G + gi] - M);
-        L += sm_l[w * G + gi] * wt;
-        O += sm_o[((size_t)w * G + gi) * D + dd] * wt;
+      const float4 *po = reinterpret_cast<const float4 *>(part_o + row * splits * D) + c4;
+#pragma unroll 16
+      for (int j = 0; j < splits; j++) {
+        const float4 v = __ldcg(po + (int64_t)j * D4);
+        const float w = exp2f(lg[j] - M);
+        L += w;
+        o.x = fmaf(w, v.x, o.x), o.y = fmaf(w, v.y, o.y);
+        o.z = fmaf(w, v.z, o.z), o.w = fmaf(w, v.w, o.w);
       }
     }
     const float inv = L > 0.f ? 1.f / L : 0.f;
-    const float lse = L > 0.f ? M + log2f(L) : -INFINITY;
-    const int h = hk * G + gi;
-    if (splits == 1) {
-      out[((int64_t)b * H + h) * D + dd] = to_out<OutT>(O * inv);
-      if (lse2 && dd == 0) lse2[(int64_t)b * H + h] = lse;
-    } else {
-      const int64_t row = ((int64_t)b * H + h) * splits + s;
-      part_o[row * D + dd] = O * inv;
-      if (dd == 0) part_lse[row] = lse;
-    }
+    OutT *dst = out + row * D + 4 * c4;
+    dst[0] = to_out<OutT>(o.x * inv), dst[1] = to_out<OutT>(o.y * inv);
+    dst[2] = to_out<OutT>(o.z * inv), dst[3] = to_out<OutT>(o.w * inv);
+    if (lse2 && c4 == 0) lse2[row] = L > 0.f ? M + log2f(L) : -INFINITY;
   }
-  if (splits == 1 || counters == nullptr) return;
-  // G·splits LSE floats fit the ring (96 KB >= 8·1024·4); its last reads precede the
-  // barriers inside fold_merge.
-  fold_merge<D, G, OutT>(b, hk, H, splits, part_o, part_lse, out, lse2, counters,
-                         reinterpret_cast<float *>(mt_smem) + 4 * G * D + 8 * G);
+  if (threadIdx.x == 0) *cnt = 0u;  // for the next launch (kernel boundary orders it)
+  }
 }
 
 // Merges the splits of each (sequence, head) row by their LSEs: one block of 128 threads
@@ -626,71 +371,15 @@ __global__ void __launch_bounds__(COMB_THREADS)
 // sequences: a power of two <= len / 64 (>= 64 keys per split), so the count — part of a
 // captured decode graph's key — changes only when the length doubles, until it reaches the
 // cap.
-// Decode kernel configuration of the 8B shape (d = 128, G = 4) in the engine's form:
-// $MP_DECODE_CFG 0 (default) KPG 4 without a register cap; 1: KPG 4, 4 blocks per SM; 2: KPG
-// 2, 4 blocks; 3: KPG 2, 5 blocks; 4: KPG 2, 6 blocks (opbench A/B: ncu of GPU run 2 showed
-// the default latency-bound at 12 warps per SM, 168 registers).
-static int decode_cfg() {
-  static const int c = [] {
-    const char *v = std::getenv("MP_DECODE_CFG");
-    const int x = v ? std::atoi(v) : 0;
-    return x >= 0 && x <= 4 ? x : 0;
-  }();
-  return c;
-}
-
-template <class F>
-static int occupancy(F f) {
-  int v = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, f, DEC_THREADS, 0) != cudaSuccess) {
-    (void)cudaGetLastError();
-    v = 3;
-  }
-  return std::max(1, v);
-}
-
-// The tensor-core kernel for d = 128 in attention_decode2: on sm_80+ unless $MP_DECODE_MMA=0.
-static bool decode_mma_enabled() {
-  static const bool on = [] {
-    const char *v = std::getenv("MP_DECODE_MMA");
-    if (v && std::strcmp(v, "0") == 0) return false;
-    int dev = 0, major = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    return major >= 8;
-  }();
-  return on;
-}
-
-template <int G, class OutT>
-static void mma_smem_optin() {
-  static const cudaError_t rc = cudaFuncSetAttribute(
-      decode_mma_kernel<G, bf16, OutT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)MT_SMEM);
-  MP_CUDA(rc);
-}
-
 static int decode_blocks_per_sm() {
   static const int nb = [] {
-    if (decode_mma_enabled()) {
-      mma_smem_optin<4, bf16>();
-      int v = 0;
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, decode_mma_kernel<4, bf16, bf16>, 128,
-                                                        MT_SMEM) != cudaSuccess) {
-        (void)cudaGetLastError();
-        v = 2;
-      }
-      return std::max(1, v);
+    int v = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &v, decode_attn_kernel<128, 4, bf16, bf16, false>, DEC_THREADS, 0) != cudaSuccess) {
+      (void)cudaGetLastError();
+      v = 3;
     }
-    switch (decode_cfg()) {
-      case 1: return occupancy(decode_attn_kernel<128, 4, bf16, bf16, true, 4, 4>);
-      case 2: return occupancy(decode_attn_kernel<128, 4, bf16, bf16, true, 2, 4>);
-      case 3: return occupancy(decode_attn_kernel<128, 4, bf16, bf16, true, 2, 5>);
-      case 4: return occupancy(decode_attn_kernel<128, 4, bf16, bf16, true, 2, 6>);
-      default: return occupancy(decode_attn_kernel<128, 4, bf16, bf16, false>);
-    }
+    return std::max(1, v);
   }();
   return nb;
 }
@@ -733,33 +422,9 @@ static void launch_decode(const QT *q, int64_t q_stride, const SeqKV *seqs, int 
         q, q_stride, seqs, H, sl2, part_o, part_lse, out, lse2, nullptr, 0);
     MP_CUDA_LAUNCH("decode_attn_kernel");
   } else {
-    auto go = [&](auto kernel) {
-      launch_ex(kernel, dim3(splits, Hkv, B), dim3(DEC_THREADS), 0, s, o.pdl, q, q_stride, seqs,
-                H, sl2, part_o, part_lse, out, lse2, o.counters, o.pf_keys);
-    };
-    bool mma = false;
-    if constexpr (D == 128 && G <= 8 && std::is_same_v<QT, bf16>) {
-      if (decode_mma_enabled()) {
-        mma_smem_optin<G, OutT>();
-        launch_ex(decode_mma_kernel<G, QT, OutT>, dim3(splits, Hkv, B), dim3(128), MT_SMEM, s,
-                  o.pdl, q, q_stride, seqs, H, sl2, part_o, part_lse, out, lse2, o.counters,
-                  o.pf_keys);
-        mma = true;
-      }
-    }
-    if (mma) {
-      // launched above
-    } else if constexpr (D == 128 && G == 4) {
-      switch (decode_cfg()) {
-        case 1: go(decode_attn_kernel<D, G, QT, OutT, true, 4, 4>); break;
-        case 2: go(decode_attn_kernel<D, G, QT, OutT, true, 2, 4>); break;
-        case 3: go(decode_attn_kernel<D, G, QT, OutT, true, 2, 5>); break;
-        case 4: go(decode_attn_kernel<D, G, QT, OutT, true, 2, 6>); break;
-        default: go(decode_attn_kernel<D, G, QT, OutT, true>); break;
-      }
-    } else {
-      go(decode_attn_kernel<D, G, QT, OutT, true>);
-    }
+    launch_ex(decode_attn_kernel<D, G, QT, OutT, true>, dim3(splits, Hkv, B), dim3(DEC_THREADS), 0,
+              s, o.pdl, q, q_stride, seqs, H, sl2, part_o, part_lse, out, lse2, o.counters,
+              o.pf_keys);
     MP_CUDA_LAUNCH("decode_attn_kernel (v2)");
   }
   if (splits > 1 && !(o.v2 && o.counters)) {

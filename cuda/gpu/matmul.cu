@@ -199,8 +199,6 @@ struct GemvParams {
   int accumulate;    // GEMV_STORE: y += (f32 y)
   int quads;         // row quads per block (per half with SwiGLU)
   int half;          // GEMV_SWIGLU: F
-  int pf_lines;      // 128-byte W lines each block prefetches into L2 before the PDL wait
-                     // (0: the first phase of its first quad only)
 };
 
 __device__ __forceinline__ void unpack8(const uint4 u, float (&f)[8]) {
@@ -245,32 +243,16 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM)
   bf16 *xs = reinterpret_cast<bf16 *>(gemv_smem + (size_t)GEMV_WARPS * R * NR * sizeof(float));
   const int nsteps = (in + 255) >> 8;
 
-  // W into L2 before the wait for the previous kernel (W never depends on an earlier
-  // kernel): the prefetch overlaps that kernel (programmatic dependent launch) and the
-  // RMSNorm prologue. pf_lines > 0: the block's first pf_lines lines in the order the loop
-  // below reads them (quad, phase of GEMV_WARPS·GEMV_STEPS·256 columns, row, column); the
-  // launcher sizes it so that the whole grid prefetches at most $MP_GEMV_PF_MB. Otherwise
-  // this warp's first phase of the first quad.
-  if (p.pf_lines > 0) {
-    constexpr int PL = GEMV_WARPS * GEMV_STEPS * 256 * 2 / 128;  // lines per row and phase
-    const int lpr = (in * 2 + 127) / 128;
-    for (int idx = threadIdx.x; idx < p.pf_lines; idx += GEMV_THREADS) {
-      const int q = idx / (4 * lpr), j = idx % (4 * lpr);
-      const int ph = j / (4 * PL), rem = j % (4 * PL);
-      const int line = ph * PL + rem % PL;
-      const int r = gemv_row<EPI>(p, 4 * q + rem / PL);
-      if (r >= 0 && line < lpr) prefetch_l2(p.W + (int64_t)r * in + line * 64);
-    }
-  } else {
+  // This warp's first phase of W into L2 (W never depends on an earlier kernel): it overlaps
+  // the wait for the previous kernel (programmatic dependent launch) and the RMSNorm prologue.
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const int r = gemv_row<EPI>(p, i);
-      if (r < 0) continue;
+  for (int i = 0; i < 4; i++) {
+    const int r = gemv_row<EPI>(p, i);
+    if (r < 0) continue;
 #pragma unroll
-      for (int u = 0; u < GEMV_STEPS; u++) {
-        const int k = (warp + GEMV_WARPS * u) * 256 + lane * 8;
-        if (k < in) prefetch_l2(p.W + (int64_t)r * in + k);
-      }
+    for (int u = 0; u < GEMV_STEPS; u++) {
+      const int k = (warp + GEMV_WARPS * u) * 256 + lane * 8;
+      if (k < in) prefetch_l2(p.W + (int64_t)r * in + k);
     }
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -513,20 +495,6 @@ static int gemv_quads_per_block(int64_t rows) {
   return (int)std::min<int64_t>(GEMV_MAX_QUADS, std::max<int64_t>(1, (quads + wave - 1) / wave));
 }
 
-// Bytes of W the whole grid of a GEMV prefetches into L2 before its PDL wait, so that the
-// next weights stream into L2 while the previous kernel runs. $MP_GEMV_PF_MB (default 0:
-// only the first phase of each block's first quad). Measured on the H200 (GPU run 2 of
-// 2026-11-28, dense 8K batch 1): 0 MB 4.84 ms/token, 24 MB 4.90, 48 MB 5.21 — the early
-// prefetch competes with the previous kernel's own loads and evicts its L2 lines.
-static int64_t gemv_pf_bytes() {
-  static const int64_t b = [] {
-    const char *v = std::getenv("MP_GEMV_PF_MB");
-    const long long mb = v && *v ? std::atoll(v) : 0;
-    return (int64_t)std::max(0LL, std::min(mb, 1024LL)) << 20;
-  }();
-  return b;
-}
-
 // Programmatic dependent launch for the GEMV kernels: on sm_90 with a CUDA 12.3+ runtime
 // and driver (graph capture of PDL launches), unless $MP_GEMV_PDL=0. A GEMV that follows a
 // GEMV (O -> gate/up -> down -> next layer's QKV -> ... -> LM head) then starts its blocks
@@ -564,12 +532,6 @@ static bool launch_gemv(GemvParams p, cudaStream_t s) {
            "matmul: n = %d, out = %d is too large for the GEMV kernel", p.n, p.out);
   const size_t smem = gemv_smem_bytes(MODE, EPI, nr, qpb, p.in);
   if (smem > (size_t)GEMV_MAX_SMEM) return false;
-  {
-    const int64_t lpr = ((int64_t)p.in * 2 + 127) / 128;
-    const int64_t rows = rows_per_block * (EPI == GEMV_SWIGLU ? 2 : 1);
-    const int64_t budget = gemv_pf_bytes() / 128 / std::max<int64_t>(1, gx * gy);
-    p.pf_lines = (int)std::min<int64_t>(rows * lpr, budget);
-  }
   const unsigned ux = (unsigned)gx, uy = (unsigned)gy;
   switch (nr) {
     case 1: launch_gemv_k<1, MODE, EPI, OutT>(p, ux, uy, smem, s); break;
