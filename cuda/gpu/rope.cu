@@ -94,6 +94,23 @@ __global__ void rope_kernel(T *__restrict__ x, int heads, int head_dim, int64_t 
   rope_rotate(x + t * token_stride, heads, head_dim, style, cs, sn);
 }
 
+// The decode-step prologue of both rope_kv_append kernels: row i's cos/sin table (host-written
+// positions: before the wait), its SeqKV, then the PDL hand-over and a barrier (the table is
+// complete). Every thread of the block must call it.
+__device__ __forceinline__ SeqKV rope_append_prologue(int i, const int32_t *__restrict__ positions,
+                                                      const double *__restrict__ inv_freq, int half,
+                                                      const SeqKV *__restrict__ seqs, float *cs,
+                                                      float *sn) {
+  rope_angles((double)positions[i], inv_freq, half, cs, sn);
+  const SeqKV sq = seqs[i];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+  __syncthreads();
+  return sq;
+}
+
 // Decode step: rope_kernel's rotation of the H + Hkv q/k heads of row blockIdx.x, then
 // kv_append_kernel's copy of its K/V rows (see kernels.h, rope_kv_append). The angles come
 // from host-written positions, so they are computed before the PDL wait; the rows are
@@ -105,13 +122,7 @@ __global__ void rope_append_kernel(bf16 *__restrict__ qkv, int H, int Hkv, int h
                                    bf16 *__restrict__ stage_v) {
   __shared__ float cs[128], sn[128];
   const int i = blockIdx.x;
-  rope_angles((double)positions[i], inv_freq, head_dim >> 1, cs, sn);
-  const SeqKV sq = seqs[i];
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-  __syncthreads();
+  const SeqKV sq = rope_append_prologue(i, positions, inv_freq, head_dim >> 1, seqs, cs, sn);
   bf16 *row = qkv + (int64_t)i * row_stride;
   rope_rotate(row, H + Hkv, head_dim, style, cs, sn);
   __syncthreads();  // the rotated k heads (global writes of this block) are visible to it
@@ -153,13 +164,7 @@ __global__ void rope_append16_kernel(bf16 *__restrict__ qkv, int H, int Hkv, int
   __shared__ float cs[128], sn[128];
   const int i = blockIdx.y;
   const int half = head_dim >> 1, gph = half / 8;
-  rope_angles((double)positions[i], inv_freq, half, cs, sn);
-  const SeqKV sq = seqs[i];
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-  __syncthreads();
+  const SeqKV sq = rope_append_prologue(i, positions, inv_freq, half, seqs, cs, sn);
   const int item = blockIdx.x * blockDim.x + threadIdx.x;
   if (item >= (H + 2 * Hkv) * gph) return;  // no barrier below
   const int h = item / gph, c = (item % gph) * 8;
