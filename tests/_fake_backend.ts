@@ -80,9 +80,13 @@ export class FakeSession implements BackendSession {
     if (logits) this.#backend.fillLogits(this.tokens[this.tokens.length - 1], logits);
   }
 
-  commit(): Promise<void> {
+  /** Commits finished (a commit is logged in `calls` when it starts). */
+  commits = 0;
+
+  async commit(): Promise<void> {
     this.#backend.calls.push({ kind: "commit", session: this.handle });
-    return Promise.resolve();
+    if (this.#backend.commitMs > 0) await sleep(this.#backend.commitMs);
+    this.commits++;
   }
 
   /** Called by the fake decode step. */
@@ -122,6 +126,8 @@ export interface FakeBackendOptions {
   prefillMsPerToken?: number;
   /** Simulated time per decode step. */
   decodeMs?: number;
+  /** Simulated time of a commit (an index build). */
+  commitMs?: number;
 }
 
 /** The fake backend. */
@@ -132,6 +138,7 @@ export class FakeBackend implements Backend {
   readonly prefillChunk: number;
   prefillMsPerToken: number;
   decodeMs: number;
+  commitMs: number;
   readonly calls: FakeCall[] = [];
   readonly sessions: FakeSession[] = [];
   /** When set, the next decode step throws this. */
@@ -144,6 +151,7 @@ export class FakeBackend implements Backend {
     this.prefillChunk = options.prefillChunk ?? 8;
     this.prefillMsPerToken = options.prefillMsPerToken ?? 0;
     this.decodeMs = options.decodeMs ?? 0;
+    this.commitMs = options.commitMs ?? 0;
   }
 
   fillLogits(last: number, out: Float32Array<ArrayBuffer>): void {

@@ -173,6 +173,23 @@ Deno.test("Scheduler aborts a request whose consumer stops iterating", async () 
   await scheduler.shutdown();
 });
 
+Deno.test("Scheduler folds a short last piece of a prompt into the chunk before it", async () => {
+  const backend = new FakeBackend({ prefillChunk: 8, maxContext: 256 });
+  const scheduler = new Scheduler(backend);
+  const sizes = async (n: number) => {
+    const start = backend.calls.length;
+    await collect(
+      scheduler.submit({ promptIds: Array.from({ length: n }, (_, i) => i % 32), maxTokens: 1 }),
+    );
+    return backend.calls.slice(start).flatMap((c) => c.kind === "prefill" ? [c.n] : []);
+  };
+  // 41 = 5 chunks + 1: the 1-token tail (< 8 / 4) rides with the fifth chunk
+  assertEquals(await sizes(41), [8, 8, 8, 8, 9]);
+  // 43 = 5 chunks + 3: a tail of 3 (>= 2) is a call of its own
+  assertEquals(await sizes(43), [8, 8, 8, 8, 8, 3]);
+  await scheduler.shutdown();
+});
+
 Deno.test("Scheduler stops a long prefill early when its request is aborted", async () => {
   const backend = new FakeBackend({ prefillChunk: 64, prefillMsPerToken: 2, maxContext: 1024 });
   const scheduler = new Scheduler(backend);
@@ -252,6 +269,35 @@ Deno.test("Scheduler appends to a pinned session and leaves it open", async () =
   assertEquals(tokens(events), greedyChain(5, 3));
   await scheduler.shutdown();
   assert(!backend.sessions[0].closed, "shutdown leaves pinned sessions to their owner");
+});
+
+Deno.test("Scheduler commits after the first token, and not at all for a request done by then", async () => {
+  const backend = new FakeBackend({ vocabSize: 32, commitMs: 150 });
+  const scheduler = new Scheduler(backend);
+  // The first token does not wait for the commit; the decode steps do.
+  const stream = scheduler.submit({ promptIds: [1, 2, 3], maxTokens: 3 });
+  const it = stream[Symbol.asyncIterator]();
+  let ev = await it.next();
+  while (ev.value?.type !== "token") ev = await it.next();
+  const s1 = backend.sessions[0];
+  assertEquals(s1.commits, 0, "the first token came before the commit finished");
+  while (!(await it.next()).done);
+  const kinds = backend.calls.filter((c) =>
+    c.kind === "decode" ? c.sessions.includes(s1.handle) : c.session === s1.handle
+  ).map((c) => c.kind);
+  assertEquals(kinds, ["create", "prefill", "commit", "decode", "decode", "close"]);
+  // An ephemeral request that ends at its first token is never committed...
+  const before = backend.calls.length;
+  await collect(scheduler.submit({ promptIds: [4, 5], maxTokens: 1 }));
+  assert(!backend.calls.slice(before).some((c) => c.kind === "commit"));
+  // ...a pinned session is (its owner relies on it), and so is a prompt with no tokens.
+  const pinned = await backend.createSession({ method: "magicpig" });
+  await collect(scheduler.submit({ promptIds: [6], maxTokens: 1, session: pinned }));
+  await collect(scheduler.submit({ promptIds: [7, 8], maxTokens: 0 }));
+  const commits = backend.calls.slice(before).filter((c) => c.kind === "commit").length;
+  assertEquals(commits, 2);
+  assertEquals(backend.sessions.find((s) => s.handle === 3)?.commits, 1);
+  await scheduler.shutdown();
 });
 
 Deno.test("Scheduler: a seed makes sampling reproducible", async () => {

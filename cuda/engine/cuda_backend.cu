@@ -284,9 +284,12 @@ class CudaBackend final : public ForwardBackend {
     MP_CUDA(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
     MP_CUDA(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
     MP_CUDA(cudaStreamCreateWithFlags(&hash_, cudaStreamNonBlocking));
+    MP_CUDA(cudaStreamCreateWithFlags(&up_, cudaStreamNonBlocking));
     for (auto &ev : ev_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
     MP_CUDA(cudaEventCreateWithFlags(&ev_q_, cudaEventDisableTiming));
     for (auto &ev : ev_pf_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    for (auto &ev : ev_pf_done_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    for (auto &ev : ev_pf_up_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
     gemm_ = std::make_unique<gpu::Gemm>(s_);
     H_ = c_.n_heads, Hkv_ = c_.n_kv_heads, d_ = c_.head_dim, dim_ = c_.dim, F_ = c_.ffn_dim;
     QKV_ = (H_ + 2 * Hkv_) * d_;
@@ -304,9 +307,13 @@ class CudaBackend final : public ForwardBackend {
     gemm_.reset();
     for (auto &ev : ev_) (void)cudaEventDestroy(ev);
     (void)cudaEventDestroy(ev_q_);
+    (void)cudaStreamSynchronize(up_);
     for (auto &ev : ev_pf_) (void)cudaEventDestroy(ev);
+    for (auto &ev : ev_pf_done_) (void)cudaEventDestroy(ev);
+    for (auto &ev : ev_pf_up_) (void)cudaEventDestroy(ev);
     (void)cudaStreamDestroy(s_);
     (void)cudaStreamDestroy(copy_);
+    (void)cudaStreamDestroy(up_);
     (void)cudaStreamSynchronize(hash_);
     (void)cudaStreamDestroy(hash_);
   }
@@ -415,6 +422,44 @@ class CudaBackend final : public ForwardBackend {
     gpu::stream_wait(s_, "the prefill's uploads");  // hpos and tokens: host memory of this frame
 
     const size_t row_b = (size_t)d_ * sizeof(bf16);
+    // A call that appends to a session (p0 > 0: a scheduler's later prefill chunk, a
+    // follow-up question) attends to each layer's earlier rows, which live in the host
+    // cache: they are uploaded on up_ one layer ahead, while the previous layer computes
+    // (for a 64-token question on a 96K session that is 369 MB per layer of the 8B shape,
+    // 7 ms of PCIe against ~2 ms of compute). An upload into a buffer waits until the layer
+    // that last used the buffer is computed (ev_pf_done_); it writes rows [0, p0), which the
+    // write-back of that layer (rows [p0, T), on copy_) does not touch. A layer waits for its
+    // upload (ev_pf_up_) and for its buffer's write-back (ev_pf_) before it writes [p0, T).
+    // The last layer without logits computes no attention: it needs no earlier rows.
+    const bool want_logits = logits != nullptr;
+    auto needs_rows = [&](int32_t l) {
+      return p0 > 0 && (l + 1 < c_.n_layers || want_logits);
+    };
+    auto upload = [&](int32_t l) {
+      const int b = l % nbuf;
+      if (l >= nbuf) MP_CUDA(cudaStreamWaitEvent(up_, ev_pf_done_[b], 0));
+      MP_CUDA(cudaMemcpy2DAsync(Kb[b].p, (size_t)T * row_b, s.k_row(l, 0, 0),
+                                (size_t)s.capacity() * row_b, (size_t)p0 * row_b, Hkv_,
+                                cudaMemcpyHostToDevice, up_));
+      MP_CUDA(cudaMemcpy2DAsync(Vb[b].p, (size_t)T * row_b, s.v_row(l, 0, 0),
+                                (size_t)s.capacity() * row_b, (size_t)p0 * row_b, Hkv_,
+                                cudaMemcpyHostToDevice, up_));
+      MP_CUDA(cudaEventRecord(ev_pf_up_[b], up_));
+    };
+    // Work still queued when this call leaves early (an error) must not outlive the buffers
+    // it reads and writes: wait for it (bounded, as every wait here; errors were reported).
+    struct Drain {
+      cudaStream_t st[3];
+      ~Drain() {
+        for (cudaStream_t x : st) {
+          try {
+            gpu::stream_wait(x, "the prefill's queued work");
+          } catch (...) {
+          }
+        }
+      }
+    } drain{{s_, up_, copy_}};
+    if (needs_rows(0)) upload(0);
     // $MP_TRACE: each layer's GPU time, and per-op GPU times of one layer that is not the
     // last (events between its kernels), traced after the prefill: what bounds the figure.
     PrefillProfile prof(gpu::trace_enabled(), c_.n_layers > 2 ? 1 : c_.n_layers == 2 ? 0 : -1, s_);
@@ -422,6 +467,7 @@ class CudaBackend final : public ForwardBackend {
       prof.layer(l);
       if (abort_requested(abort)) {
         gpu::stream_wait(s_, "the aborted prefill");
+        gpu::stream_wait(up_, "the aborted prefill's uploads");
         gpu::stream_wait(copy_, "the aborted prefill's write-back");
         return MP_ABORTED;
       }
@@ -432,14 +478,7 @@ class CudaBackend final : public ForwardBackend {
       bf16 *const K = Kb[buf].p, *const V = Vb[buf].p;
       // the buffer's previous layer must be on the host before it is overwritten
       if (l >= nbuf) MP_CUDA(cudaStreamWaitEvent(s_, ev_pf_[buf], 0));
-      if (p0 > 0) {  // earlier tokens of this layer from the host cache
-        MP_CUDA(cudaMemcpy2DAsync(K, (size_t)T * row_b, s.k_row(l, 0, 0),
-                                  (size_t)s.capacity() * row_b, (size_t)p0 * row_b, Hkv_,
-                                  cudaMemcpyHostToDevice, s_));
-        MP_CUDA(cudaMemcpy2DAsync(V, (size_t)T * row_b, s.v_row(l, 0, 0),
-                                  (size_t)s.capacity() * row_b, (size_t)p0 * row_b, Hkv_,
-                                  cudaMemcpyHostToDevice, s_));
-      }
+      if (needs_rows(l)) MP_CUDA(cudaStreamWaitEvent(s_, ev_pf_up_[buf], 0));
       for (int32_t c0 = 0; c0 < n; c0 += C) {
         const int32_t m = std::min(C, n - c0);
         const int64_t pos0 = p0 + c0;
@@ -479,9 +518,11 @@ class CudaBackend final : public ForwardBackend {
         prof.op(l, 9);
       }
       // The layer's new rows to the session's host cache, on the copy stream once the
-      // layer is computed; ev_pf_[buf] marks the buffer free again.
-      MP_CUDA(cudaEventRecord(ev_pf_[buf], s_));
-      MP_CUDA(cudaStreamWaitEvent(copy_, ev_pf_[buf], 0));
+      // layer is computed; ev_pf_[buf] marks the buffer free again. The next layer's earlier
+      // rows start uploading as soon as their buffer's last layer is computed.
+      MP_CUDA(cudaEventRecord(ev_pf_done_[buf], s_));
+      if (l + 1 < c_.n_layers && needs_rows(l + 1)) upload(l + 1);
+      MP_CUDA(cudaStreamWaitEvent(copy_, ev_pf_done_[buf], 0));
       MP_CUDA(cudaMemcpy2DAsync(s.k_row(l, 0, p0), (size_t)s.capacity() * row_b,
                                 K + (size_t)p0 * d_, (size_t)T * row_b, (size_t)n * row_b, Hkv_,
                                 cudaMemcpyDeviceToHost, copy_));
@@ -500,6 +541,7 @@ class CudaBackend final : public ForwardBackend {
     }
     prof.layer(c_.n_layers);
     gpu::stream_wait(s_, "the prefill");
+    gpu::stream_wait(up_, "the prefill's uploads");
     gpu::stream_wait(copy_, "the prefill's write-back");
     trace("prefill: done");
     prof.report(n);
@@ -1427,6 +1469,9 @@ class CudaBackend final : public ForwardBackend {
   int host_ptr_ok_ = -1;  // the device reads registered host memory at its host address
   cudaEvent_t ev_q_ = nullptr;          // split decode: q is on the host
   cudaEvent_t ev_pf_[2] = {};           // prefill: a K/V buffer's layer written back
+  cudaEvent_t ev_pf_done_[2] = {};      // prefill: a K/V buffer's layer computed
+  cudaEvent_t ev_pf_up_[2] = {};        // prefill: a K/V buffer's earlier rows uploaded
+  cudaStream_t up_ = nullptr;           // prefill: uploads of earlier rows (host -> GPU)
   double prof_[PROF_COUNT] = {};        // this step's stage timers (profile.h)
   Arr<int32_t> d_pos_, d_tok_;
   Arr<unsigned> d_cnt_;
