@@ -130,6 +130,10 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge, con
     }
     return;
   }
+  struct Tick {
+    double t0, &acc;
+    ~Tick() { acc += omp_get_wtime() - t0; }
+  } tick{omp_get_wtime(), times_.total};
   const int d = d_, L = p_.L;
   init_mean(keys, m);
   const int64_t n_tail = n_ - n_blocked_;
@@ -137,6 +141,7 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge, con
   // x[j] = k_j − μ (fp32) for head h (only when hashing here), and the norms
   std::vector<float> x(codes ? 0 : (size_t)m * d);
   auto center = [&](int h) {
+    const double t0 = omp_get_wtime();
     HeadIndex &hi = heads_[h];
     const float *mu = hi.mean.data();
     hi.norms.resize(n_ + m);
@@ -153,6 +158,7 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge, con
       }
       norms[j] = std::sqrt(ss);
     }
+    times_.norms += omp_get_wtime() - t0;
   };
   // head h's precomputed codes of table t
   auto pre = [&](int h, int t) { return codes->p + ((size_t)h * L + t) * codes->ld; };
@@ -162,6 +168,11 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge, con
     this->merge(T, [&](int h) -> std::pair<const uint16_t *, int64_t> {
       center(h);
       if (codes && n_tail == 0) return {pre(h, 0), codes->ld};  // already [L][ld]
+      const double t0 = omp_get_wtime();
+      struct Tick {
+        double t0, &acc;
+        ~Tick() { acc += omp_get_wtime() - t0; }
+      } tick{t0, times_.codes};
       codesT.resize((size_t)L * T);
       const HeadIndex &hi = heads_[h];
       for (int64_t j = 0; j < n_tail; j++)
@@ -288,15 +299,19 @@ void Index::merge(int64_t T, CodesOf &&codes_of) {
     fresh.push_back(std::move(b));
     off += k;
   }
+  double t0 = omp_get_wtime();
   for (Block &b : fresh) {
     b.offsets.resize((size_t)hkv_ * L * NB1);
     b.entries.resize((size_t)hkv_ * L * b.n);
   }
+  times_.alloc += omp_get_wtime() - t0;
   for (int h = 0; h < hkv_; h++) {
     const std::pair<const uint16_t *, int64_t> c = codes_of(h);
+    t0 = omp_get_wtime();
     for (size_t i = 0; i < segs.size(); i++)
       merge_head(*this, segs[i].extends ? &blocks_.back() : nullptr, fresh[i], h, c.first,
                  c.second, segs[i].off, segs[i].m);
+    times_.sort += omp_get_wtime() - t0;
   }
   size_t i = 0;
   if (!segs.empty() && segs[0].extends) blocks_.back() = std::move(fresh[i++]);

@@ -111,6 +111,13 @@ class Index {
   };
   Bytes bytes() const;
 
+  // Wall seconds spent by add() on this index so far, by phase (summed over
+  // calls; bench/cpu/index_build.cpp reads them).
+  struct Times {
+    double alloc = 0, norms = 0, codes = 0, sort = 0, total = 0;
+  };
+  const Times &times() const { return times_; }
+
   // Codes of tokens [start, start + count) of head h, token-major out[count][L]. Blocked
   // tokens' codes are read back from the CSR (codes are not stored for them).
   void codes(int h, int64_t start, int64_t count, uint16_t *out) const;
@@ -139,6 +146,7 @@ class Index {
   std::shared_ptr<const Projection> proj_;
   std::vector<HeadIndex> heads_;
   std::vector<Block> blocks_;  // in token order, all full but the last
+  Times times_;
 };
 
 // Codes of tokens 0..m−1 of `keys` (Hkv heads) centered by mean[Hkv][d], table-major
