@@ -4,22 +4,25 @@
 // in production; here by lsh::hash_keys_cpu, outside the timed region).
 //
 // A standalone program, not part of libmagicpig; it compiles the few sources it needs:
-//   g++ -std=c++17 -O3 -march=native -fopenmp -fno-math-errno -Icuda/include -Icuda \
-//     bench/cpu/index_build.cpp cuda/cpu/lsh_index.cpp cuda/cpu/lsh_hash.cpp \
+//   g++ -std=c++17 -O3 -march=native -fopenmp -fno-math-errno -Icuda/include -Icuda
+//     bench/cpu/index_build.cpp cuda/cpu/lsh_index.cpp cuda/cpu/lsh_hash.cpp
 //     cuda/common/common.cpp cuda/common/task_pool.cpp -o build/index_build
-//   build/index_build [--m 98300] [--cap 131072] [--threads N] [--reps 4] [--check]
-//                     [--dump FILE]
+//   build/index_build [--m 98300] [--cap 131072] [--threads N] [--reps 4] [--free]
+//                     [--check] [--dump FILE]
 //
 // Shape: Llama-3.1-8B (Hkv = 8, d = 128), K10L150, bf16 keys laid out like a session's
 // cache (head-major rows, head_rows = cap ≥ m). Every build goes into a fresh Index (fresh
 // memory, so its page faults are counted, as for each layer of a commit); the indexes are
-// kept alive until the end, as a session keeps its layers'. Per build it prints init_mean,
-// add, and add's phases (Index::times()).
+// kept alive until the end, as a session keeps its layers' (--free: each is freed before
+// the next build, whose memory then comes from pages the process has used before, which
+// in a virtual machine can fault much faster than never-used ones). Per build it prints
+// init_mean, add, and add's phases (Index::times()).
 // --check compares the first build with a plain reimplementation (sequential double mean,
 // scalar norms, one stable counting sort per (block, head, table)): every value must be
 // bit-identical. --dump writes the first build's image (Index::write), to compare builds
 // of two versions of lsh_index.cpp with cmp.
 #include <omp.h>
+#include <sys/resource.h>
 
 #include <cmath>
 #include <cstdio>
@@ -104,7 +107,7 @@ int64_t check(const lsh::Index &I, const lsh::KeyRows &keys, int64_t m, const ui
 int main(int argc, char **argv) {
   int64_t m = 98300, cap = 131072;
   int reps = 4, nthreads = 0;
-  bool do_check = false;
+  bool do_check = false, do_free = false;
   std::string dump;
   for (int i = 1; i < argc; i++) {
     std::string a = argv[i];
@@ -120,6 +123,7 @@ int main(int argc, char **argv) {
     else if (a == "--threads") nthreads = std::atoi(next());
     else if (a == "--reps") reps = std::atoi(next());
     else if (a == "--check") do_check = true;
+    else if (a == "--free") do_free = true;
     else if (a == "--dump") dump = next();
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
@@ -162,11 +166,17 @@ int main(int argc, char **argv) {
     std::printf("(codes on the CPU, not timed below: %.1f ms)\n", (omp_get_wtime() - t0) * 1e3);
   }
 
-  std::printf("%-6s %10s %10s | %8s %8s %8s %8s %8s  (ms)\n", "build", "init_mean", "add",
-              "alloc", "norms", "codes", "sort", "rest");
+  std::printf("%-6s %10s %10s | %8s %8s %8s %8s %8s  (ms) %8s\n", "build", "init_mean", "add",
+              "alloc", "norms", "codes", "sort", "rest", "faults");
+  auto faults = [] {
+    rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (long)u.ru_minflt;
+  };
   std::vector<std::unique_ptr<lsh::Index>> built;
   for (int r = 0; r < reps; r++) {
     auto idx = std::make_unique<lsh::Index>(p, hkv, d);
+    const long f0 = faults();
     const double t0 = omp_get_wtime();
     idx->init_mean(kr, m);
     const double t1 = omp_get_wtime();
@@ -174,9 +184,11 @@ int main(int argc, char **argv) {
     idx->add(kr, m, /*merge=*/true, /*auto_merge=*/true, &c);
     const double t2 = omp_get_wtime();
     const lsh::Index::Times &T = idx->times();
-    std::printf("%-6d %10.1f %10.1f | %8.1f %8.1f %8.1f %8.1f %8.1f\n", r, (t1 - t0) * 1e3,
-                (t2 - t1) * 1e3, T.alloc * 1e3, T.norms * 1e3, T.codes * 1e3, T.sort * 1e3,
-                (T.total - T.alloc - T.norms - T.codes - T.sort) * 1e3);
+    std::printf("%-6d %10.1f %10.1f | %8.1f %8.1f %8.1f %8.1f %8.1f       %8ld\n", r,
+                (t1 - t0) * 1e3, (t2 - t1) * 1e3, T.alloc * 1e3, T.norms * 1e3, T.codes * 1e3,
+                T.sort * 1e3, (T.total - T.alloc - T.norms - T.codes - T.sort) * 1e3,
+                faults() - f0);
+    if (do_free && r > 0) continue;  // keep the first one (--check, --dump)
     built.push_back(std::move(idx));
   }
   const lsh::Index::Bytes B = built[0]->bytes();
