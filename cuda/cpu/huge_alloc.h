@@ -12,6 +12,8 @@
 #include <cstddef>
 #include <cstdlib>
 #include <new>
+#include <type_traits>
+#include <utility>
 
 namespace mp {
 
@@ -46,6 +48,29 @@ struct HugeAllocator {
   bool operator==(const HugeAllocator<U> &) const { return true; }
   template <class U>
   bool operator!=(const HugeAllocator<U> &) const { return false; }
+};
+
+// HugeAllocator whose vectors default-initialise: resize(n) of a vector of a trivial type
+// leaves the new elements unwritten (no zero-fill pass), so the pages are first touched
+// (faulted in, zeroed by the kernel) by whoever writes them, e.g. the threads of the
+// parallel loop that fills the array. resize(n, value) and copies still write.
+template <class T>
+struct HugeUninitAllocator : HugeAllocator<T> {
+  template <class U>
+  struct rebind {
+    using other = HugeUninitAllocator<U>;
+  };
+  HugeUninitAllocator() = default;
+  template <class U>
+  HugeUninitAllocator(const HugeUninitAllocator<U> &) {}
+  template <class U>
+  void construct(U *p) noexcept(std::is_nothrow_default_constructible<U>::value) {
+    ::new ((void *)p) U;
+  }
+  template <class U, class... A>
+  void construct(U *p, A &&...a) {
+    ::new ((void *)p) U(std::forward<A>(a)...);
+  }
 };
 
 // An owning pointer to huge_alloc memory.

@@ -33,6 +33,21 @@
  * add() then only computes the norms and sorts. The first build's codes are used in place
  * (the counting sort reads a table's codes contiguously); otherwise they are copied next to
  * the tail's or transposed into it.
+ *
+ * Build time (a session commit builds one index per sparse layer while the user waits; the
+ * 8B shape at 96K is 118 M entries, 236 MB, per layer; bench/cpu/index_build.cpp times it):
+ *   - init_mean works on (head, 32 dimensions) items, each summing over the tokens in
+ *     order, so μ does not depend on the thread count and 8 heads still feed 16 threads.
+ *   - norms: one parallel loop over (head, 16 tokens); the tokens sit in SIMD lanes, each
+ *     lane summing its squares in dimension order, the arithmetic of a scalar loop.
+ *   - a new block's arrays are not zero-filled (HugeUninitAllocator); their pages are
+ *     faulted in by all threads, each its own range (prefault), then written once by the
+ *     sort. (A zero-fill on one thread was most of the build on 16 cores.)
+ *   - the counting sort is one parallel loop over (block, head, table) items: all heads at
+ *     once when the codes of every head are at hand (precomputed, first build), otherwise
+ *     one head at a time through a scratch buffer.
+ * None of this changes the index: it is bit for bit what the sequential loops give
+ * (index_build --check compares it with a plain reimplementation).
  */
 #include "cpu/lsh_index.h"
 
@@ -76,19 +91,81 @@ static inline float key_at(const KeyRows &k, int64_t off) {
   }
 }
 
+// out[e] = key element off + e, e < n (the dtype switch hoisted out of the loop)
+static inline void key_span(const KeyRows &k, int64_t off, int n, float *out) {
+  switch (k.dtype) {
+    case MP_DTYPE_F32: std::memcpy(out, (const float *)k.k + off, sizeof(float) * n); break;
+    case MP_DTYPE_BF16: {
+      const uint16_t *p = (const uint16_t *)k.k + off;
+      for (int e = 0; e < n; e++) out[e] = bf16_to_f32(p[e]);
+      break;
+    }
+    default:
+      for (int e = 0; e < n; e++) out[e] = key_at(k, off + e);
+  }
+}
+
+// μ[e] is the sum over tokens j = 0, 1, … in that order, in double, / m. Work items are
+// (head, 32 dimensions: a 64-byte line of 16-bit keys), so the order, and μ, do not
+// depend on the thread count, and 16 threads have 32 items (8 heads × 4).
 void Index::init_mean(const KeyRows &keys, int64_t m) {
   if (has_mean_ || m <= 0) return;
   const int d = d_;
-#pragma omp parallel for num_threads(threads()) schedule(static)
-  for (int h = 0; h < hkv_; h++) {
-    std::vector<double> acc(d, 0.0);
+  constexpr int EC = 32;
+  const int chunks = (d + EC - 1) / EC;
+#pragma omp parallel for num_threads(threads()) schedule(dynamic, 1)
+  for (int w = 0; w < hkv_ * chunks; w++) {
+    const int h = w / chunks, e0 = (w % chunks) * EC, ne = std::min(EC, d - e0);
+    double acc[EC] = {};
+    float row[EC];
     for (int64_t j = 0; j < m; j++) {
-      const int64_t base = (h * keys.head_rows + j) * d;
-      for (int e = 0; e < d; e++) acc[e] += key_at(keys, base + e);
+      const int64_t base = (h * keys.head_rows + j) * d + e0;
+      if (ne == EC) {
+        key_span(keys, base, EC, row);
+        for (int e = 0; e < EC; e++) acc[e] += row[e];
+      } else {
+        key_span(keys, base, ne, row);
+        for (int e = 0; e < ne; e++) acc[e] += row[e];
+      }
     }
-    for (int e = 0; e < d; e++) heads_[h].mean[e] = (float)(acc[e] / (double)m);
+    for (int e = 0; e < ne; e++) heads_[h].mean[e0 + e] = (float)(acc[e] / (double)m);
   }
   has_mean_ = true;
+}
+
+// Norms TW tokens at a time, one token per SIMD lane: lane l sums (k − μ)² of its token in
+// dimension order, exactly the arithmetic of the scalar loop
+//   for e: v = k[e] − μ[e]; ss += v·v        (fused into an FMA where the target has it)
+// so the norms are bit for bit those of a token-by-token loop.
+void Index::center(const KeyRows &keys, int64_t m, int h0, int h1, float *xs) {
+  constexpr int TW = 16;
+  const int d = d_;
+  const int64_t tiles = (m + TW - 1) / TW;
+  for (int h = h0; h < h1; h++) heads_[h].norms.resize(n_ + m);
+#pragma omp parallel num_threads(threads())
+  {
+    std::vector<float> xt((size_t)d * TW, 0.0f), row(d);  // xt[e][lane]
+#pragma omp for schedule(static)
+    for (int64_t w = 0; w < (h1 - h0) * tiles; w++) {
+      const int h = h0 + (int)(w / tiles);
+      const int64_t j0 = (w % tiles) * TW;
+      const int nt = (int)std::min<int64_t>(TW, m - j0);
+      const float *mu = heads_[h].mean.data();
+      for (int l = 0; l < nt; l++) {
+        key_span(keys, (h * keys.head_rows + j0 + l) * d, d, row.data());
+        for (int e = 0; e < d; e++) row[e] -= mu[e];
+        for (int e = 0; e < d; e++) xt[(size_t)e * TW + l] = row[e];
+        if (xs) std::memcpy(xs + (size_t)(j0 + l) * d, row.data(), sizeof(float) * d);
+      }
+      float ss[TW] = {};
+      for (int e = 0; e < d; e++) {
+        const float *v = &xt[(size_t)e * TW];
+        for (int l = 0; l < TW; l++) ss[l] += v[l] * v[l];
+      }
+      float *norms = heads_[h].norms.data() + n_ + j0;
+      for (int l = 0; l < nt; l++) norms[l] = std::sqrt(ss[l]);
+    }
+  }
 }
 
 void hash_keys_cpu(const Projection &P, const KeyRows &keys, int64_t m, int hkv,
@@ -130,38 +207,43 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge, con
     }
     return;
   }
+  struct Tick {
+    double t0, &acc;
+    ~Tick() { acc += omp_get_wtime() - t0; }
+  } tick{omp_get_wtime(), times_.total};
   const int d = d_, L = p_.L;
   init_mean(keys, m);
   const int64_t n_tail = n_ - n_blocked_;
   const bool do_merge = merge || (auto_merge && n_tail + m >= p_.tail_max);
-  // x[j] = k_j − μ (fp32) for head h (only when hashing here), and the norms
+  // The norms; x[j] = k_j − μ (fp32) for head h when hashing here, one head at a time.
+  // With precomputed codes, the norms of all heads at once.
   std::vector<float> x(codes ? 0 : (size_t)m * d);
-  auto center = [&](int h) {
-    HeadIndex &hi = heads_[h];
-    const float *mu = hi.mean.data();
-    hi.norms.resize(n_ + m);
-    float *norms = hi.norms.data() + n_;
-    float *xs = codes ? nullptr : x.data();
-#pragma omp parallel for num_threads(threads()) schedule(static)
-    for (int64_t j = 0; j < m; j++) {
-      const int64_t base = (h * keys.head_rows + j) * d;
-      float ss = 0.0f;
-      for (int e = 0; e < d; e++) {
-        float v = key_at(keys, base + e) - mu[e];
-        if (xs) xs[(size_t)j * d + e] = v;
-        ss += v * v;
-      }
-      norms[j] = std::sqrt(ss);
-    }
+  auto center_head = [&](int h) {
+    if (codes) return;
+    const double t0 = omp_get_wtime();
+    center(keys, m, h, h + 1, x.data());
+    times_.norms += omp_get_wtime() - t0;
   };
+  if (codes) {
+    const double t0 = omp_get_wtime();
+    center(keys, m, 0, hkv_, nullptr);
+    times_.norms += omp_get_wtime() - t0;
+  }
   // head h's precomputed codes of table t
   auto pre = [&](int h, int t) { return codes->p + ((size_t)h * L + t) * codes->ld; };
   if (do_merge) {
     const int64_t T = n_tail + m;
     std::vector<uint16_t> codesT;
-    this->merge(T, [&](int h) -> std::pair<const uint16_t *, int64_t> {
-      center(h);
-      if (codes && n_tail == 0) return {pre(h, 0), codes->ld};  // already [L][ld]
+    // the first build's codes are already [L][ld] for every head: all heads at once
+    const bool in_place = codes && n_tail == 0;
+    this->merge(T, in_place ? hkv_ : 1, [&](int h) -> std::pair<const uint16_t *, int64_t> {
+      if (in_place) return {pre(h, 0), codes->ld};
+      center_head(h);
+      const double t0 = omp_get_wtime();
+      struct Tick {
+        double t0, &acc;
+        ~Tick() { acc += omp_get_wtime() - t0; }
+      } tick{t0, times_.codes};
       codesT.resize((size_t)L * T);
       const HeadIndex &hi = heads_[h];
       for (int64_t j = 0; j < n_tail; j++)
@@ -178,7 +260,7 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge, con
     n_blocked_ = n_;
   } else {
     for (int h = 0; h < hkv_; h++) {
-      center(h);
+      center_head(h);
       HeadIndex &hi = heads_[h];
       hi.tail.resize((size_t)(n_tail + m) * lp_, 0);
       uint16_t *rows = hi.tail.data() + (size_t)n_tail * lp_;
@@ -211,7 +293,7 @@ void Index::merge_tail() {
   if (T == 0) return;
   const int L = p_.L;
   std::vector<uint16_t> codesT((size_t)L * T);
-  merge(T, [&](int h) -> std::pair<const uint16_t *, int64_t> {
+  merge(T, 1, [&](int h) -> std::pair<const uint16_t *, int64_t> {
     const HeadIndex &hi = heads_[h];
     for (int64_t j = 0; j < T; j++)
       for (int t = 0; t < L; t++) codesT[(size_t)t * T + j] = hi.tail[(size_t)j * lp_ + t];
@@ -220,44 +302,55 @@ void Index::merge_tail() {
   n_blocked_ = n_;
 }
 
-// Appends tokens to block `nb`'s (head h) part: the tokens of `ob` (n0 of them, may be
-// null) keep their order, then m new ones with codes codesT[t·ld + off + j] take ids
-// n0 .. n0 + m − 1 at the end of their buckets.
-static void merge_head(const Index &I, const Block *ob, Block &nb, int h, const uint16_t *codesT,
-                       int64_t ld, int64_t off, int64_t m) {
-  const int L = I.params().L;
+// Appends tokens to block `nb`'s (head h, table t) part: the tokens of `ob` (n0 of them,
+// may be null) keep their order, then m new ones with codes codes[j] take ids
+// n0 .. n0 + m − 1 at the end of their buckets. hist, cur: scratch of 2^K.
+static void sort_table(const Index &I, const Block *ob, Block &nb, int h, int t,
+                       const uint16_t *codes, int64_t m, uint32_t *hist, uint32_t *cur) {
   const int NB = 1 << I.params().K;
   const int64_t n0 = ob ? ob->n : 0, n1 = nb.n;
-#pragma omp parallel num_threads(threads())
-  {
-    std::vector<uint32_t> hist(NB), cur(NB);
-#pragma omp for schedule(dynamic, 4)
-    for (int t = 0; t < L; t++) {
-      const uint16_t *codes = codesT + (size_t)t * ld + off;
-      std::fill(hist.begin(), hist.end(), 0u);
-      for (int64_t j = 0; j < m; j++) hist[codes[j]]++;
-      const uint32_t *oo = ob ? I.offsets(*ob, h, t) : nullptr;
-      const uint16_t *oe = ob ? I.entries(*ob, h, t) : nullptr;
-      uint32_t *no = const_cast<uint32_t *>(I.offsets(nb, h, t));
-      uint16_t *ne = const_cast<uint16_t *>(I.entries(nb, h, t));
-      uint32_t run = 0;
-      for (int c = 0; c < NB; c++) {
-        const uint32_t os = oo ? oo[c] : 0, oz = oo ? oo[c + 1] - oo[c] : 0;
-        no[c] = os + run;
-        if (oz) std::memcpy(ne + no[c], oe + os, sizeof(uint16_t) * oz);
-        cur[c] = no[c] + oz;
-        run += hist[c];
-      }
-      no[NB] = (uint32_t)n1;
-      for (int64_t j = 0; j < m; j++) ne[cur[codes[j]]++] = (uint16_t)(n0 + j);
+  std::fill(hist, hist + NB, 0u);
+  for (int64_t j = 0; j < m; j++) hist[codes[j]]++;
+  const uint32_t *oo = ob ? I.offsets(*ob, h, t) : nullptr;
+  const uint16_t *oe = ob ? I.entries(*ob, h, t) : nullptr;
+  uint32_t *no = const_cast<uint32_t *>(I.offsets(nb, h, t));
+  uint16_t *ne = const_cast<uint16_t *>(I.entries(nb, h, t));
+  uint32_t run = 0;
+  if (oo) {
+    for (int c = 0; c < NB; c++) {
+      const uint32_t os = oo[c], oz = oo[c + 1] - oo[c];
+      no[c] = os + run;
+      if (oz) std::memcpy(ne + no[c], oe + os, sizeof(uint16_t) * oz);
+      cur[c] = no[c] + oz;
+      run += hist[c];
+    }
+  } else {
+    for (int c = 0; c < NB; c++) {
+      no[c] = cur[c] = run;
+      run += hist[c];
     }
   }
+  no[NB] = (uint32_t)n1;
+  for (int64_t j = 0; j < m; j++) ne[cur[codes[j]]++] = (uint16_t)(n0 + j);
+}
+
+// Faults in the pages of [p, p + bytes) on every thread, each its own contiguous range (the
+// kernel zeroes each page as it faults it in: 236 MB for a 96K build of the 8B shape).
+// A parallel loop that faults pages as it first writes them does worse with transparent
+// huge pages: threads writing near each other fault the same 2 MiB page at once, and each
+// of them clears a huge page before all but one give theirs back.
+static void prefault(void *p, size_t bytes) {
+  constexpr size_t PAGE = 4096;
+  char *c = static_cast<char *>(p);
+  const int64_t pages = (int64_t)((bytes + PAGE - 1) / PAGE);
+#pragma omp parallel for num_threads(threads()) schedule(static)
+  for (int64_t i = 0; i < pages; i++) c[(size_t)i * PAGE] = 0;  // uninitialised memory
 }
 
 template <class CodesOf>
-void Index::merge(int64_t T, CodesOf &&codes_of) {
-  const int L = p_.L;
-  const size_t NB1 = ((size_t)1 << p_.K) + 1;
+void Index::merge(int64_t T, int group, CodesOf &&codes_of) {
+  const int L = p_.L, NB = 1 << p_.K;
+  const size_t NB1 = (size_t)NB + 1;
   // plan: which block each run of the T tokens goes to
   struct Seg {
     int64_t off, m;
@@ -288,15 +381,38 @@ void Index::merge(int64_t T, CodesOf &&codes_of) {
     fresh.push_back(std::move(b));
     off += k;
   }
+  // Not zeroed (HugeUninitAllocator): every element is written below. The pages are
+  // faulted in by all threads first.
+  double t0 = omp_get_wtime();
   for (Block &b : fresh) {
     b.offsets.resize((size_t)hkv_ * L * NB1);
     b.entries.resize((size_t)hkv_ * L * b.n);
+    prefault(b.offsets.data(), b.offsets.size() * sizeof(uint32_t));
+    prefault(b.entries.data(), b.entries.size() * sizeof(uint16_t));
   }
-  for (int h = 0; h < hkv_; h++) {
-    const std::pair<const uint16_t *, int64_t> c = codes_of(h);
-    for (size_t i = 0; i < segs.size(); i++)
-      merge_head(*this, segs[i].extends ? &blocks_.back() : nullptr, fresh[i], h, c.first,
-                 c.second, segs[i].off, segs[i].m);
+  times_.alloc += omp_get_wtime() - t0;
+  const int S = (int)segs.size();
+  std::vector<std::pair<const uint16_t *, int64_t>> c((size_t)group);
+  for (int h0 = 0; h0 < hkv_; h0 += group) {
+    const int g = std::min(group, hkv_ - h0);
+    for (int i = 0; i < g; i++) c[(size_t)i] = codes_of(h0 + i);
+    t0 = omp_get_wtime();
+    // items in memory order of the blocks: (segment, head, table)
+    const int64_t items = (int64_t)S * g * L;
+#pragma omp parallel num_threads(threads())
+    {
+      std::vector<uint32_t> hist((size_t)NB), cur((size_t)NB);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t w = 0; w < items; w++) {
+        const int s = (int)(w / ((int64_t)g * L));
+        const int i = (int)(w / L % g), t = (int)(w % L);
+        const Seg &sg = segs[(size_t)s];
+        sort_table(*this, sg.extends ? &blocks_.back() : nullptr, fresh[(size_t)s], h0 + i, t,
+                   c[(size_t)i].first + (size_t)t * c[(size_t)i].second + sg.off, sg.m,
+                   hist.data(), cur.data());
+      }
+    }
+    times_.sort += omp_get_wtime() - t0;
   }
   size_t i = 0;
   if (!segs.empty() && segs[0].extends) blocks_.back() = std::move(fresh[i++]);

@@ -27,13 +27,14 @@ struct Params {
 
 // One block: tokens [start, start + n) of every KV head, n ≤ BLOCK. Both arrays are
 // shared by the KV heads (one huge-page allocation each, so bucket lookups stay in the TLB).
+// resize() does not zero them (HugeUninitAllocator): the merge writes every element.
 struct Block {
   int64_t start = 0;
   int32_t n = 0;
   // [Hkv][L][2^K + 1]: bucket c of (head h, table t) is entries [o[c], o[c+1]) of (h, t)
-  std::vector<uint32_t, HugeAllocator<uint32_t>> offsets;
+  std::vector<uint32_t, HugeUninitAllocator<uint32_t>> offsets;
   // [Hkv][L][n]: in-block token ids, sorted by (bucket, id)
-  std::vector<uint16_t, HugeAllocator<uint16_t>> entries;
+  std::vector<uint16_t, HugeUninitAllocator<uint16_t>> entries;
 };
 
 struct HeadIndex {
@@ -111,6 +112,13 @@ class Index {
   };
   Bytes bytes() const;
 
+  // Wall seconds spent by add() on this index so far, by phase (summed over
+  // calls; bench/cpu/index_build.cpp reads them).
+  struct Times {
+    double alloc = 0, norms = 0, codes = 0, sort = 0, total = 0;
+  };
+  const Times &times() const { return times_; }
+
   // Codes of tokens [start, start + count) of head h, token-major out[count][L]. Blocked
   // tokens' codes are read back from the CSR (codes are not stored for them).
   void codes(int h, int64_t start, int64_t count, uint16_t *out) const;
@@ -126,11 +134,16 @@ class Index {
   static std::unique_ptr<Index> read(const uint8_t *data, size_t size);
 
  private:
-  // Tokens [n_blocked, n_blocked + T) join the blocks; codes(h) gives head h's codes
-  // as {pointer, ld}: token j of table t at pointer[t·ld + j], j < T (called once per
-  // head, in order).
+  // Tokens [n_blocked, n_blocked + T) join the blocks; codes_of(h) gives head h's codes
+  // as {pointer, ld}: token j of table t at pointer[t·ld + j], j < T. Heads are sorted
+  // `group` at a time, one parallel loop over (block, head, table) per group; codes_of is
+  // called once per head, in order, for all heads of a group before it is sorted, so the
+  // pointers of a group must be valid together (one scratch buffer: group = 1).
   template <class CodesOf>
-  void merge(int64_t T, CodesOf &&codes_of);
+  void merge(int64_t T, int group, CodesOf &&codes_of);
+  // Appends the norms ‖k_j − μ‖ of the m added tokens of heads [h0, h1) (one parallel
+  // loop); with xs (h1 = h0 + 1), also k_j − μ in fp32 to xs[j·d + e].
+  void center(const KeyRows &keys, int64_t m, int h0, int h1, float *xs);
 
   Params p_;
   int hkv_, d_, lp_;
@@ -139,6 +152,7 @@ class Index {
   std::shared_ptr<const Projection> proj_;
   std::vector<HeadIndex> heads_;
   std::vector<Block> blocks_;  // in token order, all full but the last
+  Times times_;
 };
 
 // Codes of tokens 0..m−1 of `keys` (Hkv heads) centered by mean[Hkv][d], table-major
