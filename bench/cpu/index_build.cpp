@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -50,9 +51,21 @@ uint64_t mix(uint64_t x) {
 int64_t check(const lsh::Index &I, const lsh::KeyRows &keys, int64_t m, const uint16_t *codes) {
   const int hkv = I.n_kv_heads(), d = I.head_dim(), L = I.params().L, NB = 1 << I.params().K;
   int64_t bad = 0;
+  std::map<std::string, int64_t> kinds;  // mismatches by what differs
   auto fail = [&](const char *what, int h, int64_t i) {
+    kinds[what]++;
     if (bad++ < 10) std::printf("  MISMATCH %s (head %d, %lld)\n", what, h, (long long)i);
   };
+  struct Report {  // printed when check() returns
+    std::map<std::string, int64_t> &k;
+    double &rel;
+    ~Report() {
+      for (const auto &kv : k) std::printf("  %s: %lld mismatches\n", kv.first.c_str(), (long long)kv.second);
+      if (rel > 0) std::printf("  largest relative norm difference: %.3g\n", rel);
+    }
+  };
+  double norm_rel = 0;
+  Report report{kinds, norm_rel};
   const uint16_t *k = (const uint16_t *)keys.k;
   if (I.n() != m || I.n_blocked() != m || I.n_tail() != 0) fail("token counts", -1, I.n());
   for (int h = 0; h < hkv; h++) {
@@ -71,7 +84,10 @@ int64_t check(const lsh::Index &I, const lsh::KeyRows &keys, int64_t m, const ui
         ss += v * v;
       }
       const float nj = std::sqrt(ss);
-      if (std::memcmp(&nj, &I.head(h).norms[j], 4) != 0) fail("norm", h, j);
+      if (std::memcmp(&nj, &I.head(h).norms[j], 4) != 0) {
+        fail("norm", h, j);
+        norm_rel = std::max(norm_rel, std::fabs((double)I.head(h).norms[j] - nj) / std::max(1e-30, (double)nj));
+      }
     }
   }
   const auto &blocks = I.blocks();

@@ -1411,10 +1411,12 @@ class CudaBackend final : public ForwardBackend {
 #pragma omp parallel for num_threads(threads()) schedule(static)
     for (int64_t i = 0; i < pages; i++) c[(size_t)i * PAGE] = 0;  // uninitialised memory
   }
-  // The process's anonymous memory on transparent huge pages, KiB (for $MP_TRACE; -1 if
+  // The machine's anonymous memory on transparent huge pages, KiB (for $MP_TRACE; -1 if
   // unknown): whether a host cache got its huge pages shows in the delta around prefault.
+  // (/proc/meminfo is cheap; the process's smaps_rollup walks every mapping, tens of ms
+  // per call in a process with a CUDA context and a 96K session.)
   static long anon_huge_kib() {
-    FILE *f = std::fopen("/proc/self/smaps_rollup", "r");
+    FILE *f = std::fopen("/proc/meminfo", "r");
     if (!f) return -1;
     char line[256];
     long kib = -1;
