@@ -4,7 +4,8 @@
 // entries). With 4 KiB pages nearly every gathered row misses the TLB and pays a page
 // walk on top of the DRAM access; 2 MiB pages make the TLB cover the working set. Linux
 // often runs THP in "madvise" mode, so large buffers are 2 MiB-aligned and marked with
-// madvise(MADV_HUGEPAGE). Small buffers use plain malloc. Memory is not touched here.
+// madvise(MADV_HUGEPAGE). Small buffers use plain malloc. huge_alloc does not touch the
+// memory; fault_in faults it in on every core when a caller wants that done up front.
 #pragma once
 
 #include <sys/mman.h>
@@ -14,6 +15,8 @@
 #include <new>
 #include <type_traits>
 #include <utility>
+
+#include "common/common.h"
 
 namespace mp {
 
@@ -34,6 +37,19 @@ inline void *huge_alloc(size_t bytes) {
 }
 
 inline void huge_free(void *p) { std::free(p); }
+
+// Faults in the pages of [p, p + bytes) (uninitialised memory: it writes a zero to each 4 KiB
+// page) on every thread of mp::threads(), each its own contiguous range, so that the kernel's
+// zeroing of fresh pages runs on every core instead of on the thread that first writes them.
+// Threads writing near each other instead (a parallel loop that faults pages as it fills
+// them) race for the same 2 MiB huge page, and all but one clear a page they then give back.
+inline void fault_in(void *p, size_t bytes) {
+  constexpr size_t PAGE = 4096;
+  char *c = static_cast<char *>(p);
+  const long long pages = (long long)((bytes + PAGE - 1) / PAGE);
+#pragma omp parallel for num_threads(threads()) schedule(static)
+  for (long long i = 0; i < pages; i++) c[(size_t)i * PAGE] = 0;
+}
 
 // std allocator over huge_alloc, for std::vector of large arrays.
 template <class T>

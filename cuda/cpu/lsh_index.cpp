@@ -41,7 +41,7 @@
  *   - norms: one parallel loop over (head, 16 tokens); the tokens sit in SIMD lanes, each
  *     lane summing its squares in dimension order, the arithmetic of a scalar loop.
  *   - a new block's arrays are not zero-filled (HugeUninitAllocator); their pages are
- *     faulted in by all threads, each its own range (prefault), then written once by the
+ *     faulted in by all threads, each its own range (fault_in), then written once by the
  *     sort. (A zero-fill on one thread was most of the build on 16 cores.)
  *   - the counting sort is one parallel loop over (block, head, table) items: all heads at
  *     once when the codes of every head are at hand (precomputed, first build), otherwise
@@ -338,19 +338,6 @@ static void sort_table(const Index &I, const Block *ob, Block &nb, int h, int t,
   for (int64_t j = 0; j < m; j++) ne[cur[codes[j]]++] = (uint16_t)(n0 + j);
 }
 
-// Faults in the pages of [p, p + bytes) on every thread, each its own contiguous range (the
-// kernel zeroes each page as it faults it in: 236 MB for a 96K build of the 8B shape).
-// A parallel loop that faults pages as it first writes them does worse with transparent
-// huge pages: threads writing near each other fault the same 2 MiB page at once, and each
-// of them clears a huge page before all but one give theirs back.
-static void prefault(void *p, size_t bytes) {
-  constexpr size_t PAGE = 4096;
-  char *c = static_cast<char *>(p);
-  const int64_t pages = (int64_t)((bytes + PAGE - 1) / PAGE);
-#pragma omp parallel for num_threads(threads()) schedule(static)
-  for (int64_t i = 0; i < pages; i++) c[(size_t)i * PAGE] = 0;  // uninitialised memory
-}
-
 template <class CodesOf>
 void Index::merge(int64_t T, int group, CodesOf &&codes_of) {
   const int L = p_.L, NB = 1 << p_.K;
@@ -391,8 +378,8 @@ void Index::merge(int64_t T, int group, CodesOf &&codes_of) {
   for (Block &b : fresh) {
     b.offsets.resize((size_t)hkv_ * L * NB1);
     b.entries.resize((size_t)hkv_ * L * b.n);
-    prefault(b.offsets.data(), b.offsets.size() * sizeof(uint32_t));
-    prefault(b.entries.data(), b.entries.size() * sizeof(uint16_t));
+    fault_in(b.offsets.data(), b.offsets.size() * sizeof(uint32_t));
+    fault_in(b.entries.data(), b.entries.size() * sizeof(uint16_t));
   }
   times_.alloc += omp_get_wtime() - t0;
   const int S = (int)segs.size();

@@ -1404,12 +1404,7 @@ class CudaBackend final : public ForwardBackend {
       const char *v = std::getenv("MP_PREFAULT");
       return !(v && std::strcmp(v, "0") == 0);
     }();
-    if (!on || bytes < ((size_t)64 << 20)) return;
-    constexpr size_t PAGE = 4096;
-    char *c = static_cast<char *>(p);
-    const int64_t pages = (int64_t)((bytes + PAGE - 1) / PAGE);
-#pragma omp parallel for num_threads(threads()) schedule(static)
-    for (int64_t i = 0; i < pages; i++) c[(size_t)i * PAGE] = 0;  // uninitialised memory
+    if (on && bytes >= ((size_t)64 << 20)) fault_in(p, bytes);
   }
   // The machine's anonymous memory on transparent huge pages, KiB (for $MP_TRACE; -1 if
   // unknown): whether a host cache got its huge pages shows in the delta around prefault.
