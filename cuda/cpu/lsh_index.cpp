@@ -187,6 +187,15 @@ void hash_keys_cpu(const Projection &P, const KeyRows &keys, int64_t m, int hkv,
   }
 }
 
+namespace {
+// Adds the wall seconds of its scope to `acc` (Index::times()).
+struct Tick {
+  double t0;
+  double &acc;
+  ~Tick() { acc += omp_get_wtime() - t0; }
+};
+}  // namespace
+
 void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge, const Codes *codes) {
   MP_CHECK(m >= 0, MP_ERR_INVALID, "token count \"%lld\" must be >= 0", (long long)m);
   if (m == 0) {
@@ -211,10 +220,7 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge, con
     }
     return;
   }
-  struct Tick {
-    double t0, &acc;
-    ~Tick() { acc += omp_get_wtime() - t0; }
-  } tick{omp_get_wtime(), times_.total};
+  const Tick tick{omp_get_wtime(), times_.total};
   const int d = d_, L = p_.L;
   init_mean(keys, m);
   const int64_t n_tail = n_ - n_blocked_;
@@ -243,11 +249,7 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge, con
     this->merge(T, in_place ? hkv_ : 1, [&](int h) -> std::pair<const uint16_t *, int64_t> {
       if (in_place) return {pre(h, 0), codes->ld};
       center_head(h);
-      const double t0 = omp_get_wtime();
-      struct Tick {
-        double t0, &acc;
-        ~Tick() { acc += omp_get_wtime() - t0; }
-      } tick{t0, times_.codes};
+      const Tick tick{omp_get_wtime(), times_.codes};
       codesT.resize((size_t)L * T);
       const HeadIndex &hi = heads_[h];
       for (int64_t j = 0; j < n_tail; j++)
