@@ -294,6 +294,9 @@ interface StageMs {
   post: number;
   /** The rest: launches and copies queued by the host. */
   other: number;
+  /** The whole native step (mp_decode_step's backend call); the row's ms/token less this is
+   * the FFI call and the caller. */
+  native: number;
   /** CPU part per split layer. */
   cpuPerLayer: number;
 }
@@ -309,6 +312,7 @@ function stagesOf(p: DecodeProfile): StageMs | null {
     tail: per(p.tailMs),
     post: per(p.postMs),
     other: per(p.totalMs - known),
+    native: per(p.totalMs),
     cpuPerLayer: p.splitLayers > 0 ? p.cpuMs / p.splitLayers : 0,
   };
 }
@@ -319,7 +323,7 @@ function stageText(s: StageMs | null): string {
   const f = (x: number) => x.toFixed(2);
   return `; stages ms/step: setup ${f(s.setup)}, gpu-for-q ${f(s.waitQ)}, cpu ${f(s.cpu)} ` +
     `(${(s.cpuPerLayer * 1e3).toFixed(0)} us/layer), tail ${f(s.tail)}, post ${f(s.post)}, ` +
-    `other ${f(s.other)}`;
+    `other ${f(s.other)}; native ${f(s.native)}`;
 }
 
 function tokens(n: number, seed: number, vocab: number): Int32Array<ArrayBuffer> {

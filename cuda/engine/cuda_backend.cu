@@ -251,6 +251,10 @@ struct CudaSession final : BackendSessionState {
   std::vector<int64_t> wbase;  // E the window's local slots start at (-1: nothing valid)
   std::vector<int64_t> wrows;  // valid slots
   int64_t wcap = 0;
+  // Whether every layer's host K/V cache is mapped page-locked memory (decode writes its new
+  // rows there from the GPU), for the host buffers in `mapped_of` (rechecked when they change).
+  std::vector<const void *> mapped_of;
+  bool mapped = false;
   int64_t bytes() const {
     int64_t b = 0;
     for (auto &a : k) b += (int64_t)a.bytes();
@@ -286,6 +290,8 @@ class CudaBackend final : public ForwardBackend {
     MP_CUDA(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
     MP_CUDA(cudaStreamCreateWithFlags(&hash_, cudaStreamNonBlocking));
     MP_CUDA(cudaStreamCreateWithFlags(&up_, cudaStreamNonBlocking));
+    MP_CUDA(cudaStreamCreateWithFlags(&rows_, cudaStreamNonBlocking));
+    for (auto &ev : ev_rows_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
     for (auto &ev : ev_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
     MP_CUDA(cudaEventCreateWithFlags(&ev_q_, cudaEventDisableTiming));
     for (auto &ev : ev_pf_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
@@ -317,6 +323,9 @@ class CudaBackend final : public ForwardBackend {
     (void)cudaStreamDestroy(up_);
     (void)cudaStreamSynchronize(hash_);
     (void)cudaStreamDestroy(hash_);
+    (void)cudaStreamSynchronize(rows_);
+    for (auto &ev : ev_rows_) (void)cudaEventDestroy(ev);
+    (void)cudaStreamDestroy(rows_);
   }
 
   int32_t kind() const override { return MP_BACKEND_CUDA; }
@@ -654,6 +663,24 @@ class CudaBackend final : public ForwardBackend {
                             cudaMemcpyHostToDevice, s_));
     MP_CUDA(cudaMemcpyAsync(d_pos_.p, hpos, (size_t)B * 4, cudaMemcpyHostToDevice, s_));
     MP_CUDA(cudaMemcpyAsync(d_tok_.p, htok, (size_t)B * 4, cudaMemcpyHostToDevice, s_));
+    // The new K/V rows reach the host caches from the GPU (stage_to_host on a side stream
+    // while the LM head runs) when every session's cache is mapped; otherwise through a
+    // device-to-host copy of the staging rows and host copies after the step
+    // ($MP_DECODE_HOSTROWS=0 forces that path). Saves the copies' time after the GPU is done.
+    bool direct = host_rows_direct() && host_ptr_ok();
+    for (int32_t i = 0; i < B && direct; i++) direct = host_cache_mapped(*ss[i], *st[(size_t)i]);
+    if (direct) {
+      gpu::HostRow *hr = h_hrows_.ensure((size_t)NL * B);
+      for (int32_t l = 0; l < NL; l++)
+        for (int32_t i = 0; i < B; i++) {
+          Session &s = *ss[i];
+          bf16 *k = static_cast<bf16 *>(s.k_row(l, 0, pos[(size_t)i]));
+          bf16 *v = static_cast<bf16 *>(s.v_row(l, 0, pos[(size_t)i]));
+          hr[(size_t)l * B + i] = gpu::HostRow{k, v, s.head_stride()};
+        }
+      MP_CUDA(cudaMemcpyAsync(d_hrows_.p, hr, (size_t)NL * B * sizeof(gpu::HostRow),
+                              cudaMemcpyHostToDevice, s_));
+    }
 
     // Streamed KV: layer l's rows come in on the copy stream while layer l−1 computes.
     auto stream_in = [&](int32_t l) {
@@ -742,8 +769,15 @@ class CudaBackend final : public ForwardBackend {
         // copy holds this thread until it is staged; the GPU works meanwhile).
         if (stream_rows > 0) stream_in(l + 1);
       }
+      if (direct) {  // every layer's rows are staged: to the host beside the LM head
+        MP_CUDA(cudaEventRecord(ev_rows_[0], s_));
+        MP_CUDA(cudaStreamWaitEvent(rows_, ev_rows_[0], 0));
+        gpu::stage_to_host(d_stage_.p, d_hrows_.p, NL, B, Hkv_, d_, rows_);
+        MP_CUDA(cudaEventRecord(ev_rows_[1], rows_));
+      }
       gpu::matmul_norm<float>(*gemm_, head_ptr(), d_x_.p, out_norm_.p, c_.rms_eps, B, dim_,
                               c_.vocab_size, d_xb_.p, d_logits_.p, c_.vocab_size, false);
+      if (direct) MP_CUDA(cudaStreamWaitEvent(s_, ev_rows_[1], 0));
       return true;
     };
     // A step whose GPU part needs no host work (every attended layer resident on the GPU)
@@ -755,7 +789,7 @@ class CudaBackend final : public ForwardBackend {
     prof_[PROF_SETUP] = ms_since(t_step);
     const int gmode = gpu::forced_variant(gpu::OP_GRAPHS);
     const bool graphable = stream_rows == 0 && !any_cpu_layer && gmode != 2 && !graphs_failed_;
-    const GraphKey key{B, splits_, ws_gen_};
+    const GraphKey key{B, splits_, ws_gen_, direct};
     bool replay = false;
     if (graphable) {
       if (graph_exec_ && key == graph_key_) {
@@ -777,10 +811,15 @@ class CudaBackend final : public ForwardBackend {
     } else if (!body(false)) {
       return MP_ABORTED;
     }
-    MP_CUDA(cudaMemcpyAsync(stage, d_stage_.p, (size_t)NL * B * 2 * kvrow * sizeof(bf16),
-                            cudaMemcpyDeviceToHost, s_));
-    MP_CUDA(cudaMemcpyAsync(logits, d_logits_.p, (size_t)B * c_.vocab_size * 4,
-                            cudaMemcpyDeviceToHost, s_));
+    if (!direct)
+      MP_CUDA(cudaMemcpyAsync(stage, d_stage_.p, (size_t)NL * B * 2 * kvrow * sizeof(bf16),
+                              cudaMemcpyDeviceToHost, s_));
+    // The logits come back into page-locked memory (an asynchronous DMA; a copy into the
+    // caller's pageable buffer would go through the driver's staging and block this
+    // thread), then into the caller's buffer. $MP_DECODE_LOGITS=pageable: straight there.
+    const size_t lg_bytes = (size_t)B * c_.vocab_size * 4;
+    float *hlg = logits_pinned() ? h_logits_.ensure((size_t)B * c_.vocab_size) : logits;
+    MP_CUDA(cudaMemcpyAsync(hlg, d_logits_.p, lg_bytes, cudaMemcpyDeviceToHost, s_));
     trace("decode: step queued, waiting for the GPU");
     const auto t_tail = std::chrono::steady_clock::now();
     gpu::stream_wait(s_, "the decode step");
@@ -788,9 +827,10 @@ class CudaBackend final : public ForwardBackend {
     prof_[PROF_TAIL] = ms_since(t_tail);
     trace("decode: step done");
     const auto t_post = std::chrono::steady_clock::now();
+    if (hlg != logits) std::memcpy(logits, hlg, lg_bytes);
 
-    // Host caches: row pos_i of every layer.
-    for (int32_t l = 0; l < NL; l++) {
+    // Host caches: row pos_i of every layer (already written by the GPU when `direct`).
+    for (int32_t l = 0; l < NL && !direct; l++) {
       const bf16 *sk = stage + (size_t)l * B * 2 * kvrow;
       const bf16 *sv = sk + (size_t)B * kvrow;
       for (int32_t i = 0; i < B; i++) write_host_row(*ss[i], l, pos[(size_t)i], sk, sv, i);
@@ -908,8 +948,9 @@ class CudaBackend final : public ForwardBackend {
     int32_t B = 0;
     int splits = 0;
     int64_t gen = 0;
+    bool direct = false;  // the graph writes the new K/V rows into the host caches
     bool operator==(const GraphKey &o) const {
-      return B == o.B && splits == o.splits && gen == o.gen;
+      return B == o.B && splits == o.splits && gen == o.gen && direct == o.direct;
     }
   };
 
@@ -1100,6 +1141,7 @@ class CudaBackend final : public ForwardBackend {
       d_qf_.ensure(mem_, (size_t)B * QKV_, "decode workspace");
       d_of_.ensure(mem_, (size_t)B * H_ * d_, "decode workspace");
       d_seqs_.ensure(mem_, (size_t)NL * B, "decode workspace");
+      d_hrows_.ensure(mem_, (size_t)NL * B, "decode workspace");
       d_stage_.ensure(mem_, (size_t)NL * B * 2 * Hkv_ * d_, "decode workspace");
       d_lse_.ensure(mem_, (size_t)B * H_, "decode workspace");
       d_ocpu_.ensure(mem_, (size_t)B * H_ * d_, "decode workspace");
@@ -1258,15 +1300,7 @@ class CudaBackend final : public ForwardBackend {
     const int v = gpu::forced_variant(gpu::OP_OFFLOAD);
     if (v == 1 || d_ != 128) return false;
     const int k = v == 2 ? Hkv_ : v == 3 ? Hkv_ / 4 : v == 4 ? 3 * Hkv_ / 4 : Hkv_ / 2;
-    if (k <= 0) return false;
-    if (host_ptr_ok_ < 0) {
-      int ok = 0;
-      if (cudaDeviceGetAttribute(&ok, cudaDevAttrCanUseHostPointerForRegisteredMem,
-                                 e_.params().device) != cudaSuccess)
-        (void)cudaGetLastError(), ok = 0;
-      host_ptr_ok_ = ok ? 1 : 0;
-    }
-    if (!host_ptr_ok_) return false;
+    if (k <= 0 || !host_ptr_ok()) return false;
     kvh.assign((size_t)B * Hkv_, 0);
     bool any = false;
     for (int32_t i = 0; i < B; i++) {
@@ -1274,21 +1308,68 @@ class CudaBackend final : public ForwardBackend {
       if (s.attention().method != MP_ATTN_MAGICPIG || s.kv_dtype() != MP_DTYPE_BF16 ||
           !policy_index(s, l))
         continue;
-      bool mapped = true;
-      for (const void *p : {(const void *)s.k_row(l, 0, 0), (const void *)s.v_row(l, 0, 0)}) {
-        cudaPointerAttributes a{};
-        if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-          (void)cudaGetLastError();
-          mapped = false;
-        } else if (a.type != cudaMemoryTypeHost || a.devicePointer != p) {
-          mapped = false;
-        }
-      }
-      if (!mapped) continue;
+      if (!host_cache_mapped(s, *state(s))) continue;
       for (int h = 0; h < k; h++) kvh[(size_t)i * Hkv_ + h] = 1;
       any = true;
     }
     return any;
+  }
+
+  // The device reads and writes registered host memory at its host address.
+  bool host_ptr_ok() {
+    if (host_ptr_ok_ < 0) {
+      int ok = 0;
+      if (cudaDeviceGetAttribute(&ok, cudaDevAttrCanUseHostPointerForRegisteredMem,
+                                 e_.params().device) != cudaSuccess)
+        (void)cudaGetLastError(), ok = 0;
+      host_ptr_ok_ = ok ? 1 : 0;
+    }
+    return host_ptr_ok_ == 1;
+  }
+
+  // Every layer's host K and V cache of `s` is registered (mapped) page-locked memory, so
+  // the GPU can read and write it at its host address. Checked again only when the buffers
+  // change (a reserve that grows the cache).
+  static bool host_cache_mapped(Session &s, CudaSession &cs) {
+    const int32_t NL = s.n_layers();
+    bool same = cs.mapped_of.size() == (size_t)NL * 2;
+    for (int32_t l = 0; l < NL && same; l++)
+      same = cs.mapped_of[(size_t)l * 2] == s.k_row(l, 0, 0) &&
+             cs.mapped_of[(size_t)l * 2 + 1] == s.v_row(l, 0, 0);
+    if (same) return cs.mapped;
+    cs.mapped_of.resize((size_t)NL * 2);
+    cs.mapped = true;
+    for (int32_t l = 0; l < NL; l++) {
+      cs.mapped_of[(size_t)l * 2] = s.k_row(l, 0, 0);
+      cs.mapped_of[(size_t)l * 2 + 1] = s.v_row(l, 0, 0);
+      for (const void *p : {cs.mapped_of[(size_t)l * 2], cs.mapped_of[(size_t)l * 2 + 1]}) {
+        cudaPointerAttributes a{};
+        if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+          (void)cudaGetLastError();
+          cs.mapped = false;
+        } else if (a.type != cudaMemoryTypeHost || a.devicePointer != p) {
+          cs.mapped = false;
+        }
+      }
+    }
+    return cs.mapped;
+  }
+
+  static bool logits_pinned() {
+    static const bool on = [] {
+      const char *v = std::getenv("MP_DECODE_LOGITS");
+      return !(v && std::strcmp(v, "pageable") == 0);
+    }();
+    return on;
+  }
+
+  // $MP_DECODE_HOSTROWS=0: decode copies its new rows to the host caches after the step.
+  static bool host_rows_direct() {
+    static const bool on = [] {
+      const char *v = std::getenv("MP_DECODE_HOSTROWS");
+      return !(v && std::strcmp(v, "0") == 0);
+    }();
+    return on;
   }
 
   static void gpu_share_ready(void *ctx, const lsh::OffloadSamples &smp, const int32_t *rows) {
@@ -1482,6 +1563,13 @@ class CudaBackend final : public ForwardBackend {
   Arr<uint8_t> d_sa_up_;
   Pinned<uint8_t> h_sa_up_;
   int host_ptr_ok_ = -1;  // the device reads registered host memory at its host address
+  // decode: the new K/V rows written into mapped host caches (stage_to_host) on `rows_`,
+  // forked from s_ and joined back to it (ev_rows_: all staged, all written)
+  cudaStream_t rows_ = nullptr;
+  cudaEvent_t ev_rows_[2] = {};
+  Arr<gpu::HostRow> d_hrows_;
+  Pinned<gpu::HostRow> h_hrows_;
+  Pinned<float> h_logits_;  // decode: the step's logits before they go to the caller
   cudaEvent_t ev_q_ = nullptr;          // split decode: q is on the host
   cudaEvent_t ev_pf_[2] = {};           // prefill: a K/V buffer's layer written back
   cudaEvent_t ev_pf_done_[2] = {};      // prefill: a K/V buffer's layer computed

@@ -286,6 +286,18 @@ void kv_scatter(const bf16 *qkv, int64_t row_stride, int koff, int voff, int m, 
 // null k skips the cache) and -> stage_k/stage_v[i][Hkv][d] (may be null).
 void kv_append(const bf16 *qkv, int64_t row_stride, int koff, int voff, const SeqKV *seqs, int n,
                int Hkv, int d, bf16 *stage_k, bf16 *stage_v, cudaStream_t s);
+// Where a decode step's new K/V row of one (layer, sequence) goes in the sequence's host
+// cache: head h's row at k + h·stride_h (and v + h·stride_h), elements; mapped, page-locked
+// host memory whose host address the device can use.
+struct HostRow {
+  bf16 *k;
+  bf16 *v;
+  int64_t stride_h;
+};
+// The decode step's staged K/V rows, stage[layer][K|V][n][Hkv][d] (device), into the host
+// caches: rows[layer·n + i] (device array). One 16-byte PCIe write per 8 values.
+void stage_to_host(const bf16 *stage, const HostRow *rows, int layers, int n, int Hkv, int d,
+                   cudaStream_t s);
 // b[i] = a[i] converted (bf16 <-> f32).
 template <class From, class To>
 void convert(const From *a, To *b, int64_t n, cudaStream_t s);

@@ -9,7 +9,10 @@
 //   kv_append:  row i of qkv into sequence i's cache at row len_i − 1 (decode; one query
 //               per sequence, caches addressed through the SeqKV table; a null cache is
 //               skipped) and into staging rows [n][Hkv][d] for the host caches.
-// Both copy 16 bytes (8 values) per thread.
+//   stage_to_host: the whole step's staged rows [layer][K|V][n][Hkv][d] into the sessions'
+//               host caches, written over PCIe into their mapped page-locked memory (the
+//               engine runs it on a side stream, off the step's critical path).
+// All copy 16 bytes (8 values) per thread.
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
 #include "gpu/reduce.cuh"
@@ -63,6 +66,26 @@ __global__ void kv_append_kernel(const bf16 *__restrict__ qkv, int64_t row_strid
   }
 }
 
+__global__ void stage_to_host_kernel(const bf16 *__restrict__ stage,
+                                     const HostRow *__restrict__ rows, int layers, int n, int Hkv,
+                                     int d) {
+  const int per = Hkv * d / 8;  // 16-byte pieces of one K (or V) row
+  const int64_t total = (int64_t)layers * 2 * n * per;
+  for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+       e += (int64_t)gridDim.x * blockDim.x) {
+    const int r = (int)(e % per);
+    const int64_t row = e / per;  // (layer·2 + kv)·n + i: the stage's row order
+    const int i = (int)(row % n);
+    const int kv = (int)(row / n % 2);
+    const int l = (int)(row / n / 2);
+    const int h = r / (d / 8), c = (r % (d / 8)) * 8;
+    const HostRow hr = rows[(int64_t)l * n + i];
+    bf16 *dst = (kv ? hr.v : hr.k) + (int64_t)h * hr.stride_h + c;
+    *reinterpret_cast<uint4 *>(dst) =
+        *reinterpret_cast<const uint4 *>(stage + row * Hkv * d + h * d + c);
+  }
+}
+
 template <class From, class To>
 __global__ void convert_kernel(const From *__restrict__ a, To *__restrict__ b, int64_t n) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
@@ -99,6 +122,15 @@ void kv_append(const bf16 *qkv, int64_t row_stride, int koff, int voff, const Se
   MP_CHECK(d % 8 == 0, MP_ERR_UNSUPPORTED, "kv cache: head_dim %d is not a multiple of 8", d);
   kv_append_kernel<<<n, 128, 0, s>>>(qkv, row_stride, koff, voff, seqs, Hkv, d, stage_k, stage_v);
   MP_CUDA_LAUNCH("kv_append_kernel");
+}
+
+void stage_to_host(const bf16 *stage, const HostRow *rows, int layers, int n, int Hkv, int d,
+                   cudaStream_t s) {
+  if (layers <= 0 || n <= 0) return;
+  MP_CHECK(d % 8 == 0, MP_ERR_UNSUPPORTED, "kv cache: head_dim %d is not a multiple of 8", d);
+  const int64_t total = (int64_t)layers * 2 * n * Hkv * d / 8;
+  stage_to_host_kernel<<<grid_for(total, 128), 128, 0, s>>>(stage, rows, layers, n, Hkv, d);
+  MP_CUDA_LAUNCH("stage_to_host_kernel");
 }
 
 template <class From, class To>
