@@ -137,6 +137,21 @@ export const symbols = {
     result: "i32",
     nonblocking: true,
   },
+  /** int32_t mp_decode_submit(mp_engine *e, mp_session *const *sessions, int32_t n,
+   *    const int32_t *tokens, float *logits, const int32_t *abort_flag, char *err, size_t cap) */
+  mp_decode_submit: {
+    parameters: ["pointer", "buffer", "i32", "buffer", "buffer", "buffer", ...errArgs],
+    result: "i32",
+  },
+  /** int32_t mp_decode_wait(mp_engine *e) */
+  mp_decode_wait_async: {
+    name: "mp_decode_wait",
+    parameters: ["pointer"],
+    result: "i32",
+    nonblocking: true,
+  },
+  /** int32_t mp_decode_finish(mp_engine *e, char *err, size_t cap) */
+  mp_decode_finish: { parameters: ["pointer", ...errArgs], result: "i32" },
   /** int32_t mp_session_save(const mp_engine *e, const mp_session *s, const char *path,
    *    char *err, size_t cap) */
   mp_session_save_async: {

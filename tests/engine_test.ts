@@ -27,6 +27,8 @@ import {
   Status,
   TensorKind,
 } from "../ffi/native.ts";
+import { bytesOf, errorBuffer } from "../ffi/native.ts";
+import { lib } from "../ffi/lib.ts";
 
 const tiny: ModelConfig = {
   n_layers: 2,
@@ -742,4 +744,54 @@ Deno.test({
     const bos = ref.bos_only_256;
     assertEquals(await greedyRun(bos.prompt_ids, bos.generated_ids.length), bos.generated_ids);
   },
+});
+
+// ------------------------------------------------------------
+// the three-call decode (mp_decode_submit / wait / finish) that decodeStep uses
+
+Deno.test("mp_decode_submit/wait/finish give mp_decode_step's logits, errors and state checks", async () => {
+  const w = randomWeights(tiny, 14);
+  await using e = await makeEngine(tiny, w);
+  await using a = await Session.create(e, dense);
+  await using b = await Session.create(e, dense);
+  const prompt = tokensOf(12, 14);
+  await prefill(a, prompt);
+  await prefill(b, prompt);
+  const L = lib();
+  const err = errorBuffer();
+  const text = () => new TextDecoder().decode(err.subarray(0, err.indexOf(0)));
+  const ptrs = (ss: Session[]) =>
+    bytesOf(BigUint64Array.from(ss.map((s) => BigInt(Deno.UnsafePointer.value(s.pointer)))));
+  // nothing in flight: finish refuses, wait returns at once
+  assertEquals(L.mp_decode_finish(e.pointer, err, BigInt(err.length)), Status.STATE);
+  assertStringIncludes(text(), "mp_decode_submit");
+  for (const token of [3, 9, 27]) {
+    const one = new Float32Array(tiny.vocab_size), three = new Float32Array(tiny.vocab_size);
+    const tok = new Int32Array([token]);
+    assertEquals(
+      await L.mp_decode_step_async(e.pointer, ptrs([a]), 1, tok, one, null, err, 1024n),
+      Status.OK,
+    );
+    assertEquals(L.mp_decode_submit(e.pointer, ptrs([b]), 1, tok, three, null, err, 1024n), 0);
+    // a second submit while one is in flight is refused and leaves it alone
+    assertEquals(
+      L.mp_decode_submit(e.pointer, ptrs([a]), 1, tok, one, null, err, 1024n),
+      Status.STATE,
+    );
+    assertStringIncludes(text(), "already in flight");
+    assertEquals(await L.mp_decode_wait_async(e.pointer), Status.OK);
+    assertEquals(L.mp_decode_finish(e.pointer, err, BigInt(err.length)), Status.OK, text());
+    assertEquals(three, one);
+  }
+  assertEquals(b.info().nTokens, 15);
+  // a failing step reports at finish, as mp_decode_step does, and changes no session
+  const bad = new Int32Array([tiny.vocab_size]);
+  const lg = new Float32Array(tiny.vocab_size);
+  assertEquals(L.mp_decode_submit(e.pointer, ptrs([b]), 1, bad, lg, null, err, 1024n), 0);
+  await L.mp_decode_wait_async(e.pointer);
+  assertEquals(L.mp_decode_finish(e.pointer, err, BigInt(err.length)), Status.INVALID);
+  assertStringIncludes(text(), `${tiny.vocab_size}`);
+  assertEquals(b.info().nTokens, 15);
+  // and decodeStep (the same three calls) goes on from there
+  assertEquals(await decode(b, 5), await decode(a, 5));
 });

@@ -2,12 +2,14 @@
 // and "sessions"): argument checks and error mapping around mp::Session.
 #include "engine/session.h"
 
+#include <algorithm>
 #include <memory>
 #include <vector>
 
 #include "api/params.h"
 #include "common/common.h"
 #include "engine/backend.h"
+#include "engine/decode_worker.h"
 #include "engine/engine.h"
 #include "engine/snapshot.h"
 
@@ -117,6 +119,35 @@ MP_API int32_t mp_decode_step(mp_engine *e, mp_session *const *sessions, int32_t
     std::vector<mp::Session *> ss((size_t)std::max(n, 0));
     for (int32_t i = 0; i < n; i++) ss[(size_t)i] = sessions[i];
     return mp::decode_step(eng, ss.data(), n, tokens, logits, abort_flag);
+  });
+}
+
+MP_API int32_t mp_decode_submit(mp_engine *e, mp_session *const *sessions, int32_t n,
+                                const int32_t *tokens, float *logits, const int32_t *abort_flag,
+                                char *err, size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    engine_of(e);
+    MP_CHECK(sessions || n <= 0, MP_ERR_INVALID, "sessions is NULL");
+    MP_CHECK(tokens || n <= 0, MP_ERR_INVALID, "tokens is NULL");
+    std::vector<mp::Session *> ss((size_t)std::max(n, 0));
+    for (int32_t i = 0; i < n; i++) ss[(size_t)i] = sessions[i];
+    if (!e->decoder) e->decoder = std::make_unique<mp::DecodeWorker>();
+    e->decoder->submit(e->engine, ss.data(), n, tokens, logits, abort_flag);
+    return MP_OK;
+  });
+}
+
+MP_API int32_t mp_decode_wait(mp_engine *e) {
+  if (!e || !e->decoder) return MP_ERR_INVALID;
+  e->decoder->wait();
+  return MP_OK;
+}
+
+MP_API int32_t mp_decode_finish(mp_engine *e, char *err, size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    engine_of(e);
+    MP_CHECK(e->decoder, MP_ERR_STATE, "no decode step is in flight: call mp_decode_submit first");
+    return e->decoder->finish(err, err_cap);
   });
 }
 

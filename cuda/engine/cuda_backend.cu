@@ -57,6 +57,7 @@
 #include "cpu/huge_alloc.h"
 #include "cpu/lsh_hash.h"
 #include "engine/backend.h"
+#include "engine/decode_worker.h"
 #include "engine/engine.h"
 #include "engine/policy.h"
 #include "engine/profile.h"
@@ -292,6 +293,7 @@ class CudaBackend final : public ForwardBackend {
     MP_CUDA(cudaStreamCreateWithFlags(&up_, cudaStreamNonBlocking));
     MP_CUDA(cudaStreamCreateWithFlags(&rows_, cudaStreamNonBlocking));
     for (auto &ev : ev_rows_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    MP_CUDA(cudaEventCreateWithFlags(&ev_near_, cudaEventDisableTiming));
     for (auto &ev : ev_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
     MP_CUDA(cudaEventCreateWithFlags(&ev_q_, cudaEventDisableTiming));
     for (auto &ev : ev_pf_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
@@ -325,6 +327,7 @@ class CudaBackend final : public ForwardBackend {
     (void)cudaStreamDestroy(hash_);
     (void)cudaStreamSynchronize(rows_);
     for (auto &ev : ev_rows_) (void)cudaEventDestroy(ev);
+    (void)cudaEventDestroy(ev_near_);
     (void)cudaStreamDestroy(rows_);
   }
 
@@ -775,6 +778,8 @@ class CudaBackend final : public ForwardBackend {
         gpu::stage_to_host(d_stage_.p, d_hrows_.p, NL, B, Hkv_, d_, rows_);
         MP_CUDA(cudaEventRecord(ev_rows_[1], rows_));
       }
+      // Only the LM head is left (decode_near); an external node inside a graph.
+      MP_CUDA(cudaEventRecordWithFlags(ev_near_, s_, cudaEventRecordExternal));
       gpu::matmul_norm<float>(*gemm_, head_ptr(), d_x_.p, out_norm_.p, c_.rms_eps, B, dim_,
                               c_.vocab_size, d_xb_.p, d_logits_.p, c_.vocab_size, false);
       if (direct) MP_CUDA(cudaStreamWaitEvent(s_, ev_rows_[1], 0));
@@ -822,6 +827,10 @@ class CudaBackend final : public ForwardBackend {
     MP_CUDA(cudaMemcpyAsync(hlg, d_logits_.p, lg_bytes, cudaMemcpyDeviceToHost, s_));
     trace("decode: step queued, waiting for the GPU");
     const auto t_tail = std::chrono::steady_clock::now();
+    if (decode_near_wanted()) {  // a DecodeWorker's caller may come back for the result now
+      gpu::event_wait(ev_near_, "the decode step");
+      decode_near();
+    }
     gpu::stream_wait(s_, "the decode step");
     if (stream_rows > 0) gpu::stream_wait(copy_, "the decode step's KV copies");
     prof_[PROF_TAIL] = ms_since(t_tail);
@@ -1570,6 +1579,7 @@ class CudaBackend final : public ForwardBackend {
   Arr<gpu::HostRow> d_hrows_;
   Pinned<gpu::HostRow> h_hrows_;
   Pinned<float> h_logits_;  // decode: the step's logits before they go to the caller
+  cudaEvent_t ev_near_ = nullptr;  // decode: every layer done, the LM head left
   cudaEvent_t ev_q_ = nullptr;          // split decode: q is on the host
   cudaEvent_t ev_pf_[2] = {};           // prefill: a K/V buffer's layer written back
   cudaEvent_t ev_pf_done_[2] = {};      // prefill: a K/V buffer's layer computed

@@ -20,6 +20,7 @@
 
 #include "common/common.h"
 #include "engine/buffer.h"
+#include "engine/decode_worker.h"
 
 namespace mp {
 
@@ -117,7 +118,9 @@ void validate_rope(const mp_rope_params &r, const char *prefix);
 
 }  // namespace mp
 
-// The C handle: a shared owner of the engine.
+// The C handle: a shared owner of the engine, and its decode thread (mp_decode_submit;
+// made on first use, stopped before the engine is released).
 struct mp_engine {
   std::shared_ptr<mp::Engine> engine;
+  std::unique_ptr<mp::DecodeWorker> decoder;
 };

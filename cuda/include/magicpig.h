@@ -329,6 +329,26 @@ MP_API int32_t mp_decode_step(mp_engine *e, mp_session *const *sessions, int32_t
                               const int32_t *tokens, float *logits,
                               const int32_t *abort_flag, char *err, size_t err_cap);
 
+/* The same step in three calls, for a caller whose thread must not block for a step (an
+ * event loop) and should not pay a thread wake-up per step either:
+ *  - mp_decode_submit hands the step to the engine's decode thread and returns at once
+ *    (MP_ERR_STATE while another step is in flight). `sessions` and `tokens` are copied;
+ *    `logits` and `abort_flag` must stay valid until mp_decode_finish.
+ *  - mp_decode_wait blocks until the step is done or nearly done (the GPU is on its last
+ *    kernels); meant for another thread (a nonblocking FFI call), so that the caller's own
+ *    wake-up overlaps the end of the step. Returns MP_OK, or MP_ERR_INVALID for a NULL
+ *    engine or one that never submitted.
+ *  - mp_decode_finish blocks until the step is done and returns what mp_decode_step would
+ *    have (status, message, the same rollback on failure). Every MP_OK submit needs it.
+ * Between submit and finish, no other call may use the engine or the step's sessions
+ * (mp_decode_wait excepted). The decode thread spins for a few ms after each step, so that
+ * steps submitted back to back start at once. */
+MP_API int32_t mp_decode_submit(mp_engine *e, mp_session *const *sessions, int32_t n,
+                                const int32_t *tokens, float *logits,
+                                const int32_t *abort_flag, char *err, size_t err_cap);
+MP_API int32_t mp_decode_wait(mp_engine *e);
+MP_API int32_t mp_decode_finish(mp_engine *e, char *err, size_t err_cap);
+
 /* Snapshots: a checksummed file written to `path`.tmp, fsynced and renamed. */
 MP_API int32_t mp_session_save(const mp_engine *e, const mp_session *s, const char *path,
                                char *err, size_t err_cap);
