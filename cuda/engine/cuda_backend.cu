@@ -56,6 +56,7 @@
 
 #include "cpu/huge_alloc.h"
 #include "cpu/lsh_hash.h"
+#include "cpu/lsh_index.h"
 #include "engine/backend.h"
 #include "engine/engine.h"
 #include "engine/policy.h"
@@ -836,20 +837,7 @@ class CudaBackend final : public ForwardBackend {
     use_device();
     const int K = P.K, L = P.L;
     const int64_t CH = std::min<int64_t>(m, (int64_t)1 << 16);  // rows per chunk
-    // R [d][K·L] (the projection keeps its columns padded to cols_pad), uploaded once per
-    // (seed, d, K, L).
-    if (!(hash_r_seeded_ && P.seeded && hash_r_seed_ == P.seed && hash_r_k_ == K &&
-          hash_r_l_ == L)) {
-      std::vector<float> R((size_t)d_ * K * L);
-      for (int i = 0; i < d_; i++)
-        std::memcpy(&R[(size_t)i * K * L], &P.R[(size_t)i * P.cols_pad],
-                    sizeof(float) * (size_t)K * L);
-      hash_r_seeded_ = false;
-      hash_R_.ensure(mem_, R.size(), "LSH hyperplanes");
-      MP_CUDA(cudaMemcpyAsync(hash_R_.p, R.data(), R.size() * 4, cudaMemcpyHostToDevice, hash_));
-      gpu::stream_wait(hash_, "the LSH hyperplanes' upload");
-      hash_r_seeded_ = P.seeded, hash_r_seed_ = P.seed, hash_r_k_ = K, hash_r_l_ = L;
-    }
+    upload_hyperplanes(P);
     hash_mu_.ensure(mem_, (size_t)Hkv_ * d_, "LSH key hashing");
     hash_k_.ensure(mem_, (size_t)CH * d_, "LSH key hashing");
     hash_x_.ensure(mem_, (size_t)CH * d_, "LSH key hashing");
@@ -876,6 +864,109 @@ class CudaBackend final : public ForwardBackend {
     trace("hash_keys: layer %d, %lld rows x %d heads hashed (K%d L%d)", layer, (long long)m,
           Hkv_, K, L);
     return out;
+  }
+
+  // R [d][K·L] on the device (the projection keeps its columns padded to cols_pad),
+  // uploaded once per (seed, d, K, L).
+  void upload_hyperplanes(const lsh::Projection &P) {
+    const int K = P.K, L = P.L;
+    if (hash_r_seeded_ && P.seeded && hash_r_seed_ == P.seed && hash_r_k_ == K &&
+        hash_r_l_ == L)
+      return;
+    std::vector<float> R((size_t)d_ * K * L);
+    for (int i = 0; i < d_; i++)
+      std::memcpy(&R[(size_t)i * K * L], &P.R[(size_t)i * P.cols_pad],
+                  sizeof(float) * (size_t)K * L);
+    hash_r_seeded_ = false;
+    hash_R_.ensure(mem_, R.size(), "LSH hyperplanes");
+    MP_CUDA(cudaMemcpyAsync(hash_R_.p, R.data(), R.size() * 4, cudaMemcpyHostToDevice, hash_));
+    gpu::stream_wait(hash_, "the LSH hyperplanes' upload");
+    hash_r_seeded_ = P.seeded, hash_r_seed_ = P.seed, hash_r_k_ = K, hash_r_l_ = L;
+  }
+
+  bool can_build_first(const Session &s, int K, int L) const override {
+    return s.kv_dtype() == MP_DTYPE_BF16 && gpu::lsh_sort_supported(K) && L >= 1;
+  }
+
+  // A layer's first index build (backend.h) on the `hash_` stream, one KV head at a time
+  // (device memory: one head's keys, its codes [L][m] and entries [L][m], one chunk of
+  // centered rows): the head's rows go up, μ (lsh_mean, the CPU's sequential double sum),
+  // centering + SimHash in chunks (as hash_keys), the per-block counting sort (lsh_sort),
+  // and the head's offsets and entries come back into the page-locked slot, laid out as
+  // the host blocks hold them, so the CPU copies whole arrays. μ of every head comes back
+  // at the end. The slot reuses hash_keys' (h_codes_).
+  void build_first(const Session &s, int32_t layer, int64_t start, int64_t m,
+                   const lsh::Projection &P, int slot, lsh::SortedPiece *out) override {
+    MP_CHECK(out && m > 0 && m <= lsh::ADD_PIECE && P.d == d_ && can_build_first(s, P.K, P.L) &&
+                 slot >= 0 && slot < 2 && start >= 0 && start + m <= s.n_tokens(),
+             MP_ERR_INTERNAL, "build_first: invalid request (layer %d, rows %lld + %lld, K%d)",
+             layer, (long long)start, (long long)m, P.K);
+    const auto t0 = std::chrono::steady_clock::now();
+    use_device();
+    const int K = P.K, L = P.L;
+    const size_t NB1 = ((size_t)1 << K) + 1;
+    const int n_blocks = (int)((m + lsh::BLOCK - 1) / lsh::BLOCK);
+    const int64_t CH = std::min<int64_t>(m, (int64_t)1 << 16);  // rows per hashing chunk
+    upload_hyperplanes(P);
+    hash_mu_.ensure(mem_, (size_t)Hkv_ * d_, "LSH index build");
+    hash_k_.ensure(mem_, (size_t)m * d_, "LSH index build");
+    hash_x_.ensure(mem_, (size_t)CH * d_, "LSH index build");
+    hash_c_.ensure(mem_, (size_t)L * m, "LSH index build");
+    first_o_.ensure(mem_, (size_t)n_blocks * L * NB1, "LSH index build");
+    first_e_.ensure(mem_, (size_t)L * m, "LSH index build");
+    // The slot: μ [Hkv][d] f32, then per block offsets [Hkv][L][NB1] u32 and entries
+    // [Hkv][L][n_b] u16, each part 16-byte aligned.
+    auto al = [](size_t b) { return (b + 15) / 16 * 16; };
+    auto block_n = [&](int b) { return std::min<int64_t>(lsh::BLOCK, m - (int64_t)b * lsh::BLOCK); };
+    size_t bytes = al((size_t)Hkv_ * d_ * sizeof(float));
+    for (int b = 0; b < n_blocks; b++)
+      bytes += al((size_t)Hkv_ * L * NB1 * sizeof(uint32_t)) +
+               al((size_t)Hkv_ * L * block_n(b) * sizeof(uint16_t));
+    uint8_t *base = reinterpret_cast<uint8_t *>(h_codes_[slot].ensure((bytes + 1) / 2));
+    *out = lsh::SortedPiece{};
+    out->n_blocks = n_blocks;
+    float *mean = reinterpret_cast<float *>(base);
+    out->mean = mean;
+    size_t at = al((size_t)Hkv_ * d_ * sizeof(float));
+    uint32_t *h_off[lsh::ADD_PIECE / lsh::BLOCK];
+    uint16_t *h_ent[lsh::ADD_PIECE / lsh::BLOCK];
+    for (int b = 0; b < n_blocks; b++) {
+      h_off[b] = reinterpret_cast<uint32_t *>(base + at);
+      at += al((size_t)Hkv_ * L * NB1 * sizeof(uint32_t));
+      h_ent[b] = reinterpret_cast<uint16_t *>(base + at);
+      at += al((size_t)Hkv_ * L * block_n(b) * sizeof(uint16_t));
+      out->offsets[b] = h_off[b];
+      out->entries[b] = h_ent[b];
+    }
+    const size_t row_b = (size_t)d_ * sizeof(bf16);
+    for (int32_t h = 0; h < Hkv_; h++) {
+      float *mu = hash_mu_.p + (size_t)h * d_;
+      MP_CUDA(cudaMemcpyAsync(hash_k_.p, s.k_row(layer, h, start), (size_t)m * row_b,
+                              cudaMemcpyHostToDevice, hash_));
+      gpu::lsh_mean(hash_k_.p, m, d_, mu, hash_);
+      for (int64_t r0 = 0; r0 < m; r0 += CH) {
+        const int rows = (int)std::min<int64_t>(CH, m - r0);
+        gpu::lsh_center(hash_k_.p + (size_t)r0 * d_, mu, rows, d_, hash_x_.p, hash_);
+        gpu::lsh_hash<float>(hash_R_.p, hash_x_.p, d_, rows, d_, K, L, hash_c_.p + r0, hash_,
+                             /*code_row=*/1, /*code_table=*/m);
+      }
+      gpu::lsh_sort(hash_c_.p, m, m, L, K, first_o_.p, first_e_.p, hash_);
+      for (int b = 0; b < n_blocks; b++) {
+        const int64_t nb = block_n(b);
+        MP_CUDA(cudaMemcpyAsync(h_off[b] + (size_t)h * L * NB1, first_o_.p + (size_t)b * L * NB1,
+                                (size_t)L * NB1 * sizeof(uint32_t), cudaMemcpyDeviceToHost,
+                                hash_));
+        MP_CUDA(cudaMemcpyAsync(h_ent[b] + (size_t)h * L * nb,
+                                first_e_.p + (size_t)b * lsh::BLOCK * L,
+                                (size_t)L * nb * sizeof(uint16_t), cudaMemcpyDeviceToHost, hash_));
+      }
+    }
+    MP_CUDA(cudaMemcpyAsync(mean, hash_mu_.p, (size_t)Hkv_ * d_ * sizeof(float),
+                            cudaMemcpyDeviceToHost, hash_));
+    gpu::stream_wait(hash_, "an LSH index build");
+    trace("build_first: layer %d, %lld rows x %d heads: mean, codes and %d sorted block(s) in "
+          "%.1f ms on the GPU (K%d L%d)",
+          layer, (long long)m, Hkv_, n_blocks, ms_since(t0), K, L);
   }
 
   int64_t session_device_bytes(const Session &s) const override {
@@ -1502,7 +1593,9 @@ class CudaBackend final : public ForwardBackend {
   Arr<float> hash_R_, hash_mu_, hash_x_;
   Arr<bf16> hash_k_;
   Arr<uint16_t> hash_c_;
-  Pinned<uint16_t> h_codes_[2];
+  Pinned<uint16_t> h_codes_[2];  // hash_keys' codes, or build_first's SortedPiece
+  Arr<uint32_t> first_o_;        // build_first: one head's offsets [n_blocks][L][2^K + 1]
+  Arr<uint16_t> first_e_;        // build_first: one head's entries [L][m] (blocks in order)
   bool hash_r_seeded_ = false;
   uint64_t hash_r_seed_ = 0;
   int hash_r_k_ = 0, hash_r_l_ = 0;
