@@ -34,6 +34,10 @@
  * (the counting sort reads a table's codes contiguously); otherwise they are copied next to
  * the tail's or transposed into it.
  *
+ * A first build computed elsewhere (SortedPiece: μ and the blocks' CSR, from the CUDA
+ * backend's build_first) joins through add_sorted(): the norms are computed here (center(),
+ * the same arithmetic), the blocks allocated as merge() does and their arrays copied in.
+ *
  * Build time (a session commit builds one index per sparse layer while the user waits; the
  * 8B shape at 96K is 118 M entries, 236 MB, per layer; bench/cpu/index_build.cpp times it):
  *   - init_mean works on (head, 32 dimensions) items, each summing over the tokens in

@@ -30,9 +30,12 @@
  *
  * Index builds at a commit on a GPU engine: the keys are hashed on the GPU
  * (ForwardBackend::hash_keys, bit-identical codes), layer by layer, the next layer's
- * hashing overlapping this layer's counting sort on the CPU (build_with_codes); small
- * builds, the CPU engine and any GPU failure hash on the CPU (advance). mp_gpu_set_kernel
- * "lsh" forces either side.
+ * hashing overlapping this layer's counting sort on the CPU (build_with_codes). A layer's
+ * first build (one piece, merged) goes further on the GPU: μ, the codes and every block's
+ * sorted CSR (ForwardBackend::build_first, bit-identical), the CPU only computing the norms
+ * and copying the blocks in (Index::add_sorted) while the GPU builds the next layer. Small
+ * builds, the CPU engine and any GPU failure build on the CPU (advance). mp_gpu_set_kernel
+ * "lsh" forces either side (4: GPU codes only, the CPU sorts).
  *
  * TOPK / QUEST / ORACLE have no index: at every step E = max(S, pos + 1 − W). QUEST keeps
  * per-layer page metadata (min/max per dimension) of the complete pages of [S, E).
@@ -295,7 +298,9 @@ lsh::Params index_params(const mp_attention_params &a) {
 }
 
 // Indexes tokens [E, target) of the sparse layers with codes computed apart from the sort:
-// on the GPU (ForwardBackend::hash_keys) or, in mode 3, on the CPU through the same path.
+// on the GPU (ForwardBackend::hash_keys) or, in mode 3, on the CPU through the same path;
+// a layer's first build in modes 0 and 1 entirely on the GPU but for the norms
+// (ForwardBackend::build_first, then Index::add_sorted).
 // Two slots: while the CPU sorts piece i, piece i + 1 is hashed on a helper thread. The
 // result is the index advance() would build (same pieces, same μ, same codes). Layers it
 // leaves out (small ones in automatic mode, everything after a failure) are left to
@@ -443,7 +448,8 @@ void policy_commit(Session &s) {
   const mp_attention_params &a = s.attention();
   if (a.method != MP_ATTN_MAGICPIG) return;
   const int64_t target = std::max<int64_t>(s.n_tokens() - a.window, a.sinks);
-  // Where keys are hashed (mp_gpu_set_kernel "lsh"): 0 auto, 1 GPU, 2 CPU, 3 CPU via codes.
+  // Where keys are hashed (mp_gpu_set_kernel "lsh"): 0 auto, 1 GPU, 2 CPU, 3 CPU via codes,
+  // 4 auto with GPU codes only (no build_first).
   const int mode = gpu::lsh_key_hashing();
   const bool device = s.engine().backend().kind() != MP_BACKEND_CPU;
   if (mode == 3 || (mode != 2 && device)) build_with_codes(s, target, mode);
