@@ -20,8 +20,8 @@
 // --check compares the first build with a plain reimplementation (sequential double mean,
 // scalar norms, one stable counting sort per (block, head, table)): every value must be
 // bit-identical, and add_sorted (the CPU part of a first build made on the GPU) fed with the
-// first build's μ and blocks must give the same image. --dump writes the first build's image (Index::write), to compare builds
-// of two versions of lsh_index.cpp with cmp.
+// first build's μ and blocks must give the same image. --dump writes the first build's
+// image (Index::write), to compare builds of two versions of lsh_index.cpp with cmp.
 #include <omp.h>
 #include <sys/resource.h>
 

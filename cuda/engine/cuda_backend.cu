@@ -931,7 +931,9 @@ class CudaBackend final : public ForwardBackend {
     // The slot: μ [Hkv][d] f32, then per block offsets [Hkv][L][NB1] u32 and entries
     // [Hkv][L][n_b] u16, each part 16-byte aligned.
     auto al = [](size_t b) { return (b + 15) / 16 * 16; };
-    auto block_n = [&](int b) { return std::min<int64_t>(lsh::BLOCK, m - (int64_t)b * lsh::BLOCK); };
+    auto block_n = [&](int b) {
+      return std::min<int64_t>(lsh::BLOCK, m - (int64_t)b * lsh::BLOCK);
+    };
     size_t bytes = al((size_t)Hkv_ * d_ * sizeof(float));
     for (int b = 0; b < n_blocks; b++)
       bytes += al((size_t)Hkv_ * L * NB1 * sizeof(uint32_t)) +
