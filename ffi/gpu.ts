@@ -44,9 +44,11 @@ export const Graphs = { AUTO: 0, ON: 1, OFF: 2 } as const;
  * Variants of op "lsh" (where MAGICPIG index builds hash the keys at commit) for
  * {@link setKernel}: automatic = on the GPU of a CUDA engine for layers of >= 1024 new tokens
  * (CPU on failure); GPU whatever the size (a failure fails the commit); CPU; CPU through the
- * GPU's precomputed-codes path (tests that path without a GPU).
+ * GPU's precomputed-codes path (tests that path without a GPU); as automatic, but a layer's
+ * first build only hashes on the GPU and sorts on the CPU (in AUTO and GPU the GPU also
+ * computes its mean key and sorted blocks when K <= 12).
  */
-export const LshHashing = { AUTO: 0, GPU: 1, CPU: 2, CPU_CODES: 3 } as const;
+export const LshHashing = { AUTO: 0, GPU: 1, CPU: 2, CPU_CODES: 3, GPU_CODES: 4 } as const;
 
 /**
  * Variants of op "offload" (split decode's GPU share of MAGICPIG sampled attention: the

@@ -466,6 +466,76 @@ void bench_lsh(cudaStream_t s, int n, int d, int K, int L) {
         (double)(diff - near) / (double)total, 0.0, note});
 }
 
+// A layer's first LSH index (lsh_sort.cu): the mean key of one head's n rows (exact: a
+// sequential double sum on the host, bit for bit) and the per-block counting sort of [L][n]
+// codes (exact: a host counting sort of every table, offsets and entries compared whole).
+void bench_lsh_first(cudaStream_t s, int n, int d, int K, int L) {
+  const int NB = 1 << K;
+  const int blocks = (n + 65535) / 65536;
+  DevBuf<bf16> X((size_t)n * d);
+  DevBuf<float> Mu((size_t)d);
+  fill_normal<bf16>(X.p, (int64_t)X.n, 8, 1.f, 0.25f, s);
+  std::vector<uint16_t> codes((size_t)L * n);
+  uint64_t st = 11;
+  for (auto &c : codes) {  // skewed: half the tokens in 1/8 of the buckets
+    const uint64_t r = lcg(st);
+    c = (uint16_t)((r & 1) ? (r >> 1) % (uint64_t)std::max(1, NB / 8) : (r >> 1) % (uint64_t)NB);
+  }
+  DevBuf<uint16_t> C = upload(codes.data(), codes.size(), s);
+  DevBuf<uint32_t> O((size_t)blocks * L * (NB + 1));
+  DevBuf<uint16_t> E((size_t)L * n);
+  MP_CUDA(cudaMemsetAsync(O.p, 0xff, O.bytes(), s));
+  MP_CUDA(cudaMemsetAsync(E.p, 0xff, E.n * sizeof(uint16_t), s));
+  lsh_mean(X.p, n, d, Mu.p, s);
+  lsh_sort(C.p, n, n, L, K, O.p, E.p, s);
+  MP_CUDA(cudaStreamSynchronize(s));
+  std::vector<bf16> x = to_host_vec(X.p, X.n);
+  std::vector<float> mu = to_host_vec(Mu.p, Mu.n);
+  std::vector<uint32_t> o = to_host_vec(O.p, O.n);
+  std::vector<uint16_t> e = to_host_vec(E.p, E.n);
+  size_t mean_bad = 0;
+  for (int c = 0; c < d; c++) {
+    double acc = 0;
+    for (int j = 0; j < n; j++) acc += (double)__bfloat162float(x[(size_t)j * d + c]);
+    const float want = (float)(acc / (double)n);
+    if (std::memcmp(&want, &mu[c], 4) != 0) mean_bad++;
+  }
+  size_t sort_bad = 0;
+  std::vector<uint32_t> off(NB + 1), cur(NB);
+  std::vector<uint16_t> ent(65536);
+  for (int b = 0; b < blocks; b++) {
+    const int j0 = b * 65536, nb = std::min(65536, n - j0);
+    for (int t = 0; t < L; t++) {
+      const uint16_t *c = codes.data() + (size_t)t * n + j0;
+      std::fill(off.begin(), off.end(), 0u);
+      for (int j = 0; j < nb; j++) off[c[j] + 1]++;
+      for (int i = 0; i < NB; i++) off[i + 1] += off[i];
+      std::copy(off.begin(), off.end() - 1, cur.begin());
+      for (int j = 0; j < nb; j++) ent[cur[c[j]]++] = (uint16_t)j;
+      const uint32_t *go = o.data() + ((size_t)b * L + t) * (NB + 1);
+      const uint16_t *ge = e.data() + (size_t)j0 * L + (size_t)t * nb;
+      if (std::memcmp(go, off.data(), (NB + 1) * 4) || std::memcmp(ge, ent.data(), nb * 2))
+        sort_bad++;
+    }
+  }
+  char shape[96], note[128];
+  std::snprintf(shape, sizeof shape, "n=%d d=%d", n, d);
+  std::snprintf(note, sizeof note, "%zu/%d dims differ from the sequential double mean",
+                mean_bad, d);
+  const double ms_mean = time_ms(s, [&](int) { lsh_mean(X.p, n, d, Mu.p, s); }, 2, 5);
+  emit({"lshfirst", "mean", shape, ms_mean, (double)X.n * 2 / (ms_mean * 1e6), "GB/s", g_bw,
+        (double)mean_bad, 0.0, note});
+  std::snprintf(shape, sizeof shape, "n=%d K%dL%d (%d blocks)", n, K, L, blocks);
+  std::snprintf(note, sizeof note, "%zu/%d (block, table) CSRs differ from a host counting sort",
+                sort_bad, blocks * L);
+  const double ms_sort =
+      time_ms(s, [&](int) { lsh_sort(C.p, n, n, L, K, O.p, E.p, s); }, 2, 5);
+  // bytes: codes read twice, entries written, offsets written
+  const double bytes = (double)L * n * 2 * 3 + (double)O.n * 4;
+  emit({"lshfirst", "sort", shape, ms_sort, bytes / (ms_sort * 1e6), "GB/s", g_bw,
+        (double)sort_bad, 0.0, note});
+}
+
 void bench_sample(cudaStream_t s, int n, int vocab) {
   DevBuf<float> Lg((size_t)n * vocab), U((size_t)n);
   DevBuf<int32_t> T((size_t)n);
@@ -945,6 +1015,14 @@ int main(int argc, char **argv) {
     bench_lsh(s, 1000, 64, 16, 7);
   });
   section("sample", [&] { bench_sample(s, 16, 128256); });
+  // a layer's first LSH index on the GPU (build_first): one KV head of a 96K build (two
+  // blocks) at K10L150, the largest K the sort takes, few buckets, a tiny head
+  section("lshfirst", [&] {
+    bench_lsh_first(s, 98304, 128, 10, 150);
+    bench_lsh_first(s, 70000, 128, 12, 16);
+    bench_lsh_first(s, 5000, 128, 3, 8);
+    bench_lsh_first(s, 300, 16, 10, 4);
+  });
 
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

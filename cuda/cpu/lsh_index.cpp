@@ -34,6 +34,10 @@
  * (the counting sort reads a table's codes contiguously); otherwise they are copied next to
  * the tail's or transposed into it.
  *
+ * A first build computed elsewhere (SortedPiece: μ and the blocks' CSR, from the CUDA
+ * backend's build_first) joins through add_sorted(): the norms are computed here (center(),
+ * the same arithmetic), the blocks allocated as merge() does and their arrays copied in.
+ *
  * Build time (a session commit builds one index per sparse layer while the user waits; the
  * 8B shape at 96K is 118 M entries, 236 MB, per layer; bench/cpu/index_build.cpp times it):
  *   - init_mean works on (head, 32 dimensions) items, each summing over the tokens in
@@ -280,6 +284,72 @@ void Index::add(const KeyRows &keys, int64_t m, bool merge, bool auto_merge, con
     }
     n_ += m;
   }
+}
+
+void Index::add_sorted(const KeyRows &keys, int64_t m, const SortedPiece &piece) {
+  const int L = p_.L, NB = 1 << p_.K;
+  const size_t NB1 = (size_t)NB + 1;
+  const int n_blocks = (int)((m + BLOCK - 1) / BLOCK);
+  MP_CHECK(n_ == 0 && !has_mean_ && p_.center && m > 0 && m <= ADD_PIECE && piece.mean &&
+               piece.n_blocks == n_blocks,
+           MP_ERR_INTERNAL,
+           "a precomputed first LSH build of %lld tokens (%d blocks) does not fit an index of "
+           "%lld tokens",
+           (long long)m, piece.n_blocks, (long long)n_);
+  MP_CHECK(keys.dtype == MP_DTYPE_F32 || keys.dtype == MP_DTYPE_BF16 ||
+               keys.dtype == MP_DTYPE_F16,
+           MP_ERR_INVALID, "unknown key dtype %d", keys.dtype);
+  for (int b = 0; b < n_blocks; b++)
+    MP_CHECK(piece.offsets[b] && piece.entries[b], MP_ERR_INTERNAL,
+             "a precomputed first LSH build lacks block %d", b);
+  const Tick tick{omp_get_wtime(), times_.total};
+  for (int h = 0; h < hkv_; h++)
+    std::copy(piece.mean + (size_t)h * d_, piece.mean + (size_t)(h + 1) * d_,
+              heads_[h].mean.begin());
+  has_mean_ = true;
+  {
+    const Tick t{omp_get_wtime(), times_.norms};
+    center(keys, m, 0, hkv_, nullptr);
+  }
+  // The blocks merge() would make, allocated and faulted in the same way.
+  std::vector<Block> fresh((size_t)n_blocks);
+  {
+    const Tick t{omp_get_wtime(), times_.alloc};
+    for (int b = 0; b < n_blocks; b++) {
+      Block &bl = fresh[(size_t)b];
+      bl.start = (int64_t)b * BLOCK;
+      bl.n = (int32_t)std::min<int64_t>(BLOCK, m - bl.start);
+      bl.offsets.resize((size_t)hkv_ * L * NB1);
+      bl.entries.resize((size_t)hkv_ * L * bl.n);
+      fault_in(bl.offsets.data(), bl.offsets.size() * sizeof(uint32_t));
+      fault_in(bl.entries.data(), bl.entries.size() * sizeof(uint16_t));
+    }
+  }
+  {
+    // one parallel copy over 1 MiB pieces of every block's two arrays
+    const Tick t{omp_get_wtime(), times_.sort};
+    struct Span {
+      void *dst;
+      const void *src;
+      size_t bytes;
+    };
+    constexpr size_t PIECE = (size_t)1 << 20;
+    std::vector<Span> spans;
+    auto add_span = [&](void *dst, const void *src, size_t bytes) {
+      for (size_t o = 0; o < bytes; o += PIECE)
+        spans.push_back({(char *)dst + o, (const char *)src + o, std::min(PIECE, bytes - o)});
+    };
+    for (int b = 0; b < n_blocks; b++) {
+      Block &bl = fresh[(size_t)b];
+      add_span(bl.offsets.data(), piece.offsets[b], bl.offsets.size() * sizeof(uint32_t));
+      add_span(bl.entries.data(), piece.entries[b], bl.entries.size() * sizeof(uint16_t));
+    }
+#pragma omp parallel for num_threads(threads()) schedule(dynamic, 1)
+    for (int64_t i = 0; i < (int64_t)spans.size(); i++)
+      std::memcpy(spans[(size_t)i].dst, spans[(size_t)i].src, spans[(size_t)i].bytes);
+  }
+  blocks_ = std::move(fresh);
+  n_ = n_blocked_ = m;
 }
 
 void Index::truncate(int64_t m) {

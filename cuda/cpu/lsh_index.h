@@ -65,6 +65,17 @@ struct Codes {
 // the same index.
 constexpr int64_t ADD_PIECE = 4 * BLOCK;
 
+// A first build's μ and sorted blocks computed elsewhere (ForwardBackend::build_first, on
+// the GPU): what Index::add(keys, m, merge = true) computes for an empty index and
+// m <= ADD_PIECE, except the norms. Block b holds tokens [b·BLOCK, min(m, (b+1)·BLOCK)),
+// n_b of them, in Block's layout: offsets[b] [Hkv][L][2^K + 1], entries[b] [Hkv][L][n_b].
+struct SortedPiece {
+  const float *mean = nullptr;  // [Hkv][d]
+  int n_blocks = 0;
+  const uint32_t *offsets[ADD_PIECE / BLOCK] = {};
+  const uint16_t *entries[ADD_PIECE / BLOCK] = {};
+};
+
 class Index {
  public:
   Index(const Params &p, int n_kv_heads, int head_dim);
@@ -77,6 +88,11 @@ class Index {
   // then the same as without them, the keys are only read for μ and the norms.
   void add(const KeyRows &keys, int64_t m, bool merge = false, bool auto_merge = true,
            const Codes *codes = nullptr);
+  // The first add (an empty index, centering on, 0 < m <= ADD_PIECE, merged) from a
+  // precomputed μ and CSR (SortedPiece): computes the norms from `keys` and copies the
+  // blocks in. The index is then byte for byte what add(keys, m, true) builds when the piece
+  // holds what that add computes. MP_ERR_INTERNAL when the index is not empty.
+  void add_sorted(const KeyRows &keys, int64_t m, const SortedPiece &piece);
   // Sets μ from the first m keys when the index has none yet (what the first add does), so
   // that codes can be computed before that add. No-op once μ exists or with centering off.
   void init_mean(const KeyRows &keys, int64_t m);
@@ -113,7 +129,8 @@ class Index {
   Bytes bytes() const;
 
   // Wall seconds spent by add() on this index so far, by phase (summed over
-  // calls; bench/cpu/index_build.cpp reads them).
+  // calls; bench/cpu/index_build.cpp reads them). add_sorted counts its copy of the blocks
+  // as `sort`.
   struct Times {
     double alloc = 0, norms = 0, codes = 0, sort = 0, total = 0;
   };

@@ -51,6 +51,7 @@ class Engine;
 class Session;
 namespace lsh {
 struct Projection;
+struct SortedPiece;
 }
 
 // Reads a caller's abort flag (may be NULL) written by another thread.
@@ -105,6 +106,24 @@ struct ForwardBackend {
                                     int64_t /*m*/, const float * /*mean*/,
                                     const lsh::Projection & /*P*/, int /*slot*/) {
     return nullptr;
+  }
+
+  // A layer's FIRST index build (policy_commit: no index yet, one piece of m <=
+  // lsh::ADD_PIECE rows merged into blocks) done here up to the norms: μ of rows
+  // [start, start + m) of `layer` (per KV head, lsh::Index::init_mean's arithmetic), the
+  // codes (as hash_keys) and every block's sorted CSR, bit for bit what lsh::Index::add
+  // computes (lsh::SortedPiece; the caller finishes with Index::add_sorted). The arrays are
+  // in memory the backend owns, valid until the next call with the same `slot` (0 or 1). The
+  // same threading as hash_keys. Throws mp::Error on failure.
+  // can_build_first: whether build_first handles this session and these parameters (the
+  // caller uses hash_keys otherwise); build_first must not be called when it is false.
+  virtual bool can_build_first(const Session & /*s*/, int /*K*/, int /*L*/) const {
+    return false;
+  }
+  virtual void build_first(const Session & /*s*/, int32_t /*layer*/, int64_t /*start*/,
+                           int64_t /*m*/, const lsh::Projection & /*P*/, int /*slot*/,
+                           lsh::SortedPiece * /*out*/) {
+    MP_FAIL(MP_ERR_UNSUPPORTED, "this backend cannot build LSH indexes");
   }
 };
 

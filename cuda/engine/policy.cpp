@@ -30,9 +30,12 @@
  *
  * Index builds at a commit on a GPU engine: the keys are hashed on the GPU
  * (ForwardBackend::hash_keys, bit-identical codes), layer by layer, the next layer's
- * hashing overlapping this layer's counting sort on the CPU (build_with_codes); small
- * builds, the CPU engine and any GPU failure hash on the CPU (advance). mp_gpu_set_kernel
- * "lsh" forces either side.
+ * hashing overlapping this layer's counting sort on the CPU (build_with_codes). A layer's
+ * first build (one piece, merged) goes further on the GPU: μ, the codes and every block's
+ * sorted CSR (ForwardBackend::build_first, bit-identical), the CPU only computing the norms
+ * and copying the blocks in (Index::add_sorted) while the GPU builds the next layer. Small
+ * builds, the CPU engine and any GPU failure build on the CPU (advance). mp_gpu_set_kernel
+ * "lsh" forces either side (4: GPU codes only, the CPU sorts).
  *
  * TOPK / QUEST / ORACLE have no index: at every step E = max(S, pos + 1 − W). QUEST keeps
  * per-layer page metadata (min/max per dimension) of the complete pages of [S, E).
@@ -44,6 +47,7 @@
 #include "engine/policy.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <future>
@@ -294,7 +298,9 @@ lsh::Params index_params(const mp_attention_params &a) {
 }
 
 // Indexes tokens [E, target) of the sparse layers with codes computed apart from the sort:
-// on the GPU (ForwardBackend::hash_keys) or, in mode 3, on the CPU through the same path.
+// on the GPU (ForwardBackend::hash_keys) or, in mode 3, on the CPU through the same path;
+// a layer's first build in modes 0 and 1 entirely on the GPU but for the norms
+// (ForwardBackend::build_first, then Index::add_sorted).
 // Two slots: while the CPU sorts piece i, piece i + 1 is hashed on a helper thread. The
 // result is the index advance() would build (same pieces, same μ, same codes). Layers it
 // leaves out (small ones in automatic mode, everything after a failure) are left to
@@ -312,7 +318,7 @@ void build_with_codes(Session &s, int64_t target, int mode) {
     const LayerState &ls = st.layers[(size_t)l];
     const int64_t E = ls.index ? index_end(s, ls) : S;
     const int64_t total = target - E;
-    if (total <= 0 || (mode == 0 && total < GPU_HASH_MIN_TOKENS)) continue;
+    if (total <= 0 || ((mode == 0 || mode == 4) && total < GPU_HASH_MIN_TOKENS)) continue;
     for (int64_t o = 0; o < total; o += lsh::ADD_PIECE) {
       const int64_t c = std::min(lsh::ADD_PIECE, total - o);
       items.push_back({l, E + o, c, !ls.index && o + c == total});
@@ -329,23 +335,43 @@ void build_with_codes(Session &s, int64_t target, int mode) {
   };
   struct Result {
     const uint16_t *codes = nullptr;
+    bool sorted = false;  // `piece` holds the whole first build (build_first)
+    lsh::SortedPiece piece;
+    double seconds = 0;  // on the helper thread
     std::string error;
+  };
+  // A layer's first build in one piece goes to build_first (μ, codes and the sorted blocks
+  // on the GPU) in modes 0 and 1 when the backend can; otherwise its codes come from
+  // hash_keys and the CPU sorts.
+  const lsh::Params params = index_params(a);
+  const bool first_ok = (mode == 0 || mode == 1) && be.can_build_first(s, params.K, params.L);
+  auto whole_first = [&](const BuildItem &it) {
+    return first_ok && it.merge && it.row == S && !st.layers[(size_t)it.layer].index;
   };
   std::vector<uint16_t> host_slot[2];  // mode 3's codes
   std::future<Result> next;  // declared last: on unwinding it is joined first
   auto launch = [&](size_t i) {
     const BuildItem &it = items[i];
     lsh::Index &idx = index_of(it.layer);
-    idx.init_mean(keys_at(s, it.layer, it.row), it.m);
-    std::vector<float> mean((size_t)Hkv * d);
-    for (int h = 0; h < Hkv; h++)
-      std::copy(idx.head(h).mean.begin(), idx.head(h).mean.end(), mean.begin() + (size_t)h * d);
+    const bool first = whole_first(it);
+    std::vector<float> mean;
+    if (!first) {  // build_first computes μ itself
+      idx.init_mean(keys_at(s, it.layer, it.row), it.m);
+      mean.resize((size_t)Hkv * d);
+      for (int h = 0; h < Hkv; h++)
+        std::copy(idx.head(h).mean.begin(), idx.head(h).mean.end(),
+                  mean.begin() + (size_t)h * d);
+    }
     const lsh::Projection *P = &idx.projection();
     const int slot = (int)(i & 1);
-    auto job = [&s, &be, &host_slot, it, slot, P, mode, Hkv, mean]() -> Result {
+    auto job = [&s, &be, &host_slot, it, slot, P, mode, Hkv, first, mean]() -> Result {
       Result r;
+      const auto t0 = std::chrono::steady_clock::now();
       try {
-        if (mode == 3) {
+        if (first) {
+          be.build_first(s, it.layer, it.row, it.m, *P, slot, &r.piece);
+          r.sorted = true;
+        } else if (mode == 3) {
           std::vector<uint16_t> &buf = host_slot[slot];
           buf.resize((size_t)Hkv * P->L * it.m);
           lsh::hash_keys_cpu(*P, keys_at(s, it.layer, it.row), it.m, Hkv, mean.data(),
@@ -356,12 +382,15 @@ void build_with_codes(Session &s, int64_t target, int mode) {
         }
       } catch (const std::exception &e) {
         r.codes = nullptr;
+        r.sorted = false;
         r.error = e.what();
       } catch (...) {
         r.codes = nullptr;
+        r.sorted = false;
         r.error = "unknown error";
       }
-      if (!r.codes && r.error.empty() && mode == 1)
+      r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (!r.codes && !r.sorted && r.error.empty() && mode == 1)
         r.error = "the engine's backend cannot hash keys";
       return r;
     };
@@ -379,7 +408,7 @@ void build_with_codes(Session &s, int64_t target, int mode) {
     const BuildItem &it = items[i];
     Result r;
     if (use_codes) r = next.get();
-    if (!r.codes) {
+    if (!r.codes && !r.sorted) {
       // forced onto the GPU (tests): a failure is an error, not a silent fallback
       MP_CHECK(!(use_codes && mode == 1), MP_ERR_CUDA,
                "hashing keys on the GPU failed (mp_gpu_set_kernel \"lsh\" 1): %s",
@@ -393,9 +422,20 @@ void build_with_codes(Session &s, int64_t target, int mode) {
     }
     if (use_codes && i + 1 < items.size()) launch(i + 1);
     lsh::Index &idx = index_of(it.layer);
-    const lsh::Codes codes{r.codes, it.m};
-    idx.add(keys_at(s, it.layer, it.row), it.m, it.merge, /*auto_merge=*/true,
-            r.codes ? &codes : nullptr);
+    if (r.sorted) {
+      const lsh::Index::Times t0 = idx.times();
+      idx.add_sorted(keys_at(s, it.layer, it.row), it.m, r.piece);
+      const lsh::Index::Times &t1 = idx.times();
+      gpu::trace("index build: layer %d, %lld tokens: GPU %.1f ms (mean, codes, sort, copies); "
+                 "CPU %.1f ms (norms %.1f, alloc %.1f, copy %.1f)",
+                 it.layer, (long long)it.m, r.seconds * 1e3, (t1.total - t0.total) * 1e3,
+                 (t1.norms - t0.norms) * 1e3, (t1.alloc - t0.alloc) * 1e3,
+                 (t1.sort - t0.sort) * 1e3);
+    } else {
+      const lsh::Codes codes{r.codes, it.m};
+      idx.add(keys_at(s, it.layer, it.row), it.m, it.merge, /*auto_merge=*/true,
+              r.codes ? &codes : nullptr);
+    }
     const bool last = i + 1 == items.size() || items[i + 1].layer != it.layer;
     if (last && fresh[(size_t)it.layer])
       st.layers[(size_t)it.layer].index = std::move(fresh[(size_t)it.layer]);
@@ -408,7 +448,8 @@ void policy_commit(Session &s) {
   const mp_attention_params &a = s.attention();
   if (a.method != MP_ATTN_MAGICPIG) return;
   const int64_t target = std::max<int64_t>(s.n_tokens() - a.window, a.sinks);
-  // Where keys are hashed (mp_gpu_set_kernel "lsh"): 0 auto, 1 GPU, 2 CPU, 3 CPU via codes.
+  // Where keys are hashed (mp_gpu_set_kernel "lsh"): 0 auto, 1 GPU, 2 CPU, 3 CPU via codes,
+  // 4 auto with GPU codes only (no build_first).
   const int mode = gpu::lsh_key_hashing();
   const bool device = s.engine().backend().kind() != MP_BACKEND_CPU;
   if (mode == 3 || (mode != 2 && device)) build_with_codes(s, target, mode);

@@ -177,7 +177,8 @@ enum Op : int {
   OP_MATMUL = 0,     // 1 = cuBLAS, 2 = skinny tensor-core kernel, 3 = simple, 4 = GEMV
   OP_ATTENTION = 1,  // 1 = flash (mma.sync), 2 = split-K decode, 3 = generic, 4 = wgmma (sm_90a),
                      // 5-7 = tuned flash
-  OP_LSH = 2,        // index-build key hashing: 1 = GPU always, 2 = CPU, 3 = CPU via codes
+  OP_LSH = 2,        // index-build key hashing: 1 = GPU always, 2 = CPU, 3 = CPU via codes,
+                     // 4 = automatic without build_first (GPU codes, CPU sort)
   OP_KV = 3,         // decode KV placement: 1 = resident on the GPU, 2 = streamed from host
   OP_GRAPHS = 4,     // decode CUDA graphs: 1 = on, 2 = off
   OP_PIN = 5,        // sessions' host KV in page-locked memory: 1 = on, 2 = off

@@ -210,6 +210,11 @@ void set_kernel_variant(const char *op, int variant) {
              "variant \"%d\" is invalid for \"offload\": must be 0..4", variant);
     return force_variant(OP_OFFLOAD, variant);
   }
+  if (std::strcmp(op, "lsh") == 0) {
+    MP_CHECK(variant >= 0 && variant <= 4, MP_ERR_INVALID,
+             "variant \"%d\" is invalid for \"lsh\": must be 0..4", variant);
+    return force_variant(OP_LSH, variant);
+  }
   // matmul: 4 is the GEMV kernel; attention: 4 is the sm_90a kernel, 5..7 the tuned
   // mma.sync flash kernels (kernels.h).
   const int max_variant =
@@ -236,7 +241,6 @@ void set_kernel_variant(const char *op, int variant) {
              variant);
     return force_variant(OP_PIN, variant);
   }
-  if (std::strcmp(op, "lsh") == 0) return force_variant(OP_LSH, variant);
   MP_FAIL(MP_ERR_INVALID,
           "op \"%s\" is invalid: must be \"matmul\", \"attention\", \"kv\", \"graphs\", "
           "\"pin\", \"lsh\" or \"offload\"",

@@ -41,10 +41,15 @@ void set_kernel_variant(const char *op, int variant);
 // Where MAGICPIG index builds hash keys (mp_gpu_set_kernel "lsh"): 0 automatic (on the GPU
 // of a CUDA engine when a build indexes >= 1024 tokens of a layer; a failure falls back to
 // the CPU), 1 on the GPU whatever the size (a failure is an error), 2 on the CPU, 3 on the CPU but through the precomputed-codes path that the GPU
-// uses (tests that path without a GPU).
+// uses (tests that path without a GPU), 4 as automatic but a first build only hashes on the
+// GPU (the CPU sorts: the path before ForwardBackend::build_first). In 0 and 1 a layer's
+// first build computes μ, the codes and the sorted blocks on the GPU (build_first).
 int lsh_key_hashing();
 // "NVIDIA H200, cc 9.0, 132 SMs, 139.8 GiB, L2 50 MB" for device 0.
 std::string describe();
+// $MP_TRACE lines (cuda_util.h), for the engine's C++ files.
+bool trace_enabled();
+void trace(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #else
 inline int device_count() { return 0; }
 
@@ -70,6 +75,8 @@ inline void op_sample(const float *, int, int, float, int, float, const float *,
 inline void set_kernel_variant(const char *, int) MP_GPU_UNAVAILABLE()
 inline int lsh_key_hashing() { return 0; }
 inline std::string describe() MP_GPU_UNAVAILABLE()
+inline bool trace_enabled() { return false; }
+inline void trace(const char *, ...) {}
 #undef MP_GPU_UNAVAILABLE
 #endif
 

@@ -276,6 +276,20 @@ void lsh_hash(const float *R, const XT *x, int64_t x_stride, int n, int d, int K
 void lsh_center(const bf16 *k, const float *mu, int n, int d, float *x, cudaStream_t s);
 
 // ------------------------------------------------------------
+// lsh_sort.cu (a layer's first LSH index: ForwardBackend::build_first)
+
+// mu[e] = (float)(Σ_{j<m} (double)k[j][e] / m) for m contiguous rows of d, the sum in token
+// order (lsh::Index::init_mean's arithmetic, bit for bit).
+void lsh_mean(const bf16 *k, int64_t m, int d, float *mu, cudaStream_t s);
+// Whether lsh_sort handles K bits per table (its counters live in shared memory).
+bool lsh_sort_supported(int K);
+// The blocks' CSR of one KV head from its codes [L][ld] of m tokens (blocks of 65,536
+// tokens, lsh::Block's layout for that head): offsets [n_blocks][L][2^K + 1], entries of
+// block b at b·65,536·L as [L][n_b], in-block ids ascending within each bucket.
+void lsh_sort(const uint16_t *codes, int64_t ld, int64_t m, int L, int K, uint32_t *offsets,
+              uint16_t *entries, cudaStream_t s);
+
+// ------------------------------------------------------------
 // kvcache.cu
 
 // K/V rows of a prefill chunk: qkv rows i < m (key heads at koff, value heads at voff) ->

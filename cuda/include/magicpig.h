@@ -456,7 +456,9 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
  * indexes >= 1024 tokens (codes equal the CPU's bit for bit; any failure falls back to the
  * CPU, reported on stderr), 1 on the GPU whatever the size (a failure fails the commit),
  * 2 on the CPU, 3 on the CPU
- * through the GPU's precomputed-codes path (tests). op "offload" (split decode of MAGICPIG
+ * through the GPU's precomputed-codes path (tests), 4 as automatic but a layer's first build
+ * only hashes on the GPU and sorts on the CPU (in 0 and 1 the GPU also computes its mean key
+ * and sorted blocks, K <= 12). op "offload" (split decode of MAGICPIG
  * sessions whose host KV is page-locked and mapped, head_dim 128: the GPU gathers the
  * sampled K/V rows of some KV heads straight from host memory while the CPU attends the
  * others): 1 none, 2 all, 3 a quarter, 4 three quarters; automatic = half. A variant that

@@ -5,9 +5,11 @@
  * run the policy on the CPU from the host KV the GPU wrote — decode like dense when the
  * sampler retrieves every key.
  *
- * Index builds hash the keys on the GPU (ForwardBackend::hash_keys): a MAGICPIG session's
- * snapshot — KV plus every layer's LSH index — is byte for byte the same whether its
- * commits hashed on the GPU or on the CPU, on the CUDA engine or on a CPU engine.
+ * Index builds hash the keys on the GPU (ForwardBackend::hash_keys), and a layer's first
+ * build also computes its mean key and sorts its blocks there (build_first): a MAGICPIG
+ * session's snapshot — KV plus every layer's LSH index — is byte for byte the same whether
+ * its commits ran on the GPU or on the CPU, on the CUDA engine or on a CPU engine, for one
+ * block or two, and for K past what the GPU sort handles.
  *
  * Runs on a machine with a GPU (`deno task test:gpu`); elsewhere every test is skipped
  * with the reason printed.
@@ -236,6 +238,81 @@ Deno.test({
       -1,
       `CPU engine vs GPU hashing: first difference at byte ${at} (KV ends at ${kv1})`,
     );
+  },
+});
+
+/**
+ * Snapshots (KV + every layer's LSH index) of one prompt's first commit, one per LSH mode:
+ * the prompt is prefilled once on a CUDA engine, then forked and committed per mode.
+ */
+async function firstBuilds(
+  c: ModelConfig,
+  n: number,
+  attention: { lshK: number; lshL: number },
+  modes: number[],
+  tag: string,
+): Promise<Uint8Array[]> {
+  const dir = await tempDir(tag);
+  await using e = Engine.create(c, { backend: Backend.CUDA });
+  await e.initRandom(7n, 0.05);
+  await e.finalize();
+  await using base = await Session.create(e, { attention: { method: AttentionMethod.DENSE } });
+  const prompt = Int32Array.from(
+    { length: n },
+    (_, i) => (i * 37 + ((i * i) % 11) + (i >> 9)) % c.vocab_size,
+  );
+  await base.prefill(prompt);
+  const out: Uint8Array[] = [];
+  try {
+    for (const mode of modes) {
+      await using f = await base.fork({ attention });
+      setKernel("lsh", mode);
+      await f.commit();
+      assertEquals(f.info().nIndexed, n - 64);
+      const path = `${dir}/first-${mode}.snap`;
+      await f.save(path);
+      out.push(await Deno.readFile(path));
+      await Deno.remove(path);
+    }
+  } finally {
+    setKernel("lsh", LshHashing.AUTO);
+  }
+  return out;
+}
+
+Deno.test({
+  name: "a first index build of two blocks on the GPU equals the CPU-built one byte for byte",
+  ignore,
+  async fn() {
+    // 70,000 tokens: 69,932 indexed = a block of 65,536 and one of 4,396 (build_first sorts
+    // both on the GPU; GPU_CODES is the earlier path: GPU codes, CPU sort)
+    const n = 70000;
+    const modes = [LshHashing.CPU, LshHashing.GPU, LshHashing.AUTO, LshHashing.GPU_CODES];
+    console.log(`first build of ${n} tokens, K10 L16, modes ${modes}`);
+    const snaps = await firstBuilds(hashConfig, n, { lshK: 10, lshL: 16 }, modes, "mpgpu2blk");
+    const kv = kvEnd(snaps[0], hashConfig, n);
+    assert(snaps[0].length > kv + 2 * 2 * 16 * (n - 68) * 2, "the snapshot holds the index");
+    for (let i = 1; i < modes.length; i++) {
+      const at = firstDifference(snaps[i], snaps[0]);
+      assertEquals(at, -1, `mode ${modes[i]}: first difference at byte ${at} (KV ends at ${kv})`);
+    }
+  },
+});
+
+Deno.test({
+  name: "first index builds with few and many buckets (K 3, 12; K 13 hashes only) match the CPU",
+  ignore,
+  async fn() {
+    // K3: fewer buckets than lanes in the GPU sort's scan; K12: its largest counters (two
+    // warps per thread block); K13: beyond it, the GPU only hashes and the CPU sorts.
+    const n = 3000;
+    for (const K of [3, 12, 13]) {
+      const modes = [LshHashing.CPU, LshHashing.GPU];
+      const snaps = await firstBuilds(hashConfig, n, { lshK: K, lshL: 8 }, modes, "mpgpuk");
+      const kv = kvEnd(snaps[0], hashConfig, n);
+      const at = firstDifference(snaps[1], snaps[0]);
+      assertEquals(at, -1, `K${K}: first difference at byte ${at} (KV ends at ${kv})`);
+    }
   },
 });
 
