@@ -790,8 +790,13 @@ class CudaBackend final : public ForwardBackend {
         gpu::stage_to_host(d_stage_.p, d_hrows_.p, NL, B, Hkv_, d_, rows_);
         MP_CUDA(cudaEventRecord(ev_rows_[1], rows_));
       }
-      // Only the LM head is left (decode_near); an external node inside a graph.
-      MP_CUDA(cudaEventRecordWithFlags(ev_near_, s_, cudaEventRecordExternal));
+      // Only the LM head is left (decode_near). Inside a capture the record must be an
+      // external node to fire at replay (the flag is refused outside a capture).
+      if (capturing) {
+        MP_CUDA(cudaEventRecordWithFlags(ev_near_, s_, cudaEventRecordExternal));
+      } else {
+        MP_CUDA(cudaEventRecord(ev_near_, s_));
+      }
       gpu::matmul_norm<float>(*gemm_, head_ptr(), d_x_.p, out_norm_.p, c_.rms_eps, B, dim_,
                               c_.vocab_size, d_xb_.p, d_logits_.p, c_.vocab_size, false);
       if (direct) MP_CUDA(cudaStreamWaitEvent(s_, ev_rows_[1], 0));
