@@ -708,6 +708,15 @@ export class Session {
   }
 }
 
+/** $MP_DECODE_ONECALL=1: decodeStep makes one nonblocking mp_decode_step call (A/B runs). */
+const decodeOneCall = (() => {
+  try {
+    return Deno.env.get("MP_DECODE_ONECALL") === "1";
+  } catch {
+    return false; // no env permission: the default
+  }
+})();
+
 /**
  * Decodes one token for each session (distinct sessions of `engine`): appends `tokens[i]`
  * to `sessions[i]` and writes the new position's logits to `logits[i * vocab ...]`. On an
@@ -737,6 +746,20 @@ export async function decodeStep(
     const ptrs = new BigUint64Array(n);
     for (let i = 0; i < n; i++) ptrs[i] = BigInt(Deno.UnsafePointer.value(sessions[i].pointer));
     const err = errorBuffer();
+    if (decodeOneCall) {
+      const status = await lib().mp_decode_step_async(
+        engine.pointer,
+        bytesOf(ptrs),
+        n,
+        tokens,
+        logits,
+        abort ?? null,
+        err,
+        BigInt(err.length),
+      );
+      unwrap(status, err, "Cannot decode a step");
+      return;
+    }
     // Submitted to the engine's decode thread, waited for off the event loop until the GPU
     // is on its last kernel, then collected: the event loop's wake-up overlaps the step
     // instead of following it (mp_decode_submit in magicpig.h; a plain nonblocking call
