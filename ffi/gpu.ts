@@ -58,16 +58,9 @@ export const LshHashing = { AUTO: 0, GPU: 1, CPU: 2, CPU_CODES: 3, GPU_CODES: 4 
  */
 export const GpuShare = { AUTO: 0, NONE: 1, ALL: 2, QUARTER: 3, THREE_QUARTERS: 4 } as const;
 
-/**
- * Variants of op "rope" (the decode step's RoPE + K/V append) for {@link setKernel}:
- * automatic = in the fused QKV GEMV's epilogue where that kernel runs (batch <= 4 on sm_90);
- * fused; its own kernel after the QKV projection.
- */
-export const RopeAppend = { AUTO: 0, FUSED: 1, SEPARATE: 2 } as const;
-
 /** Forces a kernel variant of an op family for later CUDA work (0: automatic). */
 export function setKernel(
-  op: "matmul" | "attention" | "kv" | "graphs" | "pin" | "lsh" | "offload" | "rope",
+  op: "matmul" | "attention" | "kv" | "graphs" | "pin" | "lsh" | "offload",
   variant: number,
 ): void {
   const err = errorBuffer();

@@ -733,14 +733,6 @@ class CudaBackend final : public ForwardBackend {
     // combine). Not with streamed KV: its event wait sits between rope and kv_append.
     const bool dec2 = gpu::decode2_enabled() && stream_rows == 0;
     const bool dec2_pdl = dec2 && gpu::decode2_pdl();
-    // RoPE + K/V append fused into the QKV GEMV (dec2 only: the streamed path waits for its
-    // rows between the rotation and the append).
-    // ($MP_ROPE_FUSE=0: separate, for A/B runs of whole models.)
-    static const bool rope_env = [] {
-      const char *v = std::getenv("MP_ROPE_FUSE");
-      return !(v && std::strcmp(v, "0") == 0);
-    }();
-    const bool rope_fuse = dec2 && rope_env && gpu::forced_variant(gpu::OP_ROPE) != 2;
     bf16 *stage = h_stage_.ensure((size_t)NL * B * 2 * Hkv_ * d_);
     const size_t kvrow = (size_t)Hkv_ * d_;
     // The step's GPU work from the token ids to the logits. `capturing`: inside CUDA graph
@@ -754,23 +746,13 @@ class CudaBackend final : public ForwardBackend {
           return false;
         }
         const LayerDev &L = layers_[(size_t)l];
+        gpu::matmul_norm<bf16>(*gemm_, L.wqkv.p, d_x_.p, L.attn_norm.p, c_.rms_eps, B, dim_,
+                               QKV_, d_xb_.p, d_qkv_.p, QKV_, false);
         // New K and V rows: into the device caches (and windows) and into the device staging
         // of the step ([layer][K|V][B][Hkv·d]), copied to the host caches once after the step.
         bf16 *dk = d_stage_.p + (size_t)l * B * 2 * kvrow;
         const gpu::SeqKV *dseq = d_seqs_.p + (size_t)l * B;
-        // The QKV projection with RoPE + K/V append in its epilogue where the GEMV kernel runs
-        // (op "rope"), else the projection and then rope_kv_append.
-        const gpu::RopeAppend ra{d_pos_.p, inv_freq_.p, c_.rope.style, H_, Hkv_, d_,
-                                 dseq,     dk,          dk + (size_t)B * kvrow};
-        const bool fused = rope_fuse &&
-                           gpu::matmul_norm_rope(*gemm_, L.wqkv.p, d_x_.p, L.attn_norm.p,
-                                                 c_.rms_eps, B, dim_, QKV_, d_qkv_.p, QKV_, ra);
-        if (!fused)
-          gpu::matmul_norm<bf16>(*gemm_, L.wqkv.p, d_x_.p, L.attn_norm.p, c_.rms_eps, B, dim_,
-                                 QKV_, d_xb_.p, d_qkv_.p, QKV_, false);
-        if (fused) {
-          // done in the projection's epilogue
-        } else if (dec2) {
+        if (dec2) {
           // RoPE + K/V append in one kernel (PDL after the QKV GEMV).
           gpu::rope_kv_append(d_qkv_.p, B, H_, Hkv_, d_, QKV_, d_pos_.p, inv_freq_.p,
                               c_.rope.style, dseq, dk, dk + (size_t)B * kvrow, dec2_pdl, s_);
@@ -830,7 +812,7 @@ class CudaBackend final : public ForwardBackend {
     prof_[PROF_SETUP] = ms_since(t_step);
     const int gmode = gpu::forced_variant(gpu::OP_GRAPHS);
     const bool graphable = stream_rows == 0 && !any_cpu_layer && gmode != 2 && !graphs_failed_;
-    const GraphKey key{B, splits_, ws_gen_, direct, rope_fuse};
+    const GraphKey key{B, splits_, ws_gen_, direct};
     bool replay = false;
     if (graphable) {
       if (graph_exec_ && key == graph_key_) {
@@ -1114,10 +1096,8 @@ class CudaBackend final : public ForwardBackend {
     int splits = 0;
     int64_t gen = 0;
     bool direct = false;  // the graph writes the new K/V rows into the host caches
-    bool rope = false;    // RoPE + K/V append fused into the QKV GEMV where it runs
     bool operator==(const GraphKey &o) const {
-      return B == o.B && splits == o.splits && gen == o.gen && direct == o.direct &&
-             rope == o.rope;
+      return B == o.B && splits == o.splits && gen == o.gen && direct == o.direct;
     }
   };
 

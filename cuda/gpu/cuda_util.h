@@ -184,9 +184,7 @@ enum Op : int {
   OP_PIN = 5,        // sessions' host KV in page-locked memory: 1 = on, 2 = off
   OP_OFFLOAD = 6,    // split decode's GPU share of sampled attention (KV heads): 1 = none,
                      // 2 = all, 3 = a quarter, 4 = three quarters; automatic = half
-  OP_ROPE = 7,       // decode RoPE + K/V append: 1 = in the QKV GEMV's epilogue (automatic
-                     // where the GEMV runs), 2 = its own kernel
-  OP_COUNT = 8,
+  OP_COUNT = 7,
 };
 int forced_variant(Op op);
 

@@ -210,11 +210,6 @@ void set_kernel_variant(const char *op, int variant) {
              "variant \"%d\" is invalid for \"offload\": must be 0..4", variant);
     return force_variant(OP_OFFLOAD, variant);
   }
-  if (std::strcmp(op, "rope") == 0) {
-    MP_CHECK(variant >= 0 && variant <= 2, MP_ERR_INVALID,
-             "variant \"%d\" is invalid for \"rope\": must be 0..2", variant);
-    return force_variant(OP_ROPE, variant);
-  }
   if (std::strcmp(op, "lsh") == 0) {
     MP_CHECK(variant >= 0 && variant <= 4, MP_ERR_INVALID,
              "variant \"%d\" is invalid for \"lsh\": must be 0..4", variant);
@@ -248,7 +243,7 @@ void set_kernel_variant(const char *op, int variant) {
   }
   MP_FAIL(MP_ERR_INVALID,
           "op \"%s\" is invalid: must be \"matmul\", \"attention\", \"kv\", \"graphs\", "
-          "\"pin\", \"lsh\", \"offload\" or \"rope\"",
+          "\"pin\", \"lsh\" or \"offload\"",
           op);
 }
 

@@ -105,29 +105,6 @@ int matmul_norm_swiglu(Gemm &g, const bf16 *Wgu, const float *x, const float *no
                        int n, int in, int F, bf16 *xb, bf16 *gu, bf16 *h, int64_t ldh,
                        int variant = GEMM_AUTO);
 
-// The decode step's RoPE + K/V append (rope_kv_append's work) as the epilogue of the fused
-// QKV projection: qkv rows [n][(H + 2·Hkv)·d], positions [n], the engine's inverse
-// frequencies [d/2], the pair convention, each row's cache (seqs[i], row len − 1) and the
-// staging rows stage_k/stage_v [n][Hkv][d] (may be null).
-struct RopeAppend {
-  const int32_t *positions;
-  const double *inv_freq;
-  int style;
-  int H, Hkv, d;
-  const SeqKV *seqs;
-  bf16 *stage_k, *stage_v;
-};
-// qkv = rmsnorm(x) · Wqkv^T with q and k rotated and k, v appended as rope_kv_append does, in
-// one GEMV kernel: each block owns whole rotation pairs (Hugging Face's half convention maps
-// its logical row pairs to physical rows c and c + d/2 of a head), rounds both sums to bf16
-// as the unfused path stores them and rotates them with the same expression (rope.cuh), so
-// the results are bit-identical. Returns false, with nothing launched, when the GEMV variant
-// does not apply (n > 4, another forced variant, alignment, odd head_dim, out not whole
-// heads); the caller then runs matmul_norm and rope_kv_append.
-bool matmul_norm_rope(Gemm &g, const bf16 *W, const float *x, const float *norm_w, float eps,
-                      int n, int in, int out, bf16 *qkv, int64_t ldy, const RopeAppend &ra,
-                      int variant = GEMM_AUTO);
-
 // ------------------------------------------------------------
 // attention_prefill.cu
 

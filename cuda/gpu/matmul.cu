@@ -61,7 +61,6 @@
 #include "gpu/kernels.h"
 #include "gpu/mma.cuh"
 #include "gpu/reduce.cuh"
-#include "gpu/rope.cuh"
 
 #ifdef MP_HAVE_CUBLAS
 #include <cublas_v2.h>
@@ -184,8 +183,7 @@ constexpr int GEMV_MAX_SMEM = 100 << 10;
 constexpr int GEMV_BLOCKS_PER_SM = 4;   // __launch_bounds__ minimum, and the wave size
 
 enum GemvMode : int { GEMV_X_BF16 = 0, GEMV_X_NORM = 1 };
-enum GemvEpi : int { GEMV_STORE = 0, GEMV_SWIGLU = 1, GEMV_ROPE = 2 };
-constexpr int GEMV_ROPE_MAX = 2 * GEMV_MAX_QUADS * 4;  // (pair, x row) angles per block
+enum GemvEpi : int { GEMV_STORE = 0, GEMV_SWIGLU = 1 };
 
 struct GemvParams {
   const bf16 *W;     // [out][in]
@@ -201,7 +199,6 @@ struct GemvParams {
   int accumulate;    // GEMV_STORE: y += (f32 y)
   int quads;         // row quads per block (per half with SwiGLU)
   int half;          // GEMV_SWIGLU: F
-  RopeAppend ra;     // GEMV_ROPE: y is bf16 qkv [n][out]
 };
 
 __device__ __forceinline__ void unpack8(const uint4 u, float (&f)[8]) {
@@ -227,13 +224,7 @@ __device__ __forceinline__ int gemv_row(const GemvParams &p, int lr) {
     return up ? p.half + o : o;
   }
   const int r = blockIdx.x * (4 * p.quads) + lr;
-  if (r >= p.out) return -1;
-  if (EPI == GEMV_ROPE && p.ra.style == MP_ROPE_HALF) {
-    // logical rows (2c, 2c + 1) of a head are its rotation pair: physical rows c, c + d/2
-    const int d = p.ra.d, w = r % d;
-    return r - w + (w >> 1) + (w & 1) * (d >> 1);
-  }
-  return r;
+  return r < p.out ? r : -1;
 }
 }  // namespace
 
@@ -262,22 +253,6 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM)
     for (int u = 0; u < GEMV_STEPS; u++) {
       const int k = (warp + GEMV_WARPS * u) * 256 + lane * 8;
       if (k < in) prefetch_l2(p.W + (int64_t)r * in + k);
-    }
-  }
-  // GEMV_ROPE: cos/sin of each (rotation pair, x row) of the block, from host-written
-  // positions (before the wait). Pair lp's frequency: its first physical row's in-head index
-  // (half convention: that index; interleaved: half of it).
-  __shared__ float rope_cs[EPI == GEMV_ROPE ? GEMV_ROPE_MAX : 1];
-  __shared__ float rope_sn[EPI == GEMV_ROPE ? GEMV_ROPE_MAX : 1];
-  if (EPI == GEMV_ROPE) {
-    for (int idx = threadIdx.x; idx < (R / 2) * NR; idx += GEMV_THREADS) {
-      const int lp = idx / NR, j = idx % NR;
-      const int r0 = gemv_row<EPI>(p, 2 * lp);
-      if (r0 < 0 || m0 + j >= p.n) continue;
-      const int e0 = r0 % p.ra.d;
-      const int fi = p.ra.style == MP_ROPE_HALF ? e0 : e0 >> 1;
-      rope_cos_sin((double)p.ra.positions[m0 + j], p.ra.inv_freq[fi], rope_cs[idx],
-                   rope_sn[idx]);
     }
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -392,47 +367,6 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM)
       for (int w = 0; w < GEMV_WARPS; w++) v += red[((size_t)w * R + lr) * NR + j];
       OutT *dst = y + (int64_t)row * p.ldy + r;
       *dst = p.accumulate ? to_out<OutT>(to_f32(*dst) + v) : to_out<OutT>(v);
-    }
-  } else if (EPI == GEMV_ROPE) {
-    // rope_kv_append's work on this block's pairs: the sums rounded to bf16 (as stored by
-    // the unfused path), q and k heads rotated, written back, k and v also to the cache row
-    // len − 1 and to the staging rows.
-    bf16 *y = reinterpret_cast<bf16 *>(p.y);
-    const RopeAppend &ra = p.ra;
-    for (int idx = threadIdx.x; idx < (R / 2) * NR; idx += GEMV_THREADS) {
-      const int lp = idx / NR, j = idx % NR;
-      const int r0 = gemv_row<EPI>(p, 2 * lp), r1 = gemv_row<EPI>(p, 2 * lp + 1);
-      const int row = m0 + j;
-      if (r0 < 0 || r1 < 0 || row >= p.n) continue;
-      float a = 0.f, b = 0.f;
-#pragma unroll
-      for (int w = 0; w < GEMV_WARPS; w++) {
-        a += red[((size_t)w * R + 2 * lp) * NR + j];
-        b += red[((size_t)w * R + 2 * lp + 1) * NR + j];
-      }
-      bf16 ya = __float2bfloat16_rn(a), yb = __float2bfloat16_rn(b);
-      const int hd = r0 / ra.d, e0 = r0 % ra.d, e1 = r1 % ra.d;
-      if (hd < ra.H + ra.Hkv) {
-        const float fa = __bfloat162float(ya), fb = __bfloat162float(yb);
-        ya = __float2bfloat16_rn(rope_a(fa, fb, rope_cs[idx], rope_sn[idx]));
-        yb = __float2bfloat16_rn(rope_b(fa, fb, rope_cs[idx], rope_sn[idx]));
-      }
-      bf16 *yr = y + (int64_t)row * p.ldy;
-      yr[r0] = ya, yr[r1] = yb;
-      if (hd < ra.H) continue;
-      const bool is_k = hd < ra.H + ra.Hkv;
-      const int hk = is_k ? hd - ra.H : hd - ra.H - ra.Hkv;
-      const SeqKV sq = ra.seqs[row];
-      if (sq.len > 0 && sq.k != nullptr) {
-        bf16 *dst = const_cast<bf16 *>(is_k ? sq.k : sq.v) + (int64_t)(sq.len - 1) * sq.stride_t +
-                    (int64_t)hk * sq.stride_h;
-        dst[e0] = ya, dst[e1] = yb;
-      }
-      bf16 *st = is_k ? ra.stage_k : ra.stage_v;
-      if (st) {
-        bf16 *dst = st + ((int64_t)row * ra.Hkv + hk) * ra.d;
-        dst[e0] = ya, dst[e1] = yb;
-      }
     }
   } else {
     bf16 *h = reinterpret_cast<bf16 *>(p.y);
@@ -739,21 +673,6 @@ int matmul_norm_swiglu(Gemm &g, const bf16 *Wgu, const float *x, const float *no
   const int ran = matmul<bf16>(g, Wgu, xb, in, n, in, 2 * F, gu, 2 * F, false, variant);
   swiglu<bf16, bf16>(gu, gu + F, n, F, 2 * F, h, ldh, g.stream);
   return ran;
-}
-
-bool matmul_norm_rope(Gemm &g, const bf16 *W, const float *x, const float *norm_w, float eps,
-                      int n, int in, int out, bf16 *qkv, int64_t ldy, const RopeAppend &ra,
-                      int variant) {
-  if (n <= 0 || out <= 0) return false;
-  variant = resolve_variant(variant, n, in % 8 == 0 && ((uintptr_t)W & 15) == 0);
-  if (!fusable(variant, W, x, in) || ((uintptr_t)norm_w & 15) != 0 || ra.d < 2 ||
-      ra.d % 2 != 0 || out != (ra.H + 2 * ra.Hkv) * ra.d ||
-      (ra.style != MP_ROPE_HALF && ra.style != MP_ROPE_INTERLEAVED))
-    return false;
-  GemvParams p{};
-  p.W = W, p.in = in, p.out = out, p.n = n, p.xf = x, p.nw = norm_w, p.ldx = in, p.eps = eps;
-  p.y = qkv, p.ldy = ldy, p.ra = ra;
-  return launch_gemv<GEMV_X_NORM, GEMV_ROPE, bf16>(p, g.stream);
 }
 
 template int matmul_norm<float>(Gemm &, const bf16 *, const float *, const float *, float, int,

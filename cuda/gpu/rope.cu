@@ -24,7 +24,6 @@
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
 #include "gpu/reduce.cuh"
-#include "gpu/rope.cuh"
 
 namespace mp::gpu {
 
@@ -61,8 +60,11 @@ std::vector<double> rope_inv_freq(const mp_rope_params &p, int head_dim) {
 // cos/sin of position p's angles into shared cs/sn [half] (double angles, f32 results).
 __device__ __forceinline__ void rope_angles(double p, const double *__restrict__ inv_freq,
                                             int half, float *cs, float *sn) {
-  for (int i = threadIdx.x; i < half; i += blockDim.x)
-    rope_cos_sin(p, inv_freq[i], cs[i], sn[i]);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    double sd, cd;
+    sincos(p * inv_freq[i], &sd, &cd);
+    cs[i] = (float)cd, sn[i] = (float)sd;
+  }
 }
 
 // Rotates the `heads` heads of one token's row (after rope_angles and a barrier).
@@ -76,8 +78,8 @@ __device__ __forceinline__ void rope_rotate(T *row, int heads, int head_dim, int
     const int ia = style == MP_ROPE_INTERLEAVED ? 2 * i : i;
     const int ib = style == MP_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
     const float a = to_f32(v[ia]), b = to_f32(v[ib]);
-    v[ia] = to_out<T>(rope_a(a, b, cs[i], sn[i]));
-    v[ib] = to_out<T>(rope_b(a, b, cs[i], sn[i]));
+    v[ia] = to_out<T>(a * cs[i] - b * sn[i]);
+    v[ib] = to_out<T>(a * sn[i] + b * cs[i]);
   }
 }
 
@@ -180,8 +182,8 @@ __global__ void rope_append16_kernel(bf16 *__restrict__ qkv, int H, int Hkv, int
       bf16 *pb = il ? pa + 1 : eb + j;
       const float a = __bfloat162float(*pa), b = __bfloat162float(*pb);
       const float cj = cs[c + j], sj = sn[c + j];
-      *pa = __float2bfloat16_rn(rope_a(a, b, cj, sj));
-      *pb = __float2bfloat16_rn(rope_b(a, b, cj, sj));
+      *pa = __float2bfloat16_rn(a * cj - b * sj);
+      *pb = __float2bfloat16_rn(a * sj + b * cj);
     }
     *reinterpret_cast<uint4 *>(head + oa) = ua;
     *reinterpret_cast<uint4 *>(head + ob) = ub;

@@ -461,9 +461,7 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
  * and sorted blocks, K <= 12). op "offload" (split decode of MAGICPIG
  * sessions whose host KV is page-locked and mapped, head_dim 128: the GPU gathers the
  * sampled K/V rows of some KV heads straight from host memory while the CPU attends the
- * others): 1 none, 2 all, 3 a quarter, 4 three quarters; automatic = half. op "rope" (the
- * decode step's RoPE + K/V append): 1 in the epilogue of the QKV GEMV kernel, 2 its own
- * kernel; automatic = 1 where the GEMV kernel runs (batch <= 4 on sm_90). A variant that
+ * others): 1 none, 2 all, 3 a quarter, 4 three quarters; automatic = half. A variant that
  * cannot run a shape falls back to one that can. Process-wide; not meant to change while
  * other calls run. */
 MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t err_cap);
