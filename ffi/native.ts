@@ -746,25 +746,7 @@ export async function decodeStep(
     const ptrs = new BigUint64Array(n);
     for (let i = 0; i < n; i++) ptrs[i] = BigInt(Deno.UnsafePointer.value(sessions[i].pointer));
     const err = errorBuffer();
-    if (decodeOneCall) {
-      const status = await lib().mp_decode_step_async(
-        engine.pointer,
-        bytesOf(ptrs),
-        n,
-        tokens,
-        logits,
-        abort ?? null,
-        err,
-        BigInt(err.length),
-      );
-      unwrap(status, err, "Cannot decode a step");
-      return;
-    }
-    // Submitted to the engine's decode thread, waited for off the event loop until the GPU
-    // is on its last kernel, then collected: the event loop's wake-up overlaps the step
-    // instead of following it (mp_decode_submit in magicpig.h; a plain nonblocking call
-    // cost ~0.17 ms per step on the GPU server).
-    const submitted = lib().mp_decode_submit(
+    const args = [
       engine.pointer,
       bytesOf(ptrs),
       n,
@@ -773,7 +755,16 @@ export async function decodeStep(
       abort ?? null,
       err,
       BigInt(err.length),
-    );
+    ] as const;
+    if (decodeOneCall) {
+      unwrap(await lib().mp_decode_step_async(...args), err, "Cannot decode a step");
+      return;
+    }
+    // Submitted to the engine's decode thread, waited for off the event loop until the GPU
+    // is on its last kernel, then collected: the event loop's wake-up overlaps the step
+    // instead of following it (mp_decode_submit in magicpig.h; a plain nonblocking call
+    // cost ~0.17 ms per step on the GPU server).
+    const submitted = lib().mp_decode_submit(...args);
     unwrap(submitted, err, "Cannot decode a step");
     await lib().mp_decode_wait_async(engine.pointer);
     unwrap(

@@ -1518,19 +1518,13 @@ class CudaBackend final : public ForwardBackend {
   }
 
   static bool logits_pinned() {
-    static const bool on = [] {
-      const char *v = std::getenv("MP_DECODE_LOGITS");
-      return !(v && std::strcmp(v, "pageable") == 0);
-    }();
+    static const bool on = !gpu::env_equals("MP_DECODE_LOGITS", "pageable");
     return on;
   }
 
   // $MP_DECODE_HOSTROWS=0: decode copies its new rows to the host caches after the step.
   static bool host_rows_direct() {
-    static const bool on = [] {
-      const char *v = std::getenv("MP_DECODE_HOSTROWS");
-      return !(v && std::strcmp(v, "0") == 0);
-    }();
+    static const bool on = !gpu::env_equals("MP_DECODE_HOSTROWS", "0");
     return on;
   }
 

@@ -560,10 +560,7 @@ static bool gemv_is_default() {
 
 // $MP_GEMV_FUSE=0: matmul_norm / matmul_norm_swiglu run separate kernels (A/B timing).
 static bool gemv_fuse() {
-  static const bool on = [] {
-    const char *v = std::getenv("MP_GEMV_FUSE");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
+  static const bool on = !env_equals("MP_GEMV_FUSE", "0");
   return on;
 }
 
