@@ -12,6 +12,8 @@
 export const ABI_VERSION = 1;
 
 const errArgs = ["buffer", "usize"] as const;
+// mp_decode_step and mp_decode_submit: (engine, sessions, n, tokens, logits, abort, err, cap)
+const decodeArgs = ["pointer", "buffer", "i32", "buffer", "buffer", "buffer", ...errArgs] as const;
 
 export const symbols = {
   // ------------------------------------------------------------
@@ -133,14 +135,14 @@ export const symbols = {
    *    const int32_t *tokens, float *logits, const int32_t *abort_flag, char *err, size_t cap) */
   mp_decode_step_async: {
     name: "mp_decode_step",
-    parameters: ["pointer", "buffer", "i32", "buffer", "buffer", "buffer", ...errArgs],
+    parameters: decodeArgs,
     result: "i32",
     nonblocking: true,
   },
   /** int32_t mp_decode_submit(mp_engine *e, mp_session *const *sessions, int32_t n,
    *    const int32_t *tokens, float *logits, const int32_t *abort_flag, char *err, size_t cap) */
   mp_decode_submit: {
-    parameters: ["pointer", "buffer", "i32", "buffer", "buffer", "buffer", ...errArgs],
+    parameters: decodeArgs,
     result: "i32",
   },
   /** int32_t mp_decode_wait(mp_engine *e) */

@@ -56,7 +56,7 @@ void DecodeWorker::submit(std::shared_ptr<Engine> e, Session *const *sessions, i
   logits_ = logits;
   abort_ = abort;
   rc_ = 0;
-  err_.clear();
+  err_[0] = 0;
   set_state(QUEUED);
 }
 
@@ -83,7 +83,7 @@ int32_t DecodeWorker::finish(char *err, size_t cap) {
   }
   const int32_t rc = rc_;
   if (rc != MP_OK) {
-    write_error(err, cap, err_.c_str());
+    write_error(err, cap, err_);
   } else if (err && cap) {
     err[0] = 0;
   }
@@ -106,13 +106,11 @@ void DecodeWorker::loop() {
       if (stop_) return;
       state_.store(RUNNING, std::memory_order_release);
     }
-    std::vector<char> msg(1024, 0);
-    const int32_t rc = guard(msg.data(), msg.size(), [&] {
+    const int32_t rc = guard(err_, sizeof err_, [&] {
       return decode_step(*engine_, sessions_.data(), (int32_t)sessions_.size(), tokens_.data(),
                          logits_, abort_);
     });
     rc_ = rc;
-    if (rc != MP_OK) err_ = msg.data();
     set_state(DONE);
   }
 }

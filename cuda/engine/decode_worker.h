@@ -21,7 +21,6 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <string>
 #include <thread>
 #include <vector>
 
@@ -65,7 +64,7 @@ class DecodeWorker {
   float *logits_ = nullptr;
   const int32_t *abort_ = nullptr;
   int32_t rc_ = 0;
-  std::string err_;
+  char err_[1024] = {};  // the step's message when rc_ != MP_OK
   std::thread thread_;  // last: started after everything above exists
 };
 
