@@ -78,11 +78,13 @@ export class NativeSession implements PinnedSession {
     tokens: Int32Array<ArrayBuffer>,
     logits: Float32Array<ArrayBuffer> | null,
     abort: Int32Array<ArrayBuffer> | null,
+    commit: boolean,
   ): Promise<void> {
     try {
       await this.session.prefill(tokens, {
         logits: logits ?? undefined,
         abort: abort ?? undefined,
+        commit,
       });
     } catch (e) {
       rethrow(e);
@@ -153,14 +155,14 @@ export interface NativeBackendOptions {
 /** The {@link Backend} of one native engine. */
 export function nativeBackend(engine: Engine, options: NativeBackendOptions = {}): Backend {
   const config = engine.config;
+  const cuda = engine.info().backend === BackendCode.CUDA;
   return {
     vocabSize: config.vocab_size,
     maxContext: config.max_context,
     maxBatch: options.maxBatch ?? DEFAULT_MAX_BATCH,
     prefillChunk: options.prefillChunk ??
-      (engine.info().backend === BackendCode.CUDA
-        ? DEFAULT_PREFILL_CHUNK_CUDA
-        : DEFAULT_PREFILL_CHUNK),
+      (cuda ? DEFAULT_PREFILL_CHUNK_CUDA : DEFAULT_PREFILL_CHUNK),
+    indexesBesidePrefill: cuda,
     async createSession(attention: AttentionOptions, reserveTokens: number) {
       const session = await Session.create(engine, {
         attention: nativeAttention(attention),

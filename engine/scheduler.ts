@@ -127,9 +127,11 @@ export interface GenerateRequest {
    */
   session?: BackendSession;
   /**
-   * Commit the session after the prompt (MagicPIG indexes it); default true. With tokens to
-   * generate, the commit runs once the first token is out (it does not wait for the index);
-   * an ephemeral session whose request ends at its first token is not committed.
+   * Commit the session after the prompt (MagicPIG indexes it); default true. When the backend
+   * builds the index beside the prefill ({@link Backend.indexesBesidePrefill}: CUDA) or no
+   * token is to be generated, the commit is part of the prompt's last prefill call.
+   * Otherwise it runs once the first token is out (that token does not wait for the index),
+   * and an ephemeral session whose request ends at its first token is not committed.
    */
   commit?: boolean;
   /** Aborts the request (client disconnect); takes effect within one step. */
@@ -698,13 +700,20 @@ export class Scheduler {
         const last = plan.end === req.prompt.length;
         const logits = last && req.maxTokens > 0 ? new Float32Array(this.#backend.vocabSize) : null;
         this.#stats.prefillSteps++;
-        await req.session.prefill(req.prompt.subarray(plan.start, plan.end), logits, req.abortFlag);
-        // With a token to sample, the commit (a MAGICPIG index build: seconds at 96K) waits
-        // until that first token is out; without one it is all that is left to do.
-        if (last && req.commit) {
-          if (logits) req.commitPending = true;
-          else await req.session.commit();
-        }
+        // The commit (a MAGICPIG index build: seconds at 96K when it runs alone) joins the
+        // prompt's last prefill call when no first token waits for it, or when the backend
+        // builds the index beside the prefill (CUDA: the first token then waits for about one
+        // layer's build, and the decode steps for none). Otherwise it runs once the first
+        // token is out.
+        const commitHere = last && req.commit &&
+          (logits === null || this.#backend.indexesBesidePrefill);
+        await req.session.prefill(
+          req.prompt.subarray(plan.start, plan.end),
+          logits,
+          req.abortFlag,
+          commitHere,
+        );
+        if (last && req.commit && !commitHere) req.commitPending = true;
         return { kind: "prefill", req, end: plan.end, logits };
       } catch (e) {
         if (e instanceof AbortedError) return { kind: "idle" }; // applyAborts finishes it

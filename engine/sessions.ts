@@ -1102,10 +1102,11 @@ export class SessionManager {
     }
     const out = finish!.outputIds;
     if (out.length > 0 && session.memory().nTokens + 1 <= this.#llm.info.maxModelLen) {
-      // The last generated token is not in the cache yet.
-      await session.prefill(Int32Array.from([out[out.length - 1]]), null, null);
+      // The last generated token is not in the cache yet: one call prefills it and commits.
+      await session.prefill(Int32Array.from([out[out.length - 1]]), null, null, true);
+    } else {
+      await session.commit();
     }
-    await session.commit();
     e.tokens = session.memory().nTokens;
     e.turns++;
     e.dirty = true;

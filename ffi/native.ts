@@ -599,12 +599,20 @@ export class Session {
    * Appends tokens with dense exact attention. `logits` ([vocab]) receives the last token's
    * logits. Setting `abort[0]` to non-zero stops the call between layers: it then rejects
    * with a {@link MagicpigError} of code "aborted" and the session is as before the call.
+   * `commit: true` ends the turn in the same call, as {@link commit} after it would
+   * (mp_session_prefill_commit): on a CUDA engine a MagicPIG session's first index is then
+   * built layer by layer while the GPU computes the next layers. If only the commit fails,
+   * the tokens stay prefilled and the error says so ("the commit failed").
    */
   async prefill(
     tokens: Int32Array<ArrayBuffer>,
-    options: { logits?: Float32Array<ArrayBuffer>; abort?: Int32Array<ArrayBuffer> } = {},
+    options: {
+      logits?: Float32Array<ArrayBuffer>;
+      abort?: Int32Array<ArrayBuffer>;
+      commit?: boolean;
+    } = {},
   ): Promise<void> {
-    const { logits, abort } = options;
+    const { logits, abort, commit } = options;
     if (logits && logits.length < this.engine.config.vocab_size) {
       throw new RangeError(
         `Invalid logits length "${logits.length}": must be at least ${this.engine.config.vocab_size}`,
@@ -612,7 +620,10 @@ export class Session {
     }
     await this.engine.queue.run(async () => {
       const err = errorBuffer();
-      const status = await lib().mp_session_prefill_async(
+      const call = commit
+        ? lib().mp_session_prefill_commit_async
+        : lib().mp_session_prefill_async;
+      const status = await call(
         this.engine.pointer,
         this.pointer,
         tokens,

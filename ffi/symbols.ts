@@ -107,6 +107,14 @@ export const symbols = {
     result: "i32",
     nonblocking: true,
   },
+  /** int32_t mp_session_prefill_commit(mp_engine *e, mp_session *s, const int32_t *tokens,
+   *    int32_t n, float *logits, const int32_t *abort_flag, char *err, size_t cap) */
+  mp_session_prefill_commit_async: {
+    name: "mp_session_prefill_commit",
+    parameters: ["pointer", "pointer", "buffer", "i32", "buffer", "buffer", ...errArgs],
+    result: "i32",
+    nonblocking: true,
+  },
   /** int32_t mp_session_commit(mp_engine *e, mp_session *s, char *err, size_t cap) */
   mp_session_commit_async: {
     name: "mp_session_commit",

@@ -51,6 +51,7 @@ export class FakeSession implements BackendSession {
     tokens: Int32Array<ArrayBuffer>,
     logits: Float32Array<ArrayBuffer> | null,
     abort: Int32Array<ArrayBuffer> | null,
+    commit: boolean,
   ): Promise<void> {
     if (this.closed) throw new Error("Session is closed");
     // Simulated work: `prefillMsPerToken` per token, polling the abort flag like the
@@ -77,6 +78,7 @@ export class FakeSession implements BackendSession {
       n: tokens.length,
       aborted: false,
     });
+    if (commit) await this.commit(); // the same native call, logged after the prefill
     if (logits) this.#backend.fillLogits(this.tokens[this.tokens.length - 1], logits);
   }
 
@@ -128,6 +130,8 @@ export interface FakeBackendOptions {
   decodeMs?: number;
   /** Simulated time of a commit (an index build). */
   commitMs?: number;
+  /** {@link Backend.indexesBesidePrefill} (default false). */
+  indexesBesidePrefill?: boolean;
 }
 
 /** The fake backend. */
@@ -136,6 +140,7 @@ export class FakeBackend implements Backend {
   readonly maxContext: number;
   readonly maxBatch: number;
   readonly prefillChunk: number;
+  readonly indexesBesidePrefill: boolean;
   prefillMsPerToken: number;
   decodeMs: number;
   commitMs: number;
@@ -152,6 +157,7 @@ export class FakeBackend implements Backend {
     this.prefillMsPerToken = options.prefillMsPerToken ?? 0;
     this.decodeMs = options.decodeMs ?? 0;
     this.commitMs = options.commitMs ?? 0;
+    this.indexesBesidePrefill = options.indexesBesidePrefill ?? false;
   }
 
   fillLogits(last: number, out: Float32Array<ArrayBuffer>): void {

@@ -268,6 +268,107 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "prefill with commit (the index built beside the prefill) equals prefill, then commit",
+  ignore: !lshSwitch,
+  async fn() {
+    // CPU_CODES runs the build beside the prefill on a CPU engine too (a thread that waits
+    // for each layer's keys); AUTO on a CPU engine commits after the prefill.
+    const dir = await tempDir("mpprefillcommit");
+    const attention = { lshK: 8, lshL: 40, window: 16 };
+    const prompt = tokens(1500, 14);
+    const snap = async (s: Session, name: string) => {
+      await s.save(`${dir}/${name}.snap`);
+      return await Deno.readFile(`${dir}/${name}.snap`);
+    };
+    try {
+      for (const mode of [LshHashing.CPU_CODES, LshHashing.AUTO]) {
+        setKernel("lsh", mode);
+        await using ref = await session(attention, prompt);
+        await ref.commit();
+        const want = await snap(ref, `ref-${mode}`);
+        // one call, with logits; then a prompt in two calls (the first without commit)
+        await using one = await Session.create(await engine(), { attention });
+        const logits = new Float32Array(config.vocab_size);
+        await one.prefill(prompt, { logits, commit: true });
+        assertEquals(one.info().nIndexed, 1500 - 16);
+        assertEquals(await snap(one, `one-${mode}`), want, `mode ${mode}: one call`);
+        await using two = await Session.create(await engine(), { attention });
+        await two.prefill(prompt.slice(0, 700));
+        await two.prefill(prompt.slice(700), { commit: true });
+        assertEquals(await snap(two, `two-${mode}`), want, `mode ${mode}: two calls`);
+        assertEquals(await step(two, 5), await step(ref, 5));
+        // a later turn: the first build is done, the commit indexes the new tokens
+        await two.prefill(tokens(200, 15), { commit: true });
+        await ref.prefill(tokens(200, 15));
+        await ref.commit();
+        assertEquals(two.info().nIndexed, ref.info().nIndexed);
+        assertEquals(await step(two, 6), await step(ref, 6));
+      }
+    } finally {
+      setKernel("lsh", LshHashing.AUTO);
+    }
+  },
+});
+
+Deno.test({
+  name: "an aborted prefill with commit leaves the session as before, and it can be redone",
+  ignore: !lshSwitch,
+  async fn() {
+    // The abort lands somewhere in the call (before the build beside the prefill starts,
+    // while it waits for the last chunk's layers, after some of them): either the call
+    // completed and committed, or nothing changed. The delays are fractions of the
+    // uninterrupted call's time on this machine.
+    const attention = { lshK: 8, lshL: 40, window: 16 };
+    const prompt = tokens(4000, 16);
+    setKernel("lsh", LshHashing.CPU_CODES);
+    try {
+      await using ref = await Session.create(await engine(), { attention });
+      const t0 = performance.now();
+      await ref.prefill(prompt, { commit: true });
+      const full = performance.now() - t0;
+      for (const part of [0, 0.3, 0.85, 0.95, 0.99]) {
+        const delayMs = Math.round(part * full);
+        await using s = await Session.create(await engine(), { attention });
+        const abort = new Int32Array(1);
+        const timer = setTimeout(() => abort[0] = 1, delayMs);
+        let aborted = false;
+        try {
+          await s.prefill(prompt, { abort, commit: true });
+        } catch (e) {
+          assert(e instanceof MagicpigError && e.code === "aborted", String(e));
+          aborted = true;
+        } finally {
+          clearTimeout(timer);
+        }
+        const info = s.info();
+        if (aborted) {
+          assertEquals([info.nTokens, info.nIndexed, Number(info.hostIndexBytes)], [0, 0, 0]);
+        } else {
+          assertEquals([info.nTokens, info.nIndexed], [4000, 4000 - 16]);
+        }
+        console.log(
+          `abort after ${delayMs} of ${Math.round(full)} ms: ${
+            aborted ? "rolled back" : "completed"
+          }`,
+        );
+      }
+      // the same prompt again on a fresh session, uninterrupted: as the reference
+      await using again = await Session.create(await engine(), { attention });
+      await again.prefill(prompt, { commit: true });
+      const want = await step(ref, 7);
+      assertEquals(await step(again, 7), want);
+      // and as prefill, then commit, with the CPU's own build
+      setKernel("lsh", LshHashing.AUTO);
+      await using plain = await session(attention, prompt);
+      await plain.commit();
+      assertEquals(await step(plain, 7), want);
+    } finally {
+      setKernel("lsh", LshHashing.AUTO);
+    }
+  },
+});
+
 Deno.test("TopK and Quest with budget 1 decode like dense; their keys fraction is the budget", async () => {
   const p = tokens(300, 9);
   await using d = await session(dense, p);

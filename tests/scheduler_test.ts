@@ -300,6 +300,31 @@ Deno.test("Scheduler commits after the first token, and not at all for a request
   await scheduler.shutdown();
 });
 
+Deno.test("Scheduler commits in the last prefill call when the backend indexes beside it", async () => {
+  const backend = new FakeBackend({ vocabSize: 32, commitMs: 50, indexesBesidePrefill: true });
+  const scheduler = new Scheduler(backend);
+  // A prompt of three calls (chunks of 8): the commit is part of the last one, so the first
+  // token comes after it and no decode step waits for an index build.
+  const prompt = Array.from({ length: 20 }, (_, i) => i + 1);
+  const stream = scheduler.submit({ promptIds: prompt, maxTokens: 3 });
+  const it = stream[Symbol.asyncIterator]();
+  let ev = await it.next();
+  while (ev.value?.type !== "token") ev = await it.next();
+  const s1 = backend.sessions[0];
+  assertEquals(s1.commits, 1, "the commit ran inside the last prefill call");
+  while (!(await it.next()).done);
+  const kinds = backend.calls.filter((c) =>
+    c.kind === "decode" ? c.sessions.includes(s1.handle) : c.session === s1.handle
+  ).map((c) => c.kind);
+  assertEquals(kinds, ["create", "prefill", "prefill", "prefill", "commit", "decode", "decode", "close"]);
+  // A request without commit (a session's follow-up turn runs with commit: false) has none.
+  const before = backend.calls.length;
+  const pinned = await backend.createSession({ method: "magicpig" });
+  await collect(scheduler.submit({ promptIds: [6, 7], maxTokens: 2, session: pinned, commit: false }));
+  assert(!backend.calls.slice(before).some((c) => c.kind === "commit"));
+  await scheduler.shutdown();
+});
+
 Deno.test("Scheduler: a seed makes sampling reproducible", async () => {
   const backend = new FakeBackend({ vocabSize: 32, maxContext: 128 });
   const scheduler = new Scheduler(backend);

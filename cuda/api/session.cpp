@@ -83,6 +83,14 @@ MP_API int32_t mp_session_prefill(mp_engine *e, mp_session *s, const int32_t *to
   });
 }
 
+MP_API int32_t mp_session_prefill_commit(mp_engine *e, mp_session *s, const int32_t *tokens,
+                                         int32_t n, float *logits, const int32_t *abort_flag,
+                                         char *err, size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    return mp::session_prefill_commit(session_of(e, s), tokens, n, logits, abort_flag);
+  });
+}
+
 MP_API int32_t mp_session_commit(mp_engine *e, mp_session *s, char *err, size_t err_cap) {
   return mp::guard(err, err_cap, [&] {
     mp::session_commit(session_of(e, s));

@@ -8,10 +8,13 @@
 // Contract
 // --------
 // * Calls are serialised by the caller (magicpig.h threading rule): a backend never sees
-//   two calls at once for one engine, so it may keep workspaces as members.
+//   two calls at once for one engine, so it may keep workspaces as members. The one
+//   exception: during a prefill with an observer, hash_keys / build_first run on another
+//   thread for the layers already written (their workspaces are their own; device memory
+//   accounting must be thread-safe).
 // * prepare() runs once in mp_engine_finalize, after every weight is loaded (host copies
 //   in Engine::tensor(), in the engine's weight dtype). Upload/convert here.
-// * prefill(s, tokens, n, logits, abort):
+// * prefill(s, tokens, n, logits, abort, written):
 //     - the first token sits at position p0 = s.n_tokens(); the engine has already called
 //       s.reserve(p0 + n), so rows p0..p0+n-1 of every (layer, kv head) may be written.
 //     - attention is dense and exact (causal) over rows 0..p of the session's cache, for
@@ -24,6 +27,12 @@
 //     - poll `abort` (may be NULL; read it with abort_requested()) between chunks and
 //       layers; when set, return MP_ABORTED. On MP_ABORTED or a throw the engine restores
 //       s.n_tokens() to p0 and calls session_truncated(s, p0); rows beyond are garbage.
+//     - `written` (may be NULL; mp_session_prefill_commit): call written->layer_written(l)
+//       once the keys of rows 0..p0+n-1 of layer l are all in the host cache, for every
+//       layer in increasing order, from any thread (the CUDA backend calls it from a stream
+//       callback after the layer's write-back). Another thread then reads those keys while
+//       the call goes on (the CPU builds the layer's LSH index): once signalled, a layer's
+//       host keys must not change, and nothing but s.set_n_tokens() may change the session.
 // * decode(ss, n, tokens, logits, abort): one token for each of n distinct sessions.
 //     - session i's token sits at position p_i = ss[i]->n_tokens(); the engine has called
 //       reserve(p_i + 1). Write that row's K/V for every layer, attend to rows 0..p_i.
@@ -59,6 +68,14 @@ inline bool abort_requested(const int32_t *flag) {
   return flag && __atomic_load_n(flag, __ATOMIC_RELAXED) != 0;
 }
 
+// A prefill's progress, layer by layer (mp_session_prefill_commit's index build).
+struct PrefillObserver {
+  virtual void layer_written(int32_t layer) = 0;
+
+ protected:
+  ~PrefillObserver() = default;
+};
+
 struct ForwardBackend {
   virtual ~ForwardBackend() = default;
 
@@ -70,7 +87,7 @@ struct ForwardBackend {
 
   // See the contract above. Return MP_OK or MP_ABORTED; throw on errors.
   virtual int32_t prefill(Session &s, const int32_t *tokens, int32_t n, float *logits,
-                          const int32_t *abort) = 0;
+                          const int32_t *abort, PrefillObserver *written) = 0;
   virtual int32_t decode(Session *const *sessions, int32_t n, const int32_t *tokens,
                          float *logits, const int32_t *abort) = 0;
 
@@ -101,7 +118,9 @@ struct ForwardBackend {
   // backend owns: valid until the next call with the same `slot` (0 or 1; the caller hashes
   // the next layer into the other slot while it sorts this one). May run on another host
   // thread than the caller's, while no other call of this backend runs. nullptr: the
-  // backend cannot (the caller hashes on the CPU). Throws mp::Error on failure.
+  // backend cannot (the caller hashes on the CPU). Throws mp::Error on failure. During a
+  // prefill with an observer (mp_session_prefill_commit) it runs beside that prefill, on the
+  // rows the observer has reported written (rows may lie past s.n_tokens() then).
   virtual const uint16_t *hash_keys(const Session & /*s*/, int32_t /*layer*/, int64_t /*start*/,
                                     int64_t /*m*/, const float * /*mean*/,
                                     const lsh::Projection & /*P*/, int /*slot*/) {

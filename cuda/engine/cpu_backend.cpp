@@ -20,7 +20,8 @@
 //
 // Prefill runs chunk by chunk (engine prefill_chunk tokens), layer by layer inside a chunk,
 // and publishes the session length after each chunk; the abort flag is polled before each
-// chunk and each layer. Decode batches the projections of all sessions: one matmul per
+// chunk and each layer. A layer's keys are complete once the last chunk has stored them
+// (the observer of mp_session_prefill_commit hears of it then). Decode batches the projections of all sessions: one matmul per
 // weight per step.
 #include <algorithm>
 #include <cmath>
@@ -51,7 +52,7 @@ class CpuBackend final : public ForwardBackend {
   void prepare() override {}
 
   int32_t prefill(Session &s, const int32_t *tokens, int32_t n, float *logits,
-                  const int32_t *abort) override {
+                  const int32_t *abort, PrefillObserver *written) override {
     const mp_model_config &c = e_.config();
     const int64_t p0 = s.n_tokens();
     const int32_t chunk = e_.prefill_chunk();
@@ -66,6 +67,8 @@ class CpuBackend final : public ForwardBackend {
         if (abort_requested(abort)) return MP_ABORTED;
         attn_in(l, m);
         for (int64_t i = 0; i < m; i++) store_kv(s, l, pos0 + i, i);
+        // the last chunk completes the layer's keys
+        if (written && c0 + m == n) written->layer_written(l);
         cpu::attention(q_.data(), m, c.n_heads, c.n_kv_heads, c.head_dim, pos0, pos0 + m,
                        view(s, l), att_.data(), nullptr);
         attn_out_ffn(l, m);

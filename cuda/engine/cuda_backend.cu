@@ -52,6 +52,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <mutex>
 #include <vector>
 
 #include "common/task_pool.h"
@@ -160,6 +161,7 @@ class DeviceMemory {
 
   void *alloc(size_t bytes, const char *what) {
     if (bytes == 0) return nullptr;
+    std::lock_guard<std::mutex> lock(mu_);
     if (budget_ > 0 && used_ + (int64_t)bytes > budget_)
       MP_FAIL(MP_ERR_OOM,
               "the GPU memory budget is exceeded: %s needs %.2f GiB while %.2f GiB of the "
@@ -182,14 +184,26 @@ class DeviceMemory {
   void free(void *p, size_t bytes) {
     if (!p) return;
     (void)cudaFree(p);
+    std::lock_guard<std::mutex> lock(mu_);
     used_ -= (int64_t)bytes;
   }
   // Would `bytes` more fit the budget?
-  bool fits(size_t bytes) const { return budget_ <= 0 || used_ + (int64_t)bytes <= budget_; }
-  int64_t used() const { return used_; }
-  int64_t peak() const { return peak_; }
+  bool fits(size_t bytes) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return budget_ <= 0 || used_ + (int64_t)bytes <= budget_;
+  }
+  int64_t used() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return used_;
+  }
+  int64_t peak() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return peak_;
+  }
 
  private:
+  // a prefill's index build allocates on its own thread (backend.h)
+  mutable std::mutex mu_;
   int64_t budget_;
   int64_t used_ = 0, peak_ = 0;
 };
@@ -413,7 +427,7 @@ class CudaBackend final : public ForwardBackend {
   // prefill
 
   int32_t prefill(Session &s, const int32_t *tokens, int32_t n, float *logits,
-                  const int32_t *abort) override {
+                  const int32_t *abort, PrefillObserver *written) override {
     use_device();
     const int64_t p0 = s.n_tokens();
     const int64_t T = p0 + n;
@@ -442,6 +456,19 @@ class CudaBackend final : public ForwardBackend {
 
     std::vector<int32_t> hpos((size_t)n);
     for (int32_t i = 0; i < n; i++) hpos[(size_t)i] = (int32_t)(p0 + i);
+    // An observer hears of each layer from a callback on the copy stream once the layer's
+    // rows are in the host cache (queued work always runs: an early return waits for it).
+    struct Written {
+      PrefillObserver *obs;
+      int32_t layer;
+    };
+    std::vector<Written> written_args;
+    if (written)
+      for (int32_t l = 0; l < c_.n_layers; l++) written_args.push_back({written, l});
+    auto on_written = [](void *p) {
+      const Written *w = static_cast<const Written *>(p);
+      w->obs->layer_written(w->layer);
+    };
     MP_CUDA(cudaMemcpyAsync(pos.p, hpos.data(), (size_t)n * 4, cudaMemcpyHostToDevice, s_));
     MP_CUDA(cudaMemcpyAsync(tok.p, tokens, (size_t)n * 4, cudaMemcpyHostToDevice, s_));
     gpu::embedding(MP_DTYPE_BF16, embd_.p, c_.vocab_size, dim_, tok.p, n, x.p, s_);
@@ -556,6 +583,7 @@ class CudaBackend final : public ForwardBackend {
                                 V + (size_t)p0 * d_, (size_t)T * row_b, (size_t)n * row_b, Hkv_,
                                 cudaMemcpyDeviceToHost, copy_));
       MP_CUDA(cudaEventRecord(ev_pf_[buf], copy_));
+      if (written) MP_CUDA(cudaLaunchHostFunc(copy_, on_written, &written_args[(size_t)l]));
     }
     if (logits) {
       gpu::rmsnorm<bf16>(x.p + (size_t)(n - 1) * dim_, out_norm_.p, 1, dim_, c_.rms_eps, xb.p,
@@ -897,7 +925,7 @@ class CudaBackend final : public ForwardBackend {
                             const float *mean, const lsh::Projection &P, int slot) override {
     if (m <= 0) return nullptr;
     MP_CHECK(P.d == d_ && P.K >= 1 && P.K <= 16 && P.L >= 1 && slot >= 0 && slot < 2 &&
-                 start >= 0 && start + m <= s.n_tokens() && s.kv_dtype() == MP_DTYPE_BF16,
+                 start >= 0 && start + m <= s.capacity() && s.kv_dtype() == MP_DTYPE_BF16,
              MP_ERR_INTERNAL, "hash_keys: invalid request (layer %d, rows %lld + %lld)", layer,
              (long long)start, (long long)m);
     use_device();
@@ -967,7 +995,7 @@ class CudaBackend final : public ForwardBackend {
   void build_first(const Session &s, int32_t layer, int64_t start, int64_t m,
                    const lsh::Projection &P, int slot, lsh::SortedPiece *out) override {
     MP_CHECK(out && m > 0 && m <= lsh::ADD_PIECE && P.d == d_ && can_build_first(s, P.K, P.L) &&
-                 slot >= 0 && slot < 2 && start >= 0 && start + m <= s.n_tokens(),
+                 slot >= 0 && slot < 2 && start >= 0 && start + m <= s.capacity(),
              MP_ERR_INTERNAL, "build_first: invalid request (layer %d, rows %lld + %lld, K%d)",
              layer, (long long)start, (long long)m, P.K);
     const auto t0 = std::chrono::steady_clock::now();

@@ -49,11 +49,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include "cpu/attention.h"
@@ -306,7 +309,49 @@ lsh::Params index_params(const mp_attention_params &a) {
 // leaves out (small ones in automatic mode, everything after a failure) are left to
 // advance(). A failure of the GPU does not fail the commit (unless mode 1 forces the GPU):
 // the build goes on on the CPU and the reason goes to stderr.
-void build_with_codes(Session &s, int64_t target, int mode) {
+//
+// Beside a prefill (PrefillBuild, `gate` and `keep` set): only layers without an index (first
+// builds), each piece once the gate says its layer's keys are in the host cache; finished
+// indexes go to keep[layer] (policy_commit adopts them); on any failure or a cancelled
+// gate it stops, leaving the rest to the commit's own build.
+class LayerGate;
+void build_with_codes(Session &s, int64_t target, int mode, LayerGate *gate = nullptr,
+                      std::vector<std::unique_ptr<lsh::Index>> *keep = nullptr);
+
+// The layers a prefill has written to the host cache so far (PrefillObserver), for a build
+// that runs beside it.
+class LayerGate {
+ public:
+  void written(int32_t layer) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      written_ = std::max(written_, layer + 1);
+    }
+    cv_.notify_all();
+  }
+  void cancel() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      cancelled_ = true;
+    }
+    cv_.notify_all();
+  }
+  // Blocks until `layer` is written (true) or the prefill has stopped (false).
+  bool wait(int32_t layer) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return cancelled_ || written_ > layer; });
+    return !cancelled_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int32_t written_ = 0;
+  bool cancelled_ = false;
+};
+
+void build_with_codes(Session &s, int64_t target, int mode, LayerGate *gate,
+                      std::vector<std::unique_ptr<lsh::Index>> *keep) {
   const mp_attention_params &a = s.attention();
   State &st = state(s);
   ForwardBackend &be = s.engine().backend();
@@ -316,6 +361,7 @@ void build_with_codes(Session &s, int64_t target, int mode) {
   for (int32_t l = 0; l < s.n_layers(); l++) {
     if (s.layer_is_dense(l)) continue;
     const LayerState &ls = st.layers[(size_t)l];
+    if (keep && ls.index) continue;  // beside a prefill: first builds only
     const int64_t E = ls.index ? index_end(s, ls) : S;
     const int64_t total = target - E;
     if (total <= 0 || ((mode == 0 || mode == 4) && total < GPU_HASH_MIN_TOKENS)) continue;
@@ -335,7 +381,8 @@ void build_with_codes(Session &s, int64_t target, int mode) {
   };
   struct Result {
     const uint16_t *codes = nullptr;
-    bool sorted = false;  // `piece` holds the whole first build (build_first)
+    bool sorted = false;     // `piece` holds the whole first build (build_first)
+    bool cancelled = false;  // the prefill beside it stopped
     lsh::SortedPiece piece;
     double seconds = 0;  // on the helper thread
     std::string error;
@@ -350,12 +397,14 @@ void build_with_codes(Session &s, int64_t target, int mode) {
   };
   std::vector<uint16_t> host_slot[2];  // mode 3's codes
   std::future<Result> next;  // declared last: on unwinding it is joined first
-  auto launch = [&](size_t i) {
+  // false: the prefill beside the build stopped before the piece's keys were written
+  auto launch = [&](size_t i) -> bool {
     const BuildItem &it = items[i];
     lsh::Index &idx = index_of(it.layer);
     const bool first = whole_first(it);
     std::vector<float> mean;
     if (!first) {  // build_first computes μ itself
+      if (gate && !gate->wait(it.layer)) return false;
       idx.init_mean(keys_at(s, it.layer, it.row), it.m);
       mean.resize((size_t)Hkv * d);
       for (int h = 0; h < Hkv; h++)
@@ -364,8 +413,12 @@ void build_with_codes(Session &s, int64_t target, int mode) {
     }
     const lsh::Projection *P = &idx.projection();
     const int slot = (int)(i & 1);
-    auto job = [&s, &be, &host_slot, it, slot, P, mode, Hkv, first, mean]() -> Result {
+    auto job = [&s, &be, &host_slot, it, slot, P, mode, Hkv, first, mean, gate]() -> Result {
       Result r;
+      if (first && gate && !gate->wait(it.layer)) {
+        r.cancelled = true;
+        return r;
+      }
       const auto t0 = std::chrono::steady_clock::now();
       try {
         if (first) {
@@ -401,13 +454,21 @@ void build_with_codes(Session &s, int64_t target, int mode) {
       done.set_value(job());
       next = done.get_future();
     }
+    return true;
   };
   bool use_codes = true;
-  launch(0);
+  if (!launch(0)) return;
   for (size_t i = 0; i < items.size(); i++) {
     const BuildItem &it = items[i];
     Result r;
     if (use_codes) r = next.get();
+    if (keep && !r.codes && !r.sorted) {
+      // beside a prefill: a failure leaves the rest to the commit (which reports it)
+      if (!r.cancelled && !r.error.empty())
+        gpu::trace("index build beside the prefill stopped at layer %d: %s", it.layer,
+                   r.error.c_str());
+      return;
+    }
     if (!r.codes && !r.sorted) {
       // forced onto the GPU (tests): a failure is an error, not a silent fallback
       MP_CHECK(!(use_codes && mode == 1), MP_ERR_CUDA,
@@ -420,7 +481,7 @@ void build_with_codes(Session &s, int64_t target, int mode) {
                      r.error.c_str());
       use_codes = false;  // this piece and the rest on the CPU
     }
-    if (use_codes && i + 1 < items.size()) launch(i + 1);
+    const bool more = use_codes && i + 1 < items.size() && launch(i + 1);
     lsh::Index &idx = index_of(it.layer);
     if (r.sorted) {
       const lsh::Index::Times t0 = idx.times();
@@ -437,22 +498,113 @@ void build_with_codes(Session &s, int64_t target, int mode) {
               r.codes ? &codes : nullptr);
     }
     const bool last = i + 1 == items.size() || items[i + 1].layer != it.layer;
-    if (last && fresh[(size_t)it.layer])
-      st.layers[(size_t)it.layer].index = std::move(fresh[(size_t)it.layer]);
+    if (last && fresh[(size_t)it.layer]) {
+      if (keep)
+        (*keep)[(size_t)it.layer] = std::move(fresh[(size_t)it.layer]);
+      else
+        st.layers[(size_t)it.layer].index = std::move(fresh[(size_t)it.layer]);
+    }
+    if (keep && i + 1 < items.size() && !more) return;  // the prefill stopped
   }
 }
 
+// Where keys are hashed (mp_gpu_set_kernel "lsh"): 0 auto, 1 GPU, 2 CPU, 3 CPU via codes,
+// 4 auto with GPU codes only (no build_first); whether a commit builds through
+// build_with_codes.
+bool builds_with_codes(const Session &s, int mode) {
+  const bool device = s.engine().backend().kind() != MP_BACKEND_CPU;
+  return mode == 3 || (mode != 2 && device);
+}
+
+// mp_session_prefill_commit's build beside the prefill: build_with_codes on its own
+// thread, each layer once the prefill has written its keys (PrefillObserver), its first
+// builds kept for policy_commit.
+class PrefillBuild final : public PrefillIndexBuild {
+ public:
+  PrefillBuild(Session &s, int64_t target, int mode)
+      : s_(s), target_(target), mode_(mode), keep_((size_t)s.n_layers()) {
+    state(s);  // created here, read on the build's thread
+    thread_ = std::thread([this] { run(); });
+  }
+  ~PrefillBuild() override { cancel(); }
+
+  void layer_written(int32_t layer) override { gate_.written(layer); }
+  void cancel() override {
+    gate_.cancel();
+    join();
+  }
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+  int64_t target() const { return target_; }
+  std::vector<std::unique_ptr<lsh::Index>> &built() { return keep_; }
+  double seconds() const { return seconds_; }
+
+ private:
+  void run() {
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      build_with_codes(s_, target_, mode_, &gate_, &keep_);
+    } catch (const std::exception &e) {  // the commit builds what is missing (and reports)
+      gpu::trace("index build beside the prefill failed: %s", e.what());
+    } catch (...) {
+      gpu::trace("index build beside the prefill failed");
+    }
+    seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  Session &s_;
+  const int64_t target_;
+  const int mode_;
+  LayerGate gate_;
+  std::vector<std::unique_ptr<lsh::Index>> keep_;
+  double seconds_ = 0;
+  std::thread thread_;  // last: started once the members exist
+};
+
 }  // namespace
 
-void policy_commit(Session &s) {
+std::unique_ptr<PrefillIndexBuild> policy_prefill_index(Session &s, int64_t n_after) {
+  const mp_attention_params &a = s.attention();
+  if (a.method != MP_ATTN_MAGICPIG) return nullptr;
+  const int mode = gpu::lsh_key_hashing();
+  if (!builds_with_codes(s, mode)) return nullptr;
+  const int64_t target = std::max<int64_t>(n_after - a.window, a.sinks);
+  const int64_t min_tokens = (mode == 0 || mode == 4) ? GPU_HASH_MIN_TOKENS : 1;
+  const State *st = state_if(s);
+  bool any = false;
+  for (int32_t l = 0; l < s.n_layers() && !any; l++)
+    any = !s.layer_is_dense(l) && !(st && st->layers[(size_t)l].index) &&
+          target - a.sinks >= min_tokens;
+  if (!any) return nullptr;
+  try {
+    return std::make_unique<PrefillBuild>(s, target, mode);
+  } catch (const std::system_error &) {  // no thread: the commit builds it all
+    return nullptr;
+  }
+}
+
+void policy_commit(Session &s, PrefillIndexBuild *built) {
   const mp_attention_params &a = s.attention();
   if (a.method != MP_ATTN_MAGICPIG) return;
   const int64_t target = std::max<int64_t>(s.n_tokens() - a.window, a.sinks);
-  // Where keys are hashed (mp_gpu_set_kernel "lsh"): 0 auto, 1 GPU, 2 CPU, 3 CPU via codes,
-  // 4 auto with GPU codes only (no build_first).
+  if (built) {
+    // what the build beside the prefill finished, when it indexed this very range
+    auto &b = static_cast<PrefillBuild &>(*built);
+    b.join();
+    State &st = state(s);
+    int adopted = 0;
+    for (size_t l = 0; l < st.layers.size(); l++) {
+      std::unique_ptr<lsh::Index> &idx = b.built()[l];
+      if (!idx || b.target() != target || st.layers[l].index) continue;
+      st.layers[l].index = std::move(idx);
+      adopted++;
+    }
+    gpu::trace("commit: %d layer index(es) built beside the prefill (its build took %.1f ms)",
+               adopted, b.seconds() * 1e3);
+  }
   const int mode = gpu::lsh_key_hashing();
-  const bool device = s.engine().backend().kind() != MP_BACKEND_CPU;
-  if (mode == 3 || (mode != 2 && device)) build_with_codes(s, target, mode);
+  if (builds_with_codes(s, mode)) build_with_codes(s, target, mode);
   // (a short prompt has no offloaded region yet; tokens flushed since the last commit
   // become permanent all the same)
   for (int32_t l = 0; l < s.n_layers(); l++)

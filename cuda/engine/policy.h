@@ -13,8 +13,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "cpu/sampled_attention.h"
+#include "engine/backend.h"
 #include "engine/session.h"
 
 namespace mp {
@@ -74,8 +76,25 @@ void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const 
 // method), for a backend that attends part of the sample itself.
 const lsh::Index *policy_index(Session &s, int32_t layer);
 
+// mp_session_prefill_commit: a MAGICPIG session's first index build, layer by layer
+// beside the prefill that ends the turn (architecture.md §4: the CPU builds a layer's index
+// while the GPU computes the next). Made before the prefill for the length n_after the
+// session will have (null: nothing to build beside it — another method, every sparse layer
+// already indexed, a short prompt, a CPU engine without "lsh" mode 3); the prefill reports
+// its layers to it (PrefillObserver); then either policy_commit(s, build) adopts what it
+// built for that same range, or cancel() stops it (the prefill failed). Destroying it
+// cancels and joins.
+class PrefillIndexBuild : public PrefillObserver {
+ public:
+  virtual ~PrefillIndexBuild() = default;
+  virtual void cancel() = 0;
+};
+std::unique_ptr<PrefillIndexBuild> policy_prefill_index(Session &s, int64_t n_after);
+
 // mp_session_commit: end of a turn (index the new tokens). No-op for non-MAGICPIG.
-void policy_commit(Session &s);
+// `built`: the build that ran beside the prefill (policy_prefill_index), joined here; the
+// layers it finished are taken as they are, the commit builds the rest.
+void policy_commit(Session &s, PrefillIndexBuild *built = nullptr);
 
 // The session's length became n (mp_session_truncate or a rollback after an aborted
 // prefill). The engine has already checked n >= policy_n_indexed(s).

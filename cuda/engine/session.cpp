@@ -136,8 +136,12 @@ static void check_tokens(const Engine &e, const int32_t *tokens, int32_t n) {
              vocab);
 }
 
-int32_t session_prefill(Session &s, const int32_t *tokens, int32_t n, float *logits,
-                        const int32_t *abort) {
+namespace {
+
+// mp_session_prefill, and with `commit` mp_session_prefill_commit: the prefill with a
+// MAGICPIG first index build beside it (policy_prefill_index), then the commit.
+int32_t prefill(Session &s, const int32_t *tokens, int32_t n, float *logits,
+                const int32_t *abort, bool commit) {
   Engine &e = s.engine();
   MP_CHECK(n >= 1, MP_ERR_INVALID, "n \"%d\" is invalid: must be >= 1", n);
   MP_CHECK(tokens, MP_ERR_INVALID, "tokens is NULL");
@@ -148,25 +152,50 @@ int32_t session_prefill(Session &s, const int32_t *tokens, int32_t n, float *log
            (long long)(p0 + n));
   if (abort_requested(abort)) return MP_ABORTED;
   s.reserve(p0 + n);
-  int32_t rc;
-  try {
-    rc = e.backend().prefill(s, tokens, n, logits, abort);
-  } catch (...) {
+  // after reserve: the build reads the host cache where the prefill writes it
+  std::unique_ptr<PrefillIndexBuild> build = commit ? policy_prefill_index(s, p0 + n) : nullptr;
+  auto rollback = [&] {
+    if (build) build->cancel();  // joined before the session changes
     s.set_n_tokens(p0);
     e.backend().session_truncated(s, p0);
     policy_truncate(s, p0);
+  };
+  int32_t rc;
+  try {
+    rc = e.backend().prefill(s, tokens, n, logits, abort, build.get());
+  } catch (...) {
+    rollback();
     throw;
   }
   if (rc != MP_OK) {
-    s.set_n_tokens(p0);
-    e.backend().session_truncated(s, p0);
-    policy_truncate(s, p0);
+    rollback();
     return rc;
   }
-  MP_CHECK(s.n_tokens() == p0 + n, MP_ERR_INTERNAL,
-           "the backend left the session at %lld tokens, expected %lld",
-           (long long)s.n_tokens(), (long long)(p0 + n));
+  if (s.n_tokens() != p0 + n) {
+    rollback();
+    MP_FAIL(MP_ERR_INTERNAL, "the backend left the session at %lld tokens, expected %lld",
+            (long long)s.n_tokens(), (long long)(p0 + n));
+  }
+  if (commit) {
+    try {
+      policy_commit(s, build.get());
+    } catch (const Error &err) {
+      throw Error(err.status, "the tokens are prefilled, but the commit failed: " + err.message);
+    }
+  }
   return MP_OK;
+}
+
+}  // namespace
+
+int32_t session_prefill(Session &s, const int32_t *tokens, int32_t n, float *logits,
+                        const int32_t *abort) {
+  return prefill(s, tokens, n, logits, abort, /*commit=*/false);
+}
+
+int32_t session_prefill_commit(Session &s, const int32_t *tokens, int32_t n, float *logits,
+                               const int32_t *abort) {
+  return prefill(s, tokens, n, logits, abort, /*commit=*/true);
 }
 
 int32_t decode_step(Engine &e, Session *const *sessions, int32_t n, const int32_t *tokens,

@@ -139,6 +139,10 @@ class Session {
 // mp_session_prefill: MP_OK or MP_ABORTED; on abort or throw the session is rolled back.
 int32_t session_prefill(Session &s, const int32_t *tokens, int32_t n, float *logits,
                         const int32_t *abort);
+// mp_session_prefill_commit: the same, then session_commit (a MAGICPIG first index build
+// runs beside the prefill). A commit that fails leaves the prefilled tokens in place.
+int32_t session_prefill_commit(Session &s, const int32_t *tokens, int32_t n, float *logits,
+                               const int32_t *abort);
 // mp_decode_step: MP_OK (every length + 1) or MP_ABORTED / throw (no length changed).
 int32_t decode_step(Engine &e, Session *const *sessions, int32_t n, const int32_t *tokens,
                     float *logits, const int32_t *abort);

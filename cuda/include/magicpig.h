@@ -282,6 +282,18 @@ MP_API int32_t mp_session_prefill(mp_engine *e, mp_session *s, const int32_t *to
                                   int32_t n, float *logits, const int32_t *abort_flag,
                                   char *err, size_t err_cap);
 
+/* mp_session_prefill followed by mp_session_commit, for the call that ends a turn. A
+ * MAGICPIG session's first index is built beside the prefill: on a CUDA engine each sparse
+ * layer's keys are hashed and sorted (GPU, then CPU) while the GPU computes the next
+ * layers, so the commit adds about one layer's build instead of all of them (a CPU engine
+ * builds it after the prefill, as mp_session_commit does, except in "lsh" mode 3). On
+ * MP_ABORTED or a prefill error the session is rolled back and nothing is committed; if
+ * only the commit fails, the prefilled tokens stay and the error says so (call
+ * mp_session_commit again). The result is the same as the two calls. */
+MP_API int32_t mp_session_prefill_commit(mp_engine *e, mp_session *s, const int32_t *tokens,
+                                         int32_t n, float *logits, const int32_t *abort_flag,
+                                         char *err, size_t err_cap);
+
 /* Ends a turn: for MAGICPIG, indexes every token but the sinks and the last `window`
  * (the first commit fixes the key mean μ the index centers with; the KV cache keeps the
  * keys as computed) and makes generated tokens flushed into the index since the last
