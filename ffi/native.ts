@@ -620,9 +620,7 @@ export class Session {
     }
     await this.engine.queue.run(async () => {
       const err = errorBuffer();
-      const call = commit
-        ? lib().mp_session_prefill_commit_async
-        : lib().mp_session_prefill_async;
+      const call = commit ? lib().mp_session_prefill_commit_async : lib().mp_session_prefill_async;
       const status = await call(
         this.engine.pointer,
         this.pointer,

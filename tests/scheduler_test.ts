@@ -316,11 +316,22 @@ Deno.test("Scheduler commits in the last prefill call when the backend indexes b
   const kinds = backend.calls.filter((c) =>
     c.kind === "decode" ? c.sessions.includes(s1.handle) : c.session === s1.handle
   ).map((c) => c.kind);
-  assertEquals(kinds, ["create", "prefill", "prefill", "prefill", "commit", "decode", "decode", "close"]);
+  assertEquals(kinds, [
+    "create",
+    "prefill",
+    "prefill",
+    "prefill",
+    "commit",
+    "decode",
+    "decode",
+    "close",
+  ]);
   // A request without commit (a session's follow-up turn runs with commit: false) has none.
   const before = backend.calls.length;
   const pinned = await backend.createSession({ method: "magicpig" });
-  await collect(scheduler.submit({ promptIds: [6, 7], maxTokens: 2, session: pinned, commit: false }));
+  await collect(
+    scheduler.submit({ promptIds: [6, 7], maxTokens: 2, session: pinned, commit: false }),
+  );
   assert(!backend.calls.slice(before).some((c) => c.kind === "commit"));
   await scheduler.shutdown();
 });

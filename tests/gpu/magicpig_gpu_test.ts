@@ -300,6 +300,62 @@ Deno.test({
 });
 
 Deno.test({
+  name: "an index built beside the prefill (prefill with commit) equals the one built at commit",
+  ignore,
+  async fn() {
+    // 70,000 tokens in two calls, as the scheduler makes them: 60,000, then 10,000 with
+    // logits and the commit, so the second call uploads each layer's earlier rows and builds
+    // each layer's index (two blocks) while the GPU computes the next layers. The reference
+    // prefills the same calls and commits after them with the CPU's build; the prefill
+    // kernels are deterministic, so the snapshots (KV + indexes) must be the same bytes.
+    const n = 70000, first = 60000;
+    const dir = await tempDir("mpgpubeside");
+    await using e = Engine.create(hashConfig, { backend: Backend.CUDA });
+    await e.initRandom(7n, 0.05);
+    await e.finalize();
+    const prompt = Int32Array.from({ length: n }, (_, i) => (i * 41 + ((i * i) % 13)) % 256);
+    const attention = { lshK: 10, lshL: 16 };
+    const runs: [number, boolean][] = [
+      [LshHashing.CPU, false],
+      [LshHashing.AUTO, true],
+      [LshHashing.GPU_CODES, true],
+      [LshHashing.CPU_CODES, true],
+    ];
+    const snaps: Uint8Array[] = [], logits: Float32Array[] = [];
+    try {
+      for (const [mode, beside] of runs) {
+        setKernel("lsh", mode);
+        await using s = await Session.create(e, { attention });
+        await s.prefill(prompt.subarray(0, first));
+        const lg = new Float32Array(hashConfig.vocab_size);
+        const t0 = performance.now();
+        await s.prefill(prompt.subarray(first), { logits: lg, commit: beside });
+        if (!beside) await s.commit();
+        const ms = performance.now() - t0;
+        assertEquals(s.info().nIndexed, n - 64);
+        console.log(
+          `lsh mode ${mode}, ${beside ? "prefill with commit" : "prefill, commit"}: ` +
+            `${ms.toFixed(0)} ms`,
+        );
+        const path = `${dir}/${mode}.snap`;
+        await s.save(path);
+        snaps.push(await Deno.readFile(path));
+        await Deno.remove(path);
+        logits.push(lg);
+      }
+    } finally {
+      setKernel("lsh", LshHashing.AUTO);
+    }
+    const kv = kvEnd(snaps[0], hashConfig, n);
+    for (let i = 1; i < runs.length; i++) {
+      const at = firstDifference(snaps[i], snaps[0]);
+      assertEquals(at, -1, `mode ${runs[i][0]}: first difference at byte ${at} (KV ends at ${kv})`);
+      assertEquals(logits[i], logits[0], `mode ${runs[i][0]}: the prefill's logits`);
+    }
+  },
+});
+
+Deno.test({
   name: "first index builds with few and many buckets (K 3, 12; K 13 hashes only) match the CPU",
   ignore,
   async fn() {
