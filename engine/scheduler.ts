@@ -703,10 +703,12 @@ export class Scheduler {
         // The commit (a MAGICPIG index build: seconds at 96K when it runs alone) joins the
         // prompt's last prefill call when no first token waits for it, or when the backend
         // builds the index beside the prefill (CUDA: the first token then waits for about one
-        // layer's build, and the decode steps for none). Otherwise it runs once the first
-        // token is out.
+        // layer's build, and the decode steps for none), unless the request is an ephemeral
+        // one that ends at its first token (never committed). Otherwise it runs once the
+        // first token is out.
         const commitHere = last && req.commit &&
-          (logits === null || this.#backend.indexesBesidePrefill);
+          (logits === null ||
+            (this.#backend.indexesBesidePrefill && (req.pinned || req.maxTokens > 1)));
         await req.session.prefill(
           req.prompt.subarray(plan.start, plan.end),
           logits,

@@ -326,8 +326,10 @@ Deno.test("Scheduler commits in the last prefill call when the backend indexes b
     "decode",
     "close",
   ]);
-  // A request without commit (a session's follow-up turn runs with commit: false) has none.
+  // An ephemeral request that ends at its first token is not committed; a request without
+  // commit (a session's follow-up turn runs with commit: false) neither.
   const before = backend.calls.length;
+  await collect(scheduler.submit({ promptIds: [4, 5], maxTokens: 1 }));
   const pinned = await backend.createSession({ method: "magicpig" });
   await collect(
     scheduler.submit({ promptIds: [6, 7], maxTokens: 2, session: pinned, commit: false }),
