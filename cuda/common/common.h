@@ -14,6 +14,7 @@
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -22,6 +23,13 @@
 #include "magicpig.h"
 
 namespace mp {
+
+// Whether environment variable `name` is set to exactly `value` (A/B switches read once per
+// process by their callers, e.g. MP_GEMV_FUSE=0).
+inline bool env_equals(const char *name, const char *value) {
+  const char *v = std::getenv(name);
+  return v && std::strcmp(v, value) == 0;
+}
 
 // ------------------------------------------------------------
 // errors

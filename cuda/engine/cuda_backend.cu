@@ -305,12 +305,12 @@ class CudaBackend final : public ForwardBackend {
              c_.head_dim);
     MP_CUDA(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
     MP_CUDA(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
-    MP_CUDA(cudaStreamCreateWithFlags(&hash_, cudaStreamNonBlocking));
-    MP_CUDA(cudaStreamCreateWithFlags(&first_up_, cudaStreamNonBlocking));
-    MP_CUDA(cudaStreamCreateWithFlags(&first_dn_, cudaStreamNonBlocking));
-    for (auto *evs : {ev_kready_, ev_kfree_, ev_oready_, ev_ofree_})
-      for (int i = 0; i < 2; i++)
-        MP_CUDA(cudaEventCreateWithFlags(&evs[i], cudaEventDisableTiming));
+    // The index build's stream gets the highest priority: beside a prefill
+    // (mp_session_prefill_commit) its small, latency-bound kernels take SMs as the
+    // prefill's blocks retire instead of waiting behind its queued kernels.
+    int prio_least = 0, prio_greatest = 0;
+    MP_CUDA(cudaDeviceGetStreamPriorityRange(&prio_least, &prio_greatest));
+    MP_CUDA(cudaStreamCreateWithPriority(&hash_, cudaStreamNonBlocking, prio_greatest));
     MP_CUDA(cudaStreamCreateWithFlags(&up_, cudaStreamNonBlocking));
     MP_CUDA(cudaStreamCreateWithFlags(&rows_, cudaStreamNonBlocking));
     for (auto &ev : ev_rows_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
@@ -350,12 +350,6 @@ class CudaBackend final : public ForwardBackend {
     for (auto &ev : ev_rows_) (void)cudaEventDestroy(ev);
     (void)cudaEventDestroy(ev_near_);
     (void)cudaStreamDestroy(rows_);
-    for (cudaStream_t st : {first_up_, first_dn_}) {
-      (void)cudaStreamSynchronize(st);
-      (void)cudaStreamDestroy(st);
-    }
-    for (auto *evs : {ev_kready_, ev_kfree_, ev_oready_, ev_ofree_})
-      for (int i = 0; i < 2; i++) (void)cudaEventDestroy(evs[i]);
   }
 
   int32_t kind() const override { return MP_BACKEND_CUDA; }
@@ -982,16 +976,14 @@ class CudaBackend final : public ForwardBackend {
     return s.kv_dtype() == MP_DTYPE_BF16 && gpu::lsh_sort_supported(K) && L >= 1;
   }
 
-  // A layer's first index build (backend.h), one KV head at a time (device memory: two
-  // heads' keys, one head's codes [L][m], two heads' offsets and entries, one chunk of
-  // centered rows). Per head, on the `hash_` stream: μ (lsh_mean, the CPU's sequential
-  // double sum), centering + SimHash in chunks (as hash_keys), the per-block counting sort
-  // (lsh_sort). The head's keys come up on `first_up_` (one head ahead: its own buffer) and
-  // its offsets and entries go down on `first_dn_` (while the next head computes) into the
-  // page-locked slot, laid out as the host blocks hold them, so the CPU copies whole arrays;
-  // events order the three streams, each double buffer is reused two heads later. μ of every
-  // head comes back at the end. The slot reuses hash_keys' (h_codes_).
-  // $MP_LSH_FIRST_SERIAL=1 queues everything on `hash_` (no copy overlap), the same results.
+  // A layer's first index build (backend.h), every KV head at once, on the `hash_` stream:
+  // the keys come up in one copy, μ (lsh_mean, the CPU's sequential double sum; one launch
+  // for all heads: the chains run side by side), centering + SimHash in chunks per head (as
+  // hash_keys), the per-block counting sort (lsh_sort, one launch for all heads), and the
+  // CSR goes down into the page-locked slot laid out as the host blocks hold it, so the CPU
+  // copies whole arrays. Device memory: the layer's keys, codes and entries of every head
+  // (3 × 25 MB per head at 96K, K10 L150), their offsets, one chunk of centered rows. The
+  // slot reuses hash_keys' (h_codes_).
   void build_first(const Session &s, int32_t layer, int64_t start, int64_t m,
                    const lsh::Projection &P, int slot, lsh::SortedPiece *out) override {
     MP_CHECK(out && m > 0 && m <= lsh::ADD_PIECE && P.d == d_ && can_build_first(s, P.K, P.L) &&
@@ -1004,90 +996,67 @@ class CudaBackend final : public ForwardBackend {
     const size_t NB1 = ((size_t)1 << K) + 1;
     const int n_blocks = (int)((m + lsh::BLOCK - 1) / lsh::BLOCK);
     const int64_t CH = std::min<int64_t>(m, (int64_t)1 << 16);  // rows per hashing chunk
+    const size_t H = (size_t)Hkv_;
     upload_hyperplanes(P);
-    hash_mu_.ensure(mem_, (size_t)Hkv_ * d_, "LSH index build");
-    for (auto &b : first_k_) b.ensure(mem_, (size_t)m * d_, "LSH index build");
+    hash_mu_.ensure(mem_, H * d_, "LSH index build");
+    first_k_.ensure(mem_, H * m * d_, "LSH index build");
     hash_x_.ensure(mem_, (size_t)CH * d_, "LSH index build");
-    hash_c_.ensure(mem_, (size_t)L * m, "LSH index build");
-    for (auto &b : first_o_) b.ensure(mem_, (size_t)n_blocks * L * NB1, "LSH index build");
-    for (auto &b : first_e_) b.ensure(mem_, (size_t)L * m, "LSH index build");
+    hash_c_.ensure(mem_, H * L * m, "LSH index build");
+    first_o_.ensure(mem_, H * n_blocks * L * NB1, "LSH index build");
+    first_e_.ensure(mem_, H * L * m, "LSH index build");
     // The slot: μ [Hkv][d] f32, then per block offsets [Hkv][L][NB1] u32 and entries
     // [Hkv][L][n_b] u16, each part 16-byte aligned.
     auto al = [](size_t b) { return (b + 15) / 16 * 16; };
     auto block_n = [&](int b) {
       return std::min<int64_t>(lsh::BLOCK, m - (int64_t)b * lsh::BLOCK);
     };
-    size_t bytes = al((size_t)Hkv_ * d_ * sizeof(float));
+    size_t bytes = al(H * d_ * sizeof(float));
     for (int b = 0; b < n_blocks; b++)
-      bytes += al((size_t)Hkv_ * L * NB1 * sizeof(uint32_t)) +
-               al((size_t)Hkv_ * L * block_n(b) * sizeof(uint16_t));
+      bytes += al(H * L * NB1 * sizeof(uint32_t)) + al(H * L * block_n(b) * sizeof(uint16_t));
     uint8_t *base = reinterpret_cast<uint8_t *>(h_codes_[slot].ensure((bytes + 1) / 2));
     *out = lsh::SortedPiece{};
     out->n_blocks = n_blocks;
     float *mean = reinterpret_cast<float *>(base);
     out->mean = mean;
-    size_t at = al((size_t)Hkv_ * d_ * sizeof(float));
-    uint32_t *h_off[lsh::ADD_PIECE / lsh::BLOCK];
-    uint16_t *h_ent[lsh::ADD_PIECE / lsh::BLOCK];
-    for (int b = 0; b < n_blocks; b++) {
-      h_off[b] = reinterpret_cast<uint32_t *>(base + at);
-      at += al((size_t)Hkv_ * L * NB1 * sizeof(uint32_t));
-      h_ent[b] = reinterpret_cast<uint16_t *>(base + at);
-      at += al((size_t)Hkv_ * L * block_n(b) * sizeof(uint16_t));
-      out->offsets[b] = h_off[b];
-      out->entries[b] = h_ent[b];
-    }
+    size_t at = al(H * d_ * sizeof(float));
     const size_t row_b = (size_t)d_ * sizeof(bf16);
-    static const bool serial = [] {
-      const char *v = std::getenv("MP_LSH_FIRST_SERIAL");
-      return v && std::strcmp(v, "1") == 0;
-    }();
-    cudaStream_t up = serial ? hash_ : first_up_, dn = serial ? hash_ : first_dn_;
-    // both buffers of each pair free now
-    for (int i = 0; i < 2; i++) {
-      MP_CUDA(cudaEventRecord(ev_kfree_[i], hash_));
-      MP_CUDA(cudaEventRecord(ev_ofree_[i], dn));
-    }
-    for (int32_t h = 0; h < Hkv_; h++) {
-      const int x = h & 1;
-      float *mu = hash_mu_.p + (size_t)h * d_;
-      bf16 *kd = first_k_[x].p;
-      uint32_t *od = first_o_[x].p;
-      uint16_t *ed = first_e_[x].p;
-      // keys up (once head h − 2 is done reading this buffer)
-      MP_CUDA(cudaStreamWaitEvent(up, ev_kfree_[x], 0));
-      MP_CUDA(cudaMemcpyAsync(kd, s.k_row(layer, h, start), (size_t)m * row_b,
-                              cudaMemcpyHostToDevice, up));
-      MP_CUDA(cudaEventRecord(ev_kready_[x], up));
-      // μ, codes
-      MP_CUDA(cudaStreamWaitEvent(hash_, ev_kready_[x], 0));
-      gpu::lsh_mean(kd, m, d_, mu, hash_);
+    bf16 *kd = first_k_.p;
+    // keys [Hkv][m][d] up, μ, codes [Hkv][L][m], the sort
+    MP_CUDA(cudaMemcpy2DAsync(kd, (size_t)m * row_b, s.k_row(layer, 0, start),
+                              (size_t)s.capacity() * row_b, (size_t)m * row_b, H,
+                              cudaMemcpyHostToDevice, hash_));
+    gpu::lsh_mean(kd, m, d_, hash_mu_.p, hash_, Hkv_, m * d_);
+    for (size_t h = 0; h < H; h++) {
       for (int64_t r0 = 0; r0 < m; r0 += CH) {
         const int rows = (int)std::min<int64_t>(CH, m - r0);
-        gpu::lsh_center(kd + (size_t)r0 * d_, mu, rows, d_, hash_x_.p, hash_);
-        gpu::lsh_hash<float>(hash_R_.p, hash_x_.p, d_, rows, d_, K, L, hash_c_.p + r0, hash_,
-                             /*code_row=*/1, /*code_table=*/m);
+        gpu::lsh_center(kd + (h * m + r0) * d_, hash_mu_.p + h * d_, rows, d_, hash_x_.p, hash_);
+        gpu::lsh_hash<float>(hash_R_.p, hash_x_.p, d_, rows, d_, K, L,
+                             hash_c_.p + h * L * m + r0, hash_, /*code_row=*/1,
+                             /*code_table=*/m);
       }
-      MP_CUDA(cudaEventRecord(ev_kfree_[x], hash_));
-      // the sort (once head h − 2's CSR has gone down from this buffer)
-      MP_CUDA(cudaStreamWaitEvent(hash_, ev_ofree_[x], 0));
-      gpu::lsh_sort(hash_c_.p, m, m, L, K, od, ed, hash_);
-      MP_CUDA(cudaEventRecord(ev_oready_[x], hash_));
-      // the CSR down into the slot
-      MP_CUDA(cudaStreamWaitEvent(dn, ev_oready_[x], 0));
-      for (int b = 0; b < n_blocks; b++) {
-        const int64_t nb = block_n(b);
-        MP_CUDA(cudaMemcpyAsync(h_off[b] + (size_t)h * L * NB1, od + (size_t)b * L * NB1,
-                                (size_t)L * NB1 * sizeof(uint32_t), cudaMemcpyDeviceToHost, dn));
-        MP_CUDA(cudaMemcpyAsync(h_ent[b] + (size_t)h * L * nb, ed + (size_t)b * lsh::BLOCK * L,
-                                (size_t)L * nb * sizeof(uint16_t), cudaMemcpyDeviceToHost, dn));
-      }
-      MP_CUDA(cudaEventRecord(ev_ofree_[x], dn));
     }
-    MP_CUDA(cudaMemcpyAsync(mean, hash_mu_.p, (size_t)Hkv_ * d_ * sizeof(float),
-                            cudaMemcpyDeviceToHost, hash_));
+    gpu::lsh_sort(hash_c_.p, m, m, L, K, first_o_.p, first_e_.p, hash_, Hkv_);
+    // the CSR down: per block, every head's offsets and entries (2D copies over heads)
+    for (int b = 0; b < n_blocks; b++) {
+      const int64_t nb = block_n(b);
+      uint32_t *h_off = reinterpret_cast<uint32_t *>(base + at);
+      at += al(H * L * NB1 * sizeof(uint32_t));
+      uint16_t *h_ent = reinterpret_cast<uint16_t *>(base + at);
+      at += al(H * L * nb * sizeof(uint16_t));
+      out->offsets[b] = h_off;
+      out->entries[b] = h_ent;
+      MP_CUDA(cudaMemcpy2DAsync(h_off, L * NB1 * sizeof(uint32_t),
+                                first_o_.p + (size_t)b * L * NB1,
+                                (size_t)n_blocks * L * NB1 * sizeof(uint32_t),
+                                L * NB1 * sizeof(uint32_t), H, cudaMemcpyDeviceToHost, hash_));
+      MP_CUDA(cudaMemcpy2DAsync(h_ent, (size_t)L * nb * sizeof(uint16_t),
+                                first_e_.p + (size_t)b * lsh::BLOCK * L,
+                                (size_t)L * m * sizeof(uint16_t), (size_t)L * nb * sizeof(uint16_t),
+                                H, cudaMemcpyDeviceToHost, hash_));
+    }
+    MP_CUDA(cudaMemcpyAsync(mean, hash_mu_.p, H * d_ * sizeof(float), cudaMemcpyDeviceToHost,
+                            hash_));
     gpu::stream_wait(hash_, "an LSH index build");
-    gpu::stream_wait(dn, "an LSH index build's copies");
     trace("build_first: layer %d, %lld rows x %d heads: mean, codes and %d sorted block(s) in "
           "%.1f ms on the GPU (K%d L%d)",
           layer, (long long)m, Hkv_, n_blocks, ms_since(t0), K, L);
@@ -1776,13 +1745,11 @@ class CudaBackend final : public ForwardBackend {
   Arr<bf16> hash_k_;
   Arr<uint16_t> hash_c_;
   Pinned<uint16_t> h_codes_[2];  // hash_keys' codes, or build_first's SortedPiece
-  // build_first, double-buffered by head: keys [m][d], offsets [n_blocks][L][2^K + 1],
-  // entries [L][m] (blocks in order); copy streams and the events ordering them
-  Arr<bf16> first_k_[2];
-  Arr<uint32_t> first_o_[2];
-  Arr<uint16_t> first_e_[2];
-  cudaStream_t first_up_ = nullptr, first_dn_ = nullptr;
-  cudaEvent_t ev_kready_[2] = {}, ev_kfree_[2] = {}, ev_oready_[2] = {}, ev_ofree_[2] = {};
+  // build_first: keys [Hkv][m][d], offsets [Hkv][n_blocks][L][2^K + 1], entries [Hkv][L][m]
+  // (blocks in order)
+  Arr<bf16> first_k_;
+  Arr<uint32_t> first_o_;
+  Arr<uint16_t> first_e_;
   bool hash_r_seeded_ = false;
   uint64_t hash_r_seed_ = 0;
   int hash_r_k_ = 0, hash_r_l_ = 0;

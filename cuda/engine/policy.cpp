@@ -569,6 +569,9 @@ std::unique_ptr<PrefillIndexBuild> policy_prefill_index(Session &s, int64_t n_af
   if (a.method != MP_ATTN_MAGICPIG) return nullptr;
   const int mode = gpu::lsh_key_hashing();
   if (!builds_with_codes(s, mode)) return nullptr;
+  // A/B: $MP_PREFILL_INDEX=0 builds at the commit after the prefill instead
+  static const bool off = env_equals("MP_PREFILL_INDEX", "0");
+  if (off) return nullptr;
   const int64_t target = std::max<int64_t>(n_after - a.window, a.sinks);
   const int64_t min_tokens = (mode == 0 || mode == 4) ? GPU_HASH_MIN_TOKENS : 1;
   const State *st = state_if(s);

@@ -190,12 +190,7 @@ enum Op : int {
 };
 int forced_variant(Op op);
 
-// Whether environment variable `name` is set to exactly `value` (switches read once per
-// process by their callers, e.g. MP_GEMV_FUSE=0).
-inline bool env_equals(const char *name, const char *value) {
-  const char *v = std::getenv(name);
-  return v && std::strcmp(v, value) == 0;
-}
+using mp::env_equals;  // common.h
 
 // Programmatic dependent launch (a kernel's blocks start while the previous kernel in the
 // stream drains; the kernel orders itself with griddepcontrol.wait): an sm_90 device with a

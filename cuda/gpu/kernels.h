@@ -279,15 +279,19 @@ void lsh_center(const bf16 *k, const float *mu, int n, int d, float *x, cudaStre
 // lsh_sort.cu (a layer's first LSH index: ForwardBackend::build_first)
 
 // mu[e] = (float)(Σ_{j<m} (double)k[j][e] / m) for m contiguous rows of d, the sum in token
-// order (lsh::Index::init_mean's arithmetic, bit for bit).
-void lsh_mean(const bf16 *k, int64_t m, int d, float *mu, cudaStream_t s);
+// order (lsh::Index::init_mean's arithmetic, bit for bit); for `heads` heads at once, head h's
+// rows at k + h·head_stride and its μ at mu + h·d.
+void lsh_mean(const bf16 *k, int64_t m, int d, float *mu, cudaStream_t s, int heads = 1,
+              int64_t head_stride = 0);
 // Whether lsh_sort handles K bits per table (its counters live in shared memory).
 bool lsh_sort_supported(int K);
 // The blocks' CSR of one KV head from its codes [L][ld] of m tokens (blocks of 65,536
 // tokens, lsh::Block's layout for that head): offsets [n_blocks][L][2^K + 1], entries of
-// block b at b·65,536·L as [L][n_b], in-block ids ascending within each bucket.
+// block b at b·65,536·L as [L][n_b], in-block ids ascending within each bucket. `heads` heads
+// in one launch, each array's heads one after the other: codes L·ld, offsets
+// n_blocks·L·(2^K + 1), entries L·m elements apart.
 void lsh_sort(const uint16_t *codes, int64_t ld, int64_t m, int L, int K, uint32_t *offsets,
-              uint16_t *entries, cudaStream_t s);
+              uint16_t *entries, cudaStream_t s, int heads = 1);
 
 // ------------------------------------------------------------
 // kvcache.cu

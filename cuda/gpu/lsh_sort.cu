@@ -47,10 +47,14 @@ constexpr int SORT_MAX_K = 12;        // 16 KB of counters per warp
 constexpr int SORT_SMEM = 32 * 1024;  // counters per thread block
 }  // namespace
 
-// grid: ceil(d / 32) blocks of 32·(1 + MEAN_LOADERS) threads; block x owns dims [32x, 32x + 32).
+// grid: (ceil(d / 32), heads) blocks of 32·(1 + MEAN_LOADERS) threads; block (x, h) owns dims
+// [32x, 32x + 32) of head h (keys at k + h·head_stride, μ at mu + h·d).
 __global__ void __launch_bounds__(32 * (1 + MEAN_LOADERS))
-    lsh_mean_kernel(const bf16 *__restrict__ k, int64_t m, int d, float *__restrict__ mu) {
+    lsh_mean_kernel(const bf16 *__restrict__ k, int64_t m, int d, int64_t head_stride,
+                    float *__restrict__ mu) {
   __shared__ bf16 tile[2][MEAN_TJ][32];
+  k += (size_t)blockIdx.y * head_stride;
+  mu += (size_t)blockIdx.y * d;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int e = blockIdx.x * 32 + lane;
   const bool col = e < d;
@@ -84,11 +88,18 @@ __global__ void __launch_bounds__(32 * (1 + MEAN_LOADERS))
   if (warp == 0 && col) mu[e] = __double2float_rn(__ddiv_rn(acc, (double)m));
 }
 
-// One warp per item (block b, table t) = b·L + t; items = n_blocks·L.
+// One warp per item (block b, table t) = b·L + t; items = n_blocks·L; blockIdx.y = the head
+// (its codes, offsets and entries at head_stride[0..2] elements from the previous head's).
+struct SortStrides {
+  int64_t codes, offsets, entries;
+};
 __global__ void lsh_sort_kernel(const uint16_t *__restrict__ codes, int64_t ld, int64_t m, int L,
                                 int K, int items, uint32_t *__restrict__ offsets,
-                                uint16_t *__restrict__ entries) {
+                                uint16_t *__restrict__ entries, SortStrides hs) {
   extern __shared__ uint32_t cnt_all[];
+  codes += (size_t)blockIdx.y * hs.codes;
+  offsets += (size_t)blockIdx.y * hs.offsets;
+  entries += (size_t)blockIdx.y * hs.entries;
   const unsigned FULL = 0xffffffffu;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int item = blockIdx.x * (blockDim.x >> 5) + warp;
@@ -149,17 +160,19 @@ __global__ void lsh_sort_kernel(const uint16_t *__restrict__ codes, int64_t ld, 
 // ------------------------------------------------------------
 // launchers
 
-void lsh_mean(const bf16 *k, int64_t m, int d, float *mu, cudaStream_t s) {
-  if (m <= 0 || d <= 0) return;
-  lsh_mean_kernel<<<(unsigned)((d + 31) / 32), 32 * (1 + MEAN_LOADERS), 0, s>>>(k, m, d, mu);
+void lsh_mean(const bf16 *k, int64_t m, int d, float *mu, cudaStream_t s, int heads,
+              int64_t head_stride) {
+  if (m <= 0 || d <= 0 || heads <= 0) return;
+  const dim3 grid((unsigned)((d + 31) / 32), (unsigned)heads);
+  lsh_mean_kernel<<<grid, 32 * (1 + MEAN_LOADERS), 0, s>>>(k, m, d, head_stride, mu);
   MP_CUDA_LAUNCH("lsh_mean_kernel");
 }
 
 bool lsh_sort_supported(int K) { return K >= 1 && K <= SORT_MAX_K; }
 
 void lsh_sort(const uint16_t *codes, int64_t ld, int64_t m, int L, int K, uint32_t *offsets,
-              uint16_t *entries, cudaStream_t s) {
-  if (m <= 0) return;
+              uint16_t *entries, cudaStream_t s, int heads) {
+  if (m <= 0 || heads <= 0) return;
   MP_CHECK(lsh_sort_supported(K) && L >= 1 && ld >= m, MP_ERR_INTERNAL,
            "lsh_sort: K%d L%d over %lld codes (ld %lld) is not supported", K, L, (long long)m,
            (long long)ld);
@@ -167,9 +180,12 @@ void lsh_sort(const uint16_t *codes, int64_t ld, int64_t m, int L, int K, uint32
   const int items = n_blocks * L;
   const int per_warp = (1 << K) * (int)sizeof(uint32_t);
   const int warps = std::max(1, std::min(8, SORT_SMEM / per_warp));
-  const unsigned grid = (unsigned)((items + warps - 1) / warps);
+  const dim3 grid((unsigned)((items + warps - 1) / warps), (unsigned)heads);
+  // heads one after the other in each array: codes [L][ld], offsets [n_blocks][L][2^K + 1],
+  // entries [L][m] (blocks of [L][n_b])
+  const SortStrides hs{(int64_t)L * ld, (int64_t)items * ((1 << K) + 1), (int64_t)L * m};
   lsh_sort_kernel<<<grid, 32 * warps, (size_t)warps * per_warp, s>>>(codes, ld, m, L, K, items,
-                                                                     offsets, entries);
+                                                                     offsets, entries, hs);
   MP_CUDA_LAUNCH("lsh_sort_kernel");
 }
 
