@@ -7,11 +7,12 @@
 // The projections are a (n × d)·(d × K·L) product, large at prefill (96K keys × 8 KV heads
 // × 30 layers × 1500 columns × 128 dims ≈ 4.5e12 FMA), so the kernel is a register-tiled
 // f32 GEMM rather than one dot product per thread:
-//   - a block owns 64 vectors and a range of tables; it walks that range's columns in tiles
-//     of 64 and d in chunks of 32, staging xᵀ [32][64 + 4] (f32, padded against bank
-//     conflicts on the transposing store) and R [32][64] in shared memory;
-//   - each of the 256 threads accumulates a 4 vectors × 4 columns tile with two 16-byte
-//     shared loads per 16 FMAs; every dot product is a sequential fmaf chain over d, so the
+//   - a block owns 128 vectors and a range of tables; it walks that range's columns in
+//     tiles of 128 and d in chunks of 16, staging xᵀ [16][128 + 4] (padded against bank
+//     conflicts on the transposing store) and R [16][128] (f32) in shared memory;
+//   - each of the 256 threads accumulates an 8 vectors × 8 columns tile with four 16-byte
+//     shared loads per 64 FMAs (4 × 4 tiles of 64 × 64 took 15–18 ms of a 96K layer's
+//     first index build); every dot product is a sequential fmaf chain over d, so the
 //     result does not depend on the tiling (it matches a plain f32 loop bit for bit);
 //   - the signs go into a per-vector bit mask in shared memory (atomicOr), and after the
 //     last column tile each thread packs whole tables' K bits into uint16 codes.
@@ -25,11 +26,12 @@
 namespace mp::gpu {
 
 namespace {
-constexpr int LSH_VB = 64;         // vectors per block
-constexpr int LSH_CB = 64;         // columns per tile
-constexpr int LSH_DB = 32;         // d per chunk
-constexpr int LSH_XS = LSH_VB + 4; // padded row of the xᵀ tile
-constexpr int LSH_MAX_COLS = 3072; // columns per launch (bit mask: 64 × 96 words = 24 KB)
+constexpr int LSH_VB = 128;         // vectors per block
+constexpr int LSH_CB = 128;         // columns per tile
+constexpr int LSH_DB = 16;          // d per chunk
+constexpr int LSH_XS = LSH_VB + 4;  // padded row of the xᵀ tile (transposing store)
+constexpr int LSH_THREADS = 256;    // 16 × 16 threads, 8 vectors × 8 columns each
+constexpr int LSH_MAX_COLS = 1536;  // columns per launch (bit mask: 128 × 48 words = 24 KB)
 
 __device__ __forceinline__ float ld_f32(const float *p) { return *p; }
 __device__ __forceinline__ float ld_f32(const bf16 *p) { return __bfloat162float(*p); }
@@ -38,9 +40,12 @@ __device__ __forceinline__ float ld_f32(const bf16 *p) { return __bfloat162float
 // ------------------------------------------------------------
 // kernels
 
-// Tables [t0, t0 + nt) of vectors [64·blockIdx.x, +64).
+// Tables [t0, t0 + nt) of vectors [128·blockIdx.x, +128). Thread (tx, ty) owns vectors
+// ty·4 + {0..3} and 64 + ty·4 + {0..3}, columns tx·4 + {0..3} and 64 + tx·4 + {0..3} of the
+// tile (two float4 per operand and step, 16 bytes apart between neighbours: no bank
+// conflicts).
 template <class XT>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(LSH_THREADS)
     lsh_hash_kernel(const float *__restrict__ R, int KL, const XT *__restrict__ x,
                     int64_t x_stride, int n, int d, int K, int L, int t0, int nt,
                     uint16_t *__restrict__ codes, int64_t code_row, int64_t code_table) {
@@ -52,20 +57,22 @@ __global__ void __launch_bounds__(256)
   const int v0 = blockIdx.x * LSH_VB;
   const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
 
-  for (int i = tid; i < LSH_VB * words; i += 256) bits[i] = 0;
+  for (int i = tid; i < LSH_VB * words; i += LSH_THREADS) bits[i] = 0;
 
   for (int c0 = c_begin; c0 < c_end; c0 += LSH_CB) {
-    float acc[4][4];
+    float acc[8][8];
 #pragma unroll
-    for (int a = 0; a < 4; a++) acc[a][0] = acc[a][1] = acc[a][2] = acc[a][3] = 0.f;
+    for (int a = 0; a < 8; a++)
+#pragma unroll
+      for (int b = 0; b < 8; b++) acc[a][b] = 0.f;
     for (int i0 = 0; i0 < d; i0 += LSH_DB) {
       __syncthreads();  // previous chunk consumed
-      for (int e = tid; e < LSH_DB * LSH_VB; e += 256) {
+      for (int e = tid; e < LSH_DB * LSH_VB; e += LSH_THREADS) {
         const int v = e / LSH_DB, i = e % LSH_DB;  // consecutive threads: consecutive i
         const bool ok = v0 + v < n && i0 + i < d;
         xs[i][v] = ok ? ld_f32(x + (int64_t)(v0 + v) * x_stride + i0 + i) : 0.f;
       }
-      for (int e = tid; e < LSH_DB * LSH_CB; e += 256) {
+      for (int e = tid; e < LSH_DB * LSH_CB; e += LSH_THREADS) {
         const int i = e / LSH_CB, c = e % LSH_CB;
         const bool ok = i0 + i < d && c0 + c < c_end;
         rs[i][c] = ok ? R[(int64_t)(i0 + i) * KL + c0 + c] : 0.f;
@@ -73,25 +80,28 @@ __global__ void __launch_bounds__(256)
       __syncthreads();
       const int di = min(LSH_DB, d - i0);
       for (int i = 0; i < di; i++) {
-        const float4 xv = *reinterpret_cast<const float4 *>(&xs[i][ty * 4]);
-        const float4 rv = *reinterpret_cast<const float4 *>(&rs[i][tx * 4]);
-        const float xa[4] = {xv.x, xv.y, xv.z, xv.w};
-        const float ra[4] = {rv.x, rv.y, rv.z, rv.w};
+        const float4 x0 = *reinterpret_cast<const float4 *>(&xs[i][ty * 4]);
+        const float4 x1 = *reinterpret_cast<const float4 *>(&xs[i][64 + ty * 4]);
+        const float4 r0 = *reinterpret_cast<const float4 *>(&rs[i][tx * 4]);
+        const float4 r1 = *reinterpret_cast<const float4 *>(&rs[i][64 + tx * 4]);
+        const float xa[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+        const float ra[8] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
 #pragma unroll
-        for (int a = 0; a < 4; a++)
+        for (int a = 0; a < 8; a++)
 #pragma unroll
-          for (int b = 0; b < 4; b++) acc[a][b] = fmaf(xa[a], ra[b], acc[a][b]);
+          for (int b = 0; b < 8; b++) acc[a][b] = fmaf(xa[a], ra[b], acc[a][b]);
       }
     }
     // Signs into the bit mask.
 #pragma unroll
-    for (int a = 0; a < 4; a++) {
+    for (int a = 0; a < 8; a++) {
+      const int v = (a < 4 ? 0 : 60) + ty * 4 + a;  // a < 4: ty·4 + a; else 64 + ty·4 + a − 4
 #pragma unroll
-      for (int b = 0; b < 4; b++) {
-        const int c = c0 + tx * 4 + b;
+      for (int b = 0; b < 8; b++) {
+        const int c = c0 + (b < 4 ? 0 : 60) + tx * 4 + b;
         if (c < c_end && acc[a][b] > 0.f) {
           const int rel = c - c_begin;
-          atomicOr(&bits[(ty * 4 + a) * words + (rel >> 5)], 1u << (rel & 31));
+          atomicOr(&bits[v * words + (rel >> 5)], 1u << (rel & 31));
         }
       }
     }
@@ -101,7 +111,7 @@ __global__ void __launch_bounds__(256)
   // Pack K bits per (vector, table); consecutive threads write consecutive codes (vectors
   // for a table-major output, tables for a vector-major one).
   const bool table_major = code_row == 1;
-  for (int e = tid; e < LSH_VB * nt; e += 256) {
+  for (int e = tid; e < LSH_VB * nt; e += LSH_THREADS) {
     const int v = table_major ? e % LSH_VB : e / nt;
     const int tt = table_major ? e / LSH_VB : e % nt;
     if (v0 + v >= n) continue;
@@ -149,8 +159,8 @@ void lsh_hash(const float *R, const XT *x, int64_t x_stride, int n, int d, int K
     const int nt = std::min(tables_per_launch, L - t0);
     const int words = (nt * K + 31) / 32;
     const size_t smem = (size_t)LSH_VB * words * sizeof(uint32_t);
-    lsh_hash_kernel<XT><<<blocks, 256, smem, s>>>(R, KL, x, x_stride, n, d, K, L, t0, nt, codes,
-                                                  code_row, code_table);
+    lsh_hash_kernel<XT><<<blocks, LSH_THREADS, smem, s>>>(R, KL, x, x_stride, n, d, K, L, t0,
+                                                          nt, codes, code_row, code_table);
     MP_CUDA_LAUNCH("lsh_hash_kernel");
   }
 }
