@@ -1067,6 +1067,13 @@ class CudaBackend final : public ForwardBackend {
           layer, (long long)m, Hkv_, n_blocks, ms_since(t0), K, L);
   }
 
+  void index_builds_done() override {
+    first_k_.release();
+    first_o_.release();
+    first_e_.release();
+    hash_c_.release();
+  }
+
   int64_t session_device_bytes(const Session &s) const override {
     if (auto *cs = dynamic_cast<const CudaSession *>(s.backend_state.get())) return cs->bytes();
     return 0;

@@ -607,7 +607,10 @@ void policy_commit(Session &s, PrefillIndexBuild *built) {
                adopted, b.seconds() * 1e3);
   }
   const int mode = gpu::lsh_key_hashing();
-  if (builds_with_codes(s, mode)) build_with_codes(s, target, mode);
+  if (builds_with_codes(s, mode)) {
+    build_with_codes(s, target, mode);
+    s.engine().backend().index_builds_done();
+  }
   // (a short prompt has no offloaded region yet; tokens flushed since the last commit
   // become permanent all the same)
   for (int32_t l = 0; l < s.n_layers(); l++)
