@@ -35,7 +35,10 @@
  * sorted CSR (ForwardBackend::build_first, bit-identical), the CPU only computing the norms
  * and copying the blocks in (Index::add_sorted) while the GPU builds the next layer. Small
  * builds, the CPU engine and any GPU failure build on the CPU (advance). mp_gpu_set_kernel
- * "lsh" forces either side (4: GPU codes only, the CPU sorts).
+ * "lsh" forces either side (4: GPU codes only, the CPU sorts). When the turn ends with
+ * mp_session_prefill_commit, the same first builds run beside the prefill instead
+ * (PrefillBuild: each layer as soon as the prefill has written its keys to the host cache,
+ * while the GPU computes the next layers), and the commit adopts them.
  *
  * TOPK / QUEST / ORACLE have no index: at every step E = max(S, pos + 1 − W). QUEST keeps
  * per-layer page metadata (min/max per dimension) of the complete pages of [S, E).
