@@ -33,9 +33,10 @@ export interface BackendSession {
    * Appends `tokens` with dense attention. When `logits` is given it receives the logits
    * of the last token. A non-zero `abort[0]` (polled between layers or chunks) ends the
    * call early with {@link AbortedError}; the session is then as before the call.
-   * `commit`: the call ends the turn, as {@link commit} right after it would (one native
-   * call; see {@link Backend.indexesBesidePrefill}). If only the commit fails, the tokens
-   * stay prefilled and the error says so.
+   * `commit`: the call ends the turn, as {@link commit} right after it would, in one native
+   * call (on a GPU the MagicPIG index is then built beside the prefill, each layer while the
+   * GPU computes the next). If only the commit fails, the tokens stay prefilled and the error
+   * says so.
    */
   prefill(
     tokens: Int32Array<ArrayBuffer>,
@@ -82,13 +83,6 @@ export interface Backend {
   readonly maxBatch: number;
   /** Prompt tokens per prefill call the scheduler issues (interleaving granularity). */
   readonly prefillChunk: number;
-  /**
-   * Whether a prefill call with `commit` builds the MagicPIG index beside the prefill (a
-   * CUDA engine: each layer's index while the GPU computes the next, so the commit adds about
-   * one layer's build). The scheduler then commits in a prompt's last prefill call even
-   * when a first token waits for it; otherwise that commit runs after the first token.
-   */
-  readonly indexesBesidePrefill: boolean;
   /** Creates an empty session with room reserved for `reserveTokens`. */
   createSession(attention: AttentionOptions, reserveTokens: number): Promise<BackendSession>;
   /**

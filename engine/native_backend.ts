@@ -162,7 +162,6 @@ export function nativeBackend(engine: Engine, options: NativeBackendOptions = {}
     maxBatch: options.maxBatch ?? DEFAULT_MAX_BATCH,
     prefillChunk: options.prefillChunk ??
       (cuda ? DEFAULT_PREFILL_CHUNK_CUDA : DEFAULT_PREFILL_CHUNK),
-    indexesBesidePrefill: cuda,
     async createSession(attention: AttentionOptions, reserveTokens: number) {
       const session = await Session.create(engine, {
         attention: nativeAttention(attention),

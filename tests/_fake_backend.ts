@@ -24,7 +24,7 @@ export function nextToken(t: number, vocab: number): number {
 /** One logged native call. */
 export type FakeCall =
   | { kind: "create"; session: number }
-  | { kind: "prefill"; session: number; n: number; aborted: boolean }
+  | { kind: "prefill"; session: number; n: number; aborted: boolean; commit: boolean }
   | { kind: "commit"; session: number }
   | { kind: "decode"; sessions: number[] }
   | { kind: "close"; session: number };
@@ -65,6 +65,7 @@ export class FakeSession implements BackendSession {
           session: this.handle,
           n: tokens.length,
           aborted: true,
+          commit,
         });
         throw new AbortedError();
       }
@@ -77,6 +78,7 @@ export class FakeSession implements BackendSession {
       session: this.handle,
       n: tokens.length,
       aborted: false,
+      commit,
     });
     if (commit) await this.commit(); // the same native call, logged after the prefill
     if (logits) this.#backend.fillLogits(this.tokens[this.tokens.length - 1], logits);
@@ -130,8 +132,6 @@ export interface FakeBackendOptions {
   decodeMs?: number;
   /** Simulated time of a commit (an index build). */
   commitMs?: number;
-  /** {@link Backend.indexesBesidePrefill} (default false). */
-  indexesBesidePrefill?: boolean;
 }
 
 /** The fake backend. */
@@ -140,7 +140,6 @@ export class FakeBackend implements Backend {
   readonly maxContext: number;
   readonly maxBatch: number;
   readonly prefillChunk: number;
-  readonly indexesBesidePrefill: boolean;
   prefillMsPerToken: number;
   decodeMs: number;
   commitMs: number;
@@ -157,7 +156,6 @@ export class FakeBackend implements Backend {
     this.prefillMsPerToken = options.prefillMsPerToken ?? 0;
     this.decodeMs = options.decodeMs ?? 0;
     this.commitMs = options.commitMs ?? 0;
-    this.indexesBesidePrefill = options.indexesBesidePrefill ?? false;
   }
 
   fillLogits(last: number, out: Float32Array<ArrayBuffer>): void {
