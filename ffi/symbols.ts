@@ -14,6 +14,16 @@ export const ABI_VERSION = 1;
 const errArgs = ["buffer", "usize"] as const;
 // mp_decode_step and mp_decode_submit: (engine, sessions, n, tokens, logits, abort, err, cap)
 const decodeArgs = ["pointer", "buffer", "i32", "buffer", "buffer", "buffer", ...errArgs] as const;
+/** mp_session_prefill and mp_session_prefill_commit (the same parameters). */
+const prefillArgs = [
+  "pointer",
+  "pointer",
+  "buffer",
+  "i32",
+  "buffer",
+  "buffer",
+  ...errArgs,
+] as const;
 
 export const symbols = {
   // ------------------------------------------------------------
@@ -103,7 +113,7 @@ export const symbols = {
    *    float *logits, const int32_t *abort_flag, char *err, size_t cap) */
   mp_session_prefill_async: {
     name: "mp_session_prefill",
-    parameters: ["pointer", "pointer", "buffer", "i32", "buffer", "buffer", ...errArgs],
+    parameters: prefillArgs,
     result: "i32",
     nonblocking: true,
   },
@@ -111,7 +121,7 @@ export const symbols = {
    *    int32_t n, float *logits, const int32_t *abort_flag, char *err, size_t cap) */
   mp_session_prefill_commit_async: {
     name: "mp_session_prefill_commit",
-    parameters: ["pointer", "pointer", "buffer", "i32", "buffer", "buffer", ...errArgs],
+    parameters: prefillArgs,
     result: "i32",
     nonblocking: true,
   },

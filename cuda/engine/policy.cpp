@@ -303,24 +303,6 @@ lsh::Params index_params(const mp_attention_params &a) {
   return p;
 }
 
-// Indexes tokens [E, target) of the sparse layers with codes computed apart from the sort:
-// on the GPU (ForwardBackend::hash_keys) or, in mode 3, on the CPU through the same path;
-// a layer's first build in modes 0 and 1 entirely on the GPU but for the norms
-// (ForwardBackend::build_first, then Index::add_sorted).
-// Two slots: while the CPU sorts piece i, piece i + 1 is hashed on a helper thread. The
-// result is the index advance() would build (same pieces, same μ, same codes). Layers it
-// leaves out (small ones in automatic mode, everything after a failure) are left to
-// advance(). A failure of the GPU does not fail the commit (unless mode 1 forces the GPU):
-// the build goes on on the CPU and the reason goes to stderr.
-//
-// Beside a prefill (PrefillBuild, `gate` and `keep` set): only layers without an index (first
-// builds), each piece once the gate says its layer's keys are in the host cache; finished
-// indexes go to keep[layer] (policy_commit adopts them); on any failure or a cancelled
-// gate it stops, leaving the rest to the commit's own build.
-class LayerGate;
-void build_with_codes(Session &s, int64_t target, int mode, LayerGate *gate = nullptr,
-                      std::vector<std::unique_ptr<lsh::Index>> *keep = nullptr);
-
 // The layers a prefill has written to the host cache so far (PrefillObserver), for a build
 // that runs beside it.
 class LayerGate {
@@ -353,8 +335,22 @@ class LayerGate {
   bool cancelled_ = false;
 };
 
-void build_with_codes(Session &s, int64_t target, int mode, LayerGate *gate,
-                      std::vector<std::unique_ptr<lsh::Index>> *keep) {
+// Indexes tokens [E, target) of the sparse layers with codes computed apart from the sort:
+// on the GPU (ForwardBackend::hash_keys) or, in mode 3, on the CPU through the same path;
+// a layer's first build in modes 0 and 1 entirely on the GPU but for the norms
+// (ForwardBackend::build_first, then Index::add_sorted).
+// Two slots: while the CPU sorts piece i, piece i + 1 is hashed on a helper thread. The
+// result is the index advance() would build (same pieces, same μ, same codes). Layers it
+// leaves out (small ones in automatic mode, everything after a failure) are left to
+// advance(). A failure of the GPU does not fail the commit (unless mode 1 forces the GPU):
+// the build goes on on the CPU and the reason goes to stderr.
+//
+// Beside a prefill (PrefillBuild, `gate` and `keep` set): only layers without an index (first
+// builds), each piece once the gate says its layer's keys are in the host cache; finished
+// indexes go to keep[layer] (policy_commit adopts them); on any failure or a cancelled
+// gate it stops, leaving the rest to the commit's own build.
+void build_with_codes(Session &s, int64_t target, int mode, LayerGate *gate = nullptr,
+                      std::vector<std::unique_ptr<lsh::Index>> *keep = nullptr) {
   const mp_attention_params &a = s.attention();
   State &st = state(s);
   ForwardBackend &be = s.engine().backend();
