@@ -304,12 +304,21 @@ interface StageMs {
   native: number;
   /** CPU part per split layer. */
   cpuPerLayer: number;
+  /** Per split layer: the CPU part's start to every head's sample (retrieval). */
+  phaseAPerLayer: number;
+  /** Per split layer: the CPU part's start to the GPU share's launch (0: no share). */
+  handoffPerLayer: number;
+  /** Per split layer: the GPU share's end after (+) or before (−) the CPU part's end. */
+  shareLagPerLayer: number;
+  /** Split layers whose GPU share ended after the CPU part, as a fraction. */
+  shareLateFraction: number;
 }
 
 function stagesOf(p: DecodeProfile): StageMs | null {
   if (p.steps <= 0) return null;
   const per = (x: number) => x / p.steps;
   const known = p.setupMs + p.waitQMs + p.cpuMs + p.tailMs + p.postMs;
+  const perLayer = (x: number) => p.splitLayers > 0 ? x / p.splitLayers : 0;
   return {
     setup: per(p.setupMs),
     waitQ: per(p.waitQMs),
@@ -318,7 +327,11 @@ function stagesOf(p: DecodeProfile): StageMs | null {
     post: per(p.postMs),
     other: per(p.totalMs - known),
     native: per(p.totalMs),
-    cpuPerLayer: p.splitLayers > 0 ? p.cpuMs / p.splitLayers : 0,
+    cpuPerLayer: perLayer(p.cpuMs),
+    phaseAPerLayer: perLayer(p.phaseAMs),
+    handoffPerLayer: perLayer(p.handoffMs),
+    shareLagPerLayer: perLayer(p.shareLateMs - p.shareSlackMs),
+    shareLateFraction: perLayer(p.shareLateLayers),
   };
 }
 
@@ -326,9 +339,20 @@ function stagesOf(p: DecodeProfile): StageMs | null {
 function stageText(s: StageMs | null): string {
   if (!s) return "";
   const f = (x: number) => x.toFixed(2);
-  return `; stages ms/step: setup ${f(s.setup)}, gpu-for-q ${f(s.waitQ)}, cpu ${f(s.cpu)} ` +
-    `(${(s.cpuPerLayer * 1e3).toFixed(0)} us/layer), tail ${f(s.tail)}, post ${f(s.post)}, ` +
-    `other ${f(s.other)}; native ${f(s.native)}`;
+  const us = (x: number) => (x * 1e3).toFixed(0);
+  const split = s.cpuPerLayer > 0
+    ? ` (${us(s.cpuPerLayer)} us/layer: retrieval done at ${us(s.phaseAPerLayer)}` +
+      (s.handoffPerLayer > 0
+        ? `, GPU share launched at ${us(s.handoffPerLayer)}, ended ${
+          us(Math.abs(s.shareLagPerLayer))
+        } us ${s.shareLagPerLayer > 0 ? "after" : "before"} the CPU part (late in ${
+          (100 * s.shareLateFraction).toFixed(0)
+        }% of layers)`
+        : "") +
+      ")"
+    : "";
+  return `; stages ms/step: setup ${f(s.setup)}, gpu-for-q ${f(s.waitQ)}, cpu ${f(s.cpu)}` +
+    `${split}, tail ${f(s.tail)}, post ${f(s.post)}, other ${f(s.other)}; native ${f(s.native)}`;
 }
 
 function tokens(n: number, seed: number, vocab: number): Int32Array<ArrayBuffer> {

@@ -91,11 +91,21 @@ export interface DecodeProfile {
   splitLayers: number;
   /** Query heads whose sample the GPU attended (split decode's GPU share). */
   gpuJobs: number;
+  /** Split layers: from the CPU part's start until every query head's sample existed. */
+  phaseAMs: number;
+  /** Split layers: from the CPU part's start until the GPU share was launched. */
+  handoffMs: number;
+  /** Split layers: how long the GPU share ran past the CPU part's end (GPU clock). */
+  shareLateMs: number;
+  /** Split layers: how long before the CPU part's end the GPU share was done (GPU clock). */
+  shareSlackMs: number;
+  /** Split layer-calls whose GPU share ended after the CPU part. */
+  shareLateLayers: number;
 }
 
 /** Reads (and with `reset`, clears) the CUDA backend's decode stage timers. */
 export function decodeProfile(reset = false): DecodeProfile {
-  const v = new Float64Array(9);
+  const v = new Float64Array(14);
   lib().mp_decode_profile(v, v.length, reset ? 1 : 0);
   return {
     steps: v[0],
@@ -107,6 +117,11 @@ export function decodeProfile(reset = false): DecodeProfile {
     postMs: v[6],
     splitLayers: v[7],
     gpuJobs: v[8],
+    phaseAMs: v[9],
+    handoffMs: v[10],
+    shareLateMs: v[11],
+    shareSlackMs: v[12],
+    shareLateLayers: v[13],
   };
 }
 

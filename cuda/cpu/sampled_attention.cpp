@@ -9,9 +9,11 @@
  *      block and table the query's bucket is a random DRAM access; the L lookups run as a
  *      software pipeline (offsets prefetched 2·D tables ahead, entry lines D ahead). Hits
  *      are counted branch-free on two bitmaps, seen once / seen twice (a second hit moves
- *      the token's bit into seen2); the words that became non-zero are listed, so the
- *      harvest visits and clears only those: no per-token counter, no memset proportional
- *      to the context. Tail tokens compare their L codes with the query's, 16 at a time.
+ *      the token's bit into seen2). When the buckets hold fewer entries than the bitmaps
+ *      have words (L·64 < 2^K), the words that became non-zero are listed and the harvest
+ *      visits and clears only those; otherwise (K10L150: ~14 entries per word) nearly
+ *      every word is hit, so the harvest sweeps the bitmaps and the count loop keeps no
+ *      list. Tail tokens compare their L codes with the query's, 16 at a time.
  *      The sample is grouped by token chunk (a counting sort).
  *
  *   Phases B–D, one task per (sequence, KV head, token chunk): chunks are powers of two
@@ -53,6 +55,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <vector>
 
@@ -345,7 +348,14 @@ struct Ctx {
   const Offload *offload = nullptr;
   std::vector<uint8_t> off_kv;
   bool any_off = false;
+  // Batch::timing: the call's start and the stamps run_all takes
+  std::chrono::steady_clock::time_point t0;
+  Timing *timing = nullptr;
 };
+
+static double ms_from(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
 
 // Per-thread scratch, reused across tasks and calls. seen1, seen2 and hm are all-zero
 // between tasks.
@@ -380,6 +390,7 @@ static void grow(V &v, size_t n) {
 // accesses: they run as a software pipeline (offsets of table t + 2D prefetched, those of
 // t + D read and their entry lines prefetched, table t counted), and the count is
 // branch-free on two bitmaps (seen once, seen twice) that stay in L1.
+template <bool LIST>
 static int64_t count_block(const Index &I, const Block &blk, int hkv, const uint16_t *q,
                            Scratch &sc, uint32_t &nt_io) {
   const int L = I.params().L;
@@ -421,8 +432,10 @@ static int64_t count_block(const Index &I, const Block &blk, int hkv, const uint
       const uint32_t w = i >> 6;
       const uint64_t b = 1ull << (i & 63);
       const uint64_t x = seen1[w];
-      touched[nt] = w;
-      nt += x == 0;
+      if (LIST) {
+        touched[nt] = w;
+        nt += x == 0;
+      }
       seen2[w] |= x & b;
       seen1[w] = x | b;
     }
@@ -453,14 +466,16 @@ static void sample_head(Ctx &cx, int b, int h) {
     grow(sc.re, L);
     grow(sc.optr, L);
     uint32_t nt = 0;
+    // Sweep instead of a list when the buckets' entries outnumber the bitmap words.
+    const bool sweep = (int64_t)L * 64 >= ((int64_t)1 << I.params().K);
     for (const Block &blk : I.blocks()) {
-      const int64_t scanned = count_block(I, blk, hkv, q, sc, nt);
+      const int64_t scanned = sweep ? count_block<false>(I, blk, hkv, q, sc, nt)
+                                    : count_block<true>(I, blk, hkv, q, sc, nt);
       st.entries += scanned;
       st.bytes += scanned * 2 + (int64_t)L * 8;
     }
-    // harvest: the seen-twice bits, zeroing the touched words on the way
-    for (uint32_t k = 0; k < nt; k++) {
-      const uint32_t w = sc.touched[k];
+    // harvest: the seen-twice bits, zeroing the words on the way
+    auto take = [&](uint32_t w) {
       uint64_t m = sc.seen2[w];
       sc.seen1[w] = 0;
       sc.seen2[w] = 0;
@@ -468,6 +483,11 @@ static void sample_head(Ctx &cx, int b, int h) {
         hits.push_back((int32_t)(w * 64 + (uint32_t)__builtin_ctzll(m)));
         m &= m - 1;
       }
+    };
+    if (sweep) {
+      for (uint32_t w = 0; w < (uint32_t)words; w++) take(w);
+    } else {
+      for (uint32_t k = 0; k < nt; k++) take(sc.touched[k]);
     }
     // the tail: compare code rows
     const uint16_t *tail = I.head(hkv).tail.data();
@@ -818,6 +838,7 @@ static void run_all(Ctx &cx) {
   std::vector<int32_t> pending((size_t)cx.B * cx.Hkv, phase_a ? cx.G : 0);
   int32_t *pend = pending.data();
   std::atomic<int> off_left{n_off};
+  std::atomic<int> a_left{na};  // phase A tasks not finished (Batch::timing)
   // The spinning pool (common/task_pool.h), not an OpenMP team: split decode calls this
   // 30 times per token from whichever thread the host uses, ~0.1 ms apart.
   pool_run(total, [&](int i) {
@@ -833,6 +854,7 @@ static void run_all(Ctx &cx) {
       os.qn = cx.qn.data();
       os.qmu = cx.qmu.data();
       cx.offload->ready(cx.offload->ctx, os);
+      if (cx.timing) cx.timing->handoff = ms_from(cx.t0);
       return;
     }
     const int ia = i < n_off ? i : i - handoff;
@@ -842,12 +864,16 @@ static void run_all(Ctx &cx) {
       // The tasks waiting for this head are released even if it throws (no hang).
       struct Release {
         int32_t *p;
-        std::atomic<int> *off;
+        std::atomic<int> *off, *left;
+        const Ctx &cx;
         ~Release() {
           __atomic_fetch_sub(p, 1, __ATOMIC_RELEASE);
           if (off) off->fetch_sub(1, std::memory_order_release);
+          if (left->fetch_sub(1, std::memory_order_acq_rel) == 1 && cx.timing)
+            cx.timing->phase_a = ms_from(cx.t0);
         }
-      } release{&pend[(size_t)b * cx.Hkv + h / cx.G], ia < n_off ? &off_left : nullptr};
+      } release{&pend[(size_t)b * cx.Hkv + h / cx.G], ia < n_off ? &off_left : nullptr, &a_left,
+                cx};
       sample_head(cx, b, h);
     } else {
       const Task &tk = cx.tasks[ia - na];
@@ -889,6 +915,7 @@ static void sum_stats(const Ctx &cx, Stats *stats) {
 static Ctx &context() {
   static thread_local Ctx cx;
   cx.sets = nullptr;
+  cx.timing = nullptr;
   return cx;
 }
 
@@ -925,6 +952,8 @@ void retrieve(const Batch &batch, int32_t flags, int64_t cap, int32_t *indices, 
 void attention(const Batch &batch, int32_t flags, const int32_t *sets, const int32_t *set_n,
                int64_t set_cap, float *out, float *lse2, int32_t *nnz, Stats *stats) {
   Ctx &cx = context();
+  cx.t0 = std::chrono::steady_clock::now();
+  if (batch.timing) *batch.timing = Timing{};
   std::vector<std::vector<int32_t>> given;
   if (sets) {
     MP_CHECK(set_n, MP_ERR_INVALID, "explicit samples need their sizes");
@@ -950,6 +979,8 @@ void attention(const Batch &batch, int32_t flags, const int32_t *sets, const int
   PROF_T(a0);
   prepare(cx, batch, Mode::ATTEND, flags);
   PROF_T(a1);
+  cx.timing = batch.timing;
+  if (cx.timing) cx.timing->prepare = ms_from(cx.t0);
   run_all(cx);
   PROF_T(a2);
   PROF_ADD(4, a0, a1);
@@ -999,6 +1030,7 @@ void attention(const Batch &batch, int32_t flags, const int32_t *sets, const int
   });
   PROF_T(a3);
   PROF_ADD(6, a2, a3);
+  if (cx.timing) cx.timing->done = ms_from(cx.t0);
   if (stats) {
     sum_stats(cx, stats);
     if (cx.sets || (flags & FLAG_RETRIEVE_ALL)) {

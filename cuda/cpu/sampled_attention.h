@@ -58,6 +58,15 @@ struct Offload {
   void *ctx = nullptr;
 };
 
+// Where the time of one attention() call went, ms from its start (cheap clock reads; the
+// CUDA backend's decode profile sums them per step).
+struct Timing {
+  double prepare = 0;  // query codes, constants and tasks laid out
+  double phase_a = 0;  // every query head's sample retrieved
+  double handoff = 0;  // Offload::ready returned (0: no offload)
+  double done = 0;     // the call's end (phases B–D and the merge included)
+};
+
 // One layer of a batch: B sequences, each with its index and KV.
 struct Batch {
   const Index *const *idx = nullptr;  // [B], same KV-head count and head dim
@@ -67,6 +76,7 @@ struct Batch {
   const float *q = nullptr;           // [B][H][d]
   const uint16_t *qcodes = nullptr;   // [B][H][L] precomputed query codes, or null
   const Offload *offload = nullptr;   // attention only: KV heads attended elsewhere
+  Timing *timing = nullptr;           // attention only: filled in when non-null
 };
 
 // Per query head, the ids of indexed tokens that collide with the query in >= 2 tables:

@@ -313,6 +313,7 @@ class CudaBackend final : public ForwardBackend {
     MP_CUDA(cudaStreamCreateWithPriority(&hash_, cudaStreamNonBlocking, prio_greatest));
     MP_CUDA(cudaStreamCreateWithFlags(&up_, cudaStreamNonBlocking));
     MP_CUDA(cudaStreamCreateWithFlags(&rows_, cudaStreamNonBlocking));
+    MP_CUDA(cudaStreamCreateWithFlags(&mark_, cudaStreamNonBlocking));
     for (auto &ev : ev_rows_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
     MP_CUDA(cudaEventCreateWithFlags(&ev_near_, cudaEventDisableTiming));
     for (auto &ev : ev_) MP_CUDA(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
@@ -350,6 +351,9 @@ class CudaBackend final : public ForwardBackend {
     for (auto &ev : ev_rows_) (void)cudaEventDestroy(ev);
     (void)cudaEventDestroy(ev_near_);
     (void)cudaStreamDestroy(rows_);
+    for (auto &ev : ev_share_end_) (void)cudaEventDestroy(ev);
+    for (auto &ev : ev_cpu_end_) (void)cudaEventDestroy(ev);
+    (void)cudaStreamDestroy(mark_);
   }
 
   int32_t kind() const override { return MP_BACKEND_CUDA; }
@@ -615,6 +619,7 @@ class CudaBackend final : public ForwardBackend {
     trace("decode: step of %d session(s)", B);
     const auto t_step = std::chrono::steady_clock::now();
     for (double &x : prof_) x = 0;
+    std::fill(share_timed_.begin(), share_timed_.end(), 0);
 
     // Placement and activation of every session.
     std::vector<int64_t> pos((size_t)B);
@@ -653,6 +658,14 @@ class CudaBackend final : public ForwardBackend {
         }
       }
       trace("decode: split-decode windows ready");
+      if (ev_share_end_.size() != (size_t)NL) {
+        for (auto *v : {&ev_share_end_, &ev_cpu_end_}) {
+          v->resize((size_t)NL, nullptr);
+          for (auto &ev : *v)
+            if (!ev) MP_CUDA(cudaEventCreate(&ev));
+        }
+        share_timed_.assign((size_t)NL, 0);
+      }
     }
     if (stream_rows > 0) {
       const size_t need = (size_t)stream_rows * Hkv_ * d_;
@@ -879,6 +892,7 @@ class CudaBackend final : public ForwardBackend {
     gpu::stream_wait(s_, "the decode step");
     if (stream_rows > 0) gpu::stream_wait(copy_, "the decode step's KV copies");
     prof_[PROF_TAIL] = ms_since(t_tail);
+    step_share_timing();
     trace("decode: step done");
     const auto t_post = std::chrono::steady_clock::now();
     if (hlg != logits) copy_out(logits, hlg, lg_bytes);
@@ -1416,10 +1430,19 @@ class CudaBackend final : public ForwardBackend {
       share.ready = &CudaBackend::gpu_share_ready;
       share.ctx = &call;
     }
+    lsh::Timing tm;
     policy_split_offloaded(ss, B, l, pos.data(), E.data() + (size_t)l * B, hq, ho, hl,
-                           share.kv_heads ? &share : nullptr);
+                           share.kv_heads ? &share : nullptr, &tm);
     if (call.error) std::rethrow_exception(call.error);
     prof_[PROF_CPU] += ms_since(t_cpu);
+    prof_[PROF_CPU_PHASE_A] += tm.phase_a;
+    prof_[PROF_CPU_HANDOFF] += tm.handoff;
+    // When the CPU part ended, on the GPU's clock (an idle stream): step_share_timing()
+    // compares it with the end of the GPU share.
+    if (call.launched) {
+      MP_CUDA(cudaEventRecord(ev_cpu_end_[(size_t)l], mark_));
+      share_timed_[(size_t)l] = 1;
+    }
     prof_[PROF_SPLIT_LAYERS] += 1;
     prof_[PROF_GPU_JOBS] += (double)call.jobs;
     trace("decode: layer %d: CPU part done", l);
@@ -1537,6 +1560,25 @@ class CudaBackend final : public ForwardBackend {
     return on;
   }
 
+  // After a step: per layer whose GPU share ran, how far its end was from the CPU part's
+  // (both events are complete once s_ is). Late: the merge waited for the GPU; slack: the
+  // GPU could have taken more.
+  void step_share_timing() {
+    for (size_t l = 0; l < share_timed_.size(); l++) {
+      if (!share_timed_[l]) continue;
+      share_timed_[l] = 0;
+      MP_CUDA(cudaEventSynchronize(ev_cpu_end_[l]));
+      float ms = 0;
+      MP_CUDA(cudaEventElapsedTime(&ms, ev_cpu_end_[l], ev_share_end_[l]));
+      if (ms > 0) {
+        prof_[PROF_SHARE_LATE] += ms;
+        prof_[PROF_SHARE_LATE_LAYERS] += 1;
+      } else {
+        prof_[PROF_SHARE_SLACK] -= ms;
+      }
+    }
+  }
+
   static void gpu_share_ready(void *ctx, const lsh::OffloadSamples &smp, const int32_t *rows) {
     GpuShareCall &c = *static_cast<GpuShareCall *>(ctx);
     try {
@@ -1625,6 +1667,7 @@ class CudaBackend final : public ForwardBackend {
                            (const int32_t *)(d_sa_up_.p + o_ids),
                            (const int32_t *)(d_sa_up_.p + o_jorow), B * H_, d_, prm,
                            d_sa_ws_.p, d_ogpu_.p, d_lgpu_.p, s_);
+    MP_CUDA(cudaEventRecord(ev_share_end_[(size_t)l], s_));
     c.launched = true;
     c.jobs = (int64_t)jobs.size();
   }
@@ -1742,6 +1785,11 @@ class CudaBackend final : public ForwardBackend {
   cudaEvent_t ev_pf_up_[2] = {};        // prefill: a K/V buffer's earlier rows uploaded
   cudaStream_t up_ = nullptr;           // prefill: uploads of earlier rows (host -> GPU)
   double prof_[PROF_COUNT] = {};        // this step's stage timers (profile.h)
+  // Split decode's GPU share against the CPU part, per layer (timing events, made when a
+  // step first needs them): the share's end on s_, the CPU part's end on mark_ (idle).
+  cudaStream_t mark_ = nullptr;
+  std::vector<cudaEvent_t> ev_share_end_, ev_cpu_end_;
+  std::vector<uint8_t> share_timed_;
   Arr<int32_t> d_pos_, d_tok_;
   Arr<unsigned> d_cnt_;
   Arr<gpu::SeqKV> d_seqs_;

@@ -733,7 +733,7 @@ int64_t policy_split_begin(Session &s, int32_t layer, int64_t pos) {
 
 void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const int64_t *pos,
                             const int64_t *E, const float *q, float *out, float *lse2,
-                            const SplitGpuShare *gpu) {
+                            const SplitGpuShare *gpu, lsh::Timing *timing) {
   if (n <= 0) return;
   const mp_model_config &c = ss[0]->engine().config();
   const int H = c.n_heads, d = c.head_dim;
@@ -827,6 +827,7 @@ void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const 
       batch.offload = &off;
     }
   }
+  batch.timing = timing;
   lsh::attention(batch, 0, nullptr, nullptr, 0, ob.data(), lb.data(), nnz.data(), nullptr);
   for (size_t j = 0; j < B; j++) {
     const int32_t i = mp_rows[j];

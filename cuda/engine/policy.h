@@ -70,7 +70,7 @@ struct SplitGpuShare {
 };
 void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const int64_t *pos,
                             const int64_t *E, const float *q, float *out, float *lse2,
-                            const SplitGpuShare *gpu = nullptr);
+                            const SplitGpuShare *gpu = nullptr, lsh::Timing *timing = nullptr);
 
 // The index of a MAGICPIG session's layer (null before its first build or for another
 // method), for a backend that attends part of the sample itself.

@@ -20,6 +20,11 @@ enum DecodeStage : int {
   PROF_POST,          // host rows written back, counters
   PROF_SPLIT_LAYERS,  // split layer-calls (layers × steps)
   PROF_GPU_JOBS,      // split layers: query heads whose sample the GPU attended (its share)
+  PROF_CPU_PHASE_A,   // split layers: CPU part's start until every head's sample exists
+  PROF_CPU_HANDOFF,   // split layers: CPU part's start until the GPU share was launched
+  PROF_SHARE_LATE,    // split layers: GPU share still running when the CPU part ended (GPU ms)
+  PROF_SHARE_SLACK,   // split layers: GPU share done before the CPU part ended, by (GPU ms)
+  PROF_SHARE_LATE_LAYERS,  // split layer-calls whose GPU share ended after the CPU part
   PROF_COUNT
 };
 
