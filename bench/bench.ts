@@ -59,6 +59,7 @@ import {
   Graphs,
   KvPlacement,
   PinnedKv,
+  QueryCodes,
   setKernel,
 } from "../ffi/gpu.ts";
 import { llama31_8b } from "./_shapes.ts";
@@ -174,6 +175,8 @@ interface Method {
   graphs?: number;
   /** Split decode's GPU share of sampled attention (op "offload"); default automatic. */
   share?: number;
+  /** Where split decode hashes MAGICPIG queries (op "qcodes"); default automatic. */
+  qcodes?: number;
 }
 
 /** "magicpig@SHARE": MAGICPIG with split decode's GPU share forced (op "offload"). */
@@ -231,6 +234,8 @@ function methodOf(name: string): Method {
         commit: true,
         share: GpuShare.NONE,
       };
+    case "magicpig-cpu-codes": // magicpig with the query codes hashed on the CPU (A/B)
+      return { ...methodOf("magicpig"), name, qcodes: QueryCodes.CPU };
     case "topk":
       return {
         name,
@@ -312,9 +317,17 @@ interface StageMs {
   shareLagPerLayer: number;
   /** Split layers whose GPU share ended after the CPU part, as a fraction. */
   shareLateFraction: number;
+  /** Per split layer: the CPU part's start to the retrieval tasks' start. */
+  preparePerLayer: number;
+  /** Per split layer: the longest query head's retrieval, and the mean one. */
+  headMaxPerLayer: number;
+  headMeanPerLayer: number;
+  /** Per split layer and query head: bucket entries scanned. */
+  entriesPerHead: number;
 }
 
-function stagesOf(p: DecodeProfile): StageMs | null {
+/** `heads`: query heads per split layer-call (batch × the model's query heads). */
+function stagesOf(p: DecodeProfile, heads: number): StageMs | null {
   if (p.steps <= 0) return null;
   const per = (x: number) => x / p.steps;
   const known = p.setupMs + p.waitQMs + p.cpuMs + p.tailMs + p.postMs;
@@ -332,6 +345,10 @@ function stagesOf(p: DecodeProfile): StageMs | null {
     handoffPerLayer: perLayer(p.handoffMs),
     shareLagPerLayer: perLayer(p.shareLateMs - p.shareSlackMs),
     shareLateFraction: perLayer(p.shareLateLayers),
+    preparePerLayer: perLayer(p.prepareMs),
+    headMaxPerLayer: perLayer(p.headMaxMs),
+    headMeanPerLayer: perLayer(p.headSumMs) / heads,
+    entriesPerHead: p.splitLayers > 0 ? perLayer(p.entries) / heads : 0,
   };
 }
 
@@ -342,6 +359,9 @@ function stageText(s: StageMs | null): string {
   const us = (x: number) => (x * 1e3).toFixed(0);
   const split = s.cpuPerLayer > 0
     ? ` (${us(s.cpuPerLayer)} us/layer: retrieval done at ${us(s.phaseAPerLayer)}` +
+      ` (prepared at ${us(s.preparePerLayer)}; per head ${us(s.headMeanPerLayer)}, longest ${
+        us(s.headMaxPerLayer)
+      }, ${s.entriesPerHead.toFixed(0)} entries)` +
       (s.handoffPerLayer > 0
         ? `, GPU share launched at ${us(s.handoffPerLayer)}, ended ${
           us(Math.abs(s.shareLagPerLayer))
@@ -651,6 +671,7 @@ async function main(): Promise<void> {
     if (useGpu) setKernel("kv", m.placement);
     if (useGpu) setKernel("graphs", m.graphs ?? Graphs.AUTO);
     if (useGpu) setKernel("offload", m.share ?? GpuShare.AUTO);
+    if (useGpu) setKernel("qcodes", m.qcodes ?? QueryCodes.AUTO);
     const members: Session[] = [];
     const forks: Session[] = [];
     try {
@@ -707,7 +728,7 @@ async function main(): Promise<void> {
         times.push(await step());
       }
       const infos1 = members.map((f) => f.info());
-      const stages = useGpu ? stagesOf(decodeProfile(true)) : null;
+      const stages = useGpu ? stagesOf(decodeProfile(true), B * cfg.n_heads) : null;
       let att = 0, off = 0;
       for (let i = 0; i < B; i++) {
         att += infos1[i].keysAttended - infos0[i].keysAttended;
@@ -771,6 +792,7 @@ async function main(): Promise<void> {
       if (useGpu) setKernel("kv", KvPlacement.AUTO);
       if (useGpu) setKernel("graphs", Graphs.AUTO);
       if (useGpu) setKernel("offload", GpuShare.AUTO);
+      if (useGpu) setKernel("qcodes", QueryCodes.AUTO);
     }
   }
 

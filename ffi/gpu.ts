@@ -58,9 +58,15 @@ export const LshHashing = { AUTO: 0, GPU: 1, CPU: 2, CPU_CODES: 3, GPU_CODES: 4 
  */
 export const GpuShare = { AUTO: 0, NONE: 1, ALL: 2, QUARTER: 3, THREE_QUARTERS: 4 } as const;
 
+/**
+ * Variants of op "qcodes" (split decode's MAGICPIG query codes) for {@link setKernel}:
+ * automatic = hashed on the GPU beside q (bit for bit the CPU's codes); GPU; CPU.
+ */
+export const QueryCodes = { AUTO: 0, GPU: 1, CPU: 2 } as const;
+
 /** Forces a kernel variant of an op family for later CUDA work (0: automatic). */
 export function setKernel(
-  op: "matmul" | "attention" | "kv" | "graphs" | "pin" | "lsh" | "offload",
+  op: "matmul" | "attention" | "kv" | "graphs" | "pin" | "lsh" | "offload" | "qcodes",
   variant: number,
 ): void {
   const err = errorBuffer();
@@ -101,11 +107,21 @@ export interface DecodeProfile {
   shareSlackMs: number;
   /** Split layer-calls whose GPU share ended after the CPU part. */
   shareLateLayers: number;
+  /** Split layers: from the CPU part's start until the retrieval tasks start. */
+  prepareMs: number;
+  /** Split layers: the longest single query head's retrieval. */
+  headMaxMs: number;
+  /** Split layers: every query head's retrieval, summed over heads. */
+  headSumMs: number;
+  /** Split layers: bucket entries scanned by retrieval. */
+  entries: number;
+  /** Split layer-calls whose MAGICPIG query codes the GPU computed. */
+  qcodesGpu: number;
 }
 
 /** Reads (and with `reset`, clears) the CUDA backend's decode stage timers. */
 export function decodeProfile(reset = false): DecodeProfile {
-  const v = new Float64Array(14);
+  const v = new Float64Array(19);
   lib().mp_decode_profile(v, v.length, reset ? 1 : 0);
   return {
     steps: v[0],
@@ -122,6 +138,11 @@ export function decodeProfile(reset = false): DecodeProfile {
     shareLateMs: v[11],
     shareSlackMs: v[12],
     shareLateLayers: v[13],
+    prepareMs: v[14],
+    headMaxMs: v[15],
+    headSumMs: v[16],
+    entries: v[17],
+    qcodesGpu: v[18],
   };
 }
 

@@ -839,6 +839,7 @@ static void run_all(Ctx &cx) {
   int32_t *pend = pending.data();
   std::atomic<int> off_left{n_off};
   std::atomic<int> a_left{na};  // phase A tasks not finished (Batch::timing)
+  std::vector<double> head_ms(cx.timing ? (size_t)na : 0, 0.0);
   // The spinning pool (common/task_pool.h), not an OpenMP team: split decode calls this
   // 30 times per token from whichever thread the host uses, ~0.1 ms apart.
   pool_run(total, [&](int i) {
@@ -874,7 +875,14 @@ static void run_all(Ctx &cx) {
         }
       } release{&pend[(size_t)b * cx.Hkv + h / cx.G], ia < n_off ? &off_left : nullptr, &a_left,
                 cx};
-      sample_head(cx, b, h);
+      if (cx.timing) {
+        const auto h0 = std::chrono::steady_clock::now();
+        sample_head(cx, b, h);
+        const double ms = ms_from(h0);
+        head_ms[(size_t)ia] = ms;
+      } else {
+        sample_head(cx, b, h);
+      }
     } else {
       const Task &tk = cx.tasks[ia - na];
       const int32_t *p = &pend[(size_t)tk.b * cx.Hkv + tk.hkv];
@@ -886,6 +894,13 @@ static void run_all(Ctx &cx) {
       run_task(cx, ia - na);
     }
   });
+  if (cx.timing) {
+    for (double ms : head_ms) {
+      cx.timing->head_max = std::max(cx.timing->head_max, ms);
+      cx.timing->head_sum += ms;
+    }
+    for (const Stats &st : cx.a_stats) cx.timing->entries += st.entries;
+  }
 }
 
 static void sum_stats(const Ctx &cx, Stats *stats) {

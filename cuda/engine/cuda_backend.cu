@@ -51,6 +51,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <string>
 #include <mutex>
 #include <vector>
@@ -1410,6 +1411,7 @@ class CudaBackend final : public ForwardBackend {
     float *hl = h_lse_.ensure((size_t)B * H_);
     // q (f32) to the host, marked by an event; the exact part queued right behind it.
     gpu::convert<bf16, float>(d_qkv_.p, d_qf_.p, (int64_t)B * QKV_, s_);
+    const uint16_t *hqc = query_codes(ss, B, l);
     MP_CUDA(cudaMemcpy2DAsync(hq, (size_t)Hd * 4, d_qf_.p, (size_t)QKV_ * 4, (size_t)Hd * 4, B,
                               cudaMemcpyDeviceToHost, s_));
     MP_CUDA(cudaEventRecord(ev_q_, s_));
@@ -1432,11 +1434,16 @@ class CudaBackend final : public ForwardBackend {
     }
     lsh::Timing tm;
     policy_split_offloaded(ss, B, l, pos.data(), E.data() + (size_t)l * B, hq, ho, hl,
-                           share.kv_heads ? &share : nullptr, &tm);
+                           share.kv_heads ? &share : nullptr, &tm, hqc);
     if (call.error) std::rethrow_exception(call.error);
     prof_[PROF_CPU] += ms_since(t_cpu);
     prof_[PROF_CPU_PHASE_A] += tm.phase_a;
     prof_[PROF_CPU_HANDOFF] += tm.handoff;
+    prof_[PROF_CPU_PREPARE] += tm.prepare;
+    prof_[PROF_QCODES_GPU] += hqc ? 1 : 0;
+    prof_[PROF_A_HEAD_MAX] += tm.head_max;
+    prof_[PROF_A_HEAD_SUM] += tm.head_sum;
+    prof_[PROF_A_ENTRIES] += (double)tm.entries;
     // When the CPU part ended, on the GPU's clock (an idle stream): step_share_timing()
     // compares it with the end of the GPU share.
     if (call.launched) {
@@ -1558,6 +1565,57 @@ class CudaBackend final : public ForwardBackend {
   static bool host_rows_direct() {
     static const bool on = !gpu::env_equals("MP_DECODE_HOSTROWS", "0");
     return on;
+  }
+
+  // A split layer's MAGICPIG query codes on the GPU (architecture.md §4: the GPU computes
+  // the projections, RoPE and the query codes): each row's H query heads (f32 q, as the CPU
+  // sees them) hashed with its index's hyperplanes by lsh_hash, which is lsh::hash_rows bit
+  // for bit; [B][H][L] into page-locked memory on s_, ahead of ev_q_. Null, and the CPU
+  // hashes, with op "qcodes" = CPU, when no row has an index for the layer, when the rows'
+  // indexes disagree on L, or for a projection made from a caller's matrix. Rows without
+  // an index get no codes (policy_split_offloaded reads only rows that have one).
+  const uint16_t *query_codes(Session *const *ss, int32_t B, int32_t l) {
+    if (gpu::forced_variant(gpu::OP_QCODES) == 2) return nullptr;
+    int L = 0;
+    std::vector<const lsh::Projection *> proj((size_t)B, nullptr);
+    for (int32_t i = 0; i < B; i++) {
+      const lsh::Index *idx = policy_index(*ss[i], l);
+      if (!idx) continue;
+      const lsh::Projection &P = idx->projection();
+      if (!P.seeded || P.d != d_ || P.K > 16 || (L && P.L != L)) return nullptr;
+      L = P.L;
+      proj[(size_t)i] = &P;
+    }
+    if (!L) return nullptr;
+    const size_t HL = (size_t)H_ * L;
+    d_qc_.ensure(mem_, (size_t)B * HL, "split decode's query codes");
+    for (int32_t i = 0; i < B; i++) {
+      const lsh::Projection *P = proj[(size_t)i];
+      if (!P) continue;
+      gpu::lsh_hash<float>(decode_hyperplanes(*P), d_qf_.p + (size_t)i * QKV_, d_, H_, d_,
+                           P->K, P->L, d_qc_.p + (size_t)i * HL, s_);
+    }
+    uint16_t *h = h_qc_.ensure((size_t)B * HL);
+    MP_CUDA(cudaMemcpyAsync(h, d_qc_.p, (size_t)B * HL * 2, cudaMemcpyDeviceToHost, s_));
+    return h;
+  }
+
+  // A seeded projection's R [d][K·L] on the device for decode (the index build's copy,
+  // hash_R_, belongs to the hash_ stream), uploaded once per (seed, K, L) on s_.
+  const float *decode_hyperplanes(const lsh::Projection &P) {
+    for (DecodeR &r : dec_R_)
+      if (r.seed == P.seed && r.K == P.K && r.L == P.L) return r.R.p;
+    const int cols = P.K * P.L;
+    std::vector<float> R((size_t)d_ * cols);
+    for (int e = 0; e < d_; e++)
+      std::memcpy(&R[(size_t)e * cols], &P.R[(size_t)e * P.cols_pad], sizeof(float) * cols);
+    dec_R_.emplace_back();
+    DecodeR &r = dec_R_.back();
+    r.seed = P.seed, r.K = P.K, r.L = P.L;
+    r.R.ensure(mem_, R.size(), "LSH hyperplanes (decode)");
+    // pageable source: the copy is staged before the call returns
+    MP_CUDA(cudaMemcpyAsync(r.R.p, R.data(), R.size() * 4, cudaMemcpyHostToDevice, s_));
+    return r.R.p;
   }
 
   // After a step: per layer whose GPU share ran, how far its end was from the CPU part's
@@ -1798,6 +1856,15 @@ class CudaBackend final : public ForwardBackend {
   Pinned<int32_t> h_pos_, h_tok_;
   Pinned<bf16> h_stage_;
   Pinned<float> h_q_, h_o_, h_lse_;
+  // split decode's query codes (query_codes) and the hyperplanes they use
+  Arr<uint16_t> d_qc_;
+  Pinned<uint16_t> h_qc_;
+  struct DecodeR {
+    uint64_t seed = 0;
+    int K = 0, L = 0;
+    Arr<float> R;
+  };
+  std::deque<DecodeR> dec_R_;
   Pinned<uint8_t> h_upload_;
   // index-build key hashing (hash_keys)
   cudaStream_t hash_ = nullptr;

@@ -733,7 +733,8 @@ int64_t policy_split_begin(Session &s, int32_t layer, int64_t pos) {
 
 void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const int64_t *pos,
                             const int64_t *E, const float *q, float *out, float *lse2,
-                            const SplitGpuShare *gpu, lsh::Timing *timing) {
+                            const SplitGpuShare *gpu, lsh::Timing *timing,
+                            const uint16_t *qcodes) {
   if (n <= 0) return;
   const mp_model_config &c = ss[0]->engine().config();
   const int H = c.n_heads, d = c.head_dim;
@@ -797,12 +798,23 @@ void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const 
     kv[j] = kv_view(s, layer, s.attention().sinks);
     std::copy(q + (size_t)mp_rows[j] * Hd, q + (size_t)(mp_rows[j] + 1) * Hd, qb.data() + j * Hd);
   }
+  // The caller's query codes, rows re-indexed like q (one L for the batch: lsh::attention
+  // requires the indexes to agree on it).
+  std::vector<uint16_t> qcb;
+  if (qcodes) {
+    const size_t HL = (size_t)H * idx[0]->params().L;
+    qcb.resize(B * HL);
+    for (size_t j = 0; j < B; j++)
+      std::copy(qcodes + (size_t)mp_rows[j] * HL, qcodes + (size_t)(mp_rows[j] + 1) * HL,
+                qcb.data() + j * HL);
+  }
   lsh::Batch batch;
   batch.idx = idx.data();
   batch.kv = kv.data();
   batch.B = (int)B;
   batch.H = H;
   batch.q = qb.data();
+  batch.qcodes = qcodes ? qcb.data() : nullptr;
   // The caller's GPU share: its KV heads, re-indexed to the MAGICPIG rows.
   const int Hkv = c.n_kv_heads;
   std::vector<uint8_t> gkv;

@@ -63,6 +63,11 @@ int64_t policy_split_begin(Session &s, int32_t layer, int64_t pos);
 // handed to gpu->ready (on a worker thread, before the CPU's share is done; rows[j] is
 // the batch row of sample row j, E of each row gives the sample's key range [S, E));
 // their out rows are zero and lse2 −∞ here, and their key stats are counted here.
+//
+// `timing` (may be null): where the MAGICPIG call's time went (lsh::Timing). `qcodes` (may
+// be null): the MAGICPIG sessions' query codes [n][H][L], as lsh::hash_rows computes them
+// with each session's index projection (the CUDA backend hashes q on the GPU); null: the
+// CPU hashes them. Rows of other sessions are not read.
 struct SplitGpuShare {
   const uint8_t *kv_heads = nullptr;  // [n][Hkv]
   void (*ready)(void *ctx, const lsh::OffloadSamples &s, const int32_t *rows) = nullptr;
@@ -70,7 +75,8 @@ struct SplitGpuShare {
 };
 void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const int64_t *pos,
                             const int64_t *E, const float *q, float *out, float *lse2,
-                            const SplitGpuShare *gpu = nullptr, lsh::Timing *timing = nullptr);
+                            const SplitGpuShare *gpu = nullptr, lsh::Timing *timing = nullptr,
+                            const uint16_t *qcodes = nullptr);
 
 // The index of a MAGICPIG session's layer (null before its first build or for another
 // method), for a backend that attends part of the sample itself.

@@ -25,6 +25,11 @@ enum DecodeStage : int {
   PROF_SHARE_LATE,    // split layers: GPU share still running when the CPU part ended (GPU ms)
   PROF_SHARE_SLACK,   // split layers: GPU share done before the CPU part ended, by (GPU ms)
   PROF_SHARE_LATE_LAYERS,  // split layer-calls whose GPU share ended after the CPU part
+  PROF_CPU_PREPARE,   // split layers: CPU part's start until the retrieval tasks start
+  PROF_A_HEAD_MAX,    // split layers: the longest query head's retrieval
+  PROF_A_HEAD_SUM,    // split layers: every query head's retrieval, summed
+  PROF_A_ENTRIES,     // split layers: bucket entries scanned
+  PROF_QCODES_GPU,    // split layer-calls whose MAGICPIG query codes the GPU computed
   PROF_COUNT
 };
 

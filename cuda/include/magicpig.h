@@ -473,9 +473,10 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
  * and sorted blocks, K <= 12). op "offload" (split decode of MAGICPIG
  * sessions whose host KV is page-locked and mapped, head_dim 128: the GPU gathers the
  * sampled K/V rows of some KV heads straight from host memory while the CPU attends the
- * others): 1 none, 2 all, 3 a quarter, 4 three quarters; automatic = half. A variant that
- * cannot run a shape falls back to one that can. Process-wide; not meant to change while
- * other calls run. */
+ * others): 1 none, 2 all, 3 a quarter, 4 three quarters; automatic = half. op "qcodes"
+ * (split decode's MAGICPIG query codes): 1 hashed on the GPU beside q (the CPU's codes bit
+ * for bit), 2 on the CPU; automatic = GPU. A variant that cannot run a shape falls back to
+ * one that can. Process-wide; not meant to change while other calls run. */
 MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t err_cap);
 
 /* Decode stage timers, process-wide, in host milliseconds summed over every decode call of
@@ -484,7 +485,13 @@ MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, siz
  * GPU segment between two CPU parts), [4] split layers' CPU part (retrieval + sampled
  * attention), [5] waiting for the GPU after the last launch, [6] host rows written back,
  * [7] split layer-calls, [8] query heads whose sample the GPU attended (split decode's GPU
- * share, mp_gpu_set_kernel "offload"). Writes min(n, 9) values and returns that count; reset != 0
+ * share, mp_gpu_set_kernel "offload"); per split layer-call, summed: [9] from the CPU part's
+ * start until every query head's sample exists, [10] until the GPU share was launched,
+ * [11] GPU ms the GPU share ran past the CPU part's end, [12] GPU ms it ended before it,
+ * [13] layer-calls whose GPU share ended after the CPU part, [14] from the CPU part's start
+ * until retrieval starts (query codes, constants), [15] the longest query head's retrieval,
+ * [16] every query head's retrieval, [17] bucket entries scanned, [18] layer-calls whose
+ * query codes the GPU computed. Writes min(n, 19) values and returns that count; reset != 0
  * clears the timers after reading. Always succeeds (all zeros without CUDA). */
 MP_API int32_t mp_decode_profile(double *out, int32_t n, int32_t reset);
 

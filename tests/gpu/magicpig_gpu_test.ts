@@ -30,7 +30,7 @@ import {
   Session,
 } from "../../ffi/native.ts";
 import { lshHash, lshProjection } from "../../ffi/lsh.ts";
-import { decodeProfile, GpuShare, LshHashing, setKernel } from "../../ffi/gpu.ts";
+import { decodeProfile, GpuShare, LshHashing, QueryCodes, setKernel } from "../../ffi/gpu.ts";
 import { tempDir } from "../_tmp.ts";
 
 const gpus = (() => {
@@ -426,5 +426,51 @@ Deno.test({
     assert(fractions[0] > 0.01 && fractions[0] < 0.9, `keys fraction ${fractions[0]}`);
     assertLessOrEqual(maxAbsDiff(out[1], out[0]), 2e-3);
     assertLessOrEqual(maxAbsDiff(out[2], out[0]), 2e-3);
+  },
+});
+
+Deno.test({
+  name: "split decode's query codes hashed on the GPU are the CPU's: identical logits and samples",
+  ignore,
+  async fn() {
+    // K10L150 (the paper's), head_dim 128; the CPU attends every sample (no GPU share), so
+    // the logits depend on the codes only through the samples they select.
+    await using e = Engine.create(hashConfig, { backend: Backend.CUDA, maxBatch: 2 });
+    await e.initRandom(7n, 0.05);
+    await e.finalize();
+    const prompt = Int32Array.from({ length: 3000 }, (_, i) => (i * 31 + 5) % 256);
+    const attention = { lshK: 10, lshL: 150 };
+    await using base = await Session.create(e, { attention, reserveTokens: 3100 });
+    await base.prefill(prompt);
+    await base.commit();
+    const V = hashConfig.vocab_size;
+    const out: Float32Array[] = [];
+    const gpuLayers: number[] = [];
+    const attended: number[] = [];
+    setKernel("offload", GpuShare.NONE);
+    try {
+      for (const mode of [QueryCodes.CPU, QueryCodes.AUTO]) {
+        setKernel("qcodes", mode);
+        await using f = await base.fork({ attention, reserveTokens: 3100 });
+        await f.commit();
+        const logits = new Float32Array(V);
+        const all = new Float32Array(4 * V);
+        decodeProfile(true);
+        for (let i = 0; i < 4; i++) {
+          await decodeStep(e, [f], new Int32Array([(i * 11) % 256]), logits);
+          all.set(logits, i * V);
+        }
+        gpuLayers.push(decodeProfile(true).qcodesGpu);
+        attended.push(f.info().keysAttended);
+        out.push(all);
+      }
+    } finally {
+      setKernel("qcodes", QueryCodes.AUTO);
+      setKernel("offload", GpuShare.AUTO);
+    }
+    console.log(`layer-calls with GPU codes CPU/auto: ${gpuLayers}; keys attended ${attended}`);
+    assertEquals(gpuLayers, [0, 2 * 4], "2 sparse layers × 4 steps hashed on the GPU");
+    assertEquals(attended[1], attended[0], "the same samples");
+    assertEquals(out[1], out[0], "the same logits, bit for bit");
   },
 });
