@@ -462,7 +462,7 @@ void bench_lsh(cudaStream_t s, int n, int d, int K, int L) {
   std::snprintf(note, sizeof note, "%zu/%zu bits differ (%zu of them |x.r| < 1e-5 |x||r|)", diff,
                 total, near);
   // Bits may only differ at rounding level: all differing bits must be near zero.
-  emit({"lsh", "tiled", shape, ms, flops / (ms * 1e9), "TFLOP/s", 0,
+  emit({"lsh", n <= 64 ? "few" : "tiled", shape, ms, flops / (ms * 1e9), "TFLOP/s", 0,
         (double)(diff - near) / (double)total, 0.0, note});
 }
 
@@ -1013,6 +1013,8 @@ int main(int argc, char **argv) {
     bench_lsh(s, 8192, 128, 10, 150);
     bench_lsh(s, 98304, 128, 10, 150);
     bench_lsh(s, 1000, 64, 16, 7);
+    bench_lsh(s, 32, 128, 10, 150);  // a decode step's queries (lsh_hash_few_kernel)
+    bench_lsh(s, 64, 64, 16, 7);
   });
   section("sample", [&] { bench_sample(s, 16, 128256); });
   // a layer's first LSH index on the GPU (build_first): one KV head of a 96K build (two

@@ -269,6 +269,7 @@ void sample(const float *logits, int n, int vocab, float temperature, int top_k,
 // x rows x_stride apart (XT = float or bf16). Dot products in f32, each one sequential
 // fmaf chain over d (as lsh::hash_rows). code(i, t) goes to codes[i·code_row + t·code_table]:
 // the default (code_row 0 = L, code_table 1) is [n][L]; code_row 1, code_table n is [L][n].
+// Up to 64 vectors (decode queries) take a kernel with one thread per (vector, table).
 template <class XT>
 void lsh_hash(const float *R, const XT *x, int64_t x_stride, int n, int d, int K, int L,
               uint16_t *codes, cudaStream_t s, int64_t code_row = 0, int64_t code_table = 1);

@@ -32,6 +32,7 @@ constexpr int LSH_DB = 16;          // d per chunk
 constexpr int LSH_XS = LSH_VB + 4;  // padded row of the xᵀ tile (transposing store)
 constexpr int LSH_THREADS = 256;    // 16 × 16 threads, 8 vectors × 8 columns each
 constexpr int LSH_MAX_COLS = 1536;  // columns per launch (bit mask: 128 × 48 words = 24 KB)
+constexpr int LSH_FEW = 64;         // up to this many vectors: lsh_hash_few_kernel
 
 __device__ __forceinline__ float ld_f32(const float *p) { return *p; }
 __device__ __forceinline__ float ld_f32(const bf16 *p) { return __bfloat162float(*p); }
@@ -125,6 +126,39 @@ __global__ void __launch_bounds__(LSH_THREADS)
   }
 }
 
+// A few vectors (decode queries: one row per query head): the tiled kernel would give them
+// one block. Here a thread owns one (vector, table) and runs its K dot products side by side,
+// each the same sequential fmaf chain over d (the same bits); the vector sits in shared
+// memory, R's columns come from L2. Grid: (tables / 128, vectors).
+template <class XT>
+__global__ void __launch_bounds__(128)
+    lsh_hash_few_kernel(const float *__restrict__ R, int KL, const XT *__restrict__ x,
+                        int64_t x_stride, int d, int K, int L, uint16_t *__restrict__ codes,
+                        int64_t code_row, int64_t code_table) {
+  extern __shared__ float xv[];  // [d]
+  const int v = blockIdx.y;
+  for (int e = threadIdx.x; e < d; e += blockDim.x) xv[e] = ld_f32(x + (int64_t)v * x_stride + e);
+  __syncthreads();
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= L) return;
+  const float *r = R + (int64_t)t * K;
+  float acc[16];
+#pragma unroll
+  for (int j = 0; j < 16; j++) acc[j] = 0.f;
+  for (int e = 0; e < d; e++) {
+    const float xe = xv[e];
+    const float *re = r + (int64_t)e * KL;
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+      if (j < K) acc[j] = fmaf(xe, __ldg(re + j), acc[j]);
+  }
+  uint32_t code = 0;
+#pragma unroll
+  for (int j = 0; j < 16; j++)
+    if (j < K && acc[j] > 0.f) code |= 1u << j;
+  codes[(int64_t)v * code_row + (int64_t)t * code_table] = (uint16_t)code;
+}
+
 // x[r][e] = f32(k[r][e]) − mu[e] for n rows of d: the CPU's centering (lsh_index.cpp),
 // one IEEE subtraction per element, so the same f32 values.
 __global__ void lsh_center_kernel(const bf16 *__restrict__ k, const float *__restrict__ mu,
@@ -153,6 +187,13 @@ void lsh_hash(const float *R, const XT *x, int64_t x_stride, int n, int d, int K
   MP_CHECK(K >= 1 && K <= 16, MP_ERR_INVALID, "lsh: K = %d is outside 1..16", K);
   MP_CHECK(d >= 1, MP_ERR_INVALID, "lsh: d = %d", d);
   const int KL = K * L;
+  if (n <= LSH_FEW) {
+    const dim3 grid((unsigned)((L + 127) / 128), (unsigned)n);
+    lsh_hash_few_kernel<XT><<<grid, 128, (size_t)d * sizeof(float), s>>>(
+        R, KL, x, x_stride, d, K, L, codes, code_row, code_table);
+    MP_CUDA_LAUNCH("lsh_hash_few_kernel");
+    return;
+  }
   const int tables_per_launch = std::max(1, LSH_MAX_COLS / K);
   const unsigned blocks = (unsigned)((n + LSH_VB - 1) / LSH_VB);
   for (int t0 = 0; t0 < L; t0 += tables_per_launch) {
