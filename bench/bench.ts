@@ -507,7 +507,9 @@ async function main(): Promise<void> {
   if (want("dense-gpu-nographs")) {
     jobs.push({ budget: 0n, N: o.contexts[0], method: "dense-gpu-nographs", B: 1 });
   }
-  if (want("magicpig-cpu")) jobs.push({ budget: 0n, N: Nmax, method: "magicpig-cpu", B: 1 });
+  for (const m of ["magicpig-cpu", "magicpig-cpu-codes"].filter(want)) {
+    jobs.push({ budget: 0n, N: Nmax, method: m, B: 1 });
+  }
   for (const m of o.methods.filter((x) => x.startsWith("magicpig@"))) {
     jobs.push({ budget: 0n, N: Nmax, method: m, B: 1 });
   }
