@@ -183,7 +183,8 @@ interface Method {
 const SHARES: Record<string, number> = {
   none: GpuShare.NONE,
   quarter: GpuShare.QUARTER,
-  half: GpuShare.AUTO,
+  half: GpuShare.HALF,
+  auto: GpuShare.AUTO,
   "three-quarters": GpuShare.THREE_QUARTERS,
   all: GpuShare.ALL,
 };

@@ -53,10 +53,18 @@ export const LshHashing = { AUTO: 0, GPU: 1, CPU: 2, CPU_CODES: 3, GPU_CODES: 4 
 /**
  * Variants of op "offload" (split decode's GPU share of MAGICPIG sampled attention: the
  * GPU gathers the K/V rows of some KV heads from mapped host memory while the CPU attends
- * the others) for {@link setKernel}: automatic = half of the KV heads; none; all; a
- * quarter; three quarters.
+ * the others) for {@link setKernel}: automatic = tuned per batch size after each step from
+ * how late or early the GPU's share ended against the CPU's (half at first); none; all; a
+ * quarter; three quarters; half.
  */
-export const GpuShare = { AUTO: 0, NONE: 1, ALL: 2, QUARTER: 3, THREE_QUARTERS: 4 } as const;
+export const GpuShare = {
+  AUTO: 0,
+  NONE: 1,
+  ALL: 2,
+  QUARTER: 3,
+  THREE_QUARTERS: 4,
+  HALF: 5,
+} as const;
 
 /**
  * Variants of op "qcodes" (split decode's MAGICPIG query codes) for {@link setKernel}:

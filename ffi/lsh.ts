@@ -493,8 +493,9 @@ export function lshAttention(
  * {@link lshAttention} with some KV heads attended elsewhere (split decode hands their
  * samples to the GPU): `offloadKv[b·Hkv + hkv]` = 1 marks one. Their out rows come back 0
  * with lse2 −∞, and `samples[b·H + h]` holds the ascending sample of every head of an
- * offloaded KV head (empty for the others); `handed` counts the hand-offs (1 when any head
- * is offloaded).
+ * offloaded KV head (empty for the others); `handed` counts the hand-offs (an offloaded KV
+ * head goes as soon as its heads' samples exist, with any other one ready by then; each in
+ * exactly one; 0 when none is offloaded).
  */
 export function lshAttentionOffload(
   indexes: readonly LshIndex[],

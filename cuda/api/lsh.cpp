@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <mutex>
+#include <vector>
 
 #include "common/common.h"
 #include "cpu/attention_baselines.h"
@@ -317,18 +319,23 @@ MP_API int32_t mp_lsh_attention_offload(mp_lsh_index *const *idx, int32_t B, con
       int64_t cap;
       int32_t *ids, *n;
       int32_t calls = 0;
-      const uint8_t *kv;
-    } sink{off_cap, off_ids, off_n, 0, offload_kv};
+      std::vector<int32_t> times;  // [B·Hkv] how often each KV head was handed over
+      std::mutex mu;               // `ready` may run on several pool threads at once
+    } sink;
+    sink.cap = off_cap, sink.ids = off_ids, sink.n = off_n;
+    sink.times.assign((size_t)B * bh.batch.idx[0]->n_kv_heads(), 0);
     mp::lsh::Offload off;
     off.kv_heads = offload_kv;
     off.ctx = &sink;
     off.ready = [](void *ctx, const mp::lsh::OffloadSamples &smp) {
       Sink &k = *static_cast<Sink *>(ctx);
+      std::lock_guard<std::mutex> lock(k.mu);
       k.calls++;
+      for (size_t g = 0; g < k.times.size(); g++) k.times[g] += smp.kv[g];
       for (int b = 0; b < smp.B; b++)
         for (int h = 0; h < smp.H; h++) {
           const size_t bh = (size_t)b * smp.H + h;
-          if (!k.kv[(size_t)b * smp.Hkv + h / smp.G]) continue;
+          if (!smp.kv[(size_t)b * smp.Hkv + h / smp.G]) continue;
           std::vector<int32_t> v = smp.ids[bh];
           std::sort(v.begin(), v.end());
           k.n[bh] = (int32_t)v.size();
@@ -339,6 +346,9 @@ MP_API int32_t mp_lsh_attention_offload(mp_lsh_index *const *idx, int32_t B, con
     bh.batch.offload = &off;
     std::fill(off_n, off_n + (size_t)B * H, 0);
     mp::lsh::attention(bh.batch, flags, nullptr, nullptr, 0, out, lse2, nnz, nullptr);
+    for (size_t g = 0; g < sink.times.size(); g++)
+      MP_CHECK(sink.times[g] == (offload_kv[g] ? 1 : 0), MP_ERR_INTERNAL,
+               "KV head %zu of the batch was handed over %d times", g, sink.times[g]);
     *handed = sink.calls;
     return MP_OK;
   });

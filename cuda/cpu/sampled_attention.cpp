@@ -820,61 +820,70 @@ static void run_all(Ctx &cx) {
   const bool phase_a = cx.sets || !(cx.flags & FLAG_RETRIEVE_ALL);
   const bool phase_bd = cx.mode == Mode::ATTEND;
   const int na = phase_a ? nbh : 0;
-  // Phase A order: the heads of offloaded KV heads first, then one hand-off task (it waits
-  // for their samples and calls Offload::ready), then the other heads.
+  const size_t ng = (size_t)cx.B * cx.Hkv;
+  // Phase A order: the heads of offloaded KV heads first (KV head by KV head), then the
+  // others. The task that completes an offloaded KV head's last sample hands it over
+  // (Offload::ready) with any other completed one not handed over yet, and goes on.
   std::vector<int> order((size_t)na);
-  int n_off = 0;
   {
     int k = 0;
     for (int pass = 0; pass < 2; pass++)
       for (int bh = 0; bh < na; bh++) {
         const bool off = cx.any_off && cx.off_kv[(size_t)(bh / cx.H) * cx.Hkv + (bh % cx.H) / cx.G];
         if (off == (pass == 0)) order[(size_t)k++] = bh;
-        if (off && pass == 0) n_off++;
       }
   }
-  const int handoff = cx.any_off ? 1 : 0;
-  const int total = na + handoff + (phase_bd ? nt : 0);
-  std::vector<int32_t> pending((size_t)cx.B * cx.Hkv, phase_a ? cx.G : 0);
+  const int total = na + (phase_bd ? nt : 0);
+  std::vector<int32_t> pending(ng, phase_a ? cx.G : 0);
   int32_t *pend = pending.data();
-  std::atomic<int> off_left{n_off};
-  std::atomic<int> a_left{na};  // phase A tasks not finished (Batch::timing)
+  std::vector<uint8_t> claimed(ng, 0);  // offloaded KV heads already handed over
+  std::atomic<int> a_left{na};          // phase A tasks not finished (Batch::timing)
+  std::atomic<int64_t> last_handoff_ns{0};
   std::vector<double> head_ms(cx.timing ? (size_t)na : 0, 0.0);
+  auto handoff = [&] {
+    std::vector<uint8_t> kv(ng, 0);
+    bool any = false;
+    for (size_t g = 0; g < ng; g++)
+      if (cx.off_kv[g] && __atomic_load_n(&pend[g], __ATOMIC_ACQUIRE) == 0 &&
+          __atomic_exchange_n(&claimed[g], (uint8_t)1, __ATOMIC_ACQ_REL) == 0)
+        kv[g] = 1, any = true;
+    if (!any) return;
+    OffloadSamples os;
+    os.B = cx.B, os.H = cx.H, os.Hkv = cx.Hkv, os.G = cx.G;
+    os.ids = cx.ids.data();
+    os.qn = cx.qn.data();
+    os.qmu = cx.qmu.data();
+    os.kv = kv.data();
+    cx.offload->ready(cx.offload->ctx, os);
+    const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now() - cx.t0)
+                           .count();
+    int64_t prev = last_handoff_ns.load(std::memory_order_relaxed);
+    while (prev < ns && !last_handoff_ns.compare_exchange_weak(prev, ns)) {
+    }
+  };
   // The spinning pool (common/task_pool.h), not an OpenMP team: split decode calls this
   // 30 times per token from whichever thread the host uses, ~0.1 ms apart.
-  pool_run(total, [&](int i) {
-    if (handoff && i == n_off) {
-      while (off_left.load(std::memory_order_acquire) != 0) {
-#if defined(__x86_64__)
-        __builtin_ia32_pause();
-#endif
-      }
-      OffloadSamples os;
-      os.B = cx.B, os.H = cx.H, os.Hkv = cx.Hkv, os.G = cx.G;
-      os.ids = cx.ids.data();
-      os.qn = cx.qn.data();
-      os.qmu = cx.qmu.data();
-      cx.offload->ready(cx.offload->ctx, os);
-      if (cx.timing) cx.timing->handoff = ms_from(cx.t0);
-      return;
-    }
-    const int ia = i < n_off ? i : i - handoff;
+  pool_run(total, [&](int ia) {
     if (ia < na) {
       const int bh = order[(size_t)ia];
       const int b = bh / cx.H, h = bh % cx.H;
-      // The tasks waiting for this head are released even if it throws (no hang).
+      const size_t g = (size_t)b * cx.Hkv + h / cx.G;
+      // The tasks waiting for this head are released, and an offloaded KV head handed
+      // over, even if it throws (no hang; Offload::ready must not throw).
       struct Release {
         int32_t *p;
-        std::atomic<int> *off, *left;
+        bool off;
+        std::atomic<int> *left;
         const Ctx &cx;
+        decltype(handoff) &hand;
         ~Release() {
-          __atomic_fetch_sub(p, 1, __ATOMIC_RELEASE);
-          if (off) off->fetch_sub(1, std::memory_order_release);
+          const bool last = __atomic_fetch_sub(p, 1, __ATOMIC_ACQ_REL) == 1;
           if (left->fetch_sub(1, std::memory_order_acq_rel) == 1 && cx.timing)
             cx.timing->phase_a = ms_from(cx.t0);
+          if (last && off) hand();
         }
-      } release{&pend[(size_t)b * cx.Hkv + h / cx.G], ia < n_off ? &off_left : nullptr, &a_left,
-                cx};
+      } release{&pend[g], cx.any_off && cx.off_kv[g] != 0, &a_left, cx, handoff};
       if (cx.timing) {
         const auto h0 = std::chrono::steady_clock::now();
         sample_head(cx, b, h);
@@ -895,6 +904,7 @@ static void run_all(Ctx &cx) {
     }
   });
   if (cx.timing) {
+    cx.timing->handoff = (double)last_handoff_ns.load() * 1e-6;
     for (double ms : head_ms) {
       cx.timing->head_max = std::max(cx.timing->head_max, ms);
       cx.timing->head_sum += ms;

@@ -43,15 +43,19 @@ struct OffloadSamples {
   const std::vector<int32_t> *ids = nullptr;  // [B·H] sample of (b, h): indexed token ids
   const float *qn = nullptr;                  // [B·H] ‖q‖
   const float *qmu = nullptr;                 // [B·H] q·μ of the head's KV head
+  const uint8_t *kv = nullptr;                // [B·Hkv]: 1 = handed over in this call
 };
 
 // A share of a batch's sampled attention done elsewhere (split decode: the GPU gathers the
 // K/V rows of these KV heads from mapped host memory while the CPU does the others). The
 // CPU still retrieves every head's sample (phase A), offloaded heads first, and calls
-// `ready` once their samples exist — on whichever pool thread gets there, while the other
-// threads go on — and skips their phases B–D: their out rows are zero and their lse2 −∞
-// (nnz still counts their samples). `ready` must not throw. Ignored with explicit sets
-// or FLAG_RETRIEVE_ALL.
+// `ready` as soon as an offloaded KV head's G samples exist — on the pool thread that
+// completed the last of them, while the other threads go on; KV heads completed by then
+// and not yet handed over go in the same call (OffloadSamples::kv), each KV head exactly
+// once, so `ready` may run several times per call, from different threads, even at once.
+// The CPU skips their phases B–D: their out rows are zero and their lse2 −∞ (nnz still
+// counts their samples). `ready` must not throw. Ignored with explicit sets or
+// FLAG_RETRIEVE_ALL.
 struct Offload {
   const uint8_t *kv_heads = nullptr;  // [B][Hkv]: 1 = offloaded
   void (*ready)(void *ctx, const OffloadSamples &s) = nullptr;

@@ -53,6 +53,7 @@
 #include <cstring>
 #include <deque>
 #include <string>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -893,7 +894,7 @@ class CudaBackend final : public ForwardBackend {
     gpu::stream_wait(s_, "the decode step");
     if (stream_rows > 0) gpu::stream_wait(copy_, "the decode step's KV copies");
     prof_[PROF_TAIL] = ms_since(t_tail);
-    step_share_timing();
+    step_share_timing(B);
     trace("decode: step done");
     const auto t_post = std::chrono::steady_clock::now();
     if (hlg != logits) copy_out(logits, hlg, lg_bytes);
@@ -1425,12 +1426,15 @@ class CudaBackend final : public ForwardBackend {
     // The offloaded parts (E = 0 for sessions that attend this layer exactly: none), with
     // the GPU's share of the MAGICPIG KV heads where the session's cache is mapped.
     std::vector<uint8_t> kvh;
-    GpuShareCall call{this, ss, B, l, &kvh, false, 0, nullptr};
+    GpuShareCall call;
+    call.self = this, call.ss = ss, call.B = B, call.layer = l;
     SplitGpuShare share;
     if (gpu_share_heads(ss, B, l, kvh)) {
       share.kv_heads = kvh.data();
       share.ready = &CudaBackend::gpu_share_ready;
       share.ctx = &call;
+      // every row 0/−∞ first: each hand-off writes only its heads' rows
+      gpu::sampled_clear(d_ogpu_.p, d_lgpu_.p, B * H_, d_, s_);
     }
     lsh::Timing tm;
     policy_split_offloaded(ss, B, l, pos.data(), E.data() + (size_t)l * B, hq, ho, hl,
@@ -1473,10 +1477,11 @@ class CudaBackend final : public ForwardBackend {
     CudaBackend *self;
     Session *const *ss;
     int32_t B, layer;
-    const std::vector<uint8_t> *kvh;  // [B][Hkv] offloaded KV heads
-    bool launched;
-    int64_t jobs;
+    bool launched = false;
+    int64_t jobs = 0;
+    int launches = 0;  // hand-offs so far (each its own staging buffer)
     std::exception_ptr error;
+    std::mutex mu;  // hand-offs come from pool threads, possibly at once
   };
 
   // Which KV heads of each row the GPU attends (OP_OFFLOAD; automatic: half of them) for
@@ -1485,7 +1490,11 @@ class CudaBackend final : public ForwardBackend {
   bool gpu_share_heads(Session *const *ss, int32_t B, int32_t l, std::vector<uint8_t> &kvh) {
     const int v = gpu::forced_variant(gpu::OP_OFFLOAD);
     if (v == 1 || d_ != 128) return false;
-    const int k = v == 2 ? Hkv_ : v == 3 ? Hkv_ / 4 : v == 4 ? 3 * Hkv_ / 4 : Hkv_ / 2;
+    const int k = v == 2   ? Hkv_
+                  : v == 3 ? Hkv_ / 4
+                  : v == 4 ? 3 * Hkv_ / 4
+                  : v == 5 ? Hkv_ / 2
+                           : share_tuner(B).k;
     if (k <= 0 || !host_ptr_ok()) return false;
     kvh.assign((size_t)B * Hkv_, 0);
     bool any = false;
@@ -1621,7 +1630,9 @@ class CudaBackend final : public ForwardBackend {
   // After a step: per layer whose GPU share ran, how far its end was from the CPU part's
   // (both events are complete once s_ is). Late: the merge waited for the GPU; slack: the
   // GPU could have taken more.
-  void step_share_timing() {
+  void step_share_timing(int32_t B) {
+    double sum = 0;
+    int n = 0;
     for (size_t l = 0; l < share_timed_.size(); l++) {
       if (!share_timed_[l]) continue;
       share_timed_[l] = 0;
@@ -1634,7 +1645,39 @@ class CudaBackend final : public ForwardBackend {
       } else {
         prof_[PROF_SHARE_SLACK] -= ms;
       }
+      sum += ms, n++;
     }
+    if (n > 0 && gpu::forced_variant(gpu::OP_OFFLOAD) == 0) share_tuner(B).update(sum / n, Hkv_);
+  }
+
+  // How many KV heads split decode's GPU share takes (op "offload" automatic), per batch
+  // size: the GPU reads its heads' rows over PCIe while the CPU gathers the others', and the
+  // layer waits for the later of the two. After each step, from the mean lag of the GPU
+  // share's end behind the CPU part's (step_share_timing): late → one KV head less; early
+  // by more than kMargin → one more, unless that count was late when last tried (within
+  // kRetry steps). Starts at half.
+  struct ShareTuner {
+    static constexpr double kMargin = 0.03;  // ms
+    static constexpr int kRetry = 64;        // steps
+    bool init = false;
+    int k = 0, step = 0;
+    double lag[65] = {};  // mean lag last seen at each count (ms; > 0: GPU late)
+    int tried[65] = {};   // step of that measurement (0: never)
+    void update(double mean_lag, int hkv) {
+      step++;
+      lag[k] = mean_lag, tried[k] = step;
+      if (mean_lag > 0 && k > 1) {
+        k--;
+      } else if (mean_lag < -kMargin && k + 1 < std::min(hkv, 65)) {
+        const bool late_before = tried[k + 1] > 0 && lag[k + 1] > 0 && step - tried[k + 1] < kRetry;
+        if (!late_before) k++;
+      }
+    }
+  };
+  ShareTuner &share_tuner(int32_t B) {
+    ShareTuner &t = share_tuners_[B];
+    if (!t.init) t.init = true, t.k = std::min(Hkv_ / 2, 64);
+    return t;
   }
 
   static void gpu_share_ready(void *ctx, const lsh::OffloadSamples &smp, const int32_t *rows) {
@@ -1650,12 +1693,12 @@ class CudaBackend final : public ForwardBackend {
   // their tiles, μ rows and sample ids go up in one copy, then the kernels run on s_ behind
   // the exact part (split_layer_attention merges after the CPU's results arrive).
   void gpu_share_launch(GpuShareCall &c, const lsh::OffloadSamples &smp, const int32_t *rows) {
+    std::lock_guard<std::mutex> lock(c.mu);
     use_device();
-    const int32_t B = c.B, l = c.layer, H = smp.H, G = smp.G;
+    const int32_t l = c.layer, H = smp.H, G = smp.G;
     const int TK = gpu::sampled_tile_keys();
     std::vector<gpu::SampledJob> jobs;
     std::vector<gpu::SampledTile> tiles;
-    std::vector<int32_t> jorow((size_t)B * H_, -1);
     std::vector<const std::vector<int32_t> *> idl;
     std::vector<const float *> mus;  // host μ of each job's (row, KV head)
     int64_t nids = 0;
@@ -1668,8 +1711,8 @@ class CudaBackend final : public ForwardBackend {
       idx0 = idx;
       const int64_t S = s.attention().sinks;
       for (int hkv = 0; hkv < smp.Hkv; hkv++) {
-        // offloaded heads only: the CPU left their out rows empty (see SplitGpuShare)
-        if (!(*c.kvh)[(size_t)i * Hkv_ + hkv]) continue;
+        // this hand-off's heads only: the CPU left their out rows empty (SplitGpuShare)
+        if (!smp.kv[(size_t)j * smp.Hkv + hkv]) continue;
         for (int g = 0; g < G; g++) {
           const int h = hkv * G + g;
           const std::vector<int32_t> &ids = smp.ids[(size_t)j * H + h];
@@ -1686,7 +1729,7 @@ class CudaBackend final : public ForwardBackend {
           for (int32_t t0 = 0; t0 < jb.n; t0 += TK)
             tiles.push_back({(int32_t)jobs.size(), t0, std::min(TK, jb.n - t0)});
           jb.ntiles = (int32_t)tiles.size() - jb.tile0;
-          jorow[(size_t)i * H_ + h] = (int32_t)jobs.size();
+          jb.row = i * H_ + h;
           jobs.push_back(jb);
           idl.push_back(&ids);
           mus.push_back(idx->head(hkv).mean.data());
@@ -1695,14 +1738,15 @@ class CudaBackend final : public ForwardBackend {
       }
     }
     if (jobs.empty() || !idx0) return;
-    // one upload: [jobs][tiles][μ per job][job of each row][ids], 16-byte aligned parts
+    // one upload: [jobs][tiles][μ per job][ids], 16-byte aligned parts, from this
+    // hand-off's own staging buffer (an earlier hand-off's copy may not have run yet)
     auto al = [](size_t x) { return (x + 15) / 16 * 16; };
     const size_t o_jobs = 0, o_tiles = al(jobs.size() * sizeof(gpu::SampledJob));
     const size_t o_mu = o_tiles + al(tiles.size() * sizeof(gpu::SampledTile));
-    const size_t o_jorow = o_mu + al(jobs.size() * (size_t)d_ * 4);
-    const size_t o_ids = o_jorow + al(jorow.size() * 4);
+    const size_t o_ids = o_mu + al(jobs.size() * (size_t)d_ * 4);
     const size_t total = o_ids + al((size_t)nids * 4);
-    uint8_t *up = h_sa_up_.ensure(total);
+    if (h_sa_up_.size() <= (size_t)c.launches) h_sa_up_.resize((size_t)c.launches + 1);
+    uint8_t *up = h_sa_up_[(size_t)c.launches].ensure(total);
     d_sa_up_.ensure(mem_, total, "split decode's GPU share");
     for (size_t t = 0; t < jobs.size(); t++) {
       jobs[t].mu = (const float *)(d_sa_up_.p + o_mu) + t * (size_t)d_;
@@ -1713,7 +1757,6 @@ class CudaBackend final : public ForwardBackend {
     std::memcpy(up + o_jobs, jobs.data(), jobs.size() * sizeof(gpu::SampledJob));
     if (!tiles.empty())
       std::memcpy(up + o_tiles, tiles.data(), tiles.size() * sizeof(gpu::SampledTile));
-    std::memcpy(up + o_jorow, jorow.data(), jorow.size() * 4);
     MP_CUDA(cudaMemcpyAsync(d_sa_up_.p, up, total, cudaMemcpyHostToDevice, s_));
     d_sa_ws_.ensure(mem_, gpu::sampled_workspace_floats((int)tiles.size()),
                     "split decode's GPU share");
@@ -1722,12 +1765,12 @@ class CudaBackend final : public ForwardBackend {
         false);
     gpu::sampled_attention((const gpu::SampledJob *)(d_sa_up_.p + o_jobs),
                            (const gpu::SampledTile *)(d_sa_up_.p + o_tiles), (int)tiles.size(),
-                           (const int32_t *)(d_sa_up_.p + o_ids),
-                           (const int32_t *)(d_sa_up_.p + o_jorow), B * H_, d_, prm,
-                           d_sa_ws_.p, d_ogpu_.p, d_lgpu_.p, s_);
+                           (const int32_t *)(d_sa_up_.p + o_ids), (int)jobs.size(), d_,
+                           prm, d_sa_ws_.p, d_ogpu_.p, d_lgpu_.p, s_);
     MP_CUDA(cudaEventRecord(ev_share_end_[(size_t)l], s_));
     c.launched = true;
-    c.jobs = (int64_t)jobs.size();
+    c.jobs += (int64_t)jobs.size();
+    c.launches++;
   }
 
   void write_host_row(Session &s, int32_t l, int64_t p, const bf16 *sk, const bf16 *sv, int i) {
@@ -1827,7 +1870,7 @@ class CudaBackend final : public ForwardBackend {
   // it, job of each output row, and one upload buffer for jobs, tiles, μ rows and ids
   Arr<float> d_ogpu_, d_lgpu_, d_of2_, d_lse2_, d_sa_ws_;
   Arr<uint8_t> d_sa_up_;
-  Pinned<uint8_t> h_sa_up_;
+  std::deque<Pinned<uint8_t>> h_sa_up_;  // one per hand-off of a layer
   int host_ptr_ok_ = -1;  // the device reads registered host memory at its host address
   // decode: the new K/V rows written into mapped host caches (stage_to_host) on `rows_`,
   // forked from s_ and joined back to it (ev_rows_: all staged, all written)
@@ -1848,6 +1891,7 @@ class CudaBackend final : public ForwardBackend {
   cudaStream_t mark_ = nullptr;
   std::vector<cudaEvent_t> ev_share_end_, ev_cpu_end_;
   std::vector<uint8_t> share_timed_;
+  std::map<int32_t, ShareTuner> share_tuners_;  // by batch size
   Arr<int32_t> d_pos_, d_tok_;
   Arr<unsigned> d_cnt_;
   Arr<gpu::SeqKV> d_seqs_;

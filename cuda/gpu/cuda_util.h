@@ -185,7 +185,8 @@ enum Op : int {
   OP_GRAPHS = 4,     // decode CUDA graphs: 1 = on, 2 = off
   OP_PIN = 5,        // sessions' host KV in page-locked memory: 1 = on, 2 = off
   OP_OFFLOAD = 6,    // split decode's GPU share of sampled attention (KV heads): 1 = none,
-                     // 2 = all, 3 = a quarter, 4 = three quarters; automatic = half
+                     // 2 = all, 3 = a quarter, 4 = three quarters, 5 = half; automatic =
+                     // tuned per batch size from the measured lag (half at first)
   OP_QCODES = 7,     // split decode's MAGICPIG query codes: 1 = GPU, 2 = CPU; automatic = GPU
   OP_COUNT = 8,
 };

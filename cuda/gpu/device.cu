@@ -206,8 +206,8 @@ void force_variant(Op op, int variant) { g_variant[op].store(variant, std::memor
 void set_kernel_variant(const char *op, int variant) {
   MP_CHECK(op != nullptr, MP_ERR_INVALID, "op is NULL");
   if (std::strcmp(op, "offload") == 0) {
-    MP_CHECK(variant >= 0 && variant <= 4, MP_ERR_INVALID,
-             "variant \"%d\" is invalid for \"offload\": must be 0..4", variant);
+    MP_CHECK(variant >= 0 && variant <= 5, MP_ERR_INVALID,
+             "variant \"%d\" is invalid for \"offload\": must be 0..5", variant);
     return force_variant(OP_OFFLOAD, variant);
   }
   if (std::strcmp(op, "qcodes") == 0) {

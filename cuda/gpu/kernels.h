@@ -222,6 +222,7 @@ struct SampledJob {
   int32_t ids_off;     // its sample: ids[ids_off .. ids_off + n)
   int32_t n;
   int32_t tile0, ntiles;  // its tiles (consecutive)
+  int32_t row;            // its output row
 };
 struct SampledTile {
   int32_t job, start, n;  // keys [start, start + n) of the job's sample
@@ -233,12 +234,13 @@ struct SampledParams {
 SampledParams sampled_params(int K, int L, float eps, float scale, bool force_u1);
 size_t sampled_workspace_floats(int ntiles);
 int sampled_tile_keys();  // keys per tile (split a job's sample into tiles of this size)
-// out[nrows][d] (f32) and lse2[nrows]: row r is job job_of_row[r]'s attention over its
-// sample (an empty sample: 0 and −∞), or 0 and −∞ when job_of_row[r] < 0. d = 128.
+// out[jobs[j].row][d] (f32) and lse2[jobs[j].row] for each of the njobs jobs: its attention
+// over its sample (an empty sample: 0 and −∞); other rows are left alone. d = 128.
 void sampled_attention(const SampledJob *jobs, const SampledTile *tiles, int ntiles,
-                       const int32_t *ids, const int32_t *job_of_row, int nrows, int d,
-                       const SampledParams &prm, float *ws, float *out, float *lse2,
-                       cudaStream_t s);
+                       const int32_t *ids, int njobs, int d, const SampledParams &prm, float *ws,
+                       float *out, float *lse2, cudaStream_t s);
+// Rows [0, nrows) of out (d wide) to 0 and of lse2 to −∞: no sampled attention (yet).
+void sampled_clear(float *out, float *lse2, int nrows, int d, cudaStream_t s);
 
 // ------------------------------------------------------------
 // swiglu.cu

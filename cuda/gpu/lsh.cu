@@ -127,36 +127,39 @@ __global__ void __launch_bounds__(LSH_THREADS)
 }
 
 // A few vectors (decode queries: one row per query head): the tiled kernel would give them
-// one block. Here a thread owns one (vector, table) and runs its K dot products side by side,
-// each the same sequential fmaf chain over d (the same bits); the vector sits in shared
-// memory, R's columns come from L2. Grid: (tables / 128, vectors).
+// one block. Here a thread owns one (vector, column): the same sequential fmaf chain over d
+// (the same bits), R read coalesced (consecutive threads, consecutive columns) with the
+// loads unrolled ahead of the chain; a block covers whole tables of one vector, so its
+// threads pack the codes from a shared bit mask. Grid: (table groups, vectors).
+constexpr int LSH_FEW_THREADS = 256;
 template <class XT>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(LSH_FEW_THREADS)
     lsh_hash_few_kernel(const float *__restrict__ R, int KL, const XT *__restrict__ x,
-                        int64_t x_stride, int d, int K, int L, uint16_t *__restrict__ codes,
-                        int64_t code_row, int64_t code_table) {
-  extern __shared__ float xv[];  // [d]
-  const int v = blockIdx.y;
+                        int64_t x_stride, int d, int K, int L, int tpb,
+                        uint16_t *__restrict__ codes, int64_t code_row, int64_t code_table) {
+  extern __shared__ float xv[];  // [d], then the bit mask
+  uint32_t *bits = reinterpret_cast<uint32_t *>(xv + d);
+  const int v = blockIdx.y, t0 = blockIdx.x * tpb;
+  const int nt = min(tpb, L - t0), ncol = nt * K;
   for (int e = threadIdx.x; e < d; e += blockDim.x) xv[e] = ld_f32(x + (int64_t)v * x_stride + e);
+  for (int w = threadIdx.x; w < (ncol + 31) / 32; w += blockDim.x) bits[w] = 0;
   __syncthreads();
-  const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= L) return;
-  const float *r = R + (int64_t)t * K;
-  float acc[16];
-#pragma unroll
-  for (int j = 0; j < 16; j++) acc[j] = 0.f;
-  for (int e = 0; e < d; e++) {
-    const float xe = xv[e];
-    const float *re = r + (int64_t)e * KL;
-#pragma unroll
-    for (int j = 0; j < 16; j++)
-      if (j < K) acc[j] = fmaf(xe, __ldg(re + j), acc[j]);
+  const int c = threadIdx.x;
+  if (c < ncol) {
+    const float *r = R + (int64_t)t0 * K + c;
+    float acc = 0.f;
+#pragma unroll 16
+    for (int e = 0; e < d; e++) acc = fmaf(xv[e], __ldg(r + (int64_t)e * KL), acc);
+    if (acc > 0.f) atomicOr(&bits[c >> 5], 1u << (c & 31));
   }
-  uint32_t code = 0;
-#pragma unroll
-  for (int j = 0; j < 16; j++)
-    if (j < K && acc[j] > 0.f) code |= 1u << j;
-  codes[(int64_t)v * code_row + (int64_t)t * code_table] = (uint16_t)code;
+  __syncthreads();
+  if (c < nt) {
+    const int rel = c * K, w = rel >> 5, sh = rel & 31;
+    uint64_t pair = bits[w];
+    if (w + 1 < (ncol + 31) / 32) pair |= (uint64_t)bits[w + 1] << 32;
+    const uint32_t code = (uint32_t)(pair >> sh) & ((1u << K) - 1u);
+    codes[(int64_t)v * code_row + (int64_t)(t0 + c) * code_table] = (uint16_t)code;
+  }
 }
 
 // x[r][e] = f32(k[r][e]) − mu[e] for n rows of d: the CPU's centering (lsh_index.cpp),
@@ -188,9 +191,12 @@ void lsh_hash(const float *R, const XT *x, int64_t x_stride, int n, int d, int K
   MP_CHECK(d >= 1, MP_ERR_INVALID, "lsh: d = %d", d);
   const int KL = K * L;
   if (n <= LSH_FEW) {
-    const dim3 grid((unsigned)((L + 127) / 128), (unsigned)n);
-    lsh_hash_few_kernel<XT><<<grid, 128, (size_t)d * sizeof(float), s>>>(
-        R, KL, x, x_stride, d, K, L, codes, code_row, code_table);
+    const int tpb = LSH_FEW_THREADS / K;  // whole tables per block
+    const dim3 grid((unsigned)((L + tpb - 1) / tpb), (unsigned)n);
+    const size_t smem = (size_t)d * sizeof(float) + (LSH_FEW_THREADS / 32 + 1) * 4;
+    lsh_hash_few_kernel<XT><<<grid, LSH_FEW_THREADS, smem, s>>>(R, KL, x, x_stride, d, K, L,
+                                                                  tpb, codes, code_row,
+                                                                  code_table);
     MP_CUDA_LAUNCH("lsh_hash_few_kernel");
     return;
   }

@@ -15,8 +15,11 @@
 // Work: a warp owns a tile of up to TILE keys of one job (one (sequence, query head)) and
 // keeps an online softmax (m, l, acc) with 4 of d = 128 dims per lane; a lane reads 8 bytes
 // of each K and V row (a warp: one 256-byte row), U keys' rows in flight before use. Tiles
-// write partial states; a combine kernel (one block per output row) merges a job's tiles
-// and writes out/lse2, and −∞/0 for rows without a job.
+// write partial states; a combine kernel (one block per job) merges a job's tiles and
+// writes its row of out/lse2. A layer's GPU share may come in several launches (one per
+// group of KV heads whose samples are ready): sampled_clear sets every row to 0/−∞ first,
+// and each launch writes only its jobs' rows.
+#include <algorithm>
 #include <cmath>
 
 #include "gpu/gpu.h"
@@ -156,25 +159,18 @@ __global__ void __launch_bounds__(32 * SA_WARPS)
   reinterpret_cast<float4 *>(o + 4)[lane] = make_float4(acc0, acc1, acc2, acc3);
 }
 
-// One block (SA_D threads) per output row: merges its job's tiles.
+// One block (SA_D threads) per job: merges its tiles into its output row.
 __global__ void sampled_combine_kernel(const SampledJob *__restrict__ jobs,
-                                       const int32_t *__restrict__ job_of_row,
                                        const float *__restrict__ ws, float *__restrict__ out,
                                        float *__restrict__ lse2) {
-  const int row = blockIdx.x, c = threadIdx.x;
-  const int j = job_of_row[row];
-  float *o = out + (size_t)row * SA_D;
-  if (j < 0) {
-    o[c] = 0.f;
-    if (c == 0) lse2[row] = -INFINITY;
-    return;
-  }
-  const SampledJob jb = jobs[j];
+  const int c = threadIdx.x;
+  const SampledJob jb = jobs[blockIdx.x];
+  float *o = out + (size_t)jb.row * SA_D;
   float M = -INFINITY;
   for (int t = jb.tile0; t < jb.tile0 + jb.ntiles; t++) M = fmaxf(M, ws[(size_t)t * (SA_D + 4)]);
   if (M == -INFINITY) {
     o[c] = 0.f;
-    if (c == 0) lse2[row] = -INFINITY;
+    if (c == 0) lse2[jb.row] = -INFINITY;
     return;
   }
   float L = 0.f, a = 0.f;
@@ -186,7 +182,15 @@ __global__ void sampled_combine_kernel(const SampledJob *__restrict__ jobs,
     a = fmaf(w, p[4 + c], a);
   }
   o[c] = a / L;
-  if (c == 0) lse2[row] = (M + logf(L)) * 1.4426950408889634f;
+  if (c == 0) lse2[jb.row] = (M + logf(L)) * 1.4426950408889634f;
+}
+
+__global__ void sampled_clear_kernel(float *__restrict__ out, float *__restrict__ lse2,
+                                     int nrows, int d) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < nrows * d; i += gridDim.x * blockDim.x) {
+    out[i] = 0.f;
+    if (i % d == 0) lse2[i / d] = -INFINITY;
+  }
 }
 
 }  // namespace
@@ -212,19 +216,25 @@ size_t sampled_workspace_floats(int ntiles) { return (size_t)std::max(1, ntiles)
 int sampled_tile_keys() { return SA_TILE; }
 
 void sampled_attention(const SampledJob *jobs, const SampledTile *tiles, int ntiles,
-                       const int32_t *ids, const int32_t *job_of_row, int nrows, int d,
-                       const SampledParams &prm, float *ws, float *out, float *lse2,
-                       cudaStream_t s) {
+                       const int32_t *ids, int njobs, int d, const SampledParams &prm, float *ws,
+                       float *out, float *lse2, cudaStream_t s) {
   MP_CHECK(d == SA_D, MP_ERR_UNSUPPORTED, "GPU sampled attention supports head_dim %d, not %d",
            SA_D, d);
-  if (nrows <= 0) return;
+  if (njobs <= 0) return;
   if (ntiles > 0) {
     sampled_tiles_kernel<<<(ntiles + SA_WARPS - 1) / SA_WARPS, 32 * SA_WARPS, 0, s>>>(
         jobs, tiles, ntiles, ids, prm, ws);
     MP_CUDA_LAUNCH("sampled_tiles_kernel");
   }
-  sampled_combine_kernel<<<nrows, SA_D, 0, s>>>(jobs, job_of_row, ws, out, lse2);
+  sampled_combine_kernel<<<njobs, SA_D, 0, s>>>(jobs, ws, out, lse2);
   MP_CUDA_LAUNCH("sampled_combine_kernel");
+}
+
+void sampled_clear(float *out, float *lse2, int nrows, int d, cudaStream_t s) {
+  if (nrows <= 0) return;
+  const int blocks = std::min(64, (nrows * d + 255) / 256);
+  sampled_clear_kernel<<<blocks, 256, 0, s>>>(out, lse2, nrows, d);
+  MP_CUDA_LAUNCH("sampled_clear_kernel");
 }
 
 }  // namespace mp::gpu

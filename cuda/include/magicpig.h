@@ -473,7 +473,9 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
  * and sorted blocks, K <= 12). op "offload" (split decode of MAGICPIG
  * sessions whose host KV is page-locked and mapped, head_dim 128: the GPU gathers the
  * sampled K/V rows of some KV heads straight from host memory while the CPU attends the
- * others): 1 none, 2 all, 3 a quarter, 4 three quarters; automatic = half. op "qcodes"
+ * others): 1 none, 2 all, 3 a quarter, 4 three quarters, 5 half; automatic = tuned per
+ * batch size after each step from how late or early the GPU's share ended against the
+ * CPU's (half at first). op "qcodes"
  * (split decode's MAGICPIG query codes): 1 hashed on the GPU beside q (the CPU's codes bit
  * for bit), 2 on the CPU; automatic = GPU. A variant that cannot run a shape falls back to
  * one that can. Process-wide; not meant to change while other calls run. */
@@ -634,8 +636,9 @@ MP_API int32_t mp_lsh_attention(mp_lsh_index *const *idx, int32_t B, const float
  * retrieved; the offloaded heads' out rows are 0 and their lse2 −∞ (nnz still counts their
  * samples), and their samples are handed out as the GPU would get them: off_n[b][h] ids
  * (ascending, the first off_cap in off_ids[b][h][..]) for heads of offloaded KV heads, 0
- * for the others. *handed is set to 1 when the hand-off ran (exactly once when any head is
- * offloaded), else 0. */
+ * for the others. *handed is the number of hand-offs (an offloaded KV head is handed over
+ * as soon as its query heads' samples exist, with any other one ready by then: 0 when no head
+ * is offloaded; each offloaded KV head is in exactly one of them, else MP_ERR_INTERNAL). */
 MP_API int32_t mp_lsh_attention_offload(mp_lsh_index *const *idx, int32_t B, const float *q,
                                         int32_t H, const uint16_t *qcodes, int32_t flags,
                                         const uint8_t *offload_kv, int64_t off_cap,
