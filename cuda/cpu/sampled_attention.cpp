@@ -838,28 +838,41 @@ static void run_all(Ctx &cx) {
   int32_t *pend = pending.data();
   std::vector<uint8_t> claimed(ng, 0);  // offloaded KV heads already handed over
   std::atomic<int> a_left{na};          // phase A tasks not finished (Batch::timing)
-  std::atomic<int64_t> last_handoff_ns{0};
+  std::atomic<bool> busy{false};        // a hand-off is running
+  int64_t last_handoff_ns = 0;          // written under `busy`
   std::vector<double> head_ms(cx.timing ? (size_t)na : 0, 0.0);
+  // One hand-off at a time, never waited for: a thread that completes an offloaded KV head
+  // while another hands off leaves it to that one, which looks again before it leaves
+  // (sequentially consistent flag and counts: one of the two sees the other's write).
   auto handoff = [&] {
-    std::vector<uint8_t> kv(ng, 0);
-    bool any = false;
-    for (size_t g = 0; g < ng; g++)
-      if (cx.off_kv[g] && __atomic_load_n(&pend[g], __ATOMIC_ACQUIRE) == 0 &&
-          __atomic_exchange_n(&claimed[g], (uint8_t)1, __ATOMIC_ACQ_REL) == 0)
-        kv[g] = 1, any = true;
-    if (!any) return;
-    OffloadSamples os;
-    os.B = cx.B, os.H = cx.H, os.Hkv = cx.Hkv, os.G = cx.G;
-    os.ids = cx.ids.data();
-    os.qn = cx.qn.data();
-    os.qmu = cx.qmu.data();
-    os.kv = kv.data();
-    cx.offload->ready(cx.offload->ctx, os);
-    const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                           std::chrono::steady_clock::now() - cx.t0)
-                           .count();
-    int64_t prev = last_handoff_ns.load(std::memory_order_relaxed);
-    while (prev < ns && !last_handoff_ns.compare_exchange_weak(prev, ns)) {
+    for (;;) {
+      if (busy.exchange(true, std::memory_order_seq_cst)) return;
+      std::vector<uint8_t> kv(ng, 0);
+      bool any = false;
+      for (size_t g = 0; g < ng; g++)
+        if (cx.off_kv[g] && !__atomic_load_n(&claimed[g], __ATOMIC_RELAXED) &&
+            __atomic_load_n(&pend[g], __ATOMIC_SEQ_CST) == 0) {
+          __atomic_store_n(&claimed[g], (uint8_t)1, __ATOMIC_SEQ_CST);
+          kv[g] = 1, any = true;
+        }
+      if (any) {
+        OffloadSamples os;
+        os.B = cx.B, os.H = cx.H, os.Hkv = cx.Hkv, os.G = cx.G;
+        os.ids = cx.ids.data();
+        os.qn = cx.qn.data();
+        os.qmu = cx.qmu.data();
+        os.kv = kv.data();
+        cx.offload->ready(cx.offload->ctx, os);
+        last_handoff_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::steady_clock::now() - cx.t0)
+                              .count();
+      }
+      busy.store(false, std::memory_order_seq_cst);
+      bool more = false;
+      for (size_t g = 0; g < ng && !more; g++)
+        more = cx.off_kv[g] && !__atomic_load_n(&claimed[g], __ATOMIC_SEQ_CST) &&
+               __atomic_load_n(&pend[g], __ATOMIC_SEQ_CST) == 0;
+      if (!more) return;
     }
   };
   // The spinning pool (common/task_pool.h), not an OpenMP team: split decode calls this
@@ -878,7 +891,7 @@ static void run_all(Ctx &cx) {
         const Ctx &cx;
         decltype(handoff) &hand;
         ~Release() {
-          const bool last = __atomic_fetch_sub(p, 1, __ATOMIC_ACQ_REL) == 1;
+          const bool last = __atomic_fetch_sub(p, 1, __ATOMIC_SEQ_CST) == 1;
           if (left->fetch_sub(1, std::memory_order_acq_rel) == 1 && cx.timing)
             cx.timing->phase_a = ms_from(cx.t0);
           if (last && off) hand();
@@ -904,7 +917,7 @@ static void run_all(Ctx &cx) {
     }
   });
   if (cx.timing) {
-    cx.timing->handoff = (double)last_handoff_ns.load() * 1e-6;
+    cx.timing->handoff = (double)last_handoff_ns * 1e-6;
     for (double ms : head_ms) {
       cx.timing->head_max = std::max(cx.timing->head_max, ms);
       cx.timing->head_sum += ms;

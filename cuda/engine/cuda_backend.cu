@@ -1653,23 +1653,26 @@ class CudaBackend final : public ForwardBackend {
   // How many KV heads split decode's GPU share takes (op "offload" automatic), per batch
   // size: the GPU reads its heads' rows over PCIe while the CPU gathers the others', and the
   // layer waits for the later of the two. After each step, from the mean lag of the GPU
-  // share's end behind the CPU part's (step_share_timing): late → one KV head less; early
-  // by more than kMargin → one more, unless that count was late when last tried (within
-  // kRetry steps). Starts at half.
+  // share's end behind the CPU part's (step_share_timing): late by more than kLate → one KV
+  // head less; early by more than kEarly → one more, unless that count was late when last
+  // tried (within kRetry steps). Starts at half; a batch size's first kWarm steps (first
+  // allocations, lazy loading) only record.
   struct ShareTuner {
-    static constexpr double kMargin = 0.03;  // ms
-    static constexpr int kRetry = 64;        // steps
+    static constexpr double kLate = 0.01, kEarly = 0.03;  // ms
+    static constexpr int kRetry = 16, kWarm = 2;          // steps
     bool init = false;
     int k = 0, step = 0;
     double lag[65] = {};  // mean lag last seen at each count (ms; > 0: GPU late)
     int tried[65] = {};   // step of that measurement (0: never)
     void update(double mean_lag, int hkv) {
       step++;
+      if (step <= kWarm) return;
       lag[k] = mean_lag, tried[k] = step;
-      if (mean_lag > 0 && k > 1) {
+      if (mean_lag > kLate && k > 1) {
         k--;
-      } else if (mean_lag < -kMargin && k + 1 < std::min(hkv, 65)) {
-        const bool late_before = tried[k + 1] > 0 && lag[k + 1] > 0 && step - tried[k + 1] < kRetry;
+      } else if (mean_lag < -kEarly && k + 1 < std::min(hkv, 65)) {
+        const bool late_before =
+            tried[k + 1] > 0 && lag[k + 1] > kLate && step - tried[k + 1] < kRetry;
         if (!late_before) k++;
       }
     }
