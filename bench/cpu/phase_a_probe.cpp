@@ -5,7 +5,7 @@
 //   list  — the count loop lists the bitmap words it makes non-zero and the harvest visits
 //           only those (the library's form when L·64 < 2^K);
 //   sweep — no list in the count loop, the harvest sweeps every word (K10L150's form).
-// The count loop is the library's (software-pipelined bucket lookups, D tables ahead).
+// The count loop is the library's own (cpu/lsh_count.h).
 //
 // A standalone program, not part of libmagicpig; it compiles the few sources it needs:
 //   g++ -std=c++17 -O3 -march=native -fopenmp -fno-math-errno -Icuda/include -Icuda
@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "common/common.h"
+#include "cpu/lsh_count.h"
 #include "cpu/lsh_index.h"
 
 using namespace mp;
@@ -45,52 +46,6 @@ struct Scratch {
 };
 
 template <bool LIST>
-void count_block(const Index &I, const Block &blk, int hkv, const uint16_t *q, Scratch &sc,
-                 uint32_t &nt_io) {
-  constexpr int D = 16;
-  const int L = I.params().L;
-  const uint32_t **optr = sc.optr.data();
-  uint32_t *rs = sc.rs.data(), *re = sc.re.data();
-  uint64_t *__restrict seen1 = sc.seen1.data();
-  uint64_t *__restrict seen2 = sc.seen2.data();
-  uint32_t *__restrict touched = sc.touched.data();
-  const uint32_t base = (uint32_t)blk.start;
-  auto locate = [&](int t) {
-    optr[t] = I.offsets(blk, hkv, t) + q[t];
-    __builtin_prefetch(optr[t], 0, 3);
-  };
-  auto fetch = [&](int t) {
-    const uint32_t s = optr[t][0], e = optr[t][1];
-    rs[t] = s, re[t] = e;
-    if (e > s) {
-      const uint16_t *ent = I.entries(blk, hkv, t);
-      const char *p0 = (const char *)(ent + s), *p1 = (const char *)(ent + e);
-      for (const char *p = (const char *)((uintptr_t)p0 & ~(uintptr_t)63); p < p1; p += 64)
-        __builtin_prefetch(p, 0, 3);
-    }
-  };
-  uint32_t nt = nt_io;
-  for (int t = 0; t < std::min(2 * D, L); t++) locate(t);
-  for (int t = 0; t < std::min(D, L); t++) fetch(t);
-  for (int t = 0; t < L; t++) {
-    if (t + 2 * D < L) locate(t + 2 * D);
-    if (t + D < L) fetch(t + D);
-    const uint16_t *__restrict e = I.entries(blk, hkv, t);
-    for (uint32_t j = rs[t]; j < re[t]; j++) {
-      const uint32_t i = base + e[j], w = i >> 6;
-      const uint64_t b = 1ull << (i & 63), x = seen1[w];
-      if (LIST) {
-        touched[nt] = w;
-        nt += x == 0;
-      }
-      seen2[w] |= x & b;
-      seen1[w] = x | b;
-    }
-  }
-  nt_io = nt;
-}
-
-template <bool LIST>
 size_t sample(const Index &I, int hkv, const uint16_t *q, Scratch &sc) {
   const size_t words = (size_t)(I.n_blocked() + 63) / 64;
   if (sc.seen1.size() < words) {
@@ -100,7 +55,9 @@ size_t sample(const Index &I, int hkv, const uint16_t *q, Scratch &sc) {
   if (sc.rs.size() < (size_t)L) sc.rs.resize(L), sc.re.resize(L), sc.optr.resize(L);
   sc.hits.clear();
   uint32_t nt = 0;
-  for (const Block &blk : I.blocks()) count_block<LIST>(I, blk, hkv, q, sc, nt);
+  const CountScratch cs{sc.optr.data(),  sc.rs.data(),    sc.re.data(),
+                        sc.seen1.data(), sc.seen2.data(), sc.touched.data()};
+  for (const Block &blk : I.blocks()) count_block<LIST>(I, blk, hkv, q, cs, nt);
   auto take = [&](uint32_t w) {
     uint64_t m = sc.seen2[w];
     sc.seen1[w] = 0, sc.seen2[w] = 0;

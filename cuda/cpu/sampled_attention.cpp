@@ -61,6 +61,7 @@
 
 #include "common/common.h"
 #include "common/task_pool.h"
+#include "cpu/lsh_count.h"
 #include "cpu/lsh_simd.h"
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -385,65 +386,6 @@ static void grow(V &v, size_t n) {
 // ------------------------------------------------------------
 // phase A: the sample of one query head
 
-// Collision counting over one block for query head (b, h): every token id hit in >= 2 of
-// the L buckets ends with its bit set in seen2. The L bucket lookups are random DRAM
-// accesses: they run as a software pipeline (offsets of table t + 2D prefetched, those of
-// t + D read and their entry lines prefetched, table t counted), and the count is
-// branch-free on two bitmaps (seen once, seen twice) that stay in L1.
-template <bool LIST>
-static int64_t count_block(const Index &I, const Block &blk, int hkv, const uint16_t *q,
-                           Scratch &sc, uint32_t &nt_io) {
-  const int L = I.params().L;
-  constexpr int D = 16;  // tables ahead (the offsets are 2·D ahead)
-  const uint32_t **optr = sc.optr.data();
-  uint32_t *rs = sc.rs.data(), *re = sc.re.data();
-  uint64_t *__restrict seen1 = sc.seen1.data();
-  uint64_t *__restrict seen2 = sc.seen2.data();
-  uint32_t *__restrict touched = sc.touched.data();
-  const uint32_t base = (uint32_t)blk.start;
-  auto locate = [&](int t) {
-    optr[t] = I.offsets(blk, hkv, t) + q[t];
-    __builtin_prefetch(optr[t], 0, 3);
-  };
-  auto fetch = [&](int t) {
-    const uint32_t s = optr[t][0], e = optr[t][1];
-    rs[t] = s;
-    re[t] = e;
-    if (e > s) {
-      const uint16_t *ent = I.entries(blk, hkv, t);
-      const char *p0 = (const char *)(ent + s), *p1 = (const char *)(ent + e);
-      for (const char *p = (const char *)((uintptr_t)p0 & ~(uintptr_t)63); p < p1; p += 64)
-        __builtin_prefetch(p, 0, 3);
-    }
-  };
-  int64_t scanned = 0;
-  uint32_t nt = nt_io;  // a local: `touched` could alias a reference, forcing memory round trips
-  for (int t = 0; t < std::min(2 * D, L); t++) locate(t);
-  for (int t = 0; t < std::min(D, L); t++) fetch(t);
-  for (int t = 0; t < L; t++) {
-    if (t + 2 * D < L) locate(t + 2 * D);
-    if (t + D < L) fetch(t + D);
-    const uint16_t *__restrict e = I.entries(blk, hkv, t);
-    const uint32_t j0 = rs[t], j1 = re[t];
-    scanned += j1 - j0;
-    // a second hit moves the token's bit from seen1 into seen2
-    for (uint32_t j = j0; j < j1; j++) {
-      const uint32_t i = base + e[j];
-      const uint32_t w = i >> 6;
-      const uint64_t b = 1ull << (i & 63);
-      const uint64_t x = seen1[w];
-      if (LIST) {
-        touched[nt] = w;
-        nt += x == 0;
-      }
-      seen2[w] |= x & b;
-      seen1[w] = x | b;
-    }
-  }
-  nt_io = nt;
-  return scanned;
-}
-
 static void sample_head(Ctx &cx, int b, int h) {
   const Index &I = *cx.batch->idx[b];
   const size_t bh = (size_t)b * cx.H + h;
@@ -465,12 +407,14 @@ static void sample_head(Ctx &cx, int b, int h) {
     grow(sc.rs, L);
     grow(sc.re, L);
     grow(sc.optr, L);
+    const CountScratch cs{sc.optr.data(),  sc.rs.data(),    sc.re.data(),
+                          sc.seen1.data(), sc.seen2.data(), sc.touched.data()};
     uint32_t nt = 0;
     // Sweep instead of a list when the buckets' entries outnumber the bitmap words.
     const bool sweep = (int64_t)L * 64 >= ((int64_t)1 << I.params().K);
     for (const Block &blk : I.blocks()) {
-      const int64_t scanned = sweep ? count_block<false>(I, blk, hkv, q, sc, nt)
-                                    : count_block<true>(I, blk, hkv, q, sc, nt);
+      const int64_t scanned = sweep ? count_block<false>(I, blk, hkv, q, cs, nt)
+                                    : count_block<true>(I, blk, hkv, q, cs, nt);
       st.entries += scanned;
       st.bytes += scanned * 2 + (int64_t)L * 8;
     }

@@ -145,6 +145,47 @@ const hashConfig: ModelConfig = {
   vocab_size: 256,
 };
 
+/** A CUDA engine with seeded random weights (the split-decode tests' model). */
+async function randomEngine(cfg: ModelConfig, maxBatch: number, seed: bigint): Promise<Engine> {
+  const e = Engine.create(cfg, { backend: Backend.CUDA, maxBatch });
+  await e.initRandom(seed, 0.05);
+  await e.finalize();
+  return e;
+}
+
+/** A committed MAGICPIG session of 3000 tokens (i·mul + add) mod 256, for forks of 3100. */
+async function committedSession(
+  e: Engine,
+  attention: { lshK: number; lshL: number },
+  mul: number,
+  add: number,
+): Promise<Session> {
+  const prompt = Int32Array.from({ length: 3000 }, (_, i) => (i * mul + add) % 256);
+  const base = await Session.create(e, { attention, reserveTokens: 3100 });
+  await base.prefill(prompt);
+  await base.commit();
+  return base;
+}
+
+/** `steps` decode steps of `sessions` (row b of step i gets tok(i, b)); the logits of every
+ * step, one after the other. */
+async function decodeLogits(
+  e: Engine,
+  sessions: Session[],
+  vocab: number,
+  steps: number,
+  tok: (i: number, b: number) => number,
+): Promise<Float32Array> {
+  const B = sessions.length;
+  const logits = new Float32Array(B * vocab);
+  const all = new Float32Array(steps * B * vocab);
+  for (let i = 0; i < steps; i++) {
+    await decodeStep(e, sessions, Int32Array.from({ length: B }, (_, b) => tok(i, b)), logits);
+    all.set(logits, i * B * vocab);
+  }
+  return all;
+}
+
 /** Byte offset where the KV sections of a snapshot of n tokens end (snapshot.h layout). */
 function kvEnd(file: Uint8Array, c: ModelConfig, n: number): number {
   const headerBytes = new DataView(file.buffer, file.byteOffset).getUint32(12, true);
@@ -378,16 +419,8 @@ Deno.test({
   async fn() {
     // head_dim 128 (the kernel's), 2 KV heads: none / half / all of them on the GPU
     console.log("CUDA engine, MAGICPIG K6L64 session of 3000 tokens forked 3 times, 4 steps each");
-    await using e = Engine.create(hashConfig, { backend: Backend.CUDA, maxBatch: 3 });
-    await e.initRandom(5n, 0.05);
-    await e.finalize();
-    const prompt = Int32Array.from({ length: 3000 }, (_, i) => (i * 29 + 3) % 256);
-    await using base = await Session.create(e, {
-      attention: { lshK: 6, lshL: 64 },
-      reserveTokens: 3100,
-    });
-    await base.prefill(prompt);
-    await base.commit();
+    await using e = await randomEngine(hashConfig, 3, 5n);
+    await using base = await committedSession(e, { lshK: 6, lshL: 64 }, 29, 3);
     const V = hashConfig.vocab_size;
     const out: Float32Array[] = [];
     const jobs: number[] = [];
@@ -400,13 +433,8 @@ Deno.test({
           reserveTokens: 3100,
         });
         await f.commit();
-        const logits = new Float32Array(V);
-        const all = new Float32Array(4 * V);
         decodeProfile(true);
-        for (let i = 0; i < 4; i++) {
-          await decodeStep(e, [f], new Int32Array([(i * 7) % 256]), logits);
-          all.set(logits, i * V);
-        }
+        const all = await decodeLogits(e, [f], V, 4, (i) => (i * 7) % 256);
         jobs.push(decodeProfile(true).gpuJobs);
         const info = f.info();
         fractions.push(info.keysAttended / info.keysOffloaded);
@@ -435,14 +463,9 @@ Deno.test({
   async fn() {
     // K10L150 (the paper's), head_dim 128; the CPU attends every sample (no GPU share), so
     // the logits depend on the codes only through the samples they select.
-    await using e = Engine.create(hashConfig, { backend: Backend.CUDA, maxBatch: 2 });
-    await e.initRandom(7n, 0.05);
-    await e.finalize();
-    const prompt = Int32Array.from({ length: 3000 }, (_, i) => (i * 31 + 5) % 256);
+    await using e = await randomEngine(hashConfig, 2, 7n);
     const attention = { lshK: 10, lshL: 150 };
-    await using base = await Session.create(e, { attention, reserveTokens: 3100 });
-    await base.prefill(prompt);
-    await base.commit();
+    await using base = await committedSession(e, attention, 31, 5);
     const V = hashConfig.vocab_size;
     const out: Float32Array[] = [];
     const gpuLayers: number[] = [];
@@ -453,13 +476,8 @@ Deno.test({
         setKernel("qcodes", mode);
         await using f = await base.fork({ attention, reserveTokens: 3100 });
         await f.commit();
-        const logits = new Float32Array(V);
-        const all = new Float32Array(4 * V);
         decodeProfile(true);
-        for (let i = 0; i < 4; i++) {
-          await decodeStep(e, [f], new Int32Array([(i * 11) % 256]), logits);
-          all.set(logits, i * V);
-        }
+        const all = await decodeLogits(e, [f], V, 4, (i) => (i * 11) % 256);
         gpuLayers.push(decodeProfile(true).qcodesGpu);
         attended.push(f.info().keysAttended);
         out.push(all);
@@ -484,14 +502,9 @@ Deno.test({
     // samples exist, so a layer's share comes in one or more launches; every row must be
     // written by exactly its own launch (sampled_clear, then each launch its jobs' rows)
     const cfg: ModelConfig = { ...hashConfig, dim: 512, n_heads: 8, n_kv_heads: 4 };
-    await using e = Engine.create(cfg, { backend: Backend.CUDA, maxBatch: 2 });
-    await e.initRandom(9n, 0.05);
-    await e.finalize();
-    const prompt = Int32Array.from({ length: 3000 }, (_, i) => (i * 13 + 7) % 256);
+    await using e = await randomEngine(cfg, 2, 9n);
     const attention = { lshK: 6, lshL: 64 };
-    await using base = await Session.create(e, { attention, reserveTokens: 3100 });
-    await base.prefill(prompt);
-    await base.commit();
+    await using base = await committedSession(e, attention, 13, 7);
     const V = cfg.vocab_size;
     const shares = [GpuShare.NONE, GpuShare.QUARTER, GpuShare.THREE_QUARTERS, GpuShare.AUTO];
     const out: Float32Array[] = [];
@@ -504,13 +517,8 @@ Deno.test({
         await using f1 = await base.fork({ attention, reserveTokens: 3100 });
         await f0.commit();
         await f1.commit();
-        const logits = new Float32Array(2 * V);
-        const all = new Float32Array(6 * 2 * V);
         decodeProfile(true);
-        for (let i = 0; i < 6; i++) {
-          await decodeStep(e, [f0, f1], new Int32Array([(i * 7) % 256, (i * 5 + 1) % 256]), logits);
-          all.set(logits, i * 2 * V);
-        }
+        const all = await decodeLogits(e, [f0, f1], V, 6, (i, b) => (i * (b ? 5 : 7) + b) % 256);
         jobs.push(decodeProfile(true).gpuJobs);
         out.push(all);
       }
