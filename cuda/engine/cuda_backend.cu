@@ -1610,10 +1610,14 @@ class CudaBackend final : public ForwardBackend {
   }
 
   // A seeded projection's R [d][K·L] on the device for decode (the index build's copy,
-  // hash_R_, belongs to the hash_ stream), uploaded once per (seed, K, L) on s_.
+  // hash_R_, belongs to the hash_ stream), uploaded once per (seed, K, L) on s_; the last
+  // kDecodeR of them are kept (freeing one waits for the device, so a queued kernel that
+  // reads it finishes first).
+  static constexpr size_t kDecodeR = 8;
   const float *decode_hyperplanes(const lsh::Projection &P) {
     for (DecodeR &r : dec_R_)
       if (r.seed == P.seed && r.K == P.K && r.L == P.L) return r.R.p;
+    if (dec_R_.size() >= kDecodeR) dec_R_.pop_front();
     const int cols = P.K * P.L;
     std::vector<float> R((size_t)d_ * cols);
     for (int e = 0; e < d_; e++)
