@@ -325,10 +325,13 @@ interface StageMs {
   headMeanPerLayer: number;
   /** Per split layer and query head: bucket entries scanned. */
   entriesPerHead: number;
+  /** Per split layer and sequence: KV heads whose sampled attention the GPU took (mean). */
+  gpuKvHeads: number;
 }
 
-/** `heads`: query heads per split layer-call (batch × the model's query heads). */
-function stagesOf(p: DecodeProfile, heads: number): StageMs | null {
+/** `heads`: query heads per split layer-call (batch × the model's query heads); `kvHeads`: the
+ * model's KV heads. */
+function stagesOf(p: DecodeProfile, heads: number, kvHeads: number): StageMs | null {
   if (p.steps <= 0) return null;
   const per = (x: number) => x / p.steps;
   const known = p.setupMs + p.waitQMs + p.cpuMs + p.tailMs + p.postMs;
@@ -350,6 +353,8 @@ function stagesOf(p: DecodeProfile, heads: number): StageMs | null {
     headMaxPerLayer: perLayer(p.headMaxMs),
     headMeanPerLayer: perLayer(p.headSumMs) / heads,
     entriesPerHead: p.splitLayers > 0 ? perLayer(p.entries) / heads : 0,
+    // jobs are query heads: (GPU KV heads per sequence) × group × batch per layer-call
+    gpuKvHeads: perLayer(p.gpuJobs) * kvHeads / heads,
   };
 }
 
@@ -364,11 +369,11 @@ function stageText(s: StageMs | null): string {
         us(s.headMaxPerLayer)
       }, ${s.entriesPerHead.toFixed(0)} entries)` +
       (s.handoffPerLayer > 0
-        ? `, GPU share launched at ${us(s.handoffPerLayer)}, ended ${
-          us(Math.abs(s.shareLagPerLayer))
-        } us ${s.shareLagPerLayer > 0 ? "after" : "before"} the CPU part (late in ${
-          (100 * s.shareLateFraction).toFixed(0)
-        }% of layers)`
+        ? `, GPU share of ${s.gpuKvHeads.toFixed(1)} KV heads launched at ${
+          us(s.handoffPerLayer)
+        }, ended ${us(Math.abs(s.shareLagPerLayer))} us ${
+          s.shareLagPerLayer > 0 ? "after" : "before"
+        } the CPU part (late in ${(100 * s.shareLateFraction).toFixed(0)}% of layers)`
         : "") +
       ")"
     : "";
@@ -731,7 +736,7 @@ async function main(): Promise<void> {
         times.push(await step());
       }
       const infos1 = members.map((f) => f.info());
-      const stages = useGpu ? stagesOf(decodeProfile(true), B * cfg.n_heads) : null;
+      const stages = useGpu ? stagesOf(decodeProfile(true), B * cfg.n_heads, cfg.n_kv_heads) : null;
       let att = 0, off = 0;
       for (let i = 0; i < B; i++) {
         att += infos1[i].keysAttended - infos0[i].keysAttended;
