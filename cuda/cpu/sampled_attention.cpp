@@ -1012,7 +1012,6 @@ void attention(const Batch &batch, int32_t flags, const int32_t *sets, const int
   });
   PROF_T(a3);
   PROF_ADD(6, a2, a3);
-  if (cx.timing) cx.timing->done = ms_from(cx.t0);
   if (stats) {
     sum_stats(cx, stats);
     if (cx.sets || (flags & FLAG_RETRIEVE_ALL)) {

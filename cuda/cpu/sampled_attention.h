@@ -67,8 +67,7 @@ struct Offload {
 struct Timing {
   double prepare = 0;  // query codes, constants and tasks laid out
   double phase_a = 0;  // every query head's sample retrieved
-  double handoff = 0;  // Offload::ready returned (0: no offload)
-  double done = 0;     // the call's end (phases B–D and the merge included)
+  double handoff = 0;  // the last Offload::ready returned (0: no offload)
   double head_max = 0;  // the longest phase A task (one query head's retrieval), ms
   double head_sum = 0;  // phase A tasks summed, ms
   int64_t entries = 0;  // bucket entries scanned + tail tokens compared, all heads
