@@ -60,6 +60,7 @@ import {
   KvPlacement,
   PinnedKv,
   QueryCodes,
+  Retrieval,
   setKernel,
 } from "../ffi/gpu.ts";
 import { llama31_8b } from "./_shapes.ts";
@@ -177,6 +178,8 @@ interface Method {
   share?: number;
   /** Where split decode hashes MAGICPIG queries (op "qcodes"); default automatic. */
   qcodes?: number;
+  /** Where the GPU share's samples are retrieved (op "retrieval"); default automatic. */
+  retrieval?: number;
 }
 
 /** "magicpig@SHARE": MAGICPIG with split decode's GPU share forced (op "offload"). */
@@ -237,6 +240,8 @@ function methodOf(name: string): Method {
       };
     case "magicpig-cpu-codes": // magicpig with the query codes hashed on the CPU (A/B)
       return { ...methodOf("magicpig"), name, qcodes: QueryCodes.CPU };
+    case "magicpig-cpu-retrieval": // the GPU share's samples retrieved by the CPU (A/B)
+      return { ...methodOf("magicpig"), name, retrieval: Retrieval.CPU };
     case "topk":
       return {
         name,
@@ -254,7 +259,7 @@ function methodOf(name: string): Method {
   }
   throw new Error(
     `Unknown method "${name}": use dense-gpu, dense-gpu-nographs, dense-host, magicpig, ` +
-      `magicpig-cpu, topk or quest`,
+      `magicpig@SHARE, magicpig-cpu, magicpig-cpu-codes, magicpig-cpu-retrieval, topk or quest`,
   );
 }
 
@@ -327,6 +332,8 @@ interface StageMs {
   entriesPerHead: number;
   /** Per split layer and sequence: KV heads whose sampled attention the GPU took (mean). */
   gpuKvHeads: number;
+  /** Split layers whose GPU share the GPU retrieved itself (op "retrieval"), as a fraction. */
+  gpuRetrievedFraction: number;
 }
 
 /** `heads`: query heads per split layer-call (batch × the model's query heads); `kvHeads`: the
@@ -355,6 +362,7 @@ function stagesOf(p: DecodeProfile, heads: number, kvHeads: number): StageMs | n
     entriesPerHead: p.splitLayers > 0 ? perLayer(p.entries) / heads : 0,
     // jobs are query heads: (GPU KV heads per sequence) × group × batch per layer-call
     gpuKvHeads: perLayer(p.gpuJobs) * kvHeads / heads,
+    gpuRetrievedFraction: perLayer(p.gpuRetrieval),
   };
 }
 
@@ -368,9 +376,11 @@ function stageText(s: StageMs | null): string {
       ` (prepared at ${us(s.preparePerLayer)}; per head ${us(s.headMeanPerLayer)}, longest ${
         us(s.headMaxPerLayer)
       }, ${s.entriesPerHead.toFixed(0)} entries)` +
-      (s.handoffPerLayer > 0
-        ? `, GPU share of ${s.gpuKvHeads.toFixed(1)} KV heads launched at ${
-          us(s.handoffPerLayer)
+      (s.gpuKvHeads > 0
+        ? `, GPU share of ${s.gpuKvHeads.toFixed(1)} KV heads ${
+          s.gpuRetrievedFraction > 0
+            ? `retrieved on the GPU in ${(100 * s.gpuRetrievedFraction).toFixed(0)}% of layers`
+            : `launched at ${us(s.handoffPerLayer)}`
         }, ended ${us(Math.abs(s.shareLagPerLayer))} us ${
           s.shareLagPerLayer > 0 ? "after" : "before"
         } the CPU part (late in ${(100 * s.shareLateFraction).toFixed(0)}% of layers)`
@@ -513,7 +523,7 @@ async function main(): Promise<void> {
   if (want("dense-gpu-nographs")) {
     jobs.push({ budget: 0n, N: o.contexts[0], method: "dense-gpu-nographs", B: 1 });
   }
-  for (const m of ["magicpig-cpu", "magicpig-cpu-codes"].filter(want)) {
+  for (const m of ["magicpig-cpu", "magicpig-cpu-codes", "magicpig-cpu-retrieval"].filter(want)) {
     jobs.push({ budget: 0n, N: Nmax, method: m, B: 1 });
   }
   for (const m of o.methods.filter((x) => x.startsWith("magicpig@"))) {
@@ -680,6 +690,7 @@ async function main(): Promise<void> {
     if (useGpu) setKernel("graphs", m.graphs ?? Graphs.AUTO);
     if (useGpu) setKernel("offload", m.share ?? GpuShare.AUTO);
     if (useGpu) setKernel("qcodes", m.qcodes ?? QueryCodes.AUTO);
+    if (useGpu) setKernel("retrieval", m.retrieval ?? Retrieval.AUTO);
     const members: Session[] = [];
     const forks: Session[] = [];
     try {
@@ -801,6 +812,7 @@ async function main(): Promise<void> {
       if (useGpu) setKernel("graphs", Graphs.AUTO);
       if (useGpu) setKernel("offload", GpuShare.AUTO);
       if (useGpu) setKernel("qcodes", QueryCodes.AUTO);
+      if (useGpu) setKernel("retrieval", Retrieval.AUTO);
     }
   }
 

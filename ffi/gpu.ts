@@ -72,9 +72,27 @@ export const GpuShare = {
  */
 export const QueryCodes = { AUTO: 0, GPU: 1, CPU: 2 } as const;
 
+/**
+ * Variants of op "retrieval" (where the samples of split decode's GPU share are retrieved)
+ * for {@link setKernel}: automatic = on the GPU, which counts collisions in the index's
+ * page-locked blocks in place and starts at once (the CPU does those heads' unsorted tail),
+ * where every offloaded session's blocks are page-locked, else on the CPU; GPU (the same);
+ * CPU (each KV head's sample handed to the GPU as it completes).
+ */
+export const Retrieval = { AUTO: 0, GPU: 1, CPU: 2 } as const;
+
 /** Forces a kernel variant of an op family for later CUDA work (0: automatic). */
 export function setKernel(
-  op: "matmul" | "attention" | "kv" | "graphs" | "pin" | "lsh" | "offload" | "qcodes",
+  op:
+    | "matmul"
+    | "attention"
+    | "kv"
+    | "graphs"
+    | "pin"
+    | "lsh"
+    | "offload"
+    | "qcodes"
+    | "retrieval",
   variant: number,
 ): void {
   const err = errorBuffer();
@@ -125,11 +143,13 @@ export interface DecodeProfile {
   entries: number;
   /** Split layer-calls whose MAGICPIG query codes the GPU computed. */
   qcodesGpu: number;
+  /** Split layer-calls whose GPU share the GPU retrieved itself (op "retrieval"). */
+  gpuRetrieval: number;
 }
 
 /** Reads (and with `reset`, clears) the CUDA backend's decode stage timers. */
 export function decodeProfile(reset = false): DecodeProfile {
-  const v = new Float64Array(19);
+  const v = new Float64Array(20);
   lib().mp_decode_profile(v, v.length, reset ? 1 : 0);
   return {
     steps: v[0],
@@ -151,6 +171,7 @@ export function decodeProfile(reset = false): DecodeProfile {
     headSumMs: v[16],
     entries: v[17],
     qcodesGpu: v[18],
+    gpuRetrieval: v[19],
   };
 }
 

@@ -32,6 +32,9 @@ export const LshFlags = {
   RETRIEVE_ALL: 4,
   /** Also center the query: wrong on purpose, for the centering test. */
   CENTER_QUERY: 8,
+  /** {@link lshAttentionOffload} only: the offloaded KV heads' blocked tokens are attended
+   * elsewhere (split decode's GPU retrieval); the call attends only their tail. */
+  OFFLOAD_BLOCKS: 16,
 } as const;
 
 /** Index parameters (mp_lsh_params); unset fields take the library's defaults. */

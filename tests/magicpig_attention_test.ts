@@ -564,6 +564,70 @@ Deno.test("sampled fraction for isotropic inputs is the mean u(cos) within 3 SE"
   }
 });
 
+Deno.test("an offloaded share whose blocks the GPU retrieves: the CPU attends exactly the tail part of those heads' samples", async () => {
+  // split decode with GPU retrieval, CPU side: for offloaded KV heads the CPU retrieves and
+  // attends only the tokens appended since the last merge (the unsorted tail); the other
+  // heads are the plain call's bit for bit
+  const hkv = 4, H = 16, d = 32, n = 5000, more = 700, K = 8, L = 75, B = 2;
+  const G = H / hkv;
+  const idxs: LshIndex[] = [];
+  for (let b = 0; b < B; b++) {
+    const { keys, values } = kvData(hkv, n + more, d, 310 + b);
+    const part = (x: Float32Array, lo: number, hi: number) => {
+      const o = new Float32Array(hkv * (hi - lo) * d);
+      for (let h = 0; h < hkv; h++) {
+        o.set(x.subarray((h * (n + more) + lo) * d, (h * (n + more) + hi) * d), h * (hi - lo) * d);
+      }
+      return bf16Array(o);
+    };
+    const idx = await LshIndex.create(
+      { k: K, l: L, seed: BigInt(50 + b) },
+      hkv,
+      d,
+      DType.BF16,
+      part(keys, 0, n),
+      part(values, 0, n),
+      n,
+    );
+    await idx.append(part(keys, n, n + more), part(values, n, n + more), more);
+    idxs.push(idx);
+  }
+  try {
+    for (const i of idxs) assertEquals([i.info().nBlocked, i.info().nTail], [n, more]);
+    const q = randn(B * H * d, 311, 0.4);
+    const full = lshAttention(idxs, q, H);
+    const sets = lshRetrieve(idxs, q, H).sets;
+    const offload = new Uint8Array(B * hkv);
+    offload[0] = offload[2] = 1;
+    offload[hkv + 3] = 1;
+    const got = lshAttentionOffload(idxs, q, H, offload, { flags: LshFlags.OFFLOAD_BLOCKS });
+    assertEquals(got.handed, 0);
+    const isOff = (bh: number) =>
+      offload[Math.floor(bh / H) * hkv + Math.floor((bh % H) / G)] === 1;
+    const tails = sets.map((s, bh) => isOff(bh) ? Array.from(s).filter((i) => i >= n) : []);
+    const ref = lshAttentionSets(idxs, q, H, tails);
+    let tailKeys = 0;
+    for (let bh = 0; bh < B * H; bh++) {
+      const what = `sequence ${Math.floor(bh / H)} head ${bh % H}`;
+      const o = Array.from(got.out.subarray(bh * d, (bh + 1) * d));
+      assertEquals(got.samples[bh].length, 0, `${what}: nothing handed out`);
+      if (isOff(bh)) {
+        tailKeys += tails[bh].length;
+        assertEquals(got.nnz[bh], tails[bh].length, `${what}: nnz is the tail's`);
+        assertEquals(got.lse2[bh], ref.lse2[bh], `${what}: lse2`);
+        assertEquals(o, Array.from(ref.out.subarray(bh * d, (bh + 1) * d)), `${what}: out`);
+      } else {
+        assertEquals(got.nnz[bh], full.nnz[bh], `${what}: nnz`);
+        assertEquals(got.lse2[bh], full.lse2[bh], `${what}: lse2`);
+        assertEquals(o, Array.from(full.out.subarray(bh * d, (bh + 1) * d)), what);
+      }
+    }
+    assertGreater(tailKeys, 0); // some tail token collides: the tail part is not trivial
+  } finally {
+    for (const i of idxs) i.close();
+  }
+});
+
 Deno.test("an offloaded share: the other heads are unchanged bit for bit, the offloaded heads' samples are handed out once", async () => {
   // split decode's GPU share, CPU side: every head is retrieved; offloaded KV heads get no
   // CPU attention (0 and −∞, so the merge takes the GPU's part alone) and their samples are

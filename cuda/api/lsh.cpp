@@ -343,10 +343,15 @@ MP_API int32_t mp_lsh_attention_offload(mp_lsh_index *const *idx, int32_t B, con
           if (m) std::copy(v.begin(), v.begin() + (int64_t)m, k.ids + bh * k.cap);
         }
     };
+    if (flags & MP_LSH_OFFLOAD_BLOCKS) {  // the tail only, no hand-offs
+      off.blocks = true;
+      off.ready = nullptr;
+      flags &= ~MP_LSH_OFFLOAD_BLOCKS;
+    }
     bh.batch.offload = &off;
     std::fill(off_n, off_n + (size_t)B * H, 0);
     mp::lsh::attention(bh.batch, flags, nullptr, nullptr, 0, out, lse2, nnz, nullptr);
-    for (size_t g = 0; g < sink.times.size(); g++)
+    for (size_t g = 0; g < sink.times.size() && !off.blocks; g++)
       MP_CHECK(sink.times[g] == (offload_kv[g] ? 1 : 0), MP_ERR_INTERNAL,
                "KV head %zu of the batch was handed over %d times", g, sink.times[g]);
     *handed = sink.calls;

@@ -69,6 +69,13 @@
 
 namespace mp::lsh {
 
+// A block's arrays, faulted in and written, page-locked where a device reads them in place
+// (huge_alloc.h pin_host; a no-op without a CUDA backend). The allocator unpins them.
+static void pin_block(Block &b) {
+  pin_host(b.offsets.data(), b.offsets.size() * sizeof(uint32_t));
+  pin_host(b.entries.data(), b.entries.size() * sizeof(uint16_t));
+}
+
 Index::Index(const Params &p, int n_kv_heads, int head_dim)
     : p_(p), hkv_(n_kv_heads), d_(head_dim), lp_((p.L + 15) / 16 * 16) {
   MP_CHECK(p.K >= 1 && p.K <= 16, MP_ERR_INVALID, "LSH bits per table \"%d\" must be in 1..16",
@@ -323,6 +330,7 @@ void Index::add_sorted(const KeyRows &keys, int64_t m, const SortedPiece &piece)
       bl.entries.resize((size_t)hkv_ * L * bl.n);
       fault_in(bl.offsets.data(), bl.offsets.size() * sizeof(uint32_t));
       fault_in(bl.entries.data(), bl.entries.size() * sizeof(uint16_t));
+      pin_block(bl);
     }
   }
   {
@@ -452,6 +460,7 @@ void Index::merge(int64_t T, int group, CodesOf &&codes_of) {
     b.entries.resize((size_t)hkv_ * L * b.n);
     fault_in(b.offsets.data(), b.offsets.size() * sizeof(uint32_t));
     fault_in(b.entries.data(), b.entries.size() * sizeof(uint16_t));
+    pin_block(b);
   }
   times_.alloc += omp_get_wtime() - t0;
   const int S = (int)segs.size();
@@ -679,6 +688,7 @@ std::unique_ptr<Index> Index::read(const uint8_t *data, size_t size) {
         for (int32_t i = 0; i < b.n; i++)
           MP_CHECK(e[i] < b.n, MP_ERR_CORRUPT, "LSH index image has an invalid entry");
       }
+    pin_block(b);
     start += b.n;
   }
   MP_CHECK(start == idx->n_blocked_, MP_ERR_CORRUPT, "LSH index image blocks do not cover it");

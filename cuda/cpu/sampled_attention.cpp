@@ -349,6 +349,9 @@ struct Ctx {
   const Offload *offload = nullptr;
   std::vector<uint8_t> off_kv;
   bool any_off = false;
+  // KV heads whose blocked tokens the caller attends (Offload::blocks): [B·Hkv] flags; the
+  // CPU does their tail only
+  std::vector<uint8_t> tail_only;
   // Batch::timing: the call's start and the stamps run_all takes
   std::chrono::steady_clock::time_point t0;
   Timing *timing = nullptr;
@@ -412,7 +415,9 @@ static void sample_head(Ctx &cx, int b, int h) {
     uint32_t nt = 0;
     // Sweep instead of a list when the buckets' entries outnumber the bitmap words.
     const bool sweep = (int64_t)L * 64 >= ((int64_t)1 << I.params().K);
+    const bool tail_only = !cx.tail_only.empty() && cx.tail_only[(size_t)b * cx.Hkv + hkv];
     for (const Block &blk : I.blocks()) {
+      if (tail_only) break;
       const int64_t scanned = sweep ? count_block<false>(I, blk, hkv, q, cs, nt)
                                     : count_block<true>(I, blk, hkv, q, cs, nt);
       st.entries += scanned;
@@ -428,7 +433,9 @@ static void sample_head(Ctx &cx, int b, int h) {
         m &= m - 1;
       }
     };
-    if (sweep) {
+    if (tail_only) {
+      // nothing counted
+    } else if (sweep) {
       for (uint32_t w = 0; w < (uint32_t)words; w++) take(w);
     } else {
       for (uint32_t k = 0; k < nt; k++) take(sc.touched[k]);
@@ -720,8 +727,15 @@ static void prepare(Ctx &cx, const Batch &batch, Mode mode, int32_t flags) {
   cx.offload = nullptr;
   cx.any_off = false;
   cx.off_kv.assign((size_t)B * cx.Hkv, 0);
+  cx.tail_only.clear();
   if (mode == Mode::ATTEND && batch.offload && batch.offload->kv_heads &&
-      batch.offload->ready && need_codes) {
+      batch.offload->blocks && need_codes) {
+    // the caller attends these KV heads' blocked tokens: the CPU's tasks cover the tail
+    cx.tail_only.assign((size_t)B * cx.Hkv, 0);
+    for (size_t i = 0; i < cx.tail_only.size(); i++)
+      cx.tail_only[i] = batch.offload->kv_heads[i] ? 1 : 0;
+  } else if (mode == Mode::ATTEND && batch.offload && batch.offload->kv_heads &&
+             batch.offload->ready && need_codes) {
     cx.offload = batch.offload;
     for (size_t i = 0; i < cx.off_kv.size(); i++) {
       cx.off_kv[i] = batch.offload->kv_heads[i] ? 1 : 0;
@@ -734,8 +748,14 @@ static void prepare(Ctx &cx, const Batch &batch, Mode mode, int32_t flags) {
     for (int h = 0; h < cx.Hkv; h++) {
       cx.task_begin[(size_t)b * cx.Hkv + h] = (int)cx.tasks.size();
       if (cx.off_kv[(size_t)b * cx.Hkv + h]) continue;
-      for (int c = 0; c < cx.nchunks[b]; c++)
-        cx.tasks.push_back({b, h, c, c * chunk, std::min<int64_t>((c + 1) * chunk, n)});
+      // a tail-only KV head: the chunks that hold tail tokens
+      const int64_t lo = !cx.tail_only.empty() && cx.tail_only[(size_t)b * cx.Hkv + h]
+                             ? batch.idx[b]->n_blocked()
+                             : 0;
+      for (int c = 0; c < cx.nchunks[b]; c++) {
+        const int64_t hi = std::min<int64_t>((c + 1) * chunk, n);
+        if (hi > lo) cx.tasks.push_back({b, h, c, c * chunk, hi});
+      }
     }
   }
   cx.task_begin[(size_t)B * cx.Hkv] = (int)cx.tasks.size();

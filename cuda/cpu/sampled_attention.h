@@ -56,10 +56,17 @@ struct OffloadSamples {
 // The CPU skips their phases B–D: their out rows are zero and their lse2 −∞ (nnz still
 // counts their samples). `ready` must not throw. Ignored with explicit sets or
 // FLAG_RETRIEVE_ALL.
+//
+// With `blocks` set the caller retrieves and attends the offloaded KV heads' blocked tokens
+// itself (the CUDA backend's GPU counts collisions in the index's page-locked blocks): the
+// CPU retrieves and attends only their tail tokens, so their out rows and lse2 are the tail
+// part of the sample (0 and −∞ when nothing in the tail collides), and nnz counts the tail
+// part; `ready` is not called (may be null).
 struct Offload {
   const uint8_t *kv_heads = nullptr;  // [B][Hkv]: 1 = offloaded
   void (*ready)(void *ctx, const OffloadSamples &s) = nullptr;
   void *ctx = nullptr;
+  bool blocks = false;
 };
 
 // Where the time of one attention() call went, ms from its start (cheap clock reads; the

@@ -55,6 +55,7 @@
 #include <string>
 #include <map>
 #include <mutex>
+#include <unordered_set>
 #include <vector>
 
 #include "common/task_pool.h"
@@ -73,6 +74,42 @@
 namespace mp {
 
 namespace {
+
+// The LSH index's blocks in page-locked memory (huge_alloc.h HostRegistrar, installed by the
+// first CUDA backend): split decode's GPU retrieval reads their offsets and entries in place
+// over PCIe. Registered portable and mapped (any device reads them at their host address);
+// "pin" off, or a failed registration, leaves them pageable, and decode then retrieves on
+// the CPU.
+struct IndexPins {
+  std::mutex mu;
+  std::unordered_set<const void *> pinned;
+};
+IndexPins &index_pins() {
+  static IndexPins *p = new IndexPins;  // never destroyed: blocks may outlive static teardown
+  return *p;
+}
+void index_pin(void *p, size_t bytes) {
+  if (gpu::forced_variant(gpu::OP_PIN) == 2) return;
+  IndexPins &ip = index_pins();
+  std::lock_guard<std::mutex> lock(ip.mu);
+  if (ip.pinned.count(p)) return;
+  if (cudaHostRegister(p, bytes, cudaHostRegisterPortable | cudaHostRegisterMapped) ==
+      cudaSuccess)
+    ip.pinned.insert(p);
+  else
+    (void)cudaGetLastError();  // stays pageable
+}
+void index_unpin(void *p) {
+  IndexPins &ip = index_pins();
+  std::lock_guard<std::mutex> lock(ip.mu);
+  if (ip.pinned.erase(p) && cudaHostUnregister(p) != cudaSuccess) (void)cudaGetLastError();
+}
+bool index_pinned(const void *p) {
+  IndexPins &ip = index_pins();
+  std::lock_guard<std::mutex> lock(ip.mu);
+  return ip.pinned.count(p) != 0;
+}
+const HostRegistrar kIndexRegistrar{&index_pin, &index_unpin};
 
 // $MP_TRACE's prefill profile: events on the compute stream at every layer start and between
 // the ops of every chunk of one layer; report() (after the prefill's final synchronisation)
@@ -331,6 +368,7 @@ class CudaBackend final : public ForwardBackend {
     inv_freq_.ensure(mem_, (size_t)d_ / 2, "RoPE frequencies");
     MP_CUDA(cudaMemcpy(inv_freq_.p, e.rope_inv_freq(), (size_t)d_ / 2 * sizeof(double),
                        cudaMemcpyHostToDevice));
+    set_host_registrar(&kIndexRegistrar);  // indexes built from now on are page-locked
   }
 
   ~CudaBackend() override {
@@ -622,6 +660,7 @@ class CudaBackend final : public ForwardBackend {
     const auto t_step = std::chrono::steady_clock::now();
     for (double &x : prof_) x = 0;
     std::fill(share_timed_.begin(), share_timed_.end(), 0);
+    rnnz_layer_.assign((size_t)NL, 0);
 
     // Placement and activation of every session.
     std::vector<int64_t> pos((size_t)B);
@@ -895,6 +934,7 @@ class CudaBackend final : public ForwardBackend {
     if (stream_rows > 0) gpu::stream_wait(copy_, "the decode step's KV copies");
     prof_[PROF_TAIL] = ms_since(t_tail);
     step_share_timing(B);
+    gpu_retrieval_stats(ss, B);
     trace("decode: step done");
     const auto t_post = std::chrono::steady_clock::now();
     if (hlg != logits) copy_out(logits, hlg, lg_bytes);
@@ -1416,6 +1456,25 @@ class CudaBackend final : public ForwardBackend {
     MP_CUDA(cudaMemcpy2DAsync(hq, (size_t)Hd * 4, d_qf_.p, (size_t)QKV_ * 4, (size_t)Hd * 4, B,
                               cudaMemcpyDeviceToHost, s_));
     MP_CUDA(cudaEventRecord(ev_q_, s_));
+    // The offloaded parts (E = 0 for sessions that attend this layer exactly: none), with
+    // the GPU's share of the MAGICPIG KV heads where the session's cache is mapped: retrieved
+    // on the GPU and launched now when their indexes' blocks are page-locked (the CPU then
+    // does their tail only), else handed over by the CPU as their samples complete.
+    std::vector<uint8_t> kvh;
+    GpuShareCall call;
+    call.self = this, call.ss = ss, call.B = B, call.layer = l;
+    SplitGpuShare share;
+    if (gpu_share_heads(ss, B, l, kvh)) {
+      share.kv_heads = kvh.data();
+      // every row 0/−∞ first: each launch writes only its heads' rows
+      gpu::sampled_clear(d_ogpu_.p, d_lgpu_.p, B * H_, d_, s_);
+      if (hqc && gpu_retrieval_launch(call, kvh)) {
+        share.blocks = true;
+      } else {
+        share.ready = &CudaBackend::gpu_share_ready;
+        share.ctx = &call;
+      }
+    }
     gpu::attention_decode<bf16, float>(d_qkv_.p, QKV_, dseq, B, H_, Hkv_, d_, splits_, d_of_.p,
                                        d_lse_.p, d_ws_.p, s_);
     const auto t_wait = std::chrono::steady_clock::now();
@@ -1423,19 +1482,6 @@ class CudaBackend final : public ForwardBackend {
     const auto t_cpu = std::chrono::steady_clock::now();
     prof_[PROF_WAIT_Q] += std::chrono::duration<double, std::milli>(t_cpu - t_wait).count();
     trace("decode: layer %d: CPU part starts", l);
-    // The offloaded parts (E = 0 for sessions that attend this layer exactly: none), with
-    // the GPU's share of the MAGICPIG KV heads where the session's cache is mapped.
-    std::vector<uint8_t> kvh;
-    GpuShareCall call;
-    call.self = this, call.ss = ss, call.B = B, call.layer = l;
-    SplitGpuShare share;
-    if (gpu_share_heads(ss, B, l, kvh)) {
-      share.kv_heads = kvh.data();
-      share.ready = &CudaBackend::gpu_share_ready;
-      share.ctx = &call;
-      // every row 0/−∞ first: each hand-off writes only its heads' rows
-      gpu::sampled_clear(d_ogpu_.p, d_lgpu_.p, B * H_, d_, s_);
-    }
     lsh::Timing tm;
     policy_split_offloaded(ss, B, l, pos.data(), E.data() + (size_t)l * B, hq, ho, hl,
                            share.kv_heads ? &share : nullptr, &tm, hqc);
@@ -1445,6 +1491,7 @@ class CudaBackend final : public ForwardBackend {
     prof_[PROF_CPU_HANDOFF] += tm.handoff;
     prof_[PROF_CPU_PREPARE] += tm.prepare;
     prof_[PROF_QCODES_GPU] += hqc ? 1 : 0;
+    prof_[PROF_GPU_RETRIEVAL] += share.blocks ? 1 : 0;
     prof_[PROF_A_HEAD_MAX] += tm.head_max;
     prof_[PROF_A_HEAD_SUM] += tm.head_sum;
     prof_[PROF_A_ENTRIES] += (double)tm.entries;
@@ -1483,6 +1530,141 @@ class CudaBackend final : public ForwardBackend {
     std::exception_ptr error;
     std::mutex mu;  // hand-offs come from pool threads, possibly at once
   };
+
+  // GPU retrieval (op "retrieval"): the GPU share's samples counted on the GPU from the
+  // query codes in d_qc_ (query_codes) and the indexes' page-locked blocks
+  // (gpu::lsh_retrieve), then attended from the sample bitmaps (sampled_attention_bitmap),
+  // all queued on s_ now. False, and nothing queued, when retrieval is forced to the CPU or
+  // a row's index has a block that is not page-locked. The CPU part then attends only
+  // these KV heads' tails (SplitGpuShare::blocks); the blocked samples' sizes come back
+  // after the step (gpu_retrieval_stats).
+  bool gpu_retrieval_launch(GpuShareCall &c, const std::vector<uint8_t> &kvh) {
+    if (gpu::forced_variant(gpu::OP_RETRIEVAL) == 2) return false;
+    const int32_t B = c.B, l = c.layer, G = H_ / Hkv_;
+    int L = 0, K = 0;
+    for (int32_t i = 0; i < B; i++) {
+      bool any = false;
+      for (int h = 0; h < Hkv_; h++) any |= kvh[(size_t)i * Hkv_ + h] != 0;
+      if (!any) continue;
+      const lsh::Index *idx = policy_index(*c.ss[i], l);
+      if (!idx || (L && idx->params().L != L)) return false;
+      L = idx->params().L, K = idx->params().K;
+      if (L > 1024 || K > 16) return false;
+      for (const lsh::Block &blk : idx->blocks())
+        if (!index_pinned(blk.offsets.data()) || !index_pinned(blk.entries.data())) return false;
+    }
+    if (!L) return false;
+    (void)K;
+    const int NL = c_.n_layers;
+    d_rnnz_.ensure(mem_, (size_t)NL * B * H_, "split decode's GPU retrieval");
+    int32_t *nnz = d_rnnz_.p + (size_t)l * B * H_;
+    // the jobs, their bitmap words, tiles and retrieval items
+    std::vector<gpu::SampledJob> jobs;
+    std::vector<gpu::SampledTile> tiles;
+    std::vector<gpu::RetrieveItem> items;
+    std::vector<const float *> mus;
+    std::vector<size_t> item_bits;  // word offset of each item's first word (bits: later)
+    size_t words = 0;
+    for (int32_t i = 0; i < B; i++) {
+      Session &s = *c.ss[i];
+      const lsh::Index *idx = policy_index(s, l);
+      if (!idx) continue;
+      const int64_t S = s.attention().sinks;
+      const int nw = (int)((idx->n_blocked() + 63) / 64);
+      const int stride = (1 << idx->params().K) + 1;
+      for (int hkv = 0; hkv < Hkv_; hkv++) {
+        if (!kvh[(size_t)i * Hkv_ + hkv]) continue;
+        for (int g = 0; g < G; g++) {
+          const int h = hkv * G + g;
+          gpu::SampledJob jb{};
+          jb.k = (const bf16 *)s.k_row(l, hkv, S);
+          jb.v = (const bf16 *)s.v_row(l, hkv, S);
+          jb.q = d_qf_.p + (size_t)i * QKV_ + (size_t)h * d_;
+          jb.ids_off = (int32_t)words;  // the bitmap's first word
+          jb.n = nw;
+          jb.tile0 = (int32_t)tiles.size();
+          for (int w = 0; w < nw; w += 32)
+            tiles.push_back({(int32_t)jobs.size(), w, std::min(32, nw - w)});
+          jb.ntiles = (int32_t)tiles.size() - jb.tile0;
+          jb.row = i * H_ + h;
+          for (const lsh::Block &blk : idx->blocks()) {
+            gpu::RetrieveItem it{};
+            it.qc = d_qc_.p + ((size_t)i * H_ + h) * L;
+            it.off = idx->offsets(blk, hkv, 0);
+            it.ent = idx->entries(blk, hkv, 0);
+            it.nnz = nnz + jb.row;
+            it.n = blk.n;
+            it.stride = stride;
+            items.push_back(it);
+            item_bits.push_back(words + (size_t)(blk.start / 64));
+          }
+          jobs.push_back(jb);
+          mus.push_back(idx->head(hkv).mean.data());
+          words += (size_t)nw;
+        }
+      }
+    }
+    if (jobs.empty()) return false;
+    d_rbits_.ensure(mem_, std::max<size_t>(1, words), "split decode's GPU retrieval");
+    for (size_t t = 0; t < items.size(); t++) items[t].bits = d_rbits_.p + item_bits[t];
+    // one upload from this layer's staging: [jobs][tiles][items][μ per job]
+    auto al = [](size_t x) { return (x + 15) / 16 * 16; };
+    const size_t o_tiles = al(jobs.size() * sizeof(gpu::SampledJob));
+    const size_t o_items = o_tiles + al(tiles.size() * sizeof(gpu::SampledTile));
+    const size_t o_mu = o_items + al(items.size() * sizeof(gpu::RetrieveItem));
+    const size_t total = o_mu + jobs.size() * (size_t)d_ * 4;
+    if (h_ret_up_.size() < (size_t)NL) h_ret_up_.resize((size_t)NL);
+    uint8_t *up = h_ret_up_[(size_t)l].ensure(total);  // a layer's is reused a step later
+    d_ret_up_.ensure(mem_, total, "split decode's GPU retrieval");
+    for (size_t t = 0; t < jobs.size(); t++) {
+      jobs[t].mu = (const float *)(d_ret_up_.p + o_mu) + t * (size_t)d_;
+      std::memcpy(up + o_mu + t * (size_t)d_ * 4, mus[t], (size_t)d_ * 4);
+    }
+    std::memcpy(up, jobs.data(), jobs.size() * sizeof(gpu::SampledJob));
+    std::memcpy(up + o_tiles, tiles.data(), tiles.size() * sizeof(gpu::SampledTile));
+    std::memcpy(up + o_items, items.data(), items.size() * sizeof(gpu::RetrieveItem));
+    MP_CUDA(cudaMemcpyAsync(d_ret_up_.p, up, total, cudaMemcpyHostToDevice, s_));
+    MP_CUDA(cudaMemsetAsync(nnz, 0, (size_t)B * H_ * sizeof(int32_t), s_));
+    gpu::lsh_retrieve((const gpu::RetrieveItem *)(d_ret_up_.p + o_items), (int)items.size(), L,
+                      s_);
+    d_sa_ws_.ensure(mem_, gpu::sampled_workspace_floats((int)tiles.size()),
+                    "split decode's GPU share");
+    const lsh::Index *idx0 = nullptr;
+    for (int32_t i = 0; i < B && !idx0; i++) idx0 = policy_index(*c.ss[i], l);
+    const gpu::SampledParams prm = gpu::sampled_params(
+        idx0->params().K, idx0->params().L, idx0->params().eps, 1.0f / std::sqrt((float)d_),
+        false);
+    gpu::sampled_attention_bitmap((const gpu::SampledJob *)d_ret_up_.p,
+                                  (const gpu::SampledTile *)(d_ret_up_.p + o_tiles),
+                                  (int)tiles.size(), d_rbits_.p, (int)jobs.size(), d_, prm,
+                                  d_sa_ws_.p, d_ogpu_.p, d_lgpu_.p, s_);
+    MP_CUDA(cudaEventRecord(ev_share_end_[(size_t)l], s_));
+    rnnz_layer_[(size_t)l] = 1;
+    c.launched = true;
+    c.jobs += (int64_t)jobs.size();
+    c.launches++;
+    return true;
+  }
+
+  // After a step whose GPU share the GPU retrieved: the blocked samples' sizes into the
+  // sessions' key stats (the CPU counted the tails; keys offloaded were counted there).
+  void gpu_retrieval_stats(Session *const *ss, int32_t B) {
+    bool any = false;
+    for (uint8_t f : rnnz_layer_) any |= f != 0;
+    if (!any) return;
+    const int NL = c_.n_layers;
+    const size_t per = (size_t)B * H_;
+    std::vector<int32_t> h((size_t)NL * per);
+    MP_CUDA(cudaMemcpy(h.data(), d_rnnz_.p, h.size() * 4, cudaMemcpyDeviceToHost));
+    std::vector<double> attended((size_t)B, 0.0);
+    for (int l = 0; l < NL; l++) {
+      if (!rnnz_layer_[(size_t)l]) continue;
+      rnnz_layer_[(size_t)l] = 0;
+      for (int32_t i = 0; i < B; i++)
+        for (int hh = 0; hh < H_; hh++) attended[(size_t)i] += h[(size_t)l * per + i * H_ + hh];
+    }
+    for (int32_t i = 0; i < B; i++) ss[i]->add_key_stats(attended[(size_t)i], 0.0);
+  }
 
   // Which KV heads of each row the GPU attends (OP_OFFLOAD; automatic: half of them) for
   // MAGICPIG sessions whose layer-l cache is registered (mapped) host memory. False when
@@ -1878,6 +2060,13 @@ class CudaBackend final : public ForwardBackend {
   Arr<float> d_ogpu_, d_lgpu_, d_of2_, d_lse2_, d_sa_ws_;
   Arr<uint8_t> d_sa_up_;
   std::deque<Pinned<uint8_t>> h_sa_up_;  // one per hand-off of a layer
+  // GPU retrieval (gpu_retrieval_launch): per layer's upload staging, the uploads, the
+  // sample bitmaps, the sample sizes [NL][B][H], and which layers wrote theirs this step
+  std::deque<Pinned<uint8_t>> h_ret_up_;
+  Arr<uint8_t> d_ret_up_;
+  Arr<uint64_t> d_rbits_;
+  Arr<int32_t> d_rnnz_;
+  std::vector<uint8_t> rnnz_layer_;
   int host_ptr_ok_ = -1;  // the device reads registered host memory at its host address
   // decode: the new K/V rows written into mapped host caches (stage_to_host) on `rows_`,
   // forked from s_ and joined back to it (ev_rows_: all staged, all written)

@@ -823,7 +823,7 @@ void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const 
     const int32_t *rows;
   } tramp{gpu, mp_rows.data()};
   lsh::Offload off;
-  if (gpu && gpu->kv_heads && gpu->ready) {
+  if (gpu && gpu->kv_heads && (gpu->ready || gpu->blocks)) {
     gkv.assign(B * (size_t)Hkv, 0);
     bool any = false;
     for (size_t j = 0; j < B; j++)
@@ -831,11 +831,14 @@ void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const 
         any |= (gkv[j * Hkv + h] = gpu->kv_heads[(size_t)mp_rows[j] * Hkv + h] ? 1 : 0) != 0;
     if (any) {
       off.kv_heads = gkv.data();
-      off.ctx = &tramp;
-      off.ready = [](void *ctx, const lsh::OffloadSamples &smp) {
-        const Tramp &t = *static_cast<const Tramp *>(ctx);
-        t.gpu->ready(t.gpu->ctx, smp, t.rows);
-      };
+      off.blocks = gpu->blocks;
+      if (!gpu->blocks) {
+        off.ctx = &tramp;
+        off.ready = [](void *ctx, const lsh::OffloadSamples &smp) {
+          const Tramp &t = *static_cast<const Tramp *>(ctx);
+          t.gpu->ready(t.gpu->ctx, smp, t.rows);
+        };
+      }
       batch.offload = &off;
     }
   }

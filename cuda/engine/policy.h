@@ -62,7 +62,10 @@ int64_t policy_split_begin(Session &s, int32_t layer, int64_t pos);
 // does the rest): gpu->kv_heads[i·Hkv + hkv] = 1. Their samples are retrieved here and
 // handed to gpu->ready (on a worker thread, before the CPU's share is done; rows[j] is
 // the batch row of sample row j, E of each row gives the sample's key range [S, E));
-// their out rows are zero and lse2 −∞ here, and their key stats are counted here.
+// their out rows are zero and lse2 −∞ here, and their key stats are counted here. With
+// gpu->blocks the caller has retrieved and attends their indexes' blocked tokens itself:
+// here they get their tail tokens only (out and lse2 are the tail's part, key stats count
+// the tail's samples; the caller adds the blocked ones).
 //
 // `timing` (may be null): where the MAGICPIG call's time went (lsh::Timing). `qcodes` (may
 // be null): the MAGICPIG sessions' query codes [n][H][L], as lsh::hash_rows computes them
@@ -72,6 +75,9 @@ struct SplitGpuShare {
   const uint8_t *kv_heads = nullptr;  // [n][Hkv]
   void (*ready)(void *ctx, const lsh::OffloadSamples &s, const int32_t *rows) = nullptr;
   void *ctx = nullptr;
+  // the caller also retrieved these KV heads' samples over the indexes' blocks (lsh::Offload
+  // blocks): the CPU does their tail tokens only, and `ready` is not called
+  bool blocks = false;
 };
 void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const int64_t *pos,
                             const int64_t *E, const float *q, float *out, float *lse2,

@@ -30,6 +30,7 @@ enum DecodeStage : int {
   PROF_A_HEAD_SUM,    // split layers: every query head's retrieval, summed
   PROF_A_ENTRIES,     // split layers: bucket entries scanned
   PROF_QCODES_GPU,    // split layer-calls whose MAGICPIG query codes the GPU computed
+  PROF_GPU_RETRIEVAL,  // split layer-calls whose GPU share the GPU retrieved (op "retrieval")
   PROF_COUNT
 };
 

@@ -188,7 +188,9 @@ enum Op : int {
                      // 2 = all, 3 = a quarter, 4 = three quarters, 5 = half; automatic =
                      // tuned per batch size from the measured lag (half at first)
   OP_QCODES = 7,     // split decode's MAGICPIG query codes: 1 = GPU, 2 = CPU; automatic = GPU
-  OP_COUNT = 8,
+  OP_RETRIEVAL = 8,  // where the GPU share's samples are retrieved: 1 = GPU, 2 = CPU (hand-offs);
+                     // automatic = GPU where the index's blocks are page-locked
+  OP_COUNT = 9,
 };
 int forced_variant(Op op);
 

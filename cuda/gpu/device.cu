@@ -215,6 +215,11 @@ void set_kernel_variant(const char *op, int variant) {
              "variant \"%d\" is invalid for \"qcodes\": must be 0..2", variant);
     return force_variant(OP_QCODES, variant);
   }
+  if (std::strcmp(op, "retrieval") == 0) {
+    MP_CHECK(variant >= 0 && variant <= 2, MP_ERR_INVALID,
+             "variant \"%d\" is invalid for \"retrieval\": must be 0..2", variant);
+    return force_variant(OP_RETRIEVAL, variant);
+  }
   if (std::strcmp(op, "lsh") == 0) {
     MP_CHECK(variant >= 0 && variant <= 4, MP_ERR_INVALID,
              "variant \"%d\" is invalid for \"lsh\": must be 0..4", variant);
@@ -248,7 +253,7 @@ void set_kernel_variant(const char *op, int variant) {
   }
   MP_FAIL(MP_ERR_INVALID,
           "op \"%s\" is invalid: must be \"matmul\", \"attention\", \"kv\", \"graphs\", "
-          "\"pin\", \"lsh\", \"offload\" or \"qcodes\"",
+          "\"pin\", \"lsh\", \"offload\", \"qcodes\" or \"retrieval\"",
           op);
 }
 

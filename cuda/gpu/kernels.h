@@ -239,6 +239,29 @@ int sampled_tile_keys();  // keys per tile (split a job's sample into tiles of t
 void sampled_attention(const SampledJob *jobs, const SampledTile *tiles, int ntiles,
                        const int32_t *ids, int njobs, int d, const SampledParams &prm, float *ws,
                        float *out, float *lse2, cudaStream_t s);
+// GPU retrieval (split decode with the index's blocks page-locked): one item per (job,
+// index block) of a job's KV head. Bucket c of table t is the entries
+// [off[t·stride + c], off[t·stride + c + 1]) of ent + t·n (in-block token ids); off and ent
+// are host addresses of registered memory, read in place.
+struct RetrieveItem {
+  const uint16_t *qc;   // device: the job's query codes [L]
+  const uint32_t *off;  // the block's offsets of the job's KV head, table 0
+  const uint16_t *ent;  // the block's entries of the job's KV head, table 0
+  uint64_t *bits;       // device: the job's sample bitmap, from the block's first token
+  int32_t *nnz;         // device: the job's sample size (added to)
+  int32_t n, stride;    // tokens in the block (<= 65536), 2^K + 1
+};
+// For each item: the block's tokens colliding with the query in >= 2 of the L tables
+// (L <= 1024) as bits of the job's bitmap (every word of the block written), their count
+// added to *nnz.
+void lsh_retrieve(const RetrieveItem *items, int nitems, int L, cudaStream_t s);
+// sampled_attention over bitmaps: a job's sample is the set bits of its bitmap at
+// bits + ids_off (bit i = indexed token i); its tiles are runs of at most 32 words of it
+// (SampledTile start and n in words). ‖q‖ and q·μ are computed on the device (qn, qmu
+// unused). out and lse2 as sampled_attention.
+void sampled_attention_bitmap(const SampledJob *jobs, const SampledTile *tiles, int ntiles,
+                              const uint64_t *bits, int njobs, int d, const SampledParams &prm,
+                              float *ws, float *out, float *lse2, cudaStream_t s);
 // Rows [0, nrows) of out (d wide) to 0 and of lse2 to −∞: no sampled attention (yet).
 void sampled_clear(float *out, float *lse2, int nrows, int d, cudaStream_t s);
 

@@ -86,6 +86,81 @@ __device__ __forceinline__ float log_weight(const SampledParams &c, float cosv) 
   return fmaxf(small ? lnu_small : logf(ub), -100.0f);
 }
 
+// A warp's online softmax over keys (lane: dims 4·lane .. 4·lane + 3).
+struct SaState {
+  float m = -INFINITY, l = 0.f, acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
+};
+
+// One key of a job: its K and V row parts (bf16 pairs), folded into the warp's state.
+__device__ __forceinline__ void sa_key(const SampledParams &prm, const float4 &q4, const float4 &m4,
+                                       float qn, float qmu, uint2 kr, uint2 vr, SaState &st) {
+  const float k0f = __uint_as_float(kr.x << 16), k1f = __uint_as_float(kr.x & 0xffff0000u);
+  const float k2f = __uint_as_float(kr.y << 16), k3f = __uint_as_float(kr.y & 0xffff0000u);
+  float s = q4.x * k0f;
+  s = fmaf(q4.y, k1f, s);
+  s = fmaf(q4.z, k2f, s);
+  s = fmaf(q4.w, k3f, s);
+  s = warp_sum(s);
+  float ell;
+  if (prm.force_u1) {
+    ell = s * prm.scale;
+  } else {
+    const float c0 = k0f - m4.x, c1 = k1f - m4.y, c2 = k2f - m4.z, c3 = k3f - m4.w;
+    float n2 = c0 * c0;
+    n2 = fmaf(c1, c1, n2);
+    n2 = fmaf(c2, c2, n2);
+    n2 = fmaf(c3, c3, n2);
+    const float kn = sqrtf(warp_sum(n2));
+    const float den = qn * kn;
+    const float cosv = den > 0.f ? fminf(fmaxf((s - qmu) / den, -1.f), 1.f) : 0.f;
+    ell = s * prm.scale - log_weight(prm, cosv);
+  }
+  const float v0 = __uint_as_float(vr.x << 16), v1 = __uint_as_float(vr.x & 0xffff0000u);
+  const float v2 = __uint_as_float(vr.y << 16), v3 = __uint_as_float(vr.y & 0xffff0000u);
+  if (ell > st.m) {
+    const float sc = st.m == -INFINITY ? 0.f : expf(st.m - ell);
+    st.l *= sc, st.acc0 *= sc, st.acc1 *= sc, st.acc2 *= sc, st.acc3 *= sc;
+    st.m = ell;
+  }
+  const float w = expf(ell - st.m);
+  st.l += w;
+  st.acc0 = fmaf(w, v0, st.acc0);
+  st.acc1 = fmaf(w, v1, st.acc1);
+  st.acc2 = fmaf(w, v2, st.acc2);
+  st.acc3 = fmaf(w, v3, st.acc3);
+}
+
+// Keys ids[0 .. n) of a job (indexed token ids), SA_U rows in flight.
+__device__ __forceinline__ void sa_keys(const SampledParams &prm, const SampledJob &jb,
+                                        const float4 &q4, const float4 &m4, float qn, float qmu,
+                                        const int32_t (&id)[SA_U], int n, int lane, SaState &st) {
+  const uint2 *K = reinterpret_cast<const uint2 *>(jb.k);
+  const uint2 *V = reinterpret_cast<const uint2 *>(jb.v);
+  uint2 kr[SA_U], vr[SA_U];
+#pragma unroll
+  for (int u = 0; u < SA_U; u++) {
+    if (u < n) {
+      const size_t row = (size_t)id[u] * (SA_D / 4);
+      kr[u] = K[row + lane];
+      vr[u] = V[row + lane];
+    } else {
+      kr[u] = vr[u] = make_uint2(0, 0);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < SA_U; u++) {
+    if (u >= n) break;  // warp-uniform
+    sa_key(prm, q4, m4, qn, qmu, kr[u], vr[u], st);
+  }
+}
+
+// A tile's partial state [t]: m, l, 2 pad, acc[128] (16-byte aligned).
+__device__ __forceinline__ void sa_write(float *ws, int t, int lane, const SaState &st) {
+  float *o = ws + (size_t)t * (SA_D + 4);
+  if (lane == 0) o[0] = st.m, o[1] = st.l;
+  reinterpret_cast<float4 *>(o + 4)[lane] = make_float4(st.acc0, st.acc1, st.acc2, st.acc3);
+}
+
 __global__ void __launch_bounds__(32 * SA_WARPS)
     sampled_tiles_kernel(const SampledJob *__restrict__ jobs, const SampledTile *__restrict__ tiles,
                          int ntiles, const int32_t *__restrict__ ids, SampledParams prm,
@@ -97,66 +172,150 @@ __global__ void __launch_bounds__(32 * SA_WARPS)
   const SampledJob jb = jobs[tl.job];
   const float4 q4 = reinterpret_cast<const float4 *>(jb.q)[lane];
   const float4 m4 = reinterpret_cast<const float4 *>(jb.mu)[lane];
-  const uint2 *K = reinterpret_cast<const uint2 *>(jb.k);
-  const uint2 *V = reinterpret_cast<const uint2 *>(jb.v);
   const int32_t *id = ids + jb.ids_off + tl.start;
-  const int n = tl.n;
-  float m = -INFINITY, l = 0.f, acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
-  for (int k0 = 0; k0 < n; k0 += SA_U) {
-    uint2 kr[SA_U], vr[SA_U];
+  SaState st;
+  for (int k0 = 0; k0 < tl.n; k0 += SA_U) {
+    int32_t g[SA_U];
+#pragma unroll
+    for (int u = 0; u < SA_U; u++) g[u] = k0 + u < tl.n ? id[k0 + u] : 0;
+    sa_keys(prm, jb, q4, m4, jb.qn, jb.qmu, g, tl.n - k0, lane, st);
+  }
+  sa_write(ws, t, lane, st);
+}
+
+// GPU retrieval's attention: a warp owns up to 32 words of its job's sample bitmap (the
+// tile's words [start, start + n) of the bitmap at bits + ids_off; bit i = indexed token i)
+// and attends the tokens whose bits are set, in order. ‖q‖ and q·μ are computed here.
+__global__ void __launch_bounds__(32 * SA_WARPS)
+    sampled_bitmap_kernel(const SampledJob *__restrict__ jobs, const SampledTile *__restrict__ tiles,
+                          int ntiles, const uint64_t *__restrict__ bits, SampledParams prm,
+                          float *__restrict__ ws) {
+  const int lane = threadIdx.x & 31;
+  const int t = blockIdx.x * SA_WARPS + (threadIdx.x >> 5);
+  if (t >= ntiles) return;  // warp-uniform
+  const SampledTile tl = tiles[t];
+  const SampledJob jb = jobs[tl.job];
+  const float4 q4 = reinterpret_cast<const float4 *>(jb.q)[lane];
+  const float4 m4 = reinterpret_cast<const float4 *>(jb.mu)[lane];
+  const float qn = sqrtf(warp_sum(q4.x * q4.x + q4.y * q4.y + q4.z * q4.z + q4.w * q4.w));
+  const float qmu = warp_sum(q4.x * m4.x + q4.y * m4.y + q4.z * m4.z + q4.w * m4.w);
+  const uint64_t my = lane < tl.n ? bits[(size_t)jb.ids_off + tl.start + lane] : 0ull;
+  unsigned nz = __ballot_sync(0xffffffffu, my != 0ull);  // words left, warp-uniform
+  uint64_t cw = 0ull;                                     // the current word's bits left
+  int cwi = 0;                                            // its word index
+  SaState st;
+  for (;;) {
+    int32_t g[SA_U];
+    int n = 0;
 #pragma unroll
     for (int u = 0; u < SA_U; u++) {
-      if (k0 + u < n) {
-        const size_t row = (size_t)id[k0 + u] * (SA_D / 4);
-        kr[u] = K[row + lane];
-        vr[u] = V[row + lane];
-      } else {
-        kr[u] = vr[u] = make_uint2(0, 0);
+      while (cw == 0ull && nz) {
+        const int src = __ffs(nz) - 1;
+        nz &= nz - 1;
+        cw = __shfl_sync(0xffffffffu, my, src);
+        cwi = tl.start + src;
+      }
+      g[u] = 0;
+      if (cw) {
+        g[u] = cwi * 64 + __ffsll((long long)cw) - 1;
+        cw &= cw - 1;
+        n = u + 1;
+      }
+    }
+    if (n == 0) break;
+    sa_keys(prm, jb, q4, m4, qn, qmu, g, n, lane, st);
+  }
+  sa_write(ws, t, lane, st);
+}
+
+// GPU retrieval (magicpig.md §6, the CPU's count_block): one block per (job, index block).
+// The query's L bucket ranges come from the block's offsets, every entry of those buckets
+// is counted in two shared-memory bitmaps (seen once, seen twice), and the seen-twice bits
+// (the tokens colliding in >= 2 tables) go to the job's bitmap; their count is added to
+// *it.nnz. Offsets and entries are read in place from page-locked host memory: one round
+// trip for the L ranges, then RT_U entries per thread in flight.
+constexpr int RT_THREADS = 512;
+constexpr int RT_U = 8;
+constexpr int RT_MAXL = 1024;
+constexpr int RT_WORDS = 65536 / 64;  // an index block's tokens (lsh::BLOCK), in bitmap words
+
+__global__ void __launch_bounds__(RT_THREADS)
+    lsh_retrieve_kernel(const RetrieveItem *__restrict__ items, int L) {
+  __shared__ uint64_t seen1[RT_WORDS], seen2[RT_WORDS];
+  __shared__ uint32_t rs[RT_MAXL], pre[RT_MAXL + 1];
+  __shared__ int red[RT_THREADS / 32];
+  const RetrieveItem it = items[blockIdx.x];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  for (int i = tid; i < RT_WORDS; i += RT_THREADS) seen1[i] = seen2[i] = 0ull;
+  // bucket ranges: pre[t] holds the length of table t's bucket until the scan
+  for (int t = tid; t < L; t += RT_THREADS) {
+    const uint32_t *o = it.off + (size_t)t * it.stride + it.qc[t];
+    const uint32_t s0 = o[0], e0 = o[1];
+    rs[t] = s0;
+    pre[t] = e0 - s0;
+  }
+  __syncthreads();
+  if (warp == 0) {  // exclusive scan of the lengths: lane owns a run of tables
+    const int per = (L + 31) / 32, t0 = min(L, lane * per), t1 = min(L, t0 + per);
+    uint32_t sum = 0;
+    for (int t = t0; t < t1; t++) sum += pre[t];
+    uint32_t x = sum;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint32_t y = __shfl_up_sync(0xffffffffu, x, o);
+      if (lane >= o) x += y;
+    }
+    uint32_t run = x - sum;
+    for (int t = t0; t < t1; t++) {
+      const uint32_t len = pre[t];
+      pre[t] = run;
+      run += len;
+    }
+    if (lane == 31) pre[L] = x;
+  }
+  __syncthreads();
+  const uint32_t total = pre[L];
+  for (uint32_t base = 0; base < total; base += RT_THREADS * RT_U) {
+    uint32_t id[RT_U];
+#pragma unroll
+    for (int u = 0; u < RT_U; u++) {
+      const uint32_t f = base + (uint32_t)(u * RT_THREADS + tid);
+      id[u] = 0xffffffffu;
+      if (f < total) {
+        int lo = 0, hi = L;  // the table t with pre[t] <= f < pre[t + 1]
+        while (hi - lo > 1) {
+          const int mid = (lo + hi) >> 1;
+          if (pre[mid] <= f) lo = mid;
+          else hi = mid;
+        }
+        id[u] = it.ent[(size_t)lo * it.n + rs[lo] + (f - pre[lo])];
       }
     }
 #pragma unroll
-    for (int u = 0; u < SA_U; u++) {
-      if (k0 + u >= n) break;  // warp-uniform
-      const float k0f = __uint_as_float(kr[u].x << 16), k1f = __uint_as_float(kr[u].x & 0xffff0000u);
-      const float k2f = __uint_as_float(kr[u].y << 16), k3f = __uint_as_float(kr[u].y & 0xffff0000u);
-      float s = q4.x * k0f;
-      s = fmaf(q4.y, k1f, s);
-      s = fmaf(q4.z, k2f, s);
-      s = fmaf(q4.w, k3f, s);
-      s = warp_sum(s);
-      float ell;
-      if (prm.force_u1) {
-        ell = s * prm.scale;
-      } else {
-        const float c0 = k0f - m4.x, c1 = k1f - m4.y, c2 = k2f - m4.z, c3 = k3f - m4.w;
-        float n2 = c0 * c0;
-        n2 = fmaf(c1, c1, n2);
-        n2 = fmaf(c2, c2, n2);
-        n2 = fmaf(c3, c3, n2);
-        const float kn = sqrtf(warp_sum(n2));
-        const float den = jb.qn * kn;
-        const float cosv = den > 0.f ? fminf(fmaxf((s - jb.qmu) / den, -1.f), 1.f) : 0.f;
-        ell = s * prm.scale - log_weight(prm, cosv);
-      }
-      const float v0 = __uint_as_float(vr[u].x << 16), v1 = __uint_as_float(vr[u].x & 0xffff0000u);
-      const float v2 = __uint_as_float(vr[u].y << 16), v3 = __uint_as_float(vr[u].y & 0xffff0000u);
-      if (ell > m) {
-        const float sc = m == -INFINITY ? 0.f : expf(m - ell);
-        l *= sc, acc0 *= sc, acc1 *= sc, acc2 *= sc, acc3 *= sc;
-        m = ell;
-      }
-      const float w = expf(ell - m);
-      l += w;
-      acc0 = fmaf(w, v0, acc0);
-      acc1 = fmaf(w, v1, acc1);
-      acc2 = fmaf(w, v2, acc2);
-      acc3 = fmaf(w, v3, acc3);
+    for (int u = 0; u < RT_U; u++) {
+      if (id[u] == 0xffffffffu) continue;
+      const unsigned long long b = 1ull << (id[u] & 63);
+      const unsigned long long old = atomicOr((unsigned long long *)&seen1[id[u] >> 6], b);
+      if (old & b) atomicOr((unsigned long long *)&seen2[id[u] >> 6], b);
     }
   }
-  // partial state [t]: m, l, 2 pad, acc[128] (16-byte aligned)
-  float *o = ws + (size_t)t * (SA_D + 4);
-  if (lane == 0) o[0] = m, o[1] = l;
-  reinterpret_cast<float4 *>(o + 4)[lane] = make_float4(acc0, acc1, acc2, acc3);
+  __syncthreads();
+  const int nw = (it.n + 63) / 64;
+  int cnt = 0;
+  for (int w = tid; w < nw; w += RT_THREADS) {
+    const uint64_t x = seen2[w];
+    it.bits[w] = x;
+    cnt += __popcll(x);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) cnt += __shfl_xor_sync(0xffffffffu, cnt, o);
+  if (lane == 0) red[warp] = cnt;
+  __syncthreads();
+  if (tid == 0) {
+    int sum = 0;
+    for (int w = 0; w < RT_THREADS / 32; w++) sum += red[w];
+    atomicAdd(it.nnz, sum);
+  }
 }
 
 // One block (SA_D threads) per job: merges its tiles into its output row.
@@ -225,6 +384,29 @@ void sampled_attention(const SampledJob *jobs, const SampledTile *tiles, int nti
     sampled_tiles_kernel<<<(ntiles + SA_WARPS - 1) / SA_WARPS, 32 * SA_WARPS, 0, s>>>(
         jobs, tiles, ntiles, ids, prm, ws);
     MP_CUDA_LAUNCH("sampled_tiles_kernel");
+  }
+  sampled_combine_kernel<<<njobs, SA_D, 0, s>>>(jobs, ws, out, lse2);
+  MP_CUDA_LAUNCH("sampled_combine_kernel");
+}
+
+void lsh_retrieve(const RetrieveItem *items, int nitems, int L, cudaStream_t s) {
+  MP_CHECK(L >= 1 && L <= RT_MAXL, MP_ERR_UNSUPPORTED,
+           "GPU retrieval supports up to %d tables, not %d", RT_MAXL, L);
+  if (nitems <= 0) return;
+  lsh_retrieve_kernel<<<nitems, RT_THREADS, 0, s>>>(items, L);
+  MP_CUDA_LAUNCH("lsh_retrieve_kernel");
+}
+
+void sampled_attention_bitmap(const SampledJob *jobs, const SampledTile *tiles, int ntiles,
+                              const uint64_t *bits, int njobs, int d, const SampledParams &prm,
+                              float *ws, float *out, float *lse2, cudaStream_t s) {
+  MP_CHECK(d == SA_D, MP_ERR_UNSUPPORTED, "GPU sampled attention supports head_dim %d, not %d",
+           SA_D, d);
+  if (njobs <= 0) return;
+  if (ntiles > 0) {
+    sampled_bitmap_kernel<<<(ntiles + SA_WARPS - 1) / SA_WARPS, 32 * SA_WARPS, 0, s>>>(
+        jobs, tiles, ntiles, bits, prm, ws);
+    MP_CUDA_LAUNCH("sampled_bitmap_kernel");
   }
   sampled_combine_kernel<<<njobs, SA_D, 0, s>>>(jobs, ws, out, lse2);
   MP_CUDA_LAUNCH("sampled_combine_kernel");

@@ -477,8 +477,13 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
  * batch size after each step from how late or early the GPU's share ended against the
  * CPU's (half at first). op "qcodes"
  * (split decode's MAGICPIG query codes): 1 hashed on the GPU beside q (the CPU's codes bit
- * for bit), 2 on the CPU; automatic = GPU. A variant that cannot run a shape falls back to
- * one that can. Process-wide; not meant to change while other calls run. */
+ * for bit), 2 on the CPU; automatic = GPU. op "retrieval" (where the samples of the GPU
+ * share's KV heads are retrieved): 1 on the GPU, which counts collisions in the index's
+ * blocks in place (page-locked host memory, registered when a CUDA engine exists and "pin"
+ * is not off) and starts at once, the CPU doing only those heads' unsorted tail; 2 on the
+ * CPU, which hands each KV head's sample to the GPU as it completes; automatic = GPU where
+ * every offloaded session's index blocks are page-locked (else the CPU), as is 1. A
+ * variant that cannot run a shape falls back to one that can. Process-wide; not meant to change while other calls run. */
 MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t err_cap);
 
 /* Decode stage timers, process-wide, in host milliseconds summed over every decode call of
@@ -493,7 +498,8 @@ MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, siz
  * [13] layer-calls whose GPU share ended after the CPU part, [14] from the CPU part's start
  * until retrieval starts (query codes, constants), [15] the longest query head's retrieval,
  * [16] every query head's retrieval, [17] bucket entries scanned, [18] layer-calls whose
- * query codes the GPU computed. Writes min(n, 19) values and returns that count; reset != 0
+ * query codes the GPU computed, [19] layer-calls whose GPU share the GPU retrieved itself
+ * (op "retrieval"). Writes min(n, 20) values and returns that count; reset != 0
  * clears the timers after reading. Always succeeds (all zeros without CUDA). */
 MP_API int32_t mp_decode_profile(double *out, int32_t n, int32_t reset);
 
@@ -600,6 +606,9 @@ enum mp_lsh_flags {
   MP_LSH_FORCE_U1 = 2,      /* u ≡ 1: a plain softmax over the sample */
   MP_LSH_RETRIEVE_ALL = 4,  /* the sample is every indexed token */
   MP_LSH_CENTER_QUERY = 8,  /* also center the query (wrong on purpose, for tests) */
+  MP_LSH_OFFLOAD_BLOCKS = 16, /* mp_lsh_attention_offload only: the offloaded KV heads' blocked
+                                 tokens are retrieved and attended elsewhere (the GPU); here
+                                 only their tail (split decode with GPU retrieval) */
 };
 
 /* Work counters of one retrieval/attention call. */
@@ -638,7 +647,10 @@ MP_API int32_t mp_lsh_attention(mp_lsh_index *const *idx, int32_t B, const float
  * (ascending, the first off_cap in off_ids[b][h][..]) for heads of offloaded KV heads, 0
  * for the others. *handed is the number of hand-offs (an offloaded KV head is handed over
  * as soon as its query heads' samples exist, with any other one ready by then: 0 when no head
- * is offloaded; each offloaded KV head is in exactly one of them, else MP_ERR_INTERNAL). */
+ * is offloaded; each offloaded KV head is in exactly one of them, else MP_ERR_INTERNAL).
+ * With MP_LSH_OFFLOAD_BLOCKS in flags nothing is handed out (*handed = 0, off_n all 0): the
+ * offloaded heads' out, lse2 and nnz are those of the tail part of their sample only (the
+ * tokens appended after the index's last merge; 0, −∞ and 0 when none collides). */
 MP_API int32_t mp_lsh_attention_offload(mp_lsh_index *const *idx, int32_t B, const float *q,
                                         int32_t H, const uint16_t *qcodes, int32_t flags,
                                         const uint8_t *offload_kv, int64_t off_cap,

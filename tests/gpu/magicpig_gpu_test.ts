@@ -30,7 +30,14 @@ import {
   Session,
 } from "../../ffi/native.ts";
 import { lshHash, lshProjection } from "../../ffi/lsh.ts";
-import { decodeProfile, GpuShare, LshHashing, QueryCodes, setKernel } from "../../ffi/gpu.ts";
+import {
+  decodeProfile,
+  GpuShare,
+  LshHashing,
+  QueryCodes,
+  Retrieval,
+  setKernel,
+} from "../../ffi/gpu.ts";
 import { tempDir } from "../_tmp.ts";
 
 const gpus = (() => {
@@ -414,46 +421,71 @@ Deno.test({
 });
 
 Deno.test({
-  name: "split decode's GPU share of MAGICPIG attention matches the CPU's and runs on the GPU",
+  name:
+    "split decode's GPU share of MAGICPIG attention, retrieved by the CPU or the GPU, matches the CPU's",
   ignore,
   async fn() {
-    // head_dim 128 (the kernel's), 2 KV heads: none / half / all of them on the GPU
-    console.log("CUDA engine, MAGICPIG K6L64 session of 3000 tokens forked 3 times, 4 steps each");
+    // head_dim 128 (the kernel's), 2 KV heads: none / half / all of them on the GPU, their
+    // samples handed over by the CPU or retrieved on the GPU from the page-locked index
+    // blocks; a second pass after a follow-up turn whose 150 tokens stay in the index's
+    // unsorted tail, which the CPU attends for the GPU's heads too.
+    console.log("CUDA engine, MAGICPIG K6L64 session of 3000 tokens, forks of 4 steps each");
     await using e = await randomEngine(hashConfig, 3, 5n);
-    await using base = await committedSession(e, { lshK: 6, lshL: 64 }, 29, 3);
+    const attention = { lshK: 6, lshL: 64 };
+    await using base = await committedSession(e, attention, 29, 3);
     const V = hashConfig.vocab_size;
-    const out: Float32Array[] = [];
-    const jobs: number[] = [];
-    const fractions: number[] = [];
-    for (const share of [GpuShare.NONE, GpuShare.HALF, GpuShare.ALL]) {
-      setKernel("offload", share);
-      try {
-        await using f = await base.fork({
-          attention: { lshK: 6, lshL: 64 },
-          reserveTokens: 3100,
-        });
-        await f.commit();
-        decodeProfile(true);
-        const all = await decodeLogits(e, [f], V, 4, (i) => (i * 7) % 256);
-        jobs.push(decodeProfile(true).gpuJobs);
-        const info = f.info();
-        fractions.push(info.keysAttended / info.keysOffloaded);
-        out.push(all);
-      } finally {
-        setKernel("offload", GpuShare.AUTO);
+    const turn = Int32Array.from({ length: 150 }, (_, i) => (i * 13 + 1) % 256);
+    const runs: [string, number, number][] = [
+      ["none", GpuShare.NONE, Retrieval.AUTO],
+      ["half, CPU retrieval", GpuShare.HALF, Retrieval.CPU],
+      ["half, GPU retrieval", GpuShare.HALF, Retrieval.GPU],
+      ["all, CPU retrieval", GpuShare.ALL, Retrieval.CPU],
+      ["all, GPU retrieval", GpuShare.ALL, Retrieval.GPU],
+    ];
+    for (const tail of [false, true]) {
+      const out: Float32Array[] = [];
+      const jobs: number[] = [];
+      const gpuLayers: number[] = [];
+      const fractions: number[] = [];
+      for (const [, share, retrieval] of runs) {
+        setKernel("offload", share);
+        setKernel("retrieval", retrieval);
+        try {
+          await using f = await base.fork({ attention, reserveTokens: 3300 });
+          await f.commit();
+          if (tail) {
+            await f.prefill(turn);
+            await f.commit();
+          }
+          decodeProfile(true);
+          const all = await decodeLogits(e, [f], V, 4, (i) => (i * 7) % 256);
+          const p = decodeProfile(true);
+          jobs.push(p.gpuJobs);
+          gpuLayers.push(p.gpuRetrieval);
+          const info = f.info();
+          fractions.push(info.keysAttended / info.keysOffloaded);
+          out.push(all);
+        } finally {
+          setKernel("offload", GpuShare.AUTO);
+          setKernel("retrieval", Retrieval.AUTO);
+        }
+      }
+      console.log(
+        `${
+          tail ? "with a tail" : "no tail"
+        }: GPU jobs ${jobs}; layers retrieved on the GPU ${gpuLayers}; ` +
+          `keys fractions ${fractions}`,
+      );
+      // 2 sparse layers × 4 steps × (0, 2 or 4) query heads
+      assertEquals(jobs, [0, 16, 16, 32, 32]);
+      assertEquals(gpuLayers, [0, 0, 8, 0, 8]);
+      assert(fractions[0] > 0.01 && fractions[0] < 0.9, `keys fraction ${fractions[0]}`);
+      for (let r = 1; r < runs.length; r++) {
+        // the same samples, attended in f32 either way (only the summation order differs)
+        assertEquals(fractions[r], fractions[0], `${runs[r][0]}: keys fraction`);
+        assertLessOrEqual(maxAbsDiff(out[r], out[0]), 2e-3, `${runs[r][0]}: logits`);
       }
     }
-    console.log(`GPU jobs none/half/all: ${jobs}; keys fractions ${fractions}`);
-    assertEquals(jobs[0], 0);
-    // 2 sparse layers × 4 steps × (2 or 4) query heads
-    assertEquals(jobs[1], 2 * 4 * 2);
-    assertEquals(jobs[2], 2 * 4 * 4);
-    // the same samples, attended in f32 either way (only the summation order differs)
-    assertEquals(fractions[1], fractions[0]);
-    assertEquals(fractions[2], fractions[0]);
-    assert(fractions[0] > 0.01 && fractions[0] < 0.9, `keys fraction ${fractions[0]}`);
-    assertLessOrEqual(maxAbsDiff(out[1], out[0]), 2e-3);
-    assertLessOrEqual(maxAbsDiff(out[2], out[0]), 2e-3);
   },
 });
 
@@ -495,44 +527,62 @@ Deno.test({
 
 Deno.test({
   name:
-    "split decode's GPU share in several hand-offs (4 KV heads, 1 to 3 on the GPU) matches the CPU's",
+    "split decode's GPU share of 1 to 3 of 4 KV heads, batch 2, in hand-offs or retrieved on the GPU, matches the CPU's",
   ignore,
   async fn() {
-    // 8 query heads on 4 KV heads: a KV head goes to the GPU as soon as its 2 heads'
-    // samples exist, so a layer's share comes in one or more launches; every row must be
-    // written by exactly its own launch (sampled_clear, then each launch its jobs' rows)
+    // 8 query heads on 4 KV heads. CPU retrieval: a KV head goes to the GPU as soon as its 2
+    // heads' samples exist, so a layer's share comes in one or more launches; every row must
+    // be written by exactly its own launch (sampled_clear, then each launch its jobs' rows).
+    // GPU retrieval: one launch per layer over both sequences' index blocks.
     const cfg: ModelConfig = { ...hashConfig, dim: 512, n_heads: 8, n_kv_heads: 4 };
     await using e = await randomEngine(cfg, 2, 9n);
     const attention = { lshK: 6, lshL: 64 };
     await using base = await committedSession(e, attention, 13, 7);
     const V = cfg.vocab_size;
     const shares = [GpuShare.NONE, GpuShare.QUARTER, GpuShare.THREE_QUARTERS, GpuShare.AUTO];
-    const out: Float32Array[] = [];
-    const jobs: number[] = [];
-    try {
-      for (const share of shares) {
-        setKernel("offload", share);
-        // two sequences in one batch: a hand-off carries KV heads of both
-        await using f0 = await base.fork({ attention, reserveTokens: 3100 });
-        await using f1 = await base.fork({ attention, reserveTokens: 3100 });
-        await f0.commit();
-        await f1.commit();
-        decodeProfile(true);
-        const all = await decodeLogits(e, [f0, f1], V, 6, (i, b) => (i * (b ? 5 : 7) + b) % 256);
-        jobs.push(decodeProfile(true).gpuJobs);
-        out.push(all);
+    for (const retrieval of [Retrieval.CPU, Retrieval.GPU]) {
+      const out: Float32Array[] = [];
+      const jobs: number[] = [];
+      const gpuLayers: number[] = [];
+      setKernel("retrieval", retrieval);
+      try {
+        for (const share of shares) {
+          setKernel("offload", share);
+          // two sequences in one batch: a hand-off carries KV heads of both
+          await using f0 = await base.fork({ attention, reserveTokens: 3100 });
+          await using f1 = await base.fork({ attention, reserveTokens: 3100 });
+          await f0.commit();
+          await f1.commit();
+          decodeProfile(true);
+          const all = await decodeLogits(e, [f0, f1], V, 6, (i, b) => (i * (b ? 5 : 7) + b) % 256);
+          const p = decodeProfile(true);
+          jobs.push(p.gpuJobs);
+          gpuLayers.push(p.gpuRetrieval);
+          out.push(all);
+        }
+      } finally {
+        setKernel("offload", GpuShare.AUTO);
+        setKernel("retrieval", Retrieval.AUTO);
       }
-    } finally {
-      setKernel("offload", GpuShare.AUTO);
-    }
-    console.log(`GPU jobs none/quarter/three-quarters/auto: ${jobs}`);
-    // 2 sparse layers × 6 steps × 2 sequences × (KV heads on the GPU × 2 query heads)
-    assertEquals(jobs[0], 0);
-    assertEquals(jobs[1], 2 * 6 * 2 * 1 * 2);
-    assertEquals(jobs[2], 2 * 6 * 2 * 3 * 2);
-    assert(jobs[3] >= 2 * 6 * 2 * 1 * 2 && jobs[3] <= jobs[2], `auto: ${jobs[3]} jobs`);
-    for (let i = 1; i < shares.length; i++) {
-      assertLessOrEqual(maxAbsDiff(out[i], out[0]), 2e-3, `share ${shares[i]}`);
+      const where = retrieval === Retrieval.CPU ? "CPU" : "GPU";
+      console.log(
+        `${where} retrieval: GPU jobs none/quarter/three-quarters/auto: ${jobs}; ` +
+          `layers retrieved on the GPU ${gpuLayers}`,
+      );
+      // 2 sparse layers × 6 steps × 2 sequences × (KV heads on the GPU × 2 query heads)
+      assertEquals(jobs[0], 0);
+      assertEquals(jobs[1], 2 * 6 * 2 * 1 * 2);
+      assertEquals(jobs[2], 2 * 6 * 2 * 3 * 2);
+      assert(jobs[3] >= 2 * 6 * 2 * 1 * 2 && jobs[3] <= jobs[2], `auto: ${jobs[3]} jobs`);
+      const layers = retrieval === Retrieval.GPU ? 2 * 6 : 0;
+      assertEquals(gpuLayers, [0, layers, layers, layers]);
+      for (let i = 1; i < shares.length; i++) {
+        assertLessOrEqual(
+          maxAbsDiff(out[i], out[0]),
+          2e-3,
+          `${where} retrieval, share ${shares[i]}`,
+        );
+      }
     }
   },
 });
