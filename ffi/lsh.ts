@@ -437,6 +437,43 @@ export function lshRetrieve(
   return { nnz, sets };
 }
 
+/**
+ * Split decode's GPU retrieval on its own (a CUDA build with a GPU): the blocked tokens (not
+ * the unsorted tail) of each index that collide with `qcodes[b][h][l]` in >= 2 tables,
+ * counted on the GPU from the index's page-locked blocks. Same shape as {@link lshRetrieve}.
+ */
+export function lshRetrieveGpu(
+  indexes: readonly LshIndex[],
+  H: number,
+  qcodes: Uint16Array<ArrayBuffer>,
+): { nnz: Int32Array<ArrayBuffer>; sets: Int32Array<ArrayBuffer>[] } {
+  const B = indexes.length;
+  const cap = Math.max(1, ...indexes.map((i) => i.info().nBlocked));
+  const nnz = new Int32Array(B * H);
+  const indices = new Int32Array(B * H * cap);
+  const err = errorBuffer();
+  check(
+    lib().mp_lsh_retrieve_gpu(
+      pointers(indexes),
+      B,
+      H,
+      bytesOf(qcodes),
+      BigInt(cap),
+      bytesOf(indices),
+      bytesOf(nnz),
+      err,
+      BigInt(err.length),
+    ),
+    err,
+    "Cannot retrieve on the GPU",
+  );
+  const sets: Int32Array<ArrayBuffer>[] = [];
+  for (let bh = 0; bh < B * H; bh++) {
+    sets.push(indices.slice(bh * cap, bh * cap + Math.min(cap, nnz[bh])));
+  }
+  return { nnz, sets };
+}
+
 /** Result of a sampled or baseline attention: out `[..][H][d]`, base-2 LSE `[..][H]`. */
 export interface AttentionResult {
   out: Float32Array<ArrayBuffer>;

@@ -373,6 +373,13 @@ export const symbols = {
     ],
     result: "i32",
   },
+  /** int32_t mp_lsh_retrieve_gpu(mp_lsh_index *const *idx, int32_t B, int32_t H,
+   *    const uint16_t *qcodes, int64_t cap, int32_t *indices, int32_t *nnz, char *err,
+   *    size_t cap) */
+  mp_lsh_retrieve_gpu: {
+    parameters: ["buffer", "i32", "i32", "buffer", "i64", "buffer", "buffer", ...errArgs],
+    result: "i32",
+  },
   /** int32_t mp_lsh_attention_offload(mp_lsh_index *const *idx, int32_t B, const float *q,
    *    int32_t H, const uint16_t *qcodes, int32_t flags, const uint8_t *offload_kv,
    *    int64_t off_cap, int32_t *off_ids, int32_t *off_n, int32_t *handed, float *out,

@@ -9,6 +9,7 @@
 
 #include "common/common.h"
 #include "cpu/attention_baselines.h"
+#include "cpu/huge_alloc.h"
 #include "cpu/lsh_hash.h"
 #include "cpu/lsh_index.h"
 #include "cpu/sampled_attention.h"
@@ -277,6 +278,56 @@ MP_API int32_t mp_lsh_retrieve(mp_lsh_index *const *idx, int32_t B, const float 
     MP_CHECK(cap >= 0, MP_ERR_INVALID, "capacity \"%lld\" must be >= 0", (long long)cap);
     BatchHolder bh(idx, B, q, H, qcodes);
     mp::lsh::retrieve(bh.batch, flags, cap, indices, nnz, nullptr);
+    return MP_OK;
+  });
+}
+
+MP_API int32_t mp_lsh_retrieve_gpu(mp_lsh_index *const *idx, int32_t B, int32_t H,
+                                   const uint16_t *qcodes, int64_t cap, int32_t *indices,
+                                   int32_t *nnz, char *err, size_t err_cap) {
+  return mp::guard(err, err_cap, [&] {
+    MP_CHECK(idx && B >= 1 && qcodes && nnz && cap >= 0 && (cap == 0 || indices),
+             MP_ERR_INVALID, "indexes, query codes, nnz (and indices for cap > 0) are required");
+    const mp::lsh::Index *I0 = idx[0] ? idx[0]->index.get() : nullptr;
+    MP_CHECK(I0, MP_ERR_INVALID, "index 0 of the batch is null");
+    const int hkv = I0->n_kv_heads(), L = I0->params().L;
+    MP_CHECK(H >= hkv && H % hkv == 0, MP_ERR_INVALID,
+             "query heads \"%d\" must be a multiple of the index's %d KV heads", H, hkv);
+    const int G = H / hkv;
+    int64_t words = 0;
+    for (int b = 0; b < B; b++) {
+      MP_CHECK(idx[b], MP_ERR_INVALID, "index %d of the batch is null", b);
+      const mp::lsh::Index &I = *idx[b]->index;
+      MP_CHECK(I.n_kv_heads() == hkv && I.params().L == L, MP_ERR_INVALID,
+               "index %d of the batch has another shape than index 0", b);
+      words = std::max<int64_t>(words, (I.n_blocked() + 63) / 64);
+    }
+    std::vector<mp::gpu::RetrieveItemHost> items;
+    std::vector<const void *> regions;
+    std::vector<size_t> region_bytes;
+    for (int b = 0; b < B; b++) {
+      const mp::lsh::Index &I = *idx[b]->index;
+      const int stride = (1 << I.params().K) + 1;
+      for (const mp::lsh::Block &blk : I.blocks()) {
+        regions.push_back(blk.offsets.data());
+        region_bytes.push_back(mp::pinnable_bytes(blk.offsets.size() * sizeof(uint32_t)));
+        regions.push_back(blk.entries.data());
+        region_bytes.push_back(mp::pinnable_bytes(blk.entries.size() * sizeof(uint16_t)));
+        for (int h = 0; h < H; h++)
+          items.push_back({I.offsets(blk, h / G, 0), I.entries(blk, h / G, 0), blk.n, stride,
+                           b * H + h, blk.start / 64});
+      }
+    }
+    std::vector<uint64_t> bits((size_t)B * H * words);
+    mp::gpu::op_lsh_retrieve(items.data(), (int)items.size(), qcodes, B * H, L, words,
+                             regions.data(), region_bytes.data(), (int)regions.size(),
+                             bits.data(), nnz);
+    for (int64_t j = 0; j < (int64_t)B * H && cap > 0; j++) {
+      int64_t k = 0;
+      for (int64_t w = 0; w < words && k < cap; w++)
+        for (uint64_t m = bits[(size_t)(j * words + w)]; m && k < cap; m &= m - 1)
+          indices[j * cap + k++] = (int32_t)(w * 64 + __builtin_ctzll(m));
+    }
     return MP_OK;
   });
 }

@@ -14,6 +14,14 @@
 
 namespace mp::gpu {
 
+// One index block of a GPU retrieval job (op_lsh_retrieve).
+struct RetrieveItemHost {
+  const uint32_t *off;  // the block's bucket offsets of the job's KV head, table 0
+  const uint16_t *ent;  // the block's entries of the job's KV head, table 0
+  int32_t n, stride, job;
+  int64_t word0;
+};
+
 #ifdef MP_HAVE_CUDA
 // Usable CUDA devices (0 when the driver or device is missing). Never throws.
 int device_count();
@@ -31,6 +39,13 @@ void op_swiglu(const float *gate, const float *up, int64_t n, float *out);
 void op_merge(const float *o1, const float *lse1, const float *o2, const float *lse2, int n,
               int d, float *out, float *lse_out);
 void lsh_hash(const float *R, const float *x, int n, int d, int K, int L, uint16_t *codes);
+// GPU retrieval (kernels.h lsh_retrieve) over host index blocks: item i counts block
+// (off, ent, n tokens, offsets stride) for job `job` into words [word0, word0 + ⌈n/64⌉) of
+// that job's bitmap bits[job][words]; nnz[job] = the job's set bits. The regions (the host
+// arrays the items point into) are page-locked for the call unless they already are.
+void op_lsh_retrieve(const RetrieveItemHost *items, int nitems, const uint16_t *qcodes,
+                     int njobs, int L, int64_t words, const void *const *regions,
+                     const size_t *region_bytes, int nregions, uint64_t *bits, int32_t *nnz);
 // tokens[i] from logits[i][vocab]: greedy when temperature <= 0, else temperature/top-k/
 // top-p sampling by inverse CDF with the uniform draw u[i] (sampling.cu).
 void op_sample(const float *logits, int n, int vocab, float temperature, int top_k, float top_p,
@@ -65,6 +80,9 @@ inline void op_matmul(int32_t, const void *, const float *, int, int, int, float
     MP_GPU_UNAVAILABLE()
 inline void op_attention(int32_t, const float *, const void *, const void *, int, int, int,
                          int, int, int, float *, float *) MP_GPU_UNAVAILABLE()
+inline void op_lsh_retrieve(const RetrieveItemHost *, int, const uint16_t *, int, int, int64_t,
+                            const void *const *, const size_t *, int, uint64_t *, int32_t *)
+    MP_GPU_UNAVAILABLE()
 inline void op_swiglu(const float *, const float *, int64_t, float *) MP_GPU_UNAVAILABLE()
 inline void op_merge(const float *, const float *, const float *, const float *, int, int,
                      float *, float *) MP_GPU_UNAVAILABLE()

@@ -21,6 +21,7 @@
 // and each launch writes only its jobs' rows.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
@@ -197,8 +198,17 @@ __global__ void __launch_bounds__(32 * SA_WARPS)
   const SampledJob jb = jobs[tl.job];
   const float4 q4 = reinterpret_cast<const float4 *>(jb.q)[lane];
   const float4 m4 = reinterpret_cast<const float4 *>(jb.mu)[lane];
-  const float qn = sqrtf(warp_sum(q4.x * q4.x + q4.y * q4.y + q4.z * q4.z + q4.w * q4.w));
-  const float qmu = warp_sum(q4.x * m4.x + q4.y * m4.y + q4.z * m4.z + q4.w * m4.w);
+  // in double, as the CPU computes them (its float values, but for ties in the last bit)
+  double nn = (double)q4.x * q4.x, qm = (double)q4.x * m4.x;
+  nn = fma((double)q4.y, (double)q4.y, nn), qm = fma((double)q4.y, (double)m4.y, qm);
+  nn = fma((double)q4.z, (double)q4.z, nn), qm = fma((double)q4.z, (double)m4.z, qm);
+  nn = fma((double)q4.w, (double)q4.w, nn), qm = fma((double)q4.w, (double)m4.w, qm);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    nn += __shfl_xor_sync(0xffffffffu, nn, o);
+    qm += __shfl_xor_sync(0xffffffffu, qm, o);
+  }
+  const float qn = (float)sqrt(nn), qmu = (float)qm;
   const uint64_t my = lane < tl.n ? bits[(size_t)jb.ids_off + tl.start + lane] : 0ull;
   unsigned nz = __ballot_sync(0xffffffffu, my != 0ull);  // words left, warp-uniform
   uint64_t cw = 0ull;                                     // the current word's bits left
@@ -410,6 +420,53 @@ void sampled_attention_bitmap(const SampledJob *jobs, const SampledTile *tiles, 
   }
   sampled_combine_kernel<<<njobs, SA_D, 0, s>>>(jobs, ws, out, lse2);
   MP_CUDA_LAUNCH("sampled_combine_kernel");
+}
+
+void op_lsh_retrieve(const RetrieveItemHost *items, int nitems, const uint16_t *qcodes,
+                     int njobs, int L, int64_t words, const void *const *regions,
+                     const size_t *region_bytes, int nregions, uint64_t *bits, int32_t *nnz) {
+  MP_CHECK(nitems >= 0 && njobs >= 0 && L >= 1 && words >= 0, MP_ERR_INVALID,
+           "lsh_retrieve: bad shape");
+  require_device();
+  // the host arrays read in place: registered here unless they already are (an index
+  // built while a CUDA backend exists is), unregistered again after
+  std::vector<void *> mine;
+  struct Unregister {
+    std::vector<void *> &v;
+    ~Unregister() {
+      for (void *p : v) (void)cudaHostUnregister(p);
+    }
+  } unregister{mine};
+  for (int r = 0; r < nregions; r++) {
+    void *p = const_cast<void *>(regions[r]);
+    const cudaError_t rc =
+        cudaHostRegister(p, region_bytes[r], cudaHostRegisterPortable | cudaHostRegisterMapped);
+    if (rc == cudaSuccess) {
+      mine.push_back(p);
+    } else {
+      (void)cudaGetLastError();
+      MP_CHECK(rc == cudaErrorHostMemoryAlreadyRegistered, MP_ERR_CUDA,
+               "cannot page-lock an index array: %s", cudaGetErrorString(rc));
+    }
+  }
+  Stream s;
+  DevBuf<uint16_t> d_qc = upload(qcodes, (size_t)njobs * L, s);
+  DevBuf<uint64_t> d_bits((size_t)std::max<int64_t>(1, njobs * words));
+  DevBuf<int32_t> d_nnz((size_t)std::max(1, njobs));
+  MP_CUDA(cudaMemsetAsync(d_nnz.p, 0, d_nnz.n * sizeof(int32_t), s));
+  std::vector<RetrieveItem> dev((size_t)nitems);
+  for (int i = 0; i < nitems; i++) {
+    const RetrieveItemHost &h = items[i];
+    MP_CHECK(h.job >= 0 && h.job < njobs && h.word0 >= 0 && h.word0 + (h.n + 63) / 64 <= words,
+             MP_ERR_INVALID, "lsh_retrieve: item %d is outside its job's bitmap", i);
+    dev[(size_t)i] = {d_qc.p + (size_t)h.job * L, h.off, h.ent,
+                      d_bits.p + (size_t)h.job * words + h.word0, d_nnz.p + h.job, h.n, h.stride};
+  }
+  DevBuf<RetrieveItem> d_items = upload(dev.data(), dev.size(), s);
+  lsh_retrieve(d_items.p, nitems, L, s);
+  to_host(bits, d_bits.p, (size_t)njobs * words, s);
+  to_host(nnz, d_nnz.p, (size_t)njobs, s);
+  s.sync();
 }
 
 void sampled_clear(float *out, float *lse2, int nrows, int d, cudaStream_t s) {

@@ -630,6 +630,14 @@ MP_API int32_t mp_lsh_retrieve(mp_lsh_index *const *idx, int32_t B, const float 
                                int32_t H, const uint16_t *qcodes, int32_t flags, int64_t cap,
                                int32_t *indices, int32_t *nnz, char *err, size_t err_cap);
 
+/* Split decode's GPU retrieval on its own (tests): for each (b, h) the indexed tokens of the
+ * blocks (not the unsorted tail) that collide with qcodes[b][h][l] in >= 2 tables, counted
+ * on the GPU from the index's page-locked blocks (page-locked for the call unless they are
+ * already): nnz[b][h], and the first min(nnz, cap) ids ascending in indices[b][h][cap]. */
+MP_API int32_t mp_lsh_retrieve_gpu(mp_lsh_index *const *idx, int32_t B, int32_t H,
+                                   const uint16_t *qcodes, int64_t cap, int32_t *indices,
+                                   int32_t *nnz, char *err, size_t err_cap);
+
 /* Sampled attention over the retrieved keys (magicpig.md §7): s = q·k, cos =
  * q·(k − μ)/(‖q‖‖k − μ‖) clamped, p = (1 − acos(cos)/π)^k, u = P[>= 2 of l collide],
  * ℓ = s/√head_dim − ln(u + eps). out[B][H][head_dim] = Σ softmax(ℓ)·v (fp32),
