@@ -1565,6 +1565,8 @@ class CudaBackend final : public ForwardBackend {
     std::vector<const float *> mus;
     std::vector<size_t> item_bits;  // word offset of each item's first word (bits: later)
     size_t words = 0;
+    const int gs = gpu::sampled_bitmap_group(G);
+    int32_t tile_g0 = 0;  // the current group's first tile
     for (int32_t i = 0; i < B; i++) {
       Session &s = *c.ss[i];
       const lsh::Index *idx = policy_index(s, l);
@@ -1576,16 +1578,21 @@ class CudaBackend final : public ForwardBackend {
         if (!kvh[(size_t)i * Hkv_ + hkv]) continue;
         for (int g = 0; g < G; g++) {
           const int h = hkv * G + g;
+          // a group of gs consecutive jobs shares its tiles (one K/V read per group)
+          if (g % gs == 0) {
+            tile_g0 = (int32_t)tiles.size();
+            for (int w = 0; w < nw; w += 32)
+              tiles.push_back({(int32_t)jobs.size(), w, std::min(32, nw - w)});
+          }
           gpu::SampledJob jb{};
           jb.k = (const bf16 *)s.k_row(l, hkv, S);
           jb.v = (const bf16 *)s.v_row(l, hkv, S);
           jb.q = d_qf_.p + (size_t)i * QKV_ + (size_t)h * d_;
           jb.ids_off = (int32_t)words;  // the bitmap's first word
           jb.n = nw;
-          jb.tile0 = (int32_t)tiles.size();
-          for (int w = 0; w < nw; w += 32)
-            tiles.push_back({(int32_t)jobs.size(), w, std::min(32, nw - w)});
-          jb.ntiles = (int32_t)tiles.size() - jb.tile0;
+          jb.tile0 = tile_g0 * gs + g % gs;
+          jb.tstride = gs;
+          jb.ntiles = (int32_t)tiles.size() - tile_g0;
           jb.row = i * H_ + h;
           for (const lsh::Block &blk : idx->blocks()) {
             gpu::RetrieveItem it{};
@@ -1627,7 +1634,7 @@ class CudaBackend final : public ForwardBackend {
     MP_CUDA(cudaMemsetAsync(nnz, 0, (size_t)B * H_ * sizeof(int32_t), s_));
     gpu::lsh_retrieve((const gpu::RetrieveItem *)(d_ret_up_.p + o_items), (int)items.size(), L,
                       s_);
-    d_sa_ws_.ensure(mem_, gpu::sampled_workspace_floats((int)tiles.size()),
+    d_sa_ws_.ensure(mem_, gpu::sampled_workspace_floats((int)tiles.size() * gs),
                     "split decode's GPU share");
     const lsh::Index *idx0 = nullptr;
     for (int32_t i = 0; i < B && !idx0; i++) idx0 = policy_index(*c.ss[i], l);
@@ -1636,8 +1643,8 @@ class CudaBackend final : public ForwardBackend {
         false);
     gpu::sampled_attention_bitmap((const gpu::SampledJob *)d_ret_up_.p,
                                   (const gpu::SampledTile *)(d_ret_up_.p + o_tiles),
-                                  (int)tiles.size(), d_rbits_.p, (int)jobs.size(), d_, prm,
-                                  d_sa_ws_.p, d_ogpu_.p, d_lgpu_.p, s_);
+                                  (int)tiles.size(), d_rbits_.p, (int)jobs.size(), d_, gs,
+                                  prm, d_sa_ws_.p, d_ogpu_.p, d_lgpu_.p, s_);
     MP_CUDA(cudaEventRecord(ev_share_end_[(size_t)l], s_));
     rnnz_layer_[(size_t)l] = 1;
     c.launched = true;

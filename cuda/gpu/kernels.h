@@ -221,8 +221,9 @@ struct SampledJob {
   float qn, qmu;       // ‖q‖, q·μ
   int32_t ids_off;     // its sample: ids[ids_off .. ids_off + n)
   int32_t n;
-  int32_t tile0, ntiles;  // its tiles (consecutive)
+  int32_t tile0, ntiles;  // its tiles' partial states: tile0 + i·tstride, i < ntiles
   int32_t row;            // its output row
+  int32_t tstride = 1;
 };
 struct SampledTile {
   int32_t job, start, n;  // keys [start, start + n) of the job's sample
@@ -255,13 +256,19 @@ struct RetrieveItem {
 // (L <= 1024) as bits of the job's bitmap (every word of the block written), their count
 // added to *nnz.
 void lsh_retrieve(const RetrieveItem *items, int nitems, int L, cudaStream_t s);
-// sampled_attention over bitmaps: a job's sample is the set bits of its bitmap at
-// bits + ids_off (bit i = indexed token i); its tiles are runs of at most 32 words of it
-// (SampledTile start and n in words). ‖q‖ and q·μ are computed on the device (qn, qmu
-// unused). out and lse2 as sampled_attention.
+// sampled_attention over bitmaps, gs query heads of one KV head at a time (a GQA group or
+// part of one, sampled_bitmap_group): a job's sample is the set bits of its bitmap at
+// bits + ids_off (bit i = indexed token i). A tile is a run of at most 32 words of a group's
+// bitmaps (SampledTile: job = the group's first job, the gs jobs consecutive; start and n in
+// words); tile t writes the partial state of the group's head g to ws slot t·gs + g, so job
+// g of a group whose tiles are [T0, T0 + nt) has tile0 = T0·gs + g, tstride = gs, ntiles =
+// nt. Each K/V row is read once per group. ‖q‖ and q·μ are computed on the device (qn, qmu
+// unused). out and lse2 as sampled_attention; ws holds ntiles·gs states.
+int sampled_bitmap_group(int G);  // the group size for G query heads per KV head (1..8)
 void sampled_attention_bitmap(const SampledJob *jobs, const SampledTile *tiles, int ntiles,
-                              const uint64_t *bits, int njobs, int d, const SampledParams &prm,
-                              float *ws, float *out, float *lse2, cudaStream_t s);
+                              const uint64_t *bits, int njobs, int d, int gs,
+                              const SampledParams &prm, float *ws, float *out, float *lse2,
+                              cudaStream_t s);
 // Rows [0, nrows) of out (d wide) to 0 and of lse2 to −∞: no sampled attention (yet).
 void sampled_clear(float *out, float *lse2, int nrows, int d, cudaStream_t s);
 

@@ -92,32 +92,46 @@ struct SaState {
   float m = -INFINITY, l = 0.f, acc0 = 0.f, acc1 = 0.f, acc2 = 0.f, acc3 = 0.f;
 };
 
-// One key of a job: its K and V row parts (bf16 pairs), folded into the warp's state.
-__device__ __forceinline__ void sa_key(const SampledParams &prm, const float4 &q4, const float4 &m4,
-                                       float qn, float qmu, uint2 kr, uint2 vr, SaState &st) {
-  const float k0f = __uint_as_float(kr.x << 16), k1f = __uint_as_float(kr.x & 0xffff0000u);
-  const float k2f = __uint_as_float(kr.y << 16), k3f = __uint_as_float(kr.y & 0xffff0000u);
-  float s = q4.x * k0f;
-  s = fmaf(q4.y, k1f, s);
-  s = fmaf(q4.z, k2f, s);
-  s = fmaf(q4.w, k3f, s);
+// One key's K and V row parts (lane: 4 dims), widened from bf16, and ‖k − μ‖ (0 with
+// force_u1, which does not use it).
+struct SaKey {
+  float k0, k1, k2, k3, v0, v1, v2, v3, kn;
+};
+__device__ __forceinline__ SaKey sa_unpack(const SampledParams &prm, const float4 &m4, uint2 kr,
+                                           uint2 vr) {
+  SaKey k;
+  k.k0 = __uint_as_float(kr.x << 16), k.k1 = __uint_as_float(kr.x & 0xffff0000u);
+  k.k2 = __uint_as_float(kr.y << 16), k.k3 = __uint_as_float(kr.y & 0xffff0000u);
+  k.v0 = __uint_as_float(vr.x << 16), k.v1 = __uint_as_float(vr.x & 0xffff0000u);
+  k.v2 = __uint_as_float(vr.y << 16), k.v3 = __uint_as_float(vr.y & 0xffff0000u);
+  k.kn = 0.f;
+  if (!prm.force_u1) {
+    const float c0 = k.k0 - m4.x, c1 = k.k1 - m4.y, c2 = k.k2 - m4.z, c3 = k.k3 - m4.w;
+    float n2 = c0 * c0;
+    n2 = fmaf(c1, c1, n2);
+    n2 = fmaf(c2, c2, n2);
+    n2 = fmaf(c3, c3, n2);
+    k.kn = sqrtf(warp_sum(n2));
+  }
+  return k;
+}
+
+// One key folded into one query head's online softmax (the head's q part, ‖q‖, q·μ).
+__device__ __forceinline__ void sa_head(const SampledParams &prm, const float4 &q4, float qn,
+                                        float qmu, const SaKey &k, SaState &st) {
+  float s = q4.x * k.k0;
+  s = fmaf(q4.y, k.k1, s);
+  s = fmaf(q4.z, k.k2, s);
+  s = fmaf(q4.w, k.k3, s);
   s = warp_sum(s);
   float ell;
   if (prm.force_u1) {
     ell = s * prm.scale;
   } else {
-    const float c0 = k0f - m4.x, c1 = k1f - m4.y, c2 = k2f - m4.z, c3 = k3f - m4.w;
-    float n2 = c0 * c0;
-    n2 = fmaf(c1, c1, n2);
-    n2 = fmaf(c2, c2, n2);
-    n2 = fmaf(c3, c3, n2);
-    const float kn = sqrtf(warp_sum(n2));
-    const float den = qn * kn;
+    const float den = qn * k.kn;
     const float cosv = den > 0.f ? fminf(fmaxf((s - qmu) / den, -1.f), 1.f) : 0.f;
     ell = s * prm.scale - log_weight(prm, cosv);
   }
-  const float v0 = __uint_as_float(vr.x << 16), v1 = __uint_as_float(vr.x & 0xffff0000u);
-  const float v2 = __uint_as_float(vr.y << 16), v3 = __uint_as_float(vr.y & 0xffff0000u);
   if (ell > st.m) {
     const float sc = st.m == -INFINITY ? 0.f : expf(st.m - ell);
     st.l *= sc, st.acc0 *= sc, st.acc1 *= sc, st.acc2 *= sc, st.acc3 *= sc;
@@ -125,19 +139,18 @@ __device__ __forceinline__ void sa_key(const SampledParams &prm, const float4 &q
   }
   const float w = expf(ell - st.m);
   st.l += w;
-  st.acc0 = fmaf(w, v0, st.acc0);
-  st.acc1 = fmaf(w, v1, st.acc1);
-  st.acc2 = fmaf(w, v2, st.acc2);
-  st.acc3 = fmaf(w, v3, st.acc3);
+  st.acc0 = fmaf(w, k.v0, st.acc0);
+  st.acc1 = fmaf(w, k.v1, st.acc1);
+  st.acc2 = fmaf(w, k.v2, st.acc2);
+  st.acc3 = fmaf(w, k.v3, st.acc3);
 }
 
-// Keys ids[0 .. n) of a job (indexed token ids), SA_U rows in flight.
-__device__ __forceinline__ void sa_keys(const SampledParams &prm, const SampledJob &jb,
-                                        const float4 &q4, const float4 &m4, float qn, float qmu,
-                                        const int32_t (&id)[SA_U], int n, int lane, SaState &st) {
+// Loads SA_U keys' K and V row parts (ids[u] for u < n; indexed token ids of the job's KV
+// head), all in flight at once.
+__device__ __forceinline__ void sa_load(const SampledJob &jb, const int32_t (&id)[SA_U], int n,
+                                        int lane, uint2 (&kr)[SA_U], uint2 (&vr)[SA_U]) {
   const uint2 *K = reinterpret_cast<const uint2 *>(jb.k);
   const uint2 *V = reinterpret_cast<const uint2 *>(jb.v);
-  uint2 kr[SA_U], vr[SA_U];
 #pragma unroll
   for (int u = 0; u < SA_U; u++) {
     if (u < n) {
@@ -148,10 +161,18 @@ __device__ __forceinline__ void sa_keys(const SampledParams &prm, const SampledJ
       kr[u] = vr[u] = make_uint2(0, 0);
     }
   }
+}
+
+// Keys ids[0 .. n) of a job (indexed token ids), SA_U rows in flight.
+__device__ __forceinline__ void sa_keys(const SampledParams &prm, const SampledJob &jb,
+                                        const float4 &q4, const float4 &m4, float qn, float qmu,
+                                        const int32_t (&id)[SA_U], int n, int lane, SaState &st) {
+  uint2 kr[SA_U], vr[SA_U];
+  sa_load(jb, id, n, lane, kr, vr);
 #pragma unroll
   for (int u = 0; u < SA_U; u++) {
     if (u >= n) break;  // warp-uniform
-    sa_key(prm, q4, m4, qn, qmu, kr[u], vr[u], st);
+    sa_head(prm, q4, qn, qmu, sa_unpack(prm, m4, kr[u], vr[u]), st);
   }
 }
 
@@ -184,9 +205,13 @@ __global__ void __launch_bounds__(32 * SA_WARPS)
   sa_write(ws, t, lane, st);
 }
 
-// GPU retrieval's attention: a warp owns up to 32 words of its job's sample bitmap (the
-// tile's words [start, start + n) of the bitmap at bits + ids_off; bit i = indexed token i)
-// and attends the tokens whose bits are set, in order. ‖q‖ and q·μ are computed here.
+// GPU retrieval's attention, a GQA group of GS query heads at once: a warp owns up to 32
+// words of the group's sample bitmaps (tile words [start, start + n); job tl.job + g's
+// bitmap at bits + its ids_off; bit i = indexed token i), walks the union of the GS bitmaps
+// in token order, reads each K/V row once over PCIe and folds it into the state of every
+// head whose bit is set. Head g's partial state goes to ws slot t·GS + g. ‖q‖ and q·μ are
+// computed here, in double as the CPU does.
+template <int GS>
 __global__ void __launch_bounds__(32 * SA_WARPS)
     sampled_bitmap_kernel(const SampledJob *__restrict__ jobs, const SampledTile *__restrict__ tiles,
                           int ntiles, const uint64_t *__restrict__ bits, SampledParams prm,
@@ -195,47 +220,72 @@ __global__ void __launch_bounds__(32 * SA_WARPS)
   const int t = blockIdx.x * SA_WARPS + (threadIdx.x >> 5);
   if (t >= ntiles) return;  // warp-uniform
   const SampledTile tl = tiles[t];
-  const SampledJob jb = jobs[tl.job];
-  const float4 q4 = reinterpret_cast<const float4 *>(jb.q)[lane];
+  const SampledJob jb = jobs[tl.job];  // K, V and μ are the group's KV head's
   const float4 m4 = reinterpret_cast<const float4 *>(jb.mu)[lane];
-  // in double, as the CPU computes them (its float values, but for ties in the last bit)
-  double nn = (double)q4.x * q4.x, qm = (double)q4.x * m4.x;
-  nn = fma((double)q4.y, (double)q4.y, nn), qm = fma((double)q4.y, (double)m4.y, qm);
-  nn = fma((double)q4.z, (double)q4.z, nn), qm = fma((double)q4.z, (double)m4.z, qm);
-  nn = fma((double)q4.w, (double)q4.w, nn), qm = fma((double)q4.w, (double)m4.w, qm);
+  float4 q4[GS];
+  float qn[GS], qmu[GS];
+  uint64_t my[GS], any = 0ull;
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    nn += __shfl_xor_sync(0xffffffffu, nn, o);
-    qm += __shfl_xor_sync(0xffffffffu, qm, o);
+  for (int g = 0; g < GS; g++) {
+    const SampledJob &jg = jobs[tl.job + g];
+    q4[g] = reinterpret_cast<const float4 *>(jg.q)[lane];
+    double nn = (double)q4[g].x * q4[g].x, qm = (double)q4[g].x * m4.x;
+    nn = fma((double)q4[g].y, (double)q4[g].y, nn), qm = fma((double)q4[g].y, (double)m4.y, qm);
+    nn = fma((double)q4[g].z, (double)q4[g].z, nn), qm = fma((double)q4[g].z, (double)m4.z, qm);
+    nn = fma((double)q4[g].w, (double)q4[g].w, nn), qm = fma((double)q4[g].w, (double)m4.w, qm);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      nn += __shfl_xor_sync(0xffffffffu, nn, o);
+      qm += __shfl_xor_sync(0xffffffffu, qm, o);
+    }
+    qn[g] = (float)sqrt(nn), qmu[g] = (float)qm;
+    my[g] = lane < tl.n ? bits[(size_t)jg.ids_off + tl.start + lane] : 0ull;
+    any |= my[g];
   }
-  const float qn = (float)sqrt(nn), qmu = (float)qm;
-  const uint64_t my = lane < tl.n ? bits[(size_t)jb.ids_off + tl.start + lane] : 0ull;
-  unsigned nz = __ballot_sync(0xffffffffu, my != 0ull);  // words left, warp-uniform
-  uint64_t cw = 0ull;                                     // the current word's bits left
-  int cwi = 0;                                            // its word index
-  SaState st;
+  unsigned nz = __ballot_sync(0xffffffffu, any != 0ull);  // words left, warp-uniform
+  uint64_t cw = 0ull, cwg[GS];  // the current word's union bits left, and each head's word
+  int cwi = 0;                  // its word index
+#pragma unroll
+  for (int g = 0; g < GS; g++) cwg[g] = 0ull;
+  SaState st[GS];
   for (;;) {
-    int32_t g[SA_U];
+    int32_t id[SA_U];
+    uint32_t hm[SA_U];  // the heads sampling each key
     int n = 0;
 #pragma unroll
     for (int u = 0; u < SA_U; u++) {
       while (cw == 0ull && nz) {
         const int src = __ffs(nz) - 1;
         nz &= nz - 1;
-        cw = __shfl_sync(0xffffffffu, my, src);
+        cw = __shfl_sync(0xffffffffu, any, src);
+#pragma unroll
+        for (int g = 0; g < GS; g++) cwg[g] = __shfl_sync(0xffffffffu, my[g], src);
         cwi = tl.start + src;
       }
-      g[u] = 0;
+      id[u] = 0, hm[u] = 0;
       if (cw) {
-        g[u] = cwi * 64 + __ffsll((long long)cw) - 1;
+        const int b = __ffsll((long long)cw) - 1;
+        id[u] = cwi * 64 + b;
+#pragma unroll
+        for (int g = 0; g < GS; g++) hm[u] |= (uint32_t)((cwg[g] >> b) & 1ull) << g;
         cw &= cw - 1;
         n = u + 1;
       }
     }
     if (n == 0) break;
-    sa_keys(prm, jb, q4, m4, qn, qmu, g, n, lane, st);
+    uint2 kr[SA_U], vr[SA_U];
+    sa_load(jb, id, n, lane, kr, vr);
+#pragma unroll
+    for (int u = 0; u < SA_U; u++) {
+      if (u >= n) break;  // warp-uniform
+      const SaKey k = sa_unpack(prm, m4, kr[u], vr[u]);
+#pragma unroll
+      for (int g = 0; g < GS; g++)
+        if ((hm[u] >> g) & 1u) sa_head(prm, q4[g], qn[g], qmu[g], k, st[g]);
+    }
   }
-  sa_write(ws, t, lane, st);
+#pragma unroll
+  for (int g = 0; g < GS; g++) sa_write(ws, t * GS + g, lane, st[g]);
 }
 
 // GPU retrieval (magicpig.md §6, the CPU's count_block): one block per (job, index block).
@@ -336,15 +386,16 @@ __global__ void sampled_combine_kernel(const SampledJob *__restrict__ jobs,
   const SampledJob jb = jobs[blockIdx.x];
   float *o = out + (size_t)jb.row * SA_D;
   float M = -INFINITY;
-  for (int t = jb.tile0; t < jb.tile0 + jb.ntiles; t++) M = fmaxf(M, ws[(size_t)t * (SA_D + 4)]);
+  for (int i = 0; i < jb.ntiles; i++)
+    M = fmaxf(M, ws[(size_t)(jb.tile0 + i * jb.tstride) * (SA_D + 4)]);
   if (M == -INFINITY) {
     o[c] = 0.f;
     if (c == 0) lse2[jb.row] = -INFINITY;
     return;
   }
   float L = 0.f, a = 0.f;
-  for (int t = jb.tile0; t < jb.tile0 + jb.ntiles; t++) {
-    const float *p = ws + (size_t)t * (SA_D + 4);
+  for (int i = 0; i < jb.ntiles; i++) {
+    const float *p = ws + (size_t)(jb.tile0 + i * jb.tstride) * (SA_D + 4);
     if (p[0] == -INFINITY) continue;
     const float w = expf(p[0] - M);
     L = fmaf(w, p[1], L);
@@ -407,15 +458,36 @@ void lsh_retrieve(const RetrieveItem *items, int nitems, int L, cudaStream_t s) 
   MP_CUDA_LAUNCH("lsh_retrieve_kernel");
 }
 
+int sampled_bitmap_group(int G) {
+  for (int gs : {8, 4, 2})
+    if (G % gs == 0) return gs;
+  return 1;
+}
+
 void sampled_attention_bitmap(const SampledJob *jobs, const SampledTile *tiles, int ntiles,
-                              const uint64_t *bits, int njobs, int d, const SampledParams &prm,
-                              float *ws, float *out, float *lse2, cudaStream_t s) {
+                              const uint64_t *bits, int njobs, int d, int gs,
+                              const SampledParams &prm, float *ws, float *out, float *lse2,
+                              cudaStream_t s) {
   MP_CHECK(d == SA_D, MP_ERR_UNSUPPORTED, "GPU sampled attention supports head_dim %d, not %d",
            SA_D, d);
+  MP_CHECK(gs == 1 || gs == 2 || gs == 4 || gs == 8, MP_ERR_INTERNAL,
+           "GPU sampled attention: group of %d heads", gs);
   if (njobs <= 0) return;
   if (ntiles > 0) {
-    sampled_bitmap_kernel<<<(ntiles + SA_WARPS - 1) / SA_WARPS, 32 * SA_WARPS, 0, s>>>(
-        jobs, tiles, ntiles, bits, prm, ws);
+    const int grid = (ntiles + SA_WARPS - 1) / SA_WARPS;
+    switch (gs) {
+      case 1:
+        sampled_bitmap_kernel<1><<<grid, 32 * SA_WARPS, 0, s>>>(jobs, tiles, ntiles, bits, prm, ws);
+        break;
+      case 2:
+        sampled_bitmap_kernel<2><<<grid, 32 * SA_WARPS, 0, s>>>(jobs, tiles, ntiles, bits, prm, ws);
+        break;
+      case 4:
+        sampled_bitmap_kernel<4><<<grid, 32 * SA_WARPS, 0, s>>>(jobs, tiles, ntiles, bits, prm, ws);
+        break;
+      default:
+        sampled_bitmap_kernel<8><<<grid, 32 * SA_WARPS, 0, s>>>(jobs, tiles, ntiles, bits, prm, ws);
+    }
     MP_CUDA_LAUNCH("sampled_bitmap_kernel");
   }
   sampled_combine_kernel<<<njobs, SA_D, 0, s>>>(jobs, ws, out, lse2);

@@ -640,12 +640,13 @@ Deno.test({
     "split decode's GPU share of 1 to 3 of 4 KV heads, batch 2, in hand-offs or retrieved on the GPU, matches the CPU's",
   ignore,
   async fn() {
-    // 8 query heads on 4 KV heads. CPU retrieval: a KV head goes to the GPU as soon as its 2
-    // heads' samples exist, so a layer's share comes in one or more launches; every row must
-    // be written by exactly its own launch (sampled_clear, then each launch its jobs' rows).
-    // GPU retrieval: one launch per layer over both sequences' index blocks.
+    // 16 query heads on 4 KV heads (the 8B shape's group of 4). CPU retrieval: a KV head goes
+    // to the GPU as soon as its 4 heads' samples exist, so a layer's share comes in one or
+    // more launches; every row must be written by exactly its own launch (sampled_clear, then
+    // each launch its jobs' rows). GPU retrieval: one launch per layer over both sequences'
+    // index blocks, each group of 4 heads attended together (one K/V read per group).
     // Compared step by step while the samples are the same (sameSampleSteps).
-    const cfg: ModelConfig = { ...hashConfig, dim: 512, n_heads: 8, n_kv_heads: 4 };
+    const cfg: ModelConfig = { ...hashConfig, dim: 512, n_heads: 16, n_kv_heads: 4 };
     await using e = await randomEngine(cfg, 2, 9n);
     const attention = { lshK: 6, lshL: 64 };
     await using base = await committedSession(e, attention, 13, 7);
@@ -683,11 +684,11 @@ Deno.test({
         `${where} retrieval: GPU jobs none/quarter/three-quarters/auto: ${jobs}; ` +
           `layers retrieved on the GPU ${runs.map((r) => r.gpuLayers)}`,
       );
-      // 2 sparse layers × 6 steps × 2 sequences × (KV heads on the GPU × 2 query heads)
+      // 2 sparse layers × 6 steps × 2 sequences × (KV heads on the GPU × 4 query heads)
       assertEquals(jobs[0], 0);
-      assertEquals(jobs[1], 2 * steps * 2 * 1 * 2);
-      assertEquals(jobs[2], 2 * steps * 2 * 3 * 2);
-      assert(jobs[3] >= 2 * steps * 2 * 1 * 2 && jobs[3] <= jobs[2], `auto: ${jobs[3]} jobs`);
+      assertEquals(jobs[1], 2 * steps * 2 * 1 * 4);
+      assertEquals(jobs[2], 2 * steps * 2 * 3 * 4);
+      assert(jobs[3] >= 2 * steps * 2 * 1 * 4 && jobs[3] <= jobs[2], `auto: ${jobs[3]} jobs`);
       const layers = retrieval === Retrieval.GPU ? 2 * steps : 0;
       assertEquals(runs.map((r) => r.gpuLayers), [0, layers, layers, layers]);
       for (let r = 1; r < runs.length; r++) {
