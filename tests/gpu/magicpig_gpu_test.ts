@@ -17,7 +17,7 @@
  * @module
  */
 import { assert, assertEquals, assertLessOrEqual } from "../_std.ts";
-import { maxAbsDiff, randn, rng } from "../_util.ts";
+import { maxAbsDiff, randn, relError, rng } from "../_util.ts";
 import { bf16Array, refCodes } from "../_lsh_ref.ts";
 import {
   AttentionMethod,
@@ -228,12 +228,22 @@ async function decodeRecorded(
 const splitAttention = { lshK: 6, lshL: 64, denseLayers: [0, 1, 2] };
 
 /** A split-decode run against the CPU-only reference: the same keys attended per sequence
- * at every step, and logits within 2e-3 (f32 summation order). */
-function assertSameRun(run: Recorded, ref: Recorded, what: string): void {
+ * at every step, and logits within a normalised error of 5e-3 at every step. The GPU sums in
+ * f32 in another order than the CPU and the merged attention is rounded to bf16, so an
+ * element can move by one bf16 step (2^-8): about 1e-4 to 1e-3 in the logits of this model,
+ * against ~1e-2 and more when samples or weights differ. Returns the worst error. */
+function assertSameRun(run: Recorded, ref: Recorded, what: string): number {
+  let worst = 0;
   for (let i = 0; i < ref.keys.length; i++) {
     assertEquals(run.keys[i], ref.keys[i], `${what}, step ${i}: keys attended`);
-    assertLessOrEqual(maxAbsDiff(run.logits[i], ref.logits[i]), 2e-3, `${what}, step ${i}`);
+    const err = relError(run.logits[i], ref.logits[i]);
+    assertLessOrEqual(err, 5e-3, `${what}, step ${i}: logits error ${err}`);
+    worst = Math.max(worst, err);
   }
+  console.log(
+    `${what}: same keys in ${ref.keys.length} steps, logits error <= ${worst.toExponential(2)}`,
+  );
+  return worst;
 }
 
 /** Byte offset where the KV sections of a snapshot of n tokens end (snapshot.h layout). */
