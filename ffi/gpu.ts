@@ -76,8 +76,10 @@ export const QueryCodes = { AUTO: 0, GPU: 1, CPU: 2 } as const;
  * Variants of op "retrieval" (where the samples of split decode's GPU share are retrieved)
  * for {@link setKernel}: automatic = on the GPU, which counts collisions in the index's
  * page-locked blocks in place and starts at once (the CPU does those heads' unsorted tail),
- * where every offloaded session's blocks are page-locked, else on the CPU; GPU (the same);
- * CPU (each KV head's sample handed to the GPU as it completes).
+ * where every offloaded session's blocks are page-locked and they index >= 32768 tokens
+ * together (below that its fixed PCIe latency is longer than the CPU's part), else on the
+ * CPU; GPU (also below that size); CPU (each KV head's sample handed to the GPU as it
+ * completes).
  */
 export const Retrieval = { AUTO: 0, GPU: 1, CPU: 2 } as const;
 

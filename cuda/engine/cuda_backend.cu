@@ -1538,23 +1538,33 @@ class CudaBackend final : public ForwardBackend {
   // a row's index has a block that is not page-locked. The CPU part then attends only
   // these KV heads' tails (SplitGpuShare::blocks); the blocked samples' sizes come back
   // after the step (gpu_retrieval_stats).
+  //
+  // Automatic (op "retrieval" 0) takes this path only when the offloaded sessions index at
+  // least kGpuRetrievalMin tokens together: its PCIe round trips are a fixed latency that a
+  // short context's CPU part does not cover. Measured on the H200 (tuned share), GPU
+  // retrieval against hand-offs: 8K batch 1 12.49 / 9.95 ms, batch 4 17.3 / 17.6, batch 8
+  // 21.5 / 29.4, 32K batch 1 13.8 / 14.0 (full benches of the eighth and seventh sessions);
+  // 96K batch 1 19.6 / 23.8 (one run, one machine).
+  static constexpr int64_t kGpuRetrievalMin = 32768;
   bool gpu_retrieval_launch(GpuShareCall &c, const std::vector<uint8_t> &kvh) {
-    if (gpu::forced_variant(gpu::OP_RETRIEVAL) == 2) return false;
+    const int v = gpu::forced_variant(gpu::OP_RETRIEVAL);
+    if (v == 2) return false;
     const int32_t B = c.B, l = c.layer, G = H_ / Hkv_;
-    int L = 0, K = 0;
+    int L = 0;
+    int64_t indexed = 0;
     for (int32_t i = 0; i < B; i++) {
       bool any = false;
       for (int h = 0; h < Hkv_; h++) any |= kvh[(size_t)i * Hkv_ + h] != 0;
       if (!any) continue;
       const lsh::Index *idx = policy_index(*c.ss[i], l);
       if (!idx || (L && idx->params().L != L)) return false;
-      L = idx->params().L, K = idx->params().K;
-      if (L > 1024 || K > 16) return false;
+      L = idx->params().L;
+      if (L > 1024 || idx->params().K > 16) return false;
       for (const lsh::Block &blk : idx->blocks())
         if (!index_pinned(blk.offsets.data()) || !index_pinned(blk.entries.data())) return false;
+      indexed += idx->n_blocked();
     }
-    if (!L) return false;
-    (void)K;
+    if (!L || (v == 0 && indexed < kGpuRetrievalMin)) return false;
     const int NL = c_.n_layers;
     d_rnnz_.ensure(mem_, (size_t)NL * B * H_, "split decode's GPU retrieval");
     int32_t *nnz = d_rnnz_.p + (size_t)l * B * H_;

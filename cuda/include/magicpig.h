@@ -482,7 +482,8 @@ MP_API int32_t mp_op_merge(int32_t backend, const float *o1, const float *lse1,
  * blocks in place (page-locked host memory, registered when a CUDA engine exists and "pin"
  * is not off) and starts at once, the CPU doing only those heads' unsorted tail; 2 on the
  * CPU, which hands each KV head's sample to the GPU as it completes; automatic = GPU where
- * every offloaded session's index blocks are page-locked (else the CPU), as is 1. A
+ * every offloaded session's index blocks are page-locked and they index >= 32768 tokens
+ * together (else the CPU); 1 also below that. A
  * variant that cannot run a shape falls back to one that can. Process-wide; not meant to change while other calls run. */
 MP_API int32_t mp_gpu_set_kernel(const char *op, int32_t variant, char *err, size_t err_cap);
 
