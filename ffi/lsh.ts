@@ -430,11 +430,16 @@ export function lshRetrieve(
     err,
     "Cannot retrieve",
   );
-  const sets: Int32Array<ArrayBuffer>[] = [];
-  for (let bh = 0; bh < B * H; bh++) {
-    sets.push(indices.slice(bh * cap, bh * cap + Math.min(cap, nnz[bh])));
-  }
-  return { nnz, sets };
+  return { nnz, sets: samplesOf(indices, nnz, cap) };
+}
+
+/** The samples of a retrieval: row j is the first min(cap, nnz[j]) ids of indices[j][cap]. */
+function samplesOf(
+  indices: Int32Array<ArrayBuffer>,
+  nnz: Int32Array<ArrayBuffer>,
+  cap: number,
+): Int32Array<ArrayBuffer>[] {
+  return Array.from(nnz, (n, j) => indices.slice(j * cap, j * cap + Math.min(cap, n)));
 }
 
 /**
@@ -467,11 +472,7 @@ export function lshRetrieveGpu(
     err,
     "Cannot retrieve on the GPU",
   );
-  const sets: Int32Array<ArrayBuffer>[] = [];
-  for (let bh = 0; bh < B * H; bh++) {
-    sets.push(indices.slice(bh * cap, bh * cap + Math.min(cap, nnz[bh])));
-  }
-  return { nnz, sets };
+  return { nnz, sets: samplesOf(indices, nnz, cap) };
 }
 
 /** Result of a sampled or baseline attention: out `[..][H][d]`, base-2 LSE `[..][H]`. */
