@@ -408,38 +408,26 @@ export function lshRetrieve(
   H: number,
   options: LshCallOptions & { cap?: number } = {},
 ): { nnz: Int32Array<ArrayBuffer>; sets: Int32Array<ArrayBuffer>[] } {
-  const B = indexes.length;
   const cap = options.cap ?? Math.max(1, ...indexes.map((i) => i.info().nTokens));
-  const nnz = new Int32Array(B * H);
-  const indices = new Int32Array(B * H * cap);
-  const err = errorBuffer();
-  check(
-    lib().mp_lsh_retrieve(
-      pointers(indexes),
-      B,
-      bytesOf(q),
-      H,
-      options.qcodes ? bytesOf(options.qcodes) : null,
-      options.flags ?? 0,
-      BigInt(cap),
-      bytesOf(indices),
-      bytesOf(nnz),
-      err,
-      BigInt(err.length),
-    ),
-    err,
+  return retrieval(
+    indexes.length * H,
+    cap,
     "Cannot retrieve",
+    (indices, nnz, err) =>
+      lib().mp_lsh_retrieve(
+        pointers(indexes),
+        indexes.length,
+        bytesOf(q),
+        H,
+        options.qcodes ? bytesOf(options.qcodes) : null,
+        options.flags ?? 0,
+        BigInt(cap),
+        bytesOf(indices),
+        bytesOf(nnz),
+        err,
+        BigInt(err.length),
+      ),
   );
-  return { nnz, sets: samplesOf(indices, nnz, cap) };
-}
-
-/** The samples of a retrieval: row j is the first min(cap, nnz[j]) ids of indices[j][cap]. */
-function samplesOf(
-  indices: Int32Array<ArrayBuffer>,
-  nnz: Int32Array<ArrayBuffer>,
-  cap: number,
-): Int32Array<ArrayBuffer>[] {
-  return Array.from(nnz, (n, j) => indices.slice(j * cap, j * cap + Math.min(cap, n)));
 }
 
 /**
@@ -452,27 +440,44 @@ export function lshRetrieveGpu(
   H: number,
   qcodes: Uint16Array<ArrayBuffer>,
 ): { nnz: Int32Array<ArrayBuffer>; sets: Int32Array<ArrayBuffer>[] } {
-  const B = indexes.length;
   const cap = Math.max(1, ...indexes.map((i) => i.info().nBlocked));
-  const nnz = new Int32Array(B * H);
-  const indices = new Int32Array(B * H * cap);
-  const err = errorBuffer();
-  check(
-    lib().mp_lsh_retrieve_gpu(
-      pointers(indexes),
-      B,
-      H,
-      bytesOf(qcodes),
-      BigInt(cap),
-      bytesOf(indices),
-      bytesOf(nnz),
-      err,
-      BigInt(err.length),
-    ),
-    err,
+  return retrieval(
+    indexes.length * H,
+    cap,
     "Cannot retrieve on the GPU",
+    (indices, nnz, err) =>
+      lib().mp_lsh_retrieve_gpu(
+        pointers(indexes),
+        indexes.length,
+        H,
+        bytesOf(qcodes),
+        BigInt(cap),
+        bytesOf(indices),
+        bytesOf(nnz),
+        err,
+        BigInt(err.length),
+      ),
   );
-  return { nnz, sets: samplesOf(indices, nnz, cap) };
+}
+
+/** Runs a retrieval call into rows of `cap` ids per head and cuts out each head's sample (the
+ * first min(cap, nnz) ids of its row). */
+function retrieval(
+  rows: number,
+  cap: number,
+  what: string,
+  call: (
+    indices: Int32Array<ArrayBuffer>,
+    nnz: Int32Array<ArrayBuffer>,
+    err: Uint8Array<ArrayBuffer>,
+  ) => number,
+): { nnz: Int32Array<ArrayBuffer>; sets: Int32Array<ArrayBuffer>[] } {
+  const nnz = new Int32Array(rows);
+  const indices = new Int32Array(rows * cap);
+  const err = errorBuffer();
+  check(call(indices, nnz, err), err, what);
+  const sets = Array.from(nnz, (n, j) => indices.slice(j * cap, j * cap + Math.min(cap, n)));
+  return { nnz, sets };
 }
 
 /** Result of a sampled or baseline attention: out `[..][H][d]`, base-2 LSE `[..][H]`. */
