@@ -1550,30 +1550,34 @@ class CudaBackend final : public ForwardBackend {
     const int v = gpu::forced_variant(gpu::OP_RETRIEVAL);
     if (v == 2) return false;
     const int32_t B = c.B, l = c.layer, G = H_ / Hkv_;
-    int L = 0;
+    const lsh::Index *idx0 = nullptr;  // the first offloaded row's (L and the weights' K, eps)
     int64_t indexed = 0;
     for (int32_t i = 0; i < B; i++) {
       bool any = false;
       for (int h = 0; h < Hkv_; h++) any |= kvh[(size_t)i * Hkv_ + h] != 0;
       if (!any) continue;
       const lsh::Index *idx = policy_index(*c.ss[i], l);
-      if (!idx || (L && idx->params().L != L)) return false;
-      L = idx->params().L;
-      if (L > 1024 || idx->params().K > 16) return false;
+      if (!idx || (idx0 && idx->params().L != idx0->params().L)) return false;
+      if (!idx0) idx0 = idx;
+      if (idx->params().L > 1024 || idx->params().K > 16) return false;
       for (const lsh::Block &blk : idx->blocks())
         if (!index_pinned(blk.offsets.data()) || !index_pinned(blk.entries.data())) return false;
       indexed += idx->n_blocked();
     }
-    if (!L || (v == 0 && indexed < kGpuRetrievalMin)) return false;
+    if (!idx0 || (v == 0 && indexed < kGpuRetrievalMin)) return false;
+    const int L = idx0->params().L;
     const int NL = c_.n_layers;
     d_rnnz_.ensure(mem_, (size_t)NL * B * H_, "split decode's GPU retrieval");
     int32_t *nnz = d_rnnz_.p + (size_t)l * B * H_;
-    // the jobs, their bitmap words, tiles and retrieval items
-    std::vector<gpu::SampledJob> jobs;
-    std::vector<gpu::SampledTile> tiles;
-    std::vector<gpu::RetrieveItem> items;
-    std::vector<const float *> mus;
-    std::vector<size_t> item_bits;  // word offset of each item's first word (bits: later)
+    // the jobs, their bitmap words, tiles and retrieval items (host vectors kept from call to
+    // call: 30 layers a step)
+    RetrievalLaunch &r = ret_;
+    std::vector<gpu::SampledJob> &jobs = r.jobs;
+    std::vector<gpu::SampledTile> &tiles = r.tiles;
+    std::vector<gpu::RetrieveItem> &items = r.items;
+    std::vector<const float *> &mus = r.mus;
+    std::vector<size_t> &item_bits = r.item_bits;  // each item's first word (bits: later)
+    jobs.clear(), tiles.clear(), items.clear(), mus.clear(), item_bits.clear();
     size_t words = 0;
     const int gs = gpu::sampled_bitmap_group(G);
     int32_t tile_g0 = 0;  // the current group's first tile
@@ -1646,8 +1650,6 @@ class CudaBackend final : public ForwardBackend {
                       s_);
     d_sa_ws_.ensure(mem_, gpu::sampled_workspace_floats((int)tiles.size() * gs),
                     "split decode's GPU share");
-    const lsh::Index *idx0 = nullptr;
-    for (int32_t i = 0; i < B && !idx0; i++) idx0 = policy_index(*c.ss[i], l);
     const gpu::SampledParams prm = gpu::sampled_params(
         idx0->params().K, idx0->params().L, idx0->params().eps, 1.0f / std::sqrt((float)d_),
         false);
@@ -2084,6 +2086,13 @@ class CudaBackend final : public ForwardBackend {
   Arr<uint64_t> d_rbits_;
   Arr<int32_t> d_rnnz_;
   std::vector<uint8_t> rnnz_layer_;
+  struct RetrievalLaunch {
+    std::vector<gpu::SampledJob> jobs;
+    std::vector<gpu::SampledTile> tiles;
+    std::vector<gpu::RetrieveItem> items;
+    std::vector<const float *> mus;
+    std::vector<size_t> item_bits;
+  } ret_;
   int host_ptr_ok_ = -1;  // the device reads registered host memory at its host address
   // decode: the new K/V rows written into mapped host caches (stage_to_host) on `rows_`,
   // forked from s_ and joined back to it (ev_rows_: all staged, all written)

@@ -205,51 +205,22 @@ void force_variant(Op op, int variant) { g_variant[op].store(variant, std::memor
 
 void set_kernel_variant(const char *op, int variant) {
   MP_CHECK(op != nullptr, MP_ERR_INVALID, "op is NULL");
-  if (std::strcmp(op, "offload") == 0) {
-    MP_CHECK(variant >= 0 && variant <= 5, MP_ERR_INVALID,
-             "variant \"%d\" is invalid for \"offload\": must be 0..5", variant);
-    return force_variant(OP_OFFLOAD, variant);
-  }
-  if (std::strcmp(op, "qcodes") == 0) {
-    MP_CHECK(variant >= 0 && variant <= 2, MP_ERR_INVALID,
-             "variant \"%d\" is invalid for \"qcodes\": must be 0..2", variant);
-    return force_variant(OP_QCODES, variant);
-  }
-  if (std::strcmp(op, "retrieval") == 0) {
-    MP_CHECK(variant >= 0 && variant <= 2, MP_ERR_INVALID,
-             "variant \"%d\" is invalid for \"retrieval\": must be 0..2", variant);
-    return force_variant(OP_RETRIEVAL, variant);
-  }
-  if (std::strcmp(op, "lsh") == 0) {
-    MP_CHECK(variant >= 0 && variant <= 4, MP_ERR_INVALID,
-             "variant \"%d\" is invalid for \"lsh\": must be 0..4", variant);
-    return force_variant(OP_LSH, variant);
-  }
-  // matmul: 4 is the GEMV kernel; attention: 4 is the sm_90a kernel, 5..7 the tuned
-  // mma.sync flash kernels (kernels.h).
-  const int max_variant =
-      std::strcmp(op, "attention") == 0 ? 7 : std::strcmp(op, "matmul") == 0 ? 4 : 3;
-  MP_CHECK(variant >= 0 && variant <= max_variant, MP_ERR_INVALID,
-           "variant \"%d\" is invalid: must be 0..%d", variant, max_variant);
-  if (std::strcmp(op, "matmul") == 0) return force_variant(OP_MATMUL, variant);
-  if (std::strcmp(op, "attention") == 0) return force_variant(OP_ATTENTION, variant);
-  MP_CHECK(variant <= 3, MP_ERR_INVALID, "variant \"%d\" is invalid for \"%s\": must be 0..3",
-           variant, op);
-  if (std::strcmp(op, "matmul") == 0) return force_variant(OP_MATMUL, variant);
-  if (std::strcmp(op, "kv") == 0) {
-    MP_CHECK(variant <= 2, MP_ERR_INVALID, "variant \"%d\" is invalid for \"kv\": must be 0..2",
-             variant);
-    return force_variant(OP_KV, variant);
-  }
-  if (std::strcmp(op, "graphs") == 0) {
-    MP_CHECK(variant <= 2, MP_ERR_INVALID,
-             "variant \"%d\" is invalid for \"graphs\": must be 0..2", variant);
-    return force_variant(OP_GRAPHS, variant);
-  }
-  if (std::strcmp(op, "pin") == 0) {
-    MP_CHECK(variant <= 2, MP_ERR_INVALID, "variant \"%d\" is invalid for \"pin\": must be 0..2",
-             variant);
-    return force_variant(OP_PIN, variant);
+  // the highest variant of each op family (cuda_util.h Op; matmul: 4 is the GEMV kernel;
+  // attention: 4 is the sm_90a kernel, 5..7 the tuned mma.sync flash kernels)
+  static const struct {
+    const char *name;
+    Op op;
+    int max;
+  } kOps[] = {{"matmul", OP_MATMUL, 4},   {"attention", OP_ATTENTION, 7},
+              {"kv", OP_KV, 2},           {"graphs", OP_GRAPHS, 2},
+              {"pin", OP_PIN, 2},         {"lsh", OP_LSH, 4},
+              {"offload", OP_OFFLOAD, 5}, {"qcodes", OP_QCODES, 2},
+              {"retrieval", OP_RETRIEVAL, 2}};
+  for (const auto &o : kOps) {
+    if (std::strcmp(op, o.name) != 0) continue;
+    MP_CHECK(variant >= 0 && variant <= o.max, MP_ERR_INVALID,
+             "variant \"%d\" is invalid for \"%s\": must be 0..%d", variant, op, o.max);
+    return force_variant(o.op, variant);
   }
   MP_FAIL(MP_ERR_INVALID,
           "op \"%s\" is invalid: must be \"matmul\", \"attention\", \"kv\", \"graphs\", "
