@@ -263,6 +263,16 @@ const char *attn_variant_name(int ran) {
 // variant WGMMA_CFG + c.
 constexpr int WGMMA_CFG = 100;
 
+const char *flash_variant_name(int ran) {
+  return ran == WGMMA_CFG + WGMMA_NO_PINGPONG      ? "wgmma-np"
+         : ran == WGMMA_CFG + WGMMA_PINGPONG       ? "wgmma-pp"
+         : ran == WGMMA_CFG + WGMMA_PINGPONG_S3    ? "wgmma-pp3"
+         : ran == WGMMA_CFG + WGMMA_OVERLAP_SMEM_Q ? "wgmma-sq"
+         : ran >= WGMMA_CFG                        ? "wgmma-?"
+         : ran == ATTN_WGMMA                       ? "wgmma"
+                                                   : attn_variant_name(ran);
+}
+
 void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int variant) {
   const int T = q_pos0 + n;
   DevBuf<bf16> Q((size_t)n * H * d), K((size_t)T * Hkv * d), V((size_t)T * Hkv * d);
@@ -330,14 +340,45 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
   char shape[96], note[96];
   std::snprintf(shape, sizeof shape, "n=%d pos0=%d H%d/%d d%d", n, q_pos0, H, Hkv, d);
   std::snprintf(note, sizeof note, "lse max abs err %.2e%s", lse_err, bad ? " NaN/unwritten" : "");
-  const char *vn = ran == WGMMA_CFG + WGMMA_NO_PINGPONG ? "wgmma-np"
-                   : ran == WGMMA_CFG + WGMMA_STAGES_2  ? "wgmma-s2"
-                   : ran == WGMMA_CFG + WGMMA_STAGES_3  ? "wgmma-s3"
-                   : ran >= WGMMA_CFG                   ? "wgmma-?"
-                   : ran == ATTN_WGMMA                  ? "wgmma"
-                                                        : attn_variant_name(ran);
-  emit({"prefill", vn, shape, ms, flops / (ms * 1e9),
+  emit({"prefill", flash_variant_name(ran), shape, ms, flops / (ms * 1e9),
         "TFLOP/s", g_tflops, err, 1.5e-2, note});
+}
+
+// A 96K prompt's prefill attention on the 8B shape, as the engine runs it: 12 chunks of 8192
+// queries after 0, 8192, … 90112 keys, repeated for `layers` layers back to back, so that the
+// clock settles under the power cap as it does in the model (a single chunk's timing runs at
+// the boost clock). Rate over the whole run.
+void bench_prefill_layers(cudaStream_t s, int variant, int layers) {
+  const int n = 8192, N = 98304, H = 32, Hkv = 8, d = 128;
+  DevBuf<bf16> Q((size_t)n * H * d), K((size_t)N * Hkv * d), V((size_t)N * Hkv * d);
+  DevBuf<bf16> O((size_t)n * H * d);
+  fill_normal<bf16>(Q.p, (int64_t)Q.n, 21, 1.f, 0.f, s);
+  fill_normal<bf16>(K.p, (int64_t)K.n, 22, 1.f, 0.f, s);
+  fill_normal<bf16>(V.p, (int64_t)V.n, 23, 1.f, 0.f, s);
+  KVView kv{K.p, V.p, (int64_t)Hkv * d, (int64_t)d};
+  int ran = variant;
+  auto layer = [&](int) {
+    for (int c = 0; c < N / n; c++) {
+      const int pos0 = c * n;
+      if (variant >= WGMMA_CFG &&
+          attention_prefill_sm90a<bf16>(Q.p, (int64_t)H * d, kv, n, pos0 + n, H, Hkv, d, pos0,
+                                        O.p, (int64_t)H * d, nullptr, s, variant - WGMMA_CFG))
+        continue;
+      ran = attention_prefill<bf16>(Q.p, (int64_t)H * d, kv, n, pos0 + n, H, Hkv, d, pos0, O.p,
+                                    (int64_t)H * d, nullptr, s,
+                                    variant >= WGMMA_CFG ? (int)ATTN_FLASH : variant);
+    }
+  };
+  const double ms = time_ms(s, [&](int i) { for (int l = 0; l < layers; l++) layer(i); }, 1, 1) /
+                    layers;
+  double pairs = 0;
+  for (int i = 0; i < N; i++) pairs += i + 1;
+  const double flops = 4.0 * d * H * pairs;
+  char shape[96], note[96];
+  std::snprintf(shape, sizeof shape, "96K prompt, 12 chunks x %d layers", layers);
+  std::snprintf(note, sizeof note, "ms per layer; clock as under the model's load");
+  emit({"prefill96k", flash_variant_name(ran), shape, ms, flops / (ms * 1e9), "TFLOP/s",
+        g_tflops, -1.0, 0.0, note});
 }
 
 // form 0: attention_decode (decode kernel + combine kernel); form 1: attention_decode2 (dec2
@@ -984,24 +1025,33 @@ int main(int argc, char **argv) {
       for (int v : {ATTN_FLASH, ATTN_FLASH2, ATTN_FLASH2_W8, ATTN_FLASH2_BC32})
         bench_flash(s, 8192, pos0, 32, 8, 128, v);
   });
-  // Hopper wgmma attention (attention_prefill_sm90a.cu, variant 4) against the mma.sync flash
-  // kernel (variant 1): odd shapes for parity (partial tiles, unaligned chunk starts, G = 2,
-  // 4 and 8, a few queries after many keys), then the 8B shape's 8192-query chunks at 0, 24K
-  // and 88K keys before them, also without the consumer ping-pong ("wgmma-np") and with a
-  // 3-stage K/V ring ("wgmma-s3"; the default, "wgmma", has WGMMA_DEFAULT_STAGES). A variant that cannot run falls back (the
-  // row's variant column says which ran).
+  // Hopper wgmma attention (attention_prefill_sm90a.cu, variant 4): odd shapes for parity
+  // (partial tiles, unaligned chunk starts, G = 2, 4 and 8, a few queries after many keys, a
+  // single key tile) for every configuration, then the 8B shape's 8192-query chunks at 0, 24K
+  // and 88K keys before them: the default ("wgmma": softmax under its own P·V, Q in
+  // registers), the kernel before it ("wgmma-pp": consumers in turn; "-np" not ordered, "-pp3"
+  // 3 K/V stages) and the overlap with Q from shared memory ("wgmma-sq"). A variant that cannot
+  // run falls back (the row's variant column says which ran).
   section("wgmma", [&] {
-    bench_flash(s, 200, 0, 4, 2, 128, ATTN_WGMMA);
-    bench_flash(s, 1000, 0, 32, 8, 128, ATTN_WGMMA);
-    bench_flash(s, 777, 13, 8, 4, 128, ATTN_WGMMA);
-    bench_flash(s, 5, 995, 16, 2, 128, ATTN_WGMMA);
-    bench_flash(s, 300, 4000, 8, 2, 128, ATTN_WGMMA);
-    for (int c : {WGMMA_NO_PINGPONG, WGMMA_STAGES_3})
-      bench_flash(s, 777, 13, 8, 4, 128, WGMMA_CFG + c);
+    for (int v : {(int)ATTN_WGMMA, WGMMA_CFG + WGMMA_PINGPONG, WGMMA_CFG + WGMMA_NO_PINGPONG,
+                  WGMMA_CFG + WGMMA_PINGPONG_S3, WGMMA_CFG + WGMMA_OVERLAP_SMEM_Q}) {
+      bench_flash(s, 200, 0, 4, 2, 128, v);
+      bench_flash(s, 1000, 0, 32, 8, 128, v);
+      bench_flash(s, 777, 13, 8, 4, 128, v);
+      bench_flash(s, 5, 995, 16, 2, 128, v);
+      bench_flash(s, 300, 4000, 8, 2, 128, v);
+      bench_flash(s, 64, 0, 8, 1, 128, v);  // one key tile: no overlapped slot
+    }
     for (int pos0 : {0, 24576, 90112})
-      for (int v : {(int)ATTN_FLASH, (int)ATTN_WGMMA, WGMMA_CFG + WGMMA_NO_PINGPONG,
-                    WGMMA_CFG + WGMMA_STAGES_3})
+      for (int v : {(int)ATTN_FLASH, (int)ATTN_WGMMA, WGMMA_CFG + WGMMA_PINGPONG,
+                    WGMMA_CFG + WGMMA_OVERLAP_SMEM_Q})
         bench_flash(s, 8192, pos0, 32, 8, 128, v);
+  });
+  // The default and the kernel before it over a whole 96K prompt's chunks, several layers back
+  // to back (the power cap's clock), alternating twice to see drift.
+  section("wgmma96k", [&] {
+    for (int rep = 0; rep < 2; rep++)
+      for (int v : {(int)ATTN_WGMMA, WGMMA_CFG + WGMMA_PINGPONG}) bench_prefill_layers(s, v, 8);
   });
   section("decode", [&] {
     for (int B : {1, 8})

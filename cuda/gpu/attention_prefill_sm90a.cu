@@ -10,20 +10,22 @@
 //   - warpgroups 1 and 2 are the consumers; consumer c = 0, 1 owns query rows
 //     m0 + 64c .. m0 + 64c + 63 (the M = 64 of wgmma).
 // Per key tile j, each consumer warpgroup
-//   1. S = Q·Kᵀ (64 × 128, f32 in registers): 8 × wgmma.m64n128k16, A = Q and B = K both
-//      from shared memory, both K-major (d contiguous, exactly how the rows are stored);
+//   1. S = Q·Kᵀ (64 × 128, f32 in registers): 8 × wgmma.m64n128k16, B = K from shared memory,
+//      K-major (d contiguous, exactly how the rows are stored); A = Q from registers (the
+//      default: its A fragments loaded once from the Q tile) or from shared memory;
 //   2. masks (only tiles that cross the warpgroup's diagonal or the end of the keys), runs the
 //      online softmax in base 2 (scores scaled by log2(e)/√d inside the exp2's FMA), rescales O;
 //   3. O += P·V: P is packed to bf16 straight from the S accumulators (the wgmma D fragment of
 //      two adjacent n8 blocks is the A fragment of one k16 step, as for mma.m16n8k16), so
 //      8 × wgmma.m64n128k16 with A from registers and B = V from shared memory, MN-major for
 //      this product (d contiguous), i.e. with the transpose bit set.
-//   Each warpgroup waits for its own wgmmas: S, P and O together do not fit the 168 registers
-//   of a thread in a 384-thread block, so P·V_j cannot stay in flight under Q·K_{j+1}ᵀ
-//   (setmaxnreg does raise the consumers' allocation, but ptxas 13.0 still serializes the
-//   wgmmas, C7512). Instead the two consumer warpgroups cover each other's softmax: they
-//   issue their Q·Kᵀ wgmmas in turn (two "turn" mbarriers, "ping-pong"), so the tensor cores
-//   run one warpgroup's products while the other one exponentiates.
+//   The default (consume_tiles_overlap) keeps P·V_{j−1} in flight under Q·K_jᵀ and the
+//   softmax of S_j (FA3's intra-warpgroup overlap), with registers moved from the producer to
+//   the consumers by setmaxnreg. The kernel before it (consume_tiles, WGMMA_PINGPONG and
+//   WGMMA_NO_PINGPONG) waits for each product and instead lets the two consumer warpgroups
+//   cover each other's softmax: they issue their Q·Kᵀ wgmmas in turn (two "turn" mbarriers).
+//   Under the power cap the default runs a 96K prompt's attention 4 % faster (bench/gpu/
+//   NOTES.md, round 9).
 //
 // Shared memory (1024-byte aligned): Q [2 warpgroups][2 halves][64 rows][128 B], then
 // K [STAGES][2 halves][128 rows][128 B] and V likewise, then the mbarriers. A 256-byte row of
@@ -40,13 +42,15 @@
 // the generic proxy; wgmma reads through the async proxy); empty barriers (8 arrivals: lane 0
 // of each of the 8 consumer warps after wgmma.wait_group) free a stage: K_j as soon as Q·K_jᵀ
 // has completed, V_j when P·V_j has.
-// A watchdog turns a wait of more than 20 s into a trap (an error instead of a hang).
+// A watchdog turns a wait of more than 20 s into a trap (an error instead of a hang); the trap
+// is out of line (watchdog_trap), or ptxas ignores setmaxnreg.
 //
 // Blocks are ordered longest-first (blockIdx.y reversed), like the mma.sync kernel. The
 // device code exists only in the sm_90a compilation (__CUDA_ARCH_FEAT_SM90_ALL; the build
 // compiles files named *_sm90a.cu for compute_90a and defines MP_SM90A there); the launcher
 // returns false, launching nothing, on any other device or build.
 #include <cmath>
+#include <cstdlib>
 
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
@@ -89,6 +93,12 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool o
                : "memory");
 }
 
+__device__ __forceinline__ uint32_t ld_shared_u32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  return v;
+}
+
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
@@ -119,13 +129,18 @@ __device__ __forceinline__ uint64_t global_ns() {
   return t;
 }
 
+// The watchdog's trap, out of line: an inline trap makes ptxas 13.0 compile the consumers
+// with the block's entry register count (168) despite setmaxnreg, serializing the overlapped
+// wgmmas (C7512) and spilling.
+__device__ __noinline__ void watchdog_trap() { __trap(); }
+
 // Waits for the completion of the barrier's phase with this parity; traps after 20 s.
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
   if (mbar_try(bar, parity)) return;
   const uint64_t t0 = global_ns();
   for (uint32_t spin = 1;; spin++) {
     if (mbar_try(bar, parity)) return;
-    if ((spin & 1023u) == 0 && global_ns() - t0 > 20000000000ull) __trap();
+    if ((spin & 1023u) == 0 && global_ns() - t0 > 20000000000ull) watchdog_trap();
   }
 }
 
@@ -182,10 +197,11 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t da, uint64_t d
       : "l"(da), "l"(db), "r"(scale_d));
 }
 
-// D += A·B, m64n128k16, A from registers (the mma.m16n8k16 A fragment per warp), B from
-// shared memory MN-major (transposed).
-__device__ __forceinline__ void wgmma_rs_tb(float (&d)[64], uint32_t a0, uint32_t a1, uint32_t a2,
-                                            uint32_t a3, uint64_t db) {
+// D (+)= A·B, m64n128k16, A from registers (the mma.m16n8k16 A fragment per warp), B from
+// shared memory, K-major (TRANS_B = 0) or MN-major (TRANS_B = 1, transposed).
+template <int TRANS_B>
+__device__ __forceinline__ void wgmma_rs(float (&d)[64], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint64_t db, int scale_d) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
@@ -193,7 +209,7 @@ __device__ __forceinline__ void wgmma_rs_tb(float (&d)[64], uint32_t a0, uint32_
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-      "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -202,7 +218,7 @@ __device__ __forceinline__ void wgmma_rs_tb(float (&d)[64], uint32_t a0, uint32_
         "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
         "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(db), "r"(1));
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(db), "r"(scale_d), "n"(TRANS_B));
 }
 
 __device__ __forceinline__ void store2(float *p, float a, float b) {
@@ -236,6 +252,105 @@ __device__ __forceinline__ uint32_t bar_empty_v(uint32_t sb, int s) {
 template <int S>
 __device__ __forceinline__ uint32_t bar_turn(uint32_t sb, int c) {
   return sb + WgLayout<S>::off_bar + 8u * (1 + 4 * S + c);
+}
+
+// Masks S_j = Q·K_jᵀ (only tiles that cross the warpgroup's diagonal or the end of the keys:
+// keys past a row's position or past kv_end), then the online-softmax step in base 2 for this
+// lane's rows g (r = 0) and g + 8 (r = 1) of its warp's 16: S becomes P (f32, scores scaled by
+// log2(e)/√d inside the exp2's FMA), m and l are updated, and alpha[r] is the factor row r of O
+// must be scaled by before P·V_j is added.
+__device__ __forceinline__ void softmax_tile(float (&s)[64], float (&mrow)[2], float (&lrow)[2],
+                                             float (&alpha)[2], int k0, int wg_pmin, int prow0,
+                                             int prow1, int kv_end, int t, float sl2) {
+  if (k0 + WG_BC - 1 > wg_pmin || k0 + WG_BC > kv_end) {
+#pragma unroll
+    for (int jj = 0; jj < WG_BC / 8; jj++) {
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int col = k0 + 8 * jj + 2 * t + (e & 1);
+        const int prow = (e & 2) ? prow1 : prow0;
+        if (col > prow || col >= kv_end) s[4 * jj + e] = -INFINITY;
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int jj = 0; jj < WG_BC / 8; jj++)
+      mx = fmaxf(mx, fmaxf(s[4 * jj + 2 * r], s[4 * jj + 2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(mrow[r], mx * sl2);
+    const float m_use = m_new == -INFINITY ? 0.f : m_new;
+    alpha[r] = fast_exp2(mrow[r] - m_use);
+    float sum = 0.f;
+#pragma unroll
+    for (int jj = 0; jj < WG_BC / 8; jj++) {
+      const float p0 = fast_exp2(fmaf(s[4 * jj + 2 * r], sl2, -m_use));
+      const float p1 = fast_exp2(fmaf(s[4 * jj + 2 * r + 1], sl2, -m_use));
+      s[4 * jj + 2 * r] = p0;
+      s[4 * jj + 2 * r + 1] = p1;
+      sum += p0 + p1;
+    }
+    lrow[r] = lrow[r] * alpha[r] + sum;
+    mrow[r] = m_new;
+  }
+}
+
+__device__ __forceinline__ void rescale_o(float (&o)[64], const float (&alpha)[2]) {
+#pragma unroll
+  for (int dj = 0; dj < WG_D / 8; dj++) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      o[4 * dj + 2 * r] *= alpha[r];
+      o[4 * dj + 2 * r + 1] *= alpha[r];
+    }
+  }
+}
+
+// P as bf16 A fragments: the wgmma D fragment of two adjacent n8 blocks is the A fragment of one
+// k16 step (as for mma.m16n8k16).
+__device__ __forceinline__ void pack_p(uint32_t (&pa)[WG_BC / 16][4], const float (&s)[64]) {
+#pragma unroll
+  for (int u = 0; u < WG_BC / 16; u++) {
+    pa[u][0] = pack_bf16x2(s[8 * u + 0], s[8 * u + 1]);
+    pa[u][1] = pack_bf16x2(s[8 * u + 2], s[8 * u + 3]);
+    pa[u][2] = pack_bf16x2(s[8 * u + 4], s[8 * u + 5]);
+    pa[u][3] = pack_bf16x2(s[8 * u + 6], s[8 * u + 7]);
+  }
+}
+
+// Issues S = Q·K_stᵀ: 8 × wgmma.m64n128k16 over d (not committed).
+template <int S>
+__device__ __forceinline__ void issue_qk(float (&s)[64], uint64_t dq, uint64_t dk, int st) {
+#pragma unroll
+  for (int kk = 0; kk < WG_D / 16; kk++) {
+    const uint32_t qo = (kk >> 2) * (64 * 128) + (kk & 3) * 32;
+    const uint32_t ko = st * WG_T_BYTES + (kk >> 2) * (WG_BC * 128) + (kk & 3) * 32;
+    wgmma_ss(s, dq + (qo >> 4), dk + (ko >> 4), kk);
+  }
+}
+
+// Issues S = Q·K_stᵀ with Q from registers (qa: this lane's A fragments of the 8 k16 steps).
+template <int S>
+__device__ __forceinline__ void issue_qk_rs(float (&s)[64], const uint32_t (&qa)[WG_D / 16][4],
+                                            uint64_t dk, int st) {
+#pragma unroll
+  for (int kk = 0; kk < WG_D / 16; kk++) {
+    const uint32_t ko = st * WG_T_BYTES + (kk >> 2) * (WG_BC * 128) + (kk & 3) * 32;
+    wgmma_rs<0>(s, qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3], dk + (ko >> 4), kk);
+  }
+}
+
+// Issues O += P·V_st: 8 × wgmma.m64n128k16 over the tile's keys (not committed).
+__device__ __forceinline__ void issue_pv(float (&o)[64], const uint32_t (&pa)[WG_BC / 16][4],
+                                         uint64_t dv, int st) {
+#pragma unroll
+  for (int u = 0; u < WG_BC / 16; u++) {
+    const uint32_t vo = st * WG_T_BYTES + u * 16 * 128;
+    wgmma_rs<1>(o, pa[u][0], pa[u][1], pa[u][2], pa[u][3], dv + (vo >> 4), 1);
+  }
 }
 
 // Producer warpgroup (thread p = 0..127): Q once, then K_j and V_j for j < ntiles.
@@ -306,6 +421,29 @@ __device__ __forceinline__ void produce_tiles(const bf16 *__restrict__ q, int64_
   mbar_arrive(bar_full_v<S>(sb, (ntiles - 1) % S));
 }
 
+// Epilogue of a consumer lane: its rows row0 and row0 + 8 (those < n) of O / l as OutT, and
+// lse2 = m + log2(l).
+template <class OutT>
+__device__ __forceinline__ void write_rows(OutT *__restrict__ out, int64_t out_stride,
+                                           float *__restrict__ lse2, int H, int n, int h,
+                                           int row0, int t, const float (&o)[64],
+                                           const float (&mrow)[2], const float (&lrow)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    float l = lrow[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = row0 + 8 * r;
+    if (row >= n) continue;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    OutT *dst = out + (int64_t)row * out_stride + (int64_t)h * WG_D + 2 * t;
+#pragma unroll
+    for (int dj = 0; dj < WG_D / 8; dj++)
+      store2(dst + 8 * dj, o[4 * dj + 2 * r] * inv, o[4 * dj + 2 * r + 1] * inv);
+    if (lse2 && t == 0) lse2[(int64_t)row * H + h] = l > 0.f ? mrow[r] + log2f(l) : -INFINITY;
+  }
+}
+
 // Consumer warpgroup cw (0, 1), warp w (0..3) inside it: query rows m0 + 64·cw + 16·w + g
 // and + 8 of this lane (g = lane / 4), their O in registers; writes out and lse2.
 template <class OutT, bool PINGPONG, int S>
@@ -351,12 +489,7 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
         __syncwarp();
       }
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < WG_D / 16; kk++) {
-        const uint32_t qo = (kk >> 2) * (64 * 128) + (kk & 3) * 32;
-        const uint32_t ko = st * WG_T_BYTES + (kk >> 2) * (WG_BC * 128) + (kk & 3) * 32;
-        wgmma_ss(s, dq + (qo >> 4), dk + (ko >> 4), kk);
-      }
+      issue_qk<S>(s, dq, dk, st);
       wgmma_commit();
       if (PINGPONG && lane == 0 && (cw == 0 || j + 1 < ntiles))
         mbar_arrive(bar_turn<S>(sb, 1 - cw));
@@ -365,67 +498,18 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
       fence_regs(o);
       if (lane == 0) mbar_arrive(bar_empty_k<S>(sb, st));
 
-      // Mask keys past a row's position or past the end (tiles that cross either only).
-      if (k0 + WG_BC - 1 > wg_pmin || k0 + WG_BC > kv_end) {
-#pragma unroll
-        for (int jj = 0; jj < WG_BC / 8; jj++) {
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int col = k0 + 8 * jj + 2 * t + (e & 1);
-            const int prow = (e & 2) ? prow1 : prow0;
-            if (col > prow || col >= kv_end) s[4 * jj + e] = -INFINITY;
-          }
-        }
-      }
-
-      // Online softmax in base 2, rows g (r = 0) and g + 8 (r = 1) of the warp's 16.
-#pragma unroll
-      for (int r = 0; r < 2; r++) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int jj = 0; jj < WG_BC / 8; jj++)
-          mx = fmaxf(mx, fmaxf(s[4 * jj + 2 * r], s[4 * jj + 2 * r + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(mrow[r], mx * sl2);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        const float alpha = fast_exp2(mrow[r] - m_use);
-        float sum = 0.f;
-#pragma unroll
-        for (int jj = 0; jj < WG_BC / 8; jj++) {
-          const float p0 = fast_exp2(fmaf(s[4 * jj + 2 * r], sl2, -m_use));
-          const float p1 = fast_exp2(fmaf(s[4 * jj + 2 * r + 1], sl2, -m_use));
-          s[4 * jj + 2 * r] = p0;
-          s[4 * jj + 2 * r + 1] = p1;
-          sum += p0 + p1;
-        }
-        lrow[r] = lrow[r] * alpha + sum;
-        mrow[r] = m_new;
-#pragma unroll
-        for (int dj = 0; dj < WG_D / 8; dj++) {
-          o[4 * dj + 2 * r] *= alpha;
-          o[4 * dj + 2 * r + 1] *= alpha;
-        }
-      }
+      float alpha[2];
+      softmax_tile(s, mrow, lrow, alpha, k0, wg_pmin, prow0, prow1, kv_end, t, sl2);
+      rescale_o(o, alpha);
 
       // P (bf16, A fragments) and O += P·V_j
       uint32_t pa[WG_BC / 16][4];
-#pragma unroll
-      for (int u = 0; u < WG_BC / 16; u++) {
-        pa[u][0] = pack_bf16x2(s[8 * u + 0], s[8 * u + 1]);
-        pa[u][1] = pack_bf16x2(s[8 * u + 2], s[8 * u + 3]);
-        pa[u][2] = pack_bf16x2(s[8 * u + 4], s[8 * u + 5]);
-        pa[u][3] = pack_bf16x2(s[8 * u + 6], s[8 * u + 7]);
-      }
+      pack_p(pa, s);
       mbar_wait(bar_full_v<S>(sb, st), ph);
       __syncwarp();
       fence_regs(o);
       wgmma_fence();
-#pragma unroll
-      for (int u = 0; u < WG_BC / 16; u++) {
-        const uint32_t vo = st * WG_T_BYTES + u * 16 * 128;
-        wgmma_rs_tb(o, pa[u][0], pa[u][1], pa[u][2], pa[u][3], dv + (vo >> 4));
-      }
+      issue_pv(o, pa, dv, st);
       wgmma_commit();
       // Waiting here keeps the live registers under the 168 of a 384-thread block (O, S and
       // the in-flight P would not fit; ptxas then serializes every wgmma instead).
@@ -435,27 +519,128 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
     }
   }
 
-  // Epilogue: O / l as OutT; lse2 = m + log2(l).
+  write_rows(out, out_stride, lse2, H, n, h, m0 + 64 * cw + 16 * w + g, t, o, mrow, lrow);
+}
+
+// The default consumer (WGMMA_DEFAULT, and WGMMA_OVERLAP_SMEM_Q with QREG = false): FA3's
+// intra-warpgroup overlap. The softmax of key tile j runs while this warpgroup's own P·V_{j−1}
+// is still on the tensor cores: slot j (0..ntiles) issues Q·K_jᵀ (j < ntiles), then
+// P·V_{j−1} (j > 0), waits for Q·K_jᵀ only, masks and exponentiates S_j into P_j (f32, in
+// place), and only then waits for P·V_{j−1}, rescales O by S_j's factor and packs P_j to bf16
+// for the next slot. S (64 registers), O (64), the in-flight P (32) and, with QREG, Q's A
+// fragments (32) are live together: the kernel moves registers from the producer to the
+// consumers (setmaxnreg 40 / 232), and nothing touches O between its wgmmas' issue and their
+// wait, so that ptxas keeps them asynchronous. The consumers are not ordered against each
+// other: measured with the turns of consume_tiles too, the overlap was 5-6 % slower
+// (bench/gpu/NOTES.md, round 9).
+template <class OutT, int S, bool QREG>
+__device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
+                                                      int64_t out_stride,
+                                                      float *__restrict__ lse2, int H, int n,
+                                                      int h, int m0, int q_pos0, int kv_end,
+                                                      int ntiles, float sl2, uint32_t sb,
+                                                      int cw, int w, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  const int wg_pmin = q_pos0 + m0 + 64 * cw;
+  const int prow0 = wg_pmin + 16 * w + g;
+  const int prow1 = prow0 + 8;
+
+  float o[64];
 #pragma unroll
-  for (int r = 0; r < 2; r++) {
-    float l = lrow[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int row = m0 + 64 * cw + 16 * w + g + 8 * r;
-    if (row >= n) continue;
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    OutT *dst = out + (int64_t)row * out_stride + (int64_t)h * WG_D + 2 * t;
+  for (int i = 0; i < 64; i++) o[i] = 0.f;
+  float mrow[2] = {-INFINITY, -INFINITY};
+  float lrow[2] = {0.f, 0.f};
+
+  if (ntiles > 0) {
+    const uint64_t dq = make_desc(sb + cw * (WG_Q_BYTES / 2), 16, 1024);
+    const uint64_t dk = make_desc(sb + WgLayout<S>::off_k, 16, 1024);
+    const uint64_t dv = make_desc(sb + WgLayout<S>::off_v, WG_BC * 128, 1024);
+    mbar_wait(bar_full_q<S>(sb), 0);
+    __syncwarp();
+    // QREG: Q·Kᵀ takes Q from registers, loaded once from the swizzled Q tile (rows 16·w + g
+    // and + 8, columns 16·kk + 2·t, + 1 and + 8, + 9), so that the tensor cores read only K
+    // from shared memory (a fifth less shared-memory traffic per tile).
+    uint32_t qa[WG_D / 16][4];
+    if (QREG) {
+      const uint32_t qb = sb + cw * (WG_Q_BYTES / 2) + 4 * t;
+      const int r0 = 16 * w + g;
 #pragma unroll
-    for (int dj = 0; dj < WG_D / 8; dj++)
-      store2(dst + 8 * dj, o[4 * dj + 2 * r] * inv, o[4 * dj + 2 * r + 1] * inv);
-    if (lse2 && t == 0) lse2[(int64_t)row * H + h] = l > 0.f ? mrow[r] + log2f(l) : -INFINITY;
+      for (int kk = 0; kk < WG_D / 16; kk++) {
+        qa[kk][0] = ld_shared_u32(qb + tile_off(64, r0, 2 * kk));
+        qa[kk][1] = ld_shared_u32(qb + tile_off(64, r0 + 8, 2 * kk));
+        qa[kk][2] = ld_shared_u32(qb + tile_off(64, r0, 2 * kk + 1));
+        qa[kk][3] = ld_shared_u32(qb + tile_off(64, r0 + 8, 2 * kk + 1));
+      }
+    }
+    auto qk = [&](float (&s)[64], int st) {
+      if (QREG) {
+        issue_qk_rs<S>(s, qa, dk, st);
+      } else {
+        issue_qk<S>(s, dq, dk, st);
+      }
+    };
+    // Slot 0: S_0 = Q·K_0ᵀ, P_0 (O is still 0: nothing to rescale).
+    uint32_t pa[WG_BC / 16][4];
+    {
+      mbar_wait(bar_full_k<S>(sb, 0), 0);
+      __syncwarp();
+      float s[64];
+      wgmma_fence();
+      qk(s, 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(s);
+      if (lane == 0) mbar_arrive(bar_empty_k<S>(sb, 0));
+      float alpha[2];
+      softmax_tile(s, mrow, lrow, alpha, 0, wg_pmin, prow0, prow1, kv_end, t, sl2);
+      pack_p(pa, s);
+    }
+    // Slots 1 .. ntiles − 1: S_j = Q·K_jᵀ and O += P_{j−1}·V_{j−1} in flight together.
+    for (int j = 1; j < ntiles; j++) {
+      const int st = j % S, pst = (j - 1) % S;
+      const uint32_t ph = (uint32_t)(j / S) & 1, pph = (uint32_t)((j - 1) / S) & 1;
+      mbar_wait(bar_full_k<S>(sb, st), ph);
+      __syncwarp();
+      mbar_wait(bar_full_v<S>(sb, pst), pph);
+      __syncwarp();
+      float s[64];
+      wgmma_fence();
+      qk(s, st);
+      wgmma_commit();
+      issue_pv(o, pa, dv, pst);
+      wgmma_commit();
+      wgmma_wait<1>();
+      fence_regs(s);
+      if (lane == 0) mbar_arrive(bar_empty_k<S>(sb, st));
+      float alpha[2];
+      softmax_tile(s, mrow, lrow, alpha, j * WG_BC, wg_pmin, prow0, prow1, kv_end, t, sl2);
+      wgmma_wait<0>();
+      fence_regs(o);
+      if (lane == 0) mbar_arrive(bar_empty_v<S>(sb, pst));
+      rescale_o(o, alpha);
+      pack_p(pa, s);
+    }
+    // Slot ntiles: the last O += P·V.
+    {
+      const int pst = (ntiles - 1) % S;
+      const uint32_t pph = (uint32_t)((ntiles - 1) / S) & 1;
+      mbar_wait(bar_full_v<S>(sb, pst), pph);
+      __syncwarp();
+      wgmma_fence();
+      issue_pv(o, pa, dv, pst);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(o);
+      if (lane == 0) mbar_arrive(bar_empty_v<S>(sb, pst));
+    }
   }
+  write_rows(out, out_stride, lse2, H, n, h, m0 + 64 * cw + 16 * w + g, t, o, mrow, lrow);
 }
 
 }  // namespace
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <class OutT, bool PINGPONG, int S>
+template <class OutT, bool PINGPONG, int S, bool OVERLAP, bool QREG>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     flash_wgmma_kernel(const bf16 *__restrict__ q, int64_t q_stride, const bf16 *__restrict__ k,
                        const bf16 *__restrict__ v, int64_t kv_st, int64_t kv_sh, int n, int T,
@@ -488,10 +673,19 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
   }
   __syncthreads();
 
-  if (warp < 4) {
+  // The warpgroup index, warp-uniform for the compiler (ptxas applies setmaxnreg only in
+  // branches it can tell are uniform per warp).
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+  if (wg == 0) {
+    // The producer needs few registers: with OVERLAP it hands 128 of its 168 to the consumers.
+    if (OVERLAP) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (ntiles > 0)
       produce_tiles<S>(q, q_stride, k, v, kv_st, kv_sh, m0, h, h / G, rows_here, kv_end,
                        ntiles, sb, tid);
+  } else if (OVERLAP) {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    consume_tiles_overlap<OutT, S, QREG>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end,
+                                             ntiles, sl2, sb, (warp >> 2) - 1, warp & 3, lane);
   } else {
     consume_tiles<OutT, PINGPONG, S>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end, ntiles,
                                      sl2, sb, (warp >> 2) - 1, warp & 3, lane);
@@ -519,19 +713,30 @@ static bool device_is_sm90() {
 }
 #endif
 
-template <class OutT, bool PINGPONG, int S>
+// $MP_WGMMA_CONFIG (a WgmmaConfig number) replaces the default configuration, for A/B runs of
+// the model bench.
+static int default_wgmma_config() {
+  static const int c = [] {
+    const char *v = std::getenv("MP_WGMMA_CONFIG");
+    const int x = v ? std::atoi(v) : 0;
+    return x > 0 && x <= WGMMA_OVERLAP_SMEM_Q ? x : (int)WGMMA_DEFAULT;
+  }();
+  return c;
+}
+
+template <class OutT, bool PINGPONG, int S, bool OVERLAP = false, bool QREG = false>
 static void launch_wgmma(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H, int G,
                          int q_pos0, OutT *out, int64_t out_stride, float *lse2, cudaStream_t s) {
   constexpr size_t smem = WgLayout<S>::smem;
   static bool configured = false;  // idempotent attribute set; a race only repeats it
   if (!configured) {
-    MP_CUDA(cudaFuncSetAttribute(flash_wgmma_kernel<OutT, PINGPONG, S>,
+    MP_CUDA(cudaFuncSetAttribute(flash_wgmma_kernel<OutT, PINGPONG, S, OVERLAP, QREG>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     configured = true;
   }
   const int ntq = (n + WG_BR - 1) / WG_BR;
   const float sl2 = 1.4426950408889634f / sqrtf((float)WG_D);  // log2(e)/√d
-  flash_wgmma_kernel<OutT, PINGPONG, S><<<dim3(H, ntq), WG_THREADS, smem, s>>>(
+  flash_wgmma_kernel<OutT, PINGPONG, S, OVERLAP, QREG><<<dim3(H, ntq), WG_THREADS, smem, s>>>(
       q, q_stride, kv.k, kv.v, kv.stride_t, kv.stride_h, n, T, G, q_pos0, sl2, out, out_stride,
       lse2, H);
   MP_CUDA_LAUNCH("flash_wgmma_kernel");
@@ -550,20 +755,25 @@ bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, 
   if (H > 65535 || (n + WG_BR - 1) / WG_BR > 65535) return false;
   if (!device_is_sm90()) return false;
   const int G = H / Hkv;
+  if (config == WGMMA_DEFAULT) config = default_wgmma_config();
+  constexpr int S2 = WGMMA_DEFAULT_STAGES;
   switch (config) {
     case WGMMA_NO_PINGPONG:
-      launch_wgmma<OutT, false, WGMMA_DEFAULT_STAGES>(q, q_stride, kv, n, T, H, G, q_pos0, out,
-                                                      out_stride, lse2, s);
+      launch_wgmma<OutT, false, S2>(q, q_stride, kv, n, T, H, G, q_pos0, out, out_stride, lse2, s);
       break;
-    case WGMMA_STAGES_2:
-      launch_wgmma<OutT, true, 2>(q, q_stride, kv, n, T, H, G, q_pos0, out, out_stride, lse2, s);
+    case WGMMA_PINGPONG:
+      launch_wgmma<OutT, true, S2>(q, q_stride, kv, n, T, H, G, q_pos0, out, out_stride, lse2, s);
       break;
-    case WGMMA_STAGES_3:
+    case WGMMA_PINGPONG_S3:
       launch_wgmma<OutT, true, 3>(q, q_stride, kv, n, T, H, G, q_pos0, out, out_stride, lse2, s);
       break;
+    case WGMMA_OVERLAP_SMEM_Q:
+      launch_wgmma<OutT, false, S2, true, false>(q, q_stride, kv, n, T, H, G, q_pos0, out,
+                                                 out_stride, lse2, s);
+      break;
     default:
-      launch_wgmma<OutT, true, WGMMA_DEFAULT_STAGES>(q, q_stride, kv, n, T, H, G, q_pos0, out,
-                                                     out_stride, lse2, s);
+      launch_wgmma<OutT, false, S2, true, true>(q, q_stride, kv, n, T, H, G, q_pos0, out,
+                                                out_stride, lse2, s);
   }
   return true;
 #else

@@ -144,10 +144,11 @@ int attention_prefill(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, 
 // code, head_dim != 128, or strides/pointers not 16-byte aligned (8-byte for out).
 // config (benchmarks): WGMMA_DEFAULT, or one of the variations below.
 enum WgmmaConfig : int {
-  WGMMA_DEFAULT = 0,       // ping-pong consumers, WGMMA_DEFAULT_STAGES K/V stages
-  WGMMA_NO_PINGPONG = 1,   // consumers not ordered against each other
-  WGMMA_STAGES_2 = 2,      // ping-pong, 2 stages (160 KB of shared memory)
-  WGMMA_STAGES_3 = 3,      // ping-pong, 3 stages (224 KB)
+  WGMMA_DEFAULT = 0,       // each consumer's softmax under its own P·V, Q·Kᵀ with Q in registers
+  WGMMA_NO_PINGPONG = 1,   // the kernel before the overlap, consumers not ordered
+  WGMMA_PINGPONG = 2,      // the kernel before the overlap (the default until 2026-11-29)
+  WGMMA_PINGPONG_S3 = 3,   // the same with 3 K/V stages (224 KB of shared memory)
+  WGMMA_OVERLAP_SMEM_Q = 4,  // the default's overlap, Q·Kᵀ with Q from shared memory
 };
 constexpr int WGMMA_DEFAULT_STAGES = 2;
 template <class OutT>
