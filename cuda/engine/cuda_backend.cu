@@ -1687,7 +1687,9 @@ class CudaBackend final : public ForwardBackend {
 
   // Which KV heads of each row the GPU attends (OP_OFFLOAD; automatic: half of them) for
   // MAGICPIG sessions whose layer-l cache is registered (mapped) host memory. False when
-  // none.
+  // none. The GPU share weighs every job with one set of sampling parameters (K, L, ε: the
+  // launches take them from the first offloaded row's index), so a row whose index has
+  // other parameters stays wholly on the CPU.
   bool gpu_share_heads(Session *const *ss, int32_t B, int32_t l, std::vector<uint8_t> &kvh) {
     const int v = gpu::forced_variant(gpu::OP_OFFLOAD);
     if (v == 1 || d_ != 128) return false;
@@ -1698,17 +1700,19 @@ class CudaBackend final : public ForwardBackend {
                            : share_tuner(B).k;
     if (k <= 0 || !host_ptr_ok()) return false;
     kvh.assign((size_t)B * Hkv_, 0);
-    bool any = false;
+    const lsh::Params *p0 = nullptr;
     for (int32_t i = 0; i < B; i++) {
       Session &s = *ss[i];
-      if (s.attention().method != MP_ATTN_MAGICPIG || s.kv_dtype() != MP_DTYPE_BF16 ||
-          !policy_index(s, l))
-        continue;
+      if (s.attention().method != MP_ATTN_MAGICPIG || s.kv_dtype() != MP_DTYPE_BF16) continue;
+      const lsh::Index *idx = policy_index(s, l);
+      if (!idx) continue;
+      const lsh::Params &p = idx->params();
+      if (p0 && (p.K != p0->K || p.L != p0->L || p.eps != p0->eps)) continue;
       if (!host_cache_mapped(s, *state(s))) continue;
       for (int h = 0; h < k; h++) kvh[(size_t)i * Hkv_ + h] = 1;
-      any = true;
+      if (!p0) p0 = &p;
     }
-    return any;
+    return p0 != nullptr;
   }
 
   // The device reads and writes registered host memory at its host address.

@@ -604,6 +604,61 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "split decode of MAGICPIG rows with other K or L: the GPU shares the first row's parameters only, every row matches the CPU's",
+  ignore,
+  async fn() {
+    // The GPU share weighs all its jobs with one K, L and ε, so in a batch of a K6L64 row and
+    // a row with another K (the GPU may still retrieve: the codes agree on L) or another L
+    // (the CPU hashes and hands over) only the first row's heads go to the GPU; the second
+    // row is the CPU's alone, with its own parameters.
+    await using e = await randomEngine(hashConfig, 2, 13n);
+    const V = hashConfig.vocab_size, steps = 4;
+    await using b0 = await committedSession(e, splitAttention, 29, 3);
+    for (const other of [{ lshK: 8, lshL: 64 }, { lshK: 6, lshL: 48 }]) {
+      const attention1 = { ...other, denseLayers: [0, 1, 2] };
+      await using b1 = await committedSession(e, attention1, 17, 11);
+      const runs: [string, number, number][] = [
+        ["none", GpuShare.NONE, Retrieval.AUTO],
+        ["half, CPU retrieval", GpuShare.HALF, Retrieval.CPU],
+        ["half, GPU retrieval", GpuShare.HALF, Retrieval.GPU],
+      ];
+      const out: Recorded[] = [];
+      const jobs: number[] = [];
+      const gpuLayers: number[] = [];
+      for (const [, share, retrieval] of runs) {
+        setKernel("offload", share);
+        setKernel("retrieval", retrieval);
+        try {
+          await using f0 = await b0.fork({ attention: splitAttention, reserveTokens: 3100 });
+          await using f1 = await b1.fork({ attention: attention1, reserveTokens: 3100 });
+          await f0.commit();
+          await f1.commit();
+          decodeProfile(true);
+          out.push(
+            await decodeRecorded(e, [f0, f1], V, steps, (i, b) => (i * (b ? 5 : 7) + b) % 256),
+          );
+          const p = decodeProfile(true);
+          jobs.push(p.gpuJobs);
+          gpuLayers.push(p.gpuRetrieval);
+        } finally {
+          setKernel("offload", GpuShare.AUTO);
+          setKernel("retrieval", Retrieval.AUTO);
+        }
+      }
+      const label = `K6L64 with K${other.lshK}L${other.lshL}`;
+      console.log(`${label}: GPU jobs ${jobs}; layers retrieved on the GPU ${gpuLayers}`);
+      // 1 sparse layer × 4 steps × the first row's 1 KV head × 2 query heads
+      assertEquals(jobs, [0, 8, 8], `${label}: only the first row's heads on the GPU`);
+      assertEquals(gpuLayers, [0, 0, other.lshL === 64 ? steps : 0], `${label}: retrieval`);
+      for (let r = 1; r < runs.length; r++) {
+        assertSameRun(out[r], out[0], `${label}, ${runs[r][0]}`);
+      }
+    }
+  },
+});
+
+Deno.test({
   name: "split decode's query codes hashed on the GPU are the CPU's: identical logits and samples",
   ignore,
   async fn() {
