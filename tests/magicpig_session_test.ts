@@ -106,6 +106,37 @@ Deno.test("MAGICPIG decode counts sampled and offloaded keys per sparse layer an
   assert(info.keysAttended > 0 && info.keysAttended < info.keysOffloaded, `${info.keysAttended}`);
 });
 
+Deno.test("a decode batch of MAGICPIG sessions with their own K and L gives each row its logits alone", async () => {
+  // lsh::attention batches indexes of one padded table count: the policy splits the batch
+  // by L (rows interleaved: L 40, 24, 40, each with its own K).
+  const kinds: AttentionOptions[] = [{ lshK: 6, lshL: 40 }, { lshK: 8, lshL: 24 }, {
+    lshK: 4,
+    lshL: 40,
+  }];
+  const batch: Session[] = [], alone: Session[] = [];
+  try {
+    for (let i = 0; i < kinds.length; i++) {
+      for (const list of [batch, alone]) {
+        const s = await session(kinds[i], tokens(300 + 50 * i, 7 + i));
+        await s.commit();
+        list.push(s);
+      }
+    }
+    const V = config.vocab_size;
+    for (let t = 0; t < 3; t++) {
+      const next = Int32Array.from(kinds, (_, i) => (t * 5 + i * 11) % V);
+      const logits = new Float32Array(kinds.length * V);
+      await decodeStep(batch[0].engine, batch, next, logits);
+      for (let i = 0; i < kinds.length; i++) {
+        assertEquals(logits.slice(i * V, (i + 1) * V), await step(alone[i], next[i]), `row ${i}`);
+        assertEquals(batch[i].info().keysAttended, alone[i].info().keysAttended, `row ${i} keys`);
+      }
+    }
+  } finally {
+    for (const s of [...batch, ...alone]) await s.close();
+  }
+});
+
 Deno.test("short prompts (≤ sinks + window) decode exactly like dense", async () => {
   const p = tokens(40, 3);
   await using m = await session({}, p);

@@ -731,6 +731,12 @@ int64_t policy_split_begin(Session &s, int32_t layer, int64_t pos) {
   return std::max(S, pos + 1 - W);
 }
 
+static void split_magicpig_rows(Session *const *ss, const std::vector<int32_t> &mp_rows,
+                                int32_t layer, const int64_t *pos, const int64_t *E,
+                                const float *q, float *out, float *lse2,
+                                const SplitGpuShare *gpu, lsh::Timing *timing,
+                                const uint16_t *qcodes);
+
 void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const int64_t *pos,
                             const int64_t *E, const float *q, float *out, float *lse2,
                             const SplitGpuShare *gpu, lsh::Timing *timing,
@@ -787,6 +793,30 @@ void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const 
     s.add_key_stats(attended, (double)H * (double)(E[i] - S));
   }
   if (mp_rows.empty()) return;
+  // One batched call per padded table count: lsh::attention requires its indexes to agree on
+  // it, and sessions may choose their own L (their K and ε may differ within a call).
+  std::vector<int32_t> rest;
+  while (!mp_rows.empty()) {
+    const int Lp = state(*ss[mp_rows[0]]).layers[(size_t)layer].index->Lp();
+    std::vector<int32_t> rows;
+    rest.clear();
+    for (int32_t i : mp_rows)
+      (state(*ss[i]).layers[(size_t)layer].index->Lp() == Lp ? rows : rest).push_back(i);
+    split_magicpig_rows(ss, rows, layer, pos, E, q, out, lse2, gpu, timing, qcodes);
+    mp_rows.swap(rest);
+  }
+}
+
+// policy_split_offloaded's MAGICPIG rows of one padded table count: one batched retrieval +
+// sampled attention, with the caller's GPU share of their KV heads.
+static void split_magicpig_rows(Session *const *ss, const std::vector<int32_t> &mp_rows,
+                                int32_t layer, const int64_t *pos, const int64_t *E,
+                                const float *q, float *out, float *lse2,
+                                const SplitGpuShare *gpu, lsh::Timing *timing,
+                                const uint16_t *qcodes) {
+  const mp_model_config &c = ss[0]->engine().config();
+  const int H = c.n_heads, d = c.head_dim;
+  const size_t Hd = (size_t)H * d;
   const size_t B = mp_rows.size();
   std::vector<const lsh::Index *> idx(B);
   std::vector<lsh::KVView> kv(B);

@@ -258,13 +258,9 @@ __device__ __forceinline__ uint32_t bar_turn(uint32_t sb, int c) {
 // keys past a row's position or past kv_end), then the online-softmax step in base 2 for this
 // lane's rows g (r = 0) and g + 8 (r = 1) of its warp's 16: S becomes P (f32, scores scaled by
 // log2(e)/√d inside the exp2's FMA), m and l are updated, and alpha[r] is the factor row r of O
-// must be scaled by before P·V_j is added. LAZY (FA4's rescaling rule): while no row of the
-// warp has a score more than 2^8 above its running maximum, the maximum stays as it is
-// (P ≤ 256, exact in the final O / l, which share it) and the function returns false: O
-// needs no rescaling. Otherwise (and always without LAZY) every row moves to its new maximum
-// and the function returns true.
-template <bool LAZY>
-__device__ __forceinline__ bool softmax_tile(float (&s)[64], float (&mrow)[2], float (&lrow)[2],
+// must be scaled by before P·V_j is added. (Rescaling only when a maximum grows by more than
+// 2^8, FA4's rule, behind a warp vote: 15 % slower here, bench/gpu/NOTES.md round 9.)
+__device__ __forceinline__ void softmax_tile(float (&s)[64], float (&mrow)[2], float (&lrow)[2],
                                              float (&alpha)[2], int k0, int wg_pmin, int prow0,
                                              int prow1, int kv_end, int t, float sl2) {
   if (k0 + WG_BC - 1 > wg_pmin || k0 + WG_BC > kv_end) {
@@ -278,7 +274,6 @@ __device__ __forceinline__ bool softmax_tile(float (&s)[64], float (&mrow)[2], f
       }
     }
   }
-  float m_new[2];
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     float mx = -INFINITY;
@@ -287,15 +282,9 @@ __device__ __forceinline__ bool softmax_tile(float (&s)[64], float (&mrow)[2], f
       mx = fmaxf(mx, fmaxf(s[4 * jj + 2 * r], s[4 * jj + 2 * r + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    m_new[r] = fmaxf(mrow[r], mx * sl2);
-  }
-  const bool move =
-      !LAZY || __any_sync(0xffffffffu, m_new[0] > mrow[0] + 8.f || m_new[1] > mrow[1] + 8.f);
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    const float m_row = move ? m_new[r] : mrow[r];
-    const float m_use = m_row == -INFINITY ? 0.f : m_row;
-    alpha[r] = move ? fast_exp2(mrow[r] - m_use) : 1.f;
+    const float m_new = fmaxf(mrow[r], mx * sl2);
+    const float m_use = m_new == -INFINITY ? 0.f : m_new;
+    alpha[r] = fast_exp2(mrow[r] - m_use);
     float sum = 0.f;
 #pragma unroll
     for (int jj = 0; jj < WG_BC / 8; jj++) {
@@ -306,9 +295,8 @@ __device__ __forceinline__ bool softmax_tile(float (&s)[64], float (&mrow)[2], f
       sum += p0 + p1;
     }
     lrow[r] = lrow[r] * alpha[r] + sum;
-    mrow[r] = m_row;
+    mrow[r] = m_new;
   }
-  return move;
 }
 
 __device__ __forceinline__ void rescale_o(float (&o)[64], const float (&alpha)[2]) {
@@ -512,7 +500,7 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
       if (lane == 0) mbar_arrive(bar_empty_k<S>(sb, st));
 
       float alpha[2];
-      softmax_tile<false>(s, mrow, lrow, alpha, k0, wg_pmin, prow0, prow1, kv_end, t, sl2);
+      softmax_tile(s, mrow, lrow, alpha, k0, wg_pmin, prow0, prow1, kv_end, t, sl2);
       rescale_o(o, alpha);
 
       // P (bf16, A fragments) and O += P·V_j
@@ -546,7 +534,7 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
 // wait, so that ptxas keeps them asynchronous. The consumers are not ordered against each
 // other: measured with the turns of consume_tiles too, the overlap was 5-6 % slower
 // (bench/gpu/NOTES.md, round 9).
-template <class OutT, int S, bool QREG, bool LAZY>
+template <class OutT, int S, bool QREG>
 __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
                                                       int64_t out_stride,
                                                       float *__restrict__ lse2, int H, int n,
@@ -605,7 +593,7 @@ __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
       fence_regs(s);
       if (lane == 0) mbar_arrive(bar_empty_k<S>(sb, 0));
       float alpha[2];
-      softmax_tile<LAZY>(s, mrow, lrow, alpha, 0, wg_pmin, prow0, prow1, kv_end, t, sl2);
+      softmax_tile(s, mrow, lrow, alpha, 0, wg_pmin, prow0, prow1, kv_end, t, sl2);
       pack_p(pa, s);
     }
     // Slots 1 .. ntiles − 1: S_j = Q·K_jᵀ and O += P_{j−1}·V_{j−1} in flight together.
@@ -626,12 +614,11 @@ __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
       fence_regs(s);
       if (lane == 0) mbar_arrive(bar_empty_k<S>(sb, st));
       float alpha[2];
-      const bool move = softmax_tile<LAZY>(s, mrow, lrow, alpha, j * WG_BC, wg_pmin, prow0,
-                                           prow1, kv_end, t, sl2);
+      softmax_tile(s, mrow, lrow, alpha, j * WG_BC, wg_pmin, prow0, prow1, kv_end, t, sl2);
       wgmma_wait<0>();
       fence_regs(o);
       if (lane == 0) mbar_arrive(bar_empty_v<S>(sb, pst));
-      if (move) rescale_o(o, alpha);
+      rescale_o(o, alpha);
       pack_p(pa, s);
     }
     // Slot ntiles: the last O += P·V.
@@ -654,7 +641,7 @@ __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
 }  // namespace
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <class OutT, bool PINGPONG, int S, bool OVERLAP, bool QREG, bool LAZY>
+template <class OutT, bool PINGPONG, int S, bool OVERLAP, bool QREG>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     flash_wgmma_kernel(const bf16 *__restrict__ q, int64_t q_stride, const bf16 *__restrict__ k,
                        const bf16 *__restrict__ v, int64_t kv_st, int64_t kv_sh, int n, int T,
@@ -698,7 +685,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
                        ntiles, sb, tid);
   } else if (OVERLAP) {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    consume_tiles_overlap<OutT, S, QREG, LAZY>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end,
+    consume_tiles_overlap<OutT, S, QREG>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end,
                                              ntiles, sl2, sb, (warp >> 2) - 1, warp & 3, lane);
   } else {
     consume_tiles<OutT, PINGPONG, S>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end, ntiles,
@@ -733,25 +720,24 @@ static int default_wgmma_config() {
   static const int c = [] {
     const char *v = std::getenv("MP_WGMMA_CONFIG");
     const int x = v ? std::atoi(v) : 0;
-    return x > 0 && x <= WGMMA_LAZY_RESCALE ? x : (int)WGMMA_DEFAULT;
+    return x > 0 && x <= WGMMA_OVERLAP_SMEM_Q ? x : (int)WGMMA_DEFAULT;
   }();
   return c;
 }
 
-template <class OutT, bool PINGPONG, int S, bool OVERLAP = false, bool QREG = false,
-          bool LAZY = false>
+template <class OutT, bool PINGPONG, int S, bool OVERLAP = false, bool QREG = false>
 static void launch_wgmma(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H, int G,
                          int q_pos0, OutT *out, int64_t out_stride, float *lse2, cudaStream_t s) {
   constexpr size_t smem = WgLayout<S>::smem;
   static bool configured = false;  // idempotent attribute set; a race only repeats it
   if (!configured) {
-    MP_CUDA(cudaFuncSetAttribute(flash_wgmma_kernel<OutT, PINGPONG, S, OVERLAP, QREG, LAZY>,
+    MP_CUDA(cudaFuncSetAttribute(flash_wgmma_kernel<OutT, PINGPONG, S, OVERLAP, QREG>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     configured = true;
   }
   const int ntq = (n + WG_BR - 1) / WG_BR;
   const float sl2 = 1.4426950408889634f / sqrtf((float)WG_D);  // log2(e)/√d
-  flash_wgmma_kernel<OutT, PINGPONG, S, OVERLAP, QREG, LAZY><<<dim3(H, ntq), WG_THREADS, smem, s>>>(
+  flash_wgmma_kernel<OutT, PINGPONG, S, OVERLAP, QREG><<<dim3(H, ntq), WG_THREADS, smem, s>>>(
       q, q_stride, kv.k, kv.v, kv.stride_t, kv.stride_h, n, T, G, q_pos0, sl2, out, out_stride,
       lse2, H);
   MP_CUDA_LAUNCH("flash_wgmma_kernel");
@@ -785,10 +771,6 @@ bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, 
     case WGMMA_OVERLAP_SMEM_Q:
       launch_wgmma<OutT, false, S2, true, false>(q, q_stride, kv, n, T, H, G, q_pos0, out,
                                                  out_stride, lse2, s);
-      break;
-    case WGMMA_LAZY_RESCALE:
-      launch_wgmma<OutT, false, S2, true, true, true>(q, q_stride, kv, n, T, H, G, q_pos0, out,
-                                                      out_stride, lse2, s);
       break;
     default:
       launch_wgmma<OutT, false, S2, true, true>(q, q_stride, kv, n, T, H, G, q_pos0, out,

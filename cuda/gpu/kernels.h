@@ -149,7 +149,6 @@ enum WgmmaConfig : int {
   WGMMA_PINGPONG = 2,      // the kernel before the overlap (the default until 2026-11-29)
   WGMMA_PINGPONG_S3 = 3,   // the same with 3 K/V stages (224 KB of shared memory)
   WGMMA_OVERLAP_SMEM_Q = 4,  // the default's overlap, Q·Kᵀ with Q from shared memory
-  WGMMA_LAZY_RESCALE = 5,  // the default, O rescaled only when a maximum grows by > 2^8
 };
 constexpr int WGMMA_DEFAULT_STAGES = 2;
 template <class OutT>
