@@ -49,6 +49,9 @@
 // device code exists only in the sm_90a compilation (__CUDA_ARCH_FEAT_SM90_ALL; the build
 // compiles files named *_sm90a.cu for compute_90a and defines MP_SM90A there); the launcher
 // returns false, launching nothing, on any other device or build.
+#include <cuda.h>  // CUtensorMap (the encoder comes through the runtime: no -lcuda)
+#include <cudaTypedefs.h>
+
 #include <cmath>
 #include <cstdlib>
 
@@ -101,6 +104,22 @@ __device__ __forceinline__ uint32_t ld_shared_u32(uint32_t addr) {
 
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// The copy engine (TMA): box (c0, c1, c2) of the tensor map → shared memory at dst, completing
+// `bytes` of the barrier's transaction count (set by mbar_expect_tx).
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map, int c0, int c1,
+                                            int c2, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+      : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
 }
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
@@ -422,6 +441,40 @@ __device__ __forceinline__ void produce_tiles(const bf16 *__restrict__ q, int64_
   mbar_arrive(bar_full_v<S>(sb, (ntiles - 1) % S));
 }
 
+// The producer with the copy engine (WGMMA_DEFAULT where tensor maps can be made): one thread
+// issues every copy. Q: 4 boxes of 64 rows × 64 d (one per consumer and d half); K_j and V_j:
+// 2 boxes of 128 keys × 64 d each. The maps' 128-byte swizzle is the tiles' layout
+// (tile_off), and rows past the end of the tensor arrive as zeros. A full barrier completes
+// when its bytes have landed (one arrival with the byte count, then the copies' transactions).
+// kv_head_inner: the K/V maps' dimension 1 is the KV head (token-major caches), else the token.
+template <int S>
+__device__ __forceinline__ void produce_tiles_tma(const CUtensorMap *tq, const CUtensorMap *tk,
+                                                  const CUtensorMap *tv, bool kv_head_inner,
+                                                  int m0, int h, int hk, int ntiles,
+                                                  uint32_t sb) {
+  const uint32_t fq = bar_full_q<S>(sb);
+  mbar_expect_tx(fq, WG_Q_BYTES);
+  for (int cw = 0; cw < 2; cw++)
+    for (int half = 0; half < 2; half++)
+      tma_load_3d(sb + cw * (WG_Q_BYTES / 2) + half * (WG_Q_BYTES / 4), tq, 64 * half, h,
+                  m0 + 64 * cw, fq);
+  auto load_tile = [&](const CUtensorMap *map, int j, uint32_t dst, uint32_t bar) {
+    mbar_expect_tx(bar, WG_T_BYTES);
+    for (int half = 0; half < 2; half++) {
+      const int c1 = kv_head_inner ? hk : j * WG_BC, c2 = kv_head_inner ? j * WG_BC : hk;
+      tma_load_3d(dst + half * (WG_T_BYTES / 2), map, 64 * half, c1, c2, bar);
+    }
+  };
+  for (int j = 0; j < ntiles; j++) {
+    const int st = j % S;
+    const uint32_t use = (uint32_t)(j / S);
+    if (use > 0) mbar_wait(bar_empty_k<S>(sb, st), (use - 1) & 1);
+    load_tile(tk, j, sb + WgLayout<S>::off_k + st * WG_T_BYTES, bar_full_k<S>(sb, st));
+    if (use > 0) mbar_wait(bar_empty_v<S>(sb, st), (use - 1) & 1);
+    load_tile(tv, j, sb + WgLayout<S>::off_v + st * WG_T_BYTES, bar_full_v<S>(sb, st));
+  }
+}
+
 // Epilogue of a consumer lane: its rows row0 and row0 + 8 (those < n) of O / l as OutT, and
 // lse2 = m + log2(l).
 template <class OutT>
@@ -694,6 +747,52 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
 
+// The default kernel: the TMA producer (one thread) and consume_tiles_overlap with Q in
+// registers. The other 127 producer threads give their registers away and leave.
+template <class OutT, int S>
+__global__ void __launch_bounds__(WG_THREADS, 1)
+    flash_wgmma_tma_kernel(const __grid_constant__ CUtensorMap tq,
+                           const __grid_constant__ CUtensorMap tk,
+                           const __grid_constant__ CUtensorMap tv, int kv_head_inner, int n,
+                           int T, int G, int q_pos0, float sl2, OutT *__restrict__ out,
+                           int64_t out_stride, float *__restrict__ lse2, int H) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) uint8_t wg_smem[];
+  const uint32_t sb = ((uint32_t)__cvta_generic_to_shared(wg_smem) + 1023u) & ~1023u;
+  const int h = blockIdx.x;
+  const int m0 = (gridDim.y - 1 - blockIdx.y) * WG_BR;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int rows_here = min(WG_BR, n - m0);
+  const int pmax = q_pos0 + m0 + rows_here - 1;
+  const int kv_end = min(T, pmax + 1);
+  const int ntiles = kv_end > 0 ? (kv_end + WG_BC - 1) / WG_BC : 0;
+
+  if (tid == 0) {
+    mbar_init(bar_full_q<S>(sb), 1);
+#pragma unroll
+    for (int i = 0; i < S; i++) {
+      mbar_init(bar_full_k<S>(sb, i), 1);
+      mbar_init(bar_full_v<S>(sb, i), 1);
+      mbar_init(bar_empty_k<S>(sb, i), 8);
+      mbar_init(bar_empty_v<S>(sb, i), 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+  if (wg == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (tid == 0 && ntiles > 0)
+      produce_tiles_tma<S>(&tq, &tk, &tv, kv_head_inner != 0, m0, h, h / G, ntiles, sb);
+  } else {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    consume_tiles_overlap<OutT, S, true>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end,
+                                         ntiles, sl2, sb, (warp >> 2) - 1, warp & 3, lane);
+  }
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+}
+
 // ------------------------------------------------------------
 // launcher
 
@@ -712,7 +811,6 @@ static bool device_is_sm90() {
   }
   return cache[dev] == 1;
 }
-#endif
 
 // $MP_WGMMA_CONFIG (a WgmmaConfig number) replaces the default configuration, for A/B runs of
 // the model bench.
@@ -720,9 +818,73 @@ static int default_wgmma_config() {
   static const int c = [] {
     const char *v = std::getenv("MP_WGMMA_CONFIG");
     const int x = v ? std::atoi(v) : 0;
-    return x > 0 && x <= WGMMA_OVERLAP_SMEM_Q ? x : (int)WGMMA_DEFAULT;
+    return x > 0 && x <= WGMMA_CP_ASYNC ? x : (int)WGMMA_DEFAULT;
   }();
   return c;
+}
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point; null where the driver has
+// none (the launcher then uses the cp.async producer).
+static PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void *p = nullptr;
+    cudaDriverEntryPointQueryResult res{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault,
+                                         &res) != cudaSuccess ||
+        res != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      p = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// A bf16 tensor map of dimensions (128 = d, dim1, dim2) with byte strides s1 and s2, boxes of
+// 64 d × 1 × rows, 128-byte swizzle (the tiles' layout), zeros past the end. False when the
+// driver refuses it.
+static bool encode_map(CUtensorMap &m, const bf16 *base, uint64_t dim1, uint64_t dim2,
+                       uint64_t s1, uint64_t s2, uint32_t rows) {
+  const PFN_cuTensorMapEncodeTiled_v12000 enc = tensor_map_encoder();
+  if (!enc) return false;
+  const cuuint64_t dims[3] = {(cuuint64_t)WG_D, dim1, dim2};
+  const cuuint64_t strides[2] = {s1, s2};
+  const cuuint32_t box[3] = {64, 1, rows};
+  const cuuint32_t unit[3] = {1, 1, 1};
+  return enc(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<bf16 *>(base), dims, strides,
+             box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// The default kernel (TMA producer); false, launching nothing, when a tensor map cannot be
+// made. The K/V maps put the smaller of the two strides (head or token) in dimension 1.
+template <class OutT>
+static bool launch_wgmma_tma(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H,
+                             int Hkv, int q_pos0, OutT *out, int64_t out_stride, float *lse2,
+                             cudaStream_t s) {
+  constexpr int S = WGMMA_DEFAULT_STAGES;
+  CUtensorMap tq, tk, tv;
+  const bool head_inner = kv.stride_h <= kv.stride_t;
+  const uint64_t sh = (uint64_t)kv.stride_h * 2, st = (uint64_t)kv.stride_t * 2;
+  const uint64_t d1 = head_inner ? (uint64_t)Hkv : (uint64_t)T;
+  const uint64_t d2 = head_inner ? (uint64_t)T : (uint64_t)Hkv;
+  if (!encode_map(tq, q, (uint64_t)H, (uint64_t)n, WG_D * 2, (uint64_t)q_stride * 2, 64) ||
+      !encode_map(tk, kv.k, d1, d2, head_inner ? sh : st, head_inner ? st : sh, WG_BC) ||
+      !encode_map(tv, kv.v, d1, d2, head_inner ? sh : st, head_inner ? st : sh, WG_BC))
+    return false;
+  constexpr size_t smem = WgLayout<S>::smem;
+  static bool configured = false;  // idempotent attribute set; a race only repeats it
+  if (!configured) {
+    MP_CUDA(cudaFuncSetAttribute(flash_wgmma_tma_kernel<OutT, S>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    configured = true;
+  }
+  const int ntq = (n + WG_BR - 1) / WG_BR;
+  const float sl2 = 1.4426950408889634f / sqrtf((float)WG_D);
+  flash_wgmma_tma_kernel<OutT, S><<<dim3(H, ntq), WG_THREADS, smem, s>>>(
+      tq, tk, tv, head_inner ? 1 : 0, n, T, H / Hkv, q_pos0, sl2, out, out_stride, lse2, H);
+  MP_CUDA_LAUNCH("flash_wgmma_tma_kernel");
+  return true;
 }
 
 template <class OutT, bool PINGPONG, int S, bool OVERLAP = false, bool QREG = false>
@@ -742,6 +904,8 @@ static void launch_wgmma(const bf16 *q, int64_t q_stride, KVView kv, int n, int 
       lse2, H);
   MP_CUDA_LAUNCH("flash_wgmma_kernel");
 }
+
+#endif  // MP_SM90A
 
 template <class OutT>
 bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H,
@@ -772,9 +936,15 @@ bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, 
       launch_wgmma<OutT, false, S2, true, false>(q, q_stride, kv, n, T, H, G, q_pos0, out,
                                                  out_stride, lse2, s);
       break;
-    default:
+    case WGMMA_CP_ASYNC:
       launch_wgmma<OutT, false, S2, true, true>(q, q_stride, kv, n, T, H, G, q_pos0, out,
                                                 out_stride, lse2, s);
+      break;
+    default:
+      if (!launch_wgmma_tma<OutT>(q, q_stride, kv, n, T, H, Hkv, q_pos0, out, out_stride, lse2,
+                                  s))
+        launch_wgmma<OutT, false, S2, true, true>(q, q_stride, kv, n, T, H, G, q_pos0, out,
+                                                  out_stride, lse2, s);
   }
   return true;
 #else

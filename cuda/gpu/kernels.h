@@ -149,6 +149,7 @@ enum WgmmaConfig : int {
   WGMMA_PINGPONG = 2,      // the kernel before the overlap (the default until 2026-11-29)
   WGMMA_PINGPONG_S3 = 3,   // the same with 3 K/V stages (224 KB of shared memory)
   WGMMA_OVERLAP_SMEM_Q = 4,  // the default's overlap, Q·Kᵀ with Q from shared memory
+  WGMMA_CP_ASYNC = 5,      // the default's consumers, tiles copied by 128 threads' cp.async
 };
 constexpr int WGMMA_DEFAULT_STAGES = 2;
 template <class OutT>
