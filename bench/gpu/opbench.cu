@@ -274,7 +274,9 @@ const char *flash_variant_name(int ran) {
                                                    : attn_variant_name(ran);
 }
 
-void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int variant) {
+// head_major: K and V as [Hkv][T][d] (the engine's prefill layout) instead of [T][Hkv][d].
+void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int variant,
+                 bool head_major = false) {
   const int T = q_pos0 + n;
   DevBuf<bf16> Q((size_t)n * H * d), K((size_t)T * Hkv * d), V((size_t)T * Hkv * d);
   DevBuf<bf16> O((size_t)n * H * d);
@@ -283,7 +285,11 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
   fill_normal<bf16>(K.p, (int64_t)K.n, 12, 1.f, 0.f, s);
   fill_normal<bf16>(V.p, (int64_t)V.n, 13, 1.f, 0.f, s);
   MP_CUDA(cudaMemsetAsync(O.p, 0xff, O.bytes(), s));
-  KVView kv{K.p, V.p, (int64_t)Hkv * d, (int64_t)d};
+  KVView kv = head_major ? KVView{K.p, V.p, (int64_t)d, (int64_t)T * d}
+                         : KVView{K.p, V.p, (int64_t)Hkv * d, (int64_t)d};
+  auto krow = [&](int t, int hk) {
+    return head_major ? ((size_t)hk * T + t) * d : ((size_t)t * Hkv + hk) * d;
+  };
   auto launch = [&](float *l) {
     if (variant >= WGMMA_CFG &&
         attention_prefill_sm90a<bf16>(Q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, O.p,
@@ -310,7 +316,7 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
     std::vector<double> sc((size_t)last + 1);
     double mx = -1e300;
     for (int t = 0; t <= last; t++) {
-      const bf16 *kr = kh.data() + ((size_t)t * Hkv + hk) * d;
+      const bf16 *kr = kh.data() + krow(t, hk);
       double a = 0;
       for (int c = 0; c < d; c++) a += bf(q[((size_t)i * H + h) * d + c]) * bf(kr[c]);
       sc[t] = a / std::sqrt((double)d);
@@ -321,7 +327,7 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
     for (int t = 0; t <= last; t++) {
       const double p = std::exp(sc[t] - mx);
       z += p;
-      const bf16 *vr = vh.data() + ((size_t)t * Hkv + hk) * d;
+      const bf16 *vr = vh.data() + krow(t, hk);
       for (int c = 0; c < d; c++) acc[c] += p * bf(vr[c]);
     }
     for (int c = 0; c < d; c++) {
@@ -339,13 +345,15 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
   for (int i = 0; i < n; i++) pairs += std::min(T, q_pos0 + i + 1);
   const double flops = 4.0 * d * H * pairs;
   char shape[96], note[96];
-  std::snprintf(shape, sizeof shape, "n=%d pos0=%d H%d/%d d%d", n, q_pos0, H, Hkv, d);
+  std::snprintf(shape, sizeof shape, "n=%d pos0=%d H%d/%d d%d%s", n, q_pos0, H, Hkv, d,
+                head_major ? " hm" : "");
   std::snprintf(note, sizeof note, "lse max abs err %.2e%s", lse_err, bad ? " NaN/unwritten" : "");
   emit({"prefill", flash_variant_name(ran), shape, ms, flops / (ms * 1e9),
         "TFLOP/s", g_tflops, err, 1.5e-2, note});
 }
 
-// A 96K prompt's prefill attention on the 8B shape, as the engine runs it: 12 chunks of 8192
+// A 96K prompt's prefill attention on the 8B shape, as the engine runs it (head-major K/V of
+// 96K rows per head): 12 chunks of 8192
 // queries after 0, 8192, … 90112 keys, repeated for `layers` layers back to back, so that the
 // clock settles under the power cap as it does in the model (a single chunk's timing runs at
 // the boost clock). Rate over the whole run.
@@ -356,7 +364,7 @@ void bench_prefill_layers(cudaStream_t s, int variant, int layers) {
   fill_normal<bf16>(Q.p, (int64_t)Q.n, 21, 1.f, 0.f, s);
   fill_normal<bf16>(K.p, (int64_t)K.n, 22, 1.f, 0.f, s);
   fill_normal<bf16>(V.p, (int64_t)V.n, 23, 1.f, 0.f, s);
-  KVView kv{K.p, V.p, (int64_t)Hkv * d, (int64_t)d};
+  KVView kv{K.p, V.p, (int64_t)d, (int64_t)N * d};  // head-major, as the engine's prefill
   int ran = variant;
   auto layer = [&](int) {
     for (int c = 0; c < N / n; c++) {
@@ -1043,6 +1051,9 @@ int main(int argc, char **argv) {
       bench_flash(s, 5, 995, 16, 2, 128, v);
       bench_flash(s, 300, 4000, 8, 2, 128, v);
       bench_flash(s, 64, 0, 8, 1, 128, v);  // one key tile: no overlapped slot
+      // the engine's head-major K/V (the default's tensor maps put tokens in dimension 1)
+      bench_flash(s, 777, 13, 8, 4, 128, v, true);
+      bench_flash(s, 300, 4000, 8, 2, 128, v, true);
     }
     for (int pos0 : {0, 24576, 90112})
       for (int v : {(int)ATTN_FLASH, (int)ATTN_WGMMA, WGMMA_CFG + WGMMA_PINGPONG,
@@ -1051,6 +1062,10 @@ int main(int argc, char **argv) {
   });
   // The default and the kernel before it over a whole 96K prompt's chunks, several layers back
   // to back (the power cap's clock), alternating twice to see drift.
+  section("wgmma-hm", [&] {
+    for (int v : {(int)ATTN_WGMMA, WGMMA_CFG + WGMMA_CP_ASYNC})
+      bench_flash(s, 8192, 90112, 32, 8, 128, v, true);
+  });
   section("wgmma96k", [&] {
     for (int rep = 0; rep < 2; rep++)
       for (int v : {(int)ATTN_WGMMA, WGMMA_CFG + WGMMA_CP_ASYNC, WGMMA_CFG + WGMMA_PINGPONG})

@@ -841,15 +841,15 @@ static PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 }
 
 // A bf16 tensor map of dimensions (128 = d, dim1, dim2) with byte strides s1 and s2, boxes of
-// 64 d × 1 × rows, 128-byte swizzle (the tiles' layout), zeros past the end. False when the
-// driver refuses it.
+// 64 d × box1 × box2, 128-byte swizzle (the tiles' layout), zeros past the end. False when
+// the driver refuses it.
 static bool encode_map(CUtensorMap &m, const bf16 *base, uint64_t dim1, uint64_t dim2,
-                       uint64_t s1, uint64_t s2, uint32_t rows) {
+                       uint64_t s1, uint64_t s2, uint32_t box1, uint32_t box2) {
   const PFN_cuTensorMapEncodeTiled_v12000 enc = tensor_map_encoder();
   if (!enc) return false;
   const cuuint64_t dims[3] = {(cuuint64_t)WG_D, dim1, dim2};
   const cuuint64_t strides[2] = {s1, s2};
-  const cuuint32_t box[3] = {64, 1, rows};
+  const cuuint32_t box[3] = {64, box1, box2};
   const cuuint32_t unit[3] = {1, 1, 1};
   return enc(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<bf16 *>(base), dims, strides,
              box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
@@ -866,11 +866,14 @@ static bool launch_wgmma_tma(const bf16 *q, int64_t q_stride, KVView kv, int n, 
   CUtensorMap tq, tk, tv;
   const bool head_inner = kv.stride_h <= kv.stride_t;
   const uint64_t sh = (uint64_t)kv.stride_h * 2, st = (uint64_t)kv.stride_t * 2;
+  // a box is one KV head × WG_BC tokens in either order
   const uint64_t d1 = head_inner ? (uint64_t)Hkv : (uint64_t)T;
   const uint64_t d2 = head_inner ? (uint64_t)T : (uint64_t)Hkv;
-  if (!encode_map(tq, q, (uint64_t)H, (uint64_t)n, WG_D * 2, (uint64_t)q_stride * 2, 64) ||
-      !encode_map(tk, kv.k, d1, d2, head_inner ? sh : st, head_inner ? st : sh, WG_BC) ||
-      !encode_map(tv, kv.v, d1, d2, head_inner ? sh : st, head_inner ? st : sh, WG_BC))
+  const uint64_t s1 = head_inner ? sh : st, s2 = head_inner ? st : sh;
+  const uint32_t b1 = head_inner ? 1 : WG_BC, b2 = head_inner ? WG_BC : 1;
+  if (!encode_map(tq, q, (uint64_t)H, (uint64_t)n, WG_D * 2, (uint64_t)q_stride * 2, 1, 64) ||
+      !encode_map(tk, kv.k, d1, d2, s1, s2, b1, b2) ||
+      !encode_map(tv, kv.v, d1, d2, s1, s2, b1, b2))
     return false;
   constexpr size_t smem = WgLayout<S>::smem;
   static bool configured = false;  // idempotent attribute set; a race only repeats it

@@ -67,8 +67,16 @@ const cfg: ModelConfig = {
   },
 };
 
+// head_dim 128: the Hopper wgmma prefill kernel, reading the engine's head-major K/V.
+const cfg128: ModelConfig = { ...cfg, dim: 512, head_dim: 128 };
+
 /** The same bf16 weights into an engine of either backend. */
-async function makeEngine(backend: number, prefillChunk?: number): Promise<Engine> {
+async function makeEngine(
+  backend: number,
+  prefillChunk?: number,
+  c: ModelConfig = cfg,
+): Promise<Engine> {
+  const cfg = c;
   const e = Engine.create(cfg, {
     backend,
     weightDtype: DType.BF16,
@@ -132,29 +140,31 @@ const topkOpts = {
 };
 
 Deno.test({
-  name: "CUDA engine: chunked and follow-up prefill match the CPU engine",
+  name: "CUDA engine: chunked and follow-up prefill match the CPU engine (head_dim 64 and 128)",
   ignore,
   async fn() {
-    await using cpu = await makeEngine(Backend.CPU, 96);
-    await using gpu = await makeEngine(Backend.CUDA, 96);
-    const V = cfg.vocab_size;
     const f: (string | null)[] = [];
-    const prompt = tokens(300, 1), more = tokens(77, 2);
-    console.log("prefill 300 tokens (chunks of 96) on both engines, then 77 more");
-    const lc = new Float32Array(V), lg = new Float32Array(V);
-    await using sc = await Session.create(cpu, denseOpts);
-    await using sg = await Session.create(gpu, denseOpts);
-    await sc.prefill(prompt, { logits: lc });
-    await sg.prefill(prompt, { logits: lg });
-    f.push(
-      check("engine", "prefill 300 tokens in chunks of 96: last logits", relError(lg, lc), 2e-2),
-    );
-    await sc.prefill(more, { logits: lc });
-    await sg.prefill(more, { logits: lg });
-    f.push(
-      check("engine", "follow-up prefill of 77 tokens at position 300", relError(lg, lc), 2e-2),
-    );
-    assertEquals(sg.info().nTokens, 377);
+    for (const c of [cfg, cfg128]) {
+      await using cpu = await makeEngine(Backend.CPU, 96, c);
+      await using gpu = await makeEngine(Backend.CUDA, 96, c);
+      const V = c.vocab_size, hd = `head_dim ${c.head_dim}`;
+      const prompt = tokens(300, 1), more = tokens(77, 2);
+      console.log(`${hd}: prefill 300 tokens (chunks of 96) on both engines, then 77 more`);
+      const lc = new Float32Array(V), lg = new Float32Array(V);
+      await using sc = await Session.create(cpu, denseOpts);
+      await using sg = await Session.create(gpu, denseOpts);
+      await sc.prefill(prompt, { logits: lc });
+      await sg.prefill(prompt, { logits: lg });
+      f.push(
+        check("engine", `${hd}: prefill 300 tokens in chunks of 96`, relError(lg, lc), 2e-2),
+      );
+      await sc.prefill(more, { logits: lc });
+      await sg.prefill(more, { logits: lg });
+      f.push(
+        check("engine", `${hd}: follow-up prefill of 77 tokens at 300`, relError(lg, lc), 2e-2),
+      );
+      assertEquals(sg.info().nTokens, 377);
+    }
     assertAll(f);
   },
 });
