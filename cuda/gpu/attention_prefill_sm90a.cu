@@ -5,8 +5,11 @@
 //
 // Block = 3 warpgroups (384 threads) for BR = 128 queries of one query head h:
 //   - warpgroup 0 is the producer: it copies the Q tile once and then the K and V tiles of KV
-//     head h / G (BC = 128 keys each) global → shared with 16-byte cp.async into a ring of
-//     STAGES stages (2 by default; 3 fit too), and hands each tile over through mbarriers;
+//     head h / G (BC = 128 keys each) global → shared into a ring of STAGES stages (2 by
+//     default; 3 fit too), and hands each tile over through mbarriers. The default
+//     (flash_wgmma_tma_kernel) has one thread drive the copy engine (TMA, tensor maps with the
+//     tiles' 128-byte swizzle); the other configurations copy with 128 threads' 16-byte
+//     cp.async (produce_tiles), which the default falls back to where a map cannot be made;
 //   - warpgroups 1 and 2 are the consumers; consumer c = 0, 1 owns query rows
 //     m0 + 64c .. m0 + 64c + 63 (the M = 64 of wgmma).
 // Per key tile j, each consumer warpgroup
@@ -24,8 +27,8 @@
 //   the consumers by setmaxnreg. The kernel before it (consume_tiles, WGMMA_PINGPONG and
 //   WGMMA_NO_PINGPONG) waits for each product and instead lets the two consumer warpgroups
 //   cover each other's softmax: they issue their Q·Kᵀ wgmmas in turn (two "turn" mbarriers).
-//   Under the power cap the default runs a 96K prompt's attention 4 % faster (bench/gpu/
-//   NOTES.md, round 9).
+//   Under the power cap the default runs a 96K prompt's attention at 606 TFLOP/s, the
+//   ping-pong kernel at 509 (bench/gpu/NOTES.md, round 9).
 //
 // Shared memory (1024-byte aligned): Q [2 warpgroups][2 halves][64 rows][128 B], then
 // K [STAGES][2 halves][128 rows][128 B] and V likewise, then the mbarriers. A 256-byte row of
@@ -37,9 +40,10 @@
 //   - MN-major (V as B of P·V): start = V base + 2048·(k16 step: 16 keys), leading byte
 //     offset = the distance between the two d halves (BC·128 B), stride byte offset 1024
 //     (next 8 keys), swizzle mode 1.
-// Hand-over: full barriers (128 producer arrivals) complete when the producer lanes have
-// waited for their own cp.async groups and issued fence.proxy.async (cp.async writes through
-// the generic proxy; wgmma reads through the async proxy); empty barriers (8 arrivals: lane 0
+// Hand-over: with TMA a full barrier completes when its one arrival (with the tile's byte
+// count) and the copies' bytes are in; with cp.async, when the 128 producer lanes have waited
+// for their own cp.async groups and issued fence.proxy.async (cp.async writes through the
+// generic proxy; wgmma reads through the async proxy); empty barriers (8 arrivals: lane 0
 // of each of the 8 consumer warps after wgmma.wait_group) free a stage: K_j as soon as Q·K_jᵀ
 // has completed, V_j when P·V_j has.
 // A watchdog turns a wait of more than 20 s into a trap (an error instead of a hang); the trap
