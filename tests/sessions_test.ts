@@ -281,6 +281,43 @@ Deno.test({
 });
 
 Deno.test({
+  name: "turns on MagicPIG sessions with their own K and L decode together, each as alone",
+  ignore: skip !== null,
+  async fn() {
+    // The scheduler batches the two turns' decode steps; the sessions' indexes differ in K
+    // and in L, by enough to pad to different table counts (one batched sampled attention per
+    // count). Before that, the whole step failed and both turns answered an error.
+    const server = await stories();
+    const a = client(server, KEY_A);
+    try {
+      const ss = [];
+      for (const [K, L] of [[4, 8], [6, 40]]) {
+        ss.push(
+          await a.create({
+            prompt: STORY,
+            attention: { method: "magicpig", K, L, sinks: 2, window: 4, gen_buffer: 4 },
+          }),
+        );
+      }
+      const alone = [];
+      for (const s of ss) alone.push(await a.turn(s.id, " Then", { fork: true, max_tokens: 96 }));
+      const together = await Promise.all(
+        ss.map((s) => a.turn(s.id, " Then", { fork: true, max_tokens: 96 })),
+      );
+      for (let i = 0; i < ss.length; i++) {
+        assertEquals(
+          together[i].choices[0].token_ids,
+          alone[i].choices[0].token_ids,
+          `session ${i}`,
+        );
+      }
+    } finally {
+      await server.shutdown();
+    }
+  },
+});
+
+Deno.test({
   name: "the openai client reaches a session through session_id, streaming and not",
   ignore: skip !== null,
   async fn() {
