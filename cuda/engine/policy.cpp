@@ -732,9 +732,8 @@ int64_t policy_split_begin(Session &s, int32_t layer, int64_t pos) {
 }
 
 static void split_magicpig_rows(Session *const *ss, const std::vector<int32_t> &mp_rows,
-                                int32_t layer, const int64_t *pos, const int64_t *E,
-                                const float *q, float *out, float *lse2,
-                                const SplitGpuShare *gpu, lsh::Timing *timing,
+                                int32_t layer, const int64_t *E, const float *q, float *out,
+                                float *lse2, const SplitGpuShare *gpu, lsh::Timing *timing,
                                 const uint16_t *qcodes);
 
 void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const int64_t *pos,
@@ -802,7 +801,7 @@ void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const 
     rest.clear();
     for (int32_t i : mp_rows)
       (state(*ss[i]).layers[(size_t)layer].index->Lp() == Lp ? rows : rest).push_back(i);
-    split_magicpig_rows(ss, rows, layer, pos, E, q, out, lse2, gpu, timing, qcodes);
+    split_magicpig_rows(ss, rows, layer, E, q, out, lse2, gpu, timing, qcodes);
     mp_rows.swap(rest);
   }
 }
@@ -810,9 +809,8 @@ void policy_split_offloaded(Session *const *ss, int32_t n, int32_t layer, const 
 // policy_split_offloaded's MAGICPIG rows of one padded table count: one batched retrieval +
 // sampled attention, with the caller's GPU share of their KV heads.
 static void split_magicpig_rows(Session *const *ss, const std::vector<int32_t> &mp_rows,
-                                int32_t layer, const int64_t *pos, const int64_t *E,
-                                const float *q, float *out, float *lse2,
-                                const SplitGpuShare *gpu, lsh::Timing *timing,
+                                int32_t layer, const int64_t *E, const float *q, float *out,
+                                float *lse2, const SplitGpuShare *gpu, lsh::Timing *timing,
                                 const uint16_t *qcodes) {
   const mp_model_config &c = ss[0]->engine().config();
   const int H = c.n_heads, d = c.head_dim;

@@ -144,7 +144,7 @@ int attention_prefill(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, 
 // code, head_dim != 128, or strides/pointers not 16-byte aligned (8-byte for out).
 // config (benchmarks): WGMMA_DEFAULT, or one of the variations below.
 enum WgmmaConfig : int {
-  WGMMA_DEFAULT = 0,       // each consumer's softmax under its own P·V, Q·Kᵀ with Q in registers
+  WGMMA_DEFAULT = 0,       // TMA producer; each consumer's softmax under its own P·V, Q in registers
   WGMMA_NO_PINGPONG = 1,   // the kernel before the overlap, consumers not ordered
   WGMMA_PINGPONG = 2,      // the kernel before the overlap (the default until 2026-11-29)
   WGMMA_PINGPONG_S3 = 3,   // the same with 3 K/V stages (224 KB of shared memory)
