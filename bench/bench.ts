@@ -37,7 +37,8 @@
  * --no-budget-pass, --time-limit SECONDS (default 240: with the build and the last job the run
  * fits about 5 minutes), --short-context N (default 1024 on a GPU, 0: off: one more dense-gpu
  * batch-1 row at a short context, where the weights are nearly all a step reads: the
- * architecture's "short context" target), --cpu (force the CPU config).
+ * architecture's "short context" target), --prefill-chunk N (tokens per prefill chunk; default
+ * 8192 on a GPU, 256 on the CPU), --cpu (force the CPU config).
  *
  * @module
  */
@@ -77,6 +78,7 @@ interface Options {
   budgetPass: boolean;
   timeLimit: number;
   shortContext: number;
+  prefillChunk: number;
   cpu: boolean;
 }
 
@@ -105,6 +107,7 @@ function parseArgs(args: string[], gpu: boolean): Options {
     budgetPass: gpu,
     timeLimit: gpu ? 240 : 60,
     shortContext: gpu ? 1024 : 0,
+    prefillChunk: 0,
     cpu: !gpu,
   };
   for (let i = 0; i < args.length; i++) {
@@ -123,6 +126,7 @@ function parseArgs(args: string[], gpu: boolean): Options {
     else if (a === "--no-budget-pass") o.budgetPass = false;
     else if (a === "--time-limit") o.timeLimit = Number(next());
     else if (a === "--short-context") o.shortContext = Number(next());
+    else if (a === "--prefill-chunk") o.prefillChunk = Number(next());
     else if (a === "--cpu") o.cpu = true;
     else throw new Error(`Unknown option "${a}"`);
   }
@@ -451,7 +455,7 @@ async function main(): Promise<void> {
         backend: useGpu ? Backend.CUDA : Backend.CPU,
         gpuMemoryBudget: budget,
         maxBatch: Math.max(...o.batches, 1),
-        prefillChunk: useGpu ? 8192 : 256,
+        prefillChunk: o.prefillChunk || (useGpu ? 8192 : 256),
       });
       engines.set(key, e);
       await e.initRandom(1n, 0.02);

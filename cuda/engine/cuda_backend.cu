@@ -459,10 +459,94 @@ class CudaBackend final : public ForwardBackend {
     upload_norm(e_.output_norm(), out_norm_.p);
     MP_CUDA(cudaStreamSynchronize(s_));
     weights_bytes_ = mem_.used();
+    warm_up();
   }
 
   // ------------------------------------------------------------
   // prefill
+
+  // A prefill chunk's activations (C rows each).
+  struct ChunkBufs {
+    bf16 *xb, *qkv, *att, *gu, *hb;
+  };
+
+  // The ops of one prefill chunk of layer L: m rows of the residual stream xc (f32) at
+  // positions pos (device) = pos0.., their K/V into K and V (head-major, T rows per head),
+  // then attention and the MLP for rows r0..m−1 of the chunk, none when r0 < 0. prof marks
+  // the ops' boundaries (layer l).
+  void prefill_chunk_ops(const LayerDev &L, float *xc, int32_t m, const int32_t *pos,
+                         int64_t pos0, bf16 *K, bf16 *V, int64_t T, int32_t r0,
+                         const ChunkBufs &b, PrefillProfile &prof, int32_t l) {
+    prof.op(l, 0);
+    gpu::rmsnorm<bf16>(xc, L.attn_norm.p, m, dim_, c_.rms_eps, b.xb, s_);
+    prof.op(l, 1);
+    gpu::matmul<bf16>(*gemm_, L.wqkv.p, b.xb, dim_, m, dim_, QKV_, b.qkv, QKV_, false);
+    prof.op(l, 2);
+    gpu::rope<bf16>(b.qkv, m, H_ + Hkv_, d_, QKV_, pos, inv_freq_.p, c_.rope.style, s_);
+    gpu::kv_scatter(b.qkv, QKV_, H_ * d_, (H_ + Hkv_) * d_, m, Hkv_, d_, K, V, T, pos0, s_);
+    gpu::KVView kv{K, V, (int64_t)d_, (int64_t)T * d_};
+    prof.op(l, 3);
+    if (r0 < 0) return;
+    const int32_t mr = m - r0;
+    const bf16 *qr = b.qkv + (size_t)r0 * QKV_;
+    float *xr = xc + (size_t)r0 * dim_;
+    gpu::attention_prefill<bf16>(qr, QKV_, kv, mr, (int)(pos0 + m), H_, Hkv_, d_,
+                                 (int)(pos0 + r0), b.att, (int64_t)H_ * d_, nullptr, s_);
+    prof.op(l, 4);
+    gpu::matmul<float>(*gemm_, L.wo.p, b.att, (int64_t)H_ * d_, mr, H_ * d_, dim_, xr, dim_,
+                       true);
+    prof.op(l, 5);
+    gpu::rmsnorm<bf16>(xr, L.ffn_norm.p, mr, dim_, c_.rms_eps, b.xb, s_);
+    prof.op(l, 6);
+    gpu::matmul<bf16>(*gemm_, L.wgu.p, b.xb, dim_, mr, dim_, 2 * F_, b.gu, 2 * F_, false);
+    prof.op(l, 7);
+    gpu::swiglu<bf16, bf16>(b.gu, b.gu + F_, mr, F_, 2 * F_, b.hb, F_, s_);
+    prof.op(l, 8);
+    gpu::matmul<float>(*gemm_, L.wd.p, b.hb, F_, mr, F_, dim_, xr, dim_, true);
+    prof.op(l, 9);
+  }
+
+  // One chunk of a prefill on zeros, first layer, results dropped (finalize): the first
+  // call of each kernel and cuBLAS shape (module loading, cuBLAS's heuristics) then happens
+  // here instead of in a user's first prefill, whose layer 0 it held up by 0.12 s at 96K
+  // (bench/gpu/NOTES.md, round 10). The chunk is the engine's prefill chunk (the GEMMs'
+  // shape); skipped when its buffers do not fit the GPU memory budget.
+  void warm_prefill() {
+    const int32_t C = e_.prefill_chunk();
+    const int64_t T = C;
+    const size_t need =
+        (size_t)C * ((size_t)dim_ * 4 + (size_t)(dim_ + QKV_ + H_ * d_ + 3 * F_ + 2 * Hkv_ * d_) * 2 + 4);
+    if (!mem_.fits(need)) return;
+    Arr<float> x;
+    Arr<bf16> xb, qkv, att, gu, hb, K, V;
+    Arr<int32_t> pos;
+    x.ensure(mem_, (size_t)C * dim_, "warm-up activations");
+    xb.ensure(mem_, (size_t)C * dim_, "warm-up activations");
+    qkv.ensure(mem_, (size_t)C * QKV_, "warm-up activations");
+    att.ensure(mem_, (size_t)C * H_ * d_, "warm-up activations");
+    gu.ensure(mem_, (size_t)C * 2 * F_, "warm-up activations");
+    hb.ensure(mem_, (size_t)C * F_, "warm-up activations");
+    K.ensure(mem_, (size_t)Hkv_ * T * d_, "warm-up activations");
+    V.ensure(mem_, (size_t)Hkv_ * T * d_, "warm-up activations");
+    pos.ensure(mem_, (size_t)C, "warm-up activations");
+    MP_CUDA(cudaMemsetAsync(x.p, 0, (size_t)C * dim_ * 4, s_));
+    MP_CUDA(cudaMemsetAsync(pos.p, 0, (size_t)C * 4, s_));
+    PrefillProfile off(false, -1, s_);
+    prefill_chunk_ops(layers_[0], x.p, C, pos.p, 0, K.p, V.p, T, 0,
+                      ChunkBufs{xb.p, qkv.p, att.p, gu.p, hb.p}, off, 0);
+    gpu::stream_wait(s_, "the prefill warm-up");
+  }
+
+  // warm_prefill where the device has the memory (a budget was checked; the device may
+  // still be short of it: then the first prefill pays the first calls, as before).
+  void warm_up() {
+    try {
+      warm_prefill();
+    } catch (const Error &e) {
+      if (e.status != MP_ERR_OOM) throw;
+      trace("prefill warm-up skipped: %s", e.message.c_str());
+    }
+  }
 
   int32_t prefill(Session &s, const int32_t *tokens, int32_t n, float *logits,
                   const int32_t *abort, PrefillObserver *written) override {
@@ -491,6 +575,7 @@ class CudaBackend final : public ForwardBackend {
     pos.ensure(mem_, (size_t)n, "prefill positions");
     tok.ensure(mem_, (size_t)n, "prefill tokens");
     if (logits) lg.ensure(mem_, (size_t)c_.vocab_size, "prefill logits");
+    const ChunkBufs bufs{xb.p, qkv.p, att.p, gu.p, hb.p};
 
     std::vector<int32_t> hpos((size_t)n);
     for (int32_t i = 0; i < n; i++) hpos[(size_t)i] = (int32_t)(p0 + i);
@@ -577,41 +662,15 @@ class CudaBackend final : public ForwardBackend {
       if (needs_rows(l)) MP_CUDA(cudaStreamWaitEvent(s_, ev_pf_up_[buf], 0));
       for (int32_t c0 = 0; c0 < n; c0 += C) {
         const int32_t m = std::min(C, n - c0);
-        const int64_t pos0 = p0 + c0;
-        float *xc = x.p + (size_t)c0 * dim_;
-        prof.op(l, 0);
-        gpu::rmsnorm<bf16>(xc, L.attn_norm.p, m, dim_, c_.rms_eps, xb.p, s_);
-        prof.op(l, 1);
-        gpu::matmul<bf16>(*gemm_, L.wqkv.p, xb.p, dim_, m, dim_, QKV_, qkv.p, QKV_, false);
-        prof.op(l, 2);
-        gpu::rope<bf16>(qkv.p, m, H_ + Hkv_, d_, QKV_, pos.p + c0, inv_freq_.p, c_.rope.style,
-                        s_);
-        gpu::kv_scatter(qkv.p, QKV_, H_ * d_, (H_ + Hkv_) * d_, m, Hkv_, d_, K, V, T, pos0, s_);
-        gpu::KVView kv{K, V, (int64_t)d_, (int64_t)T * d_};
-        prof.op(l, 3);
         // The last layer's outputs are read only at the last token (its logits): the other
-        // rows need their K/V (above) and nothing else, so attention and the MLP run for
-        // that one row, in the last chunk, and not at all without logits. Exact: the rows
-        // skipped are never read.
+        // rows need their K/V and nothing else, so attention and the MLP run for that one
+        // row, in the last chunk, and not at all without logits. Exact: the rows skipped are
+        // never read.
         const bool last = l == c_.n_layers - 1;
-        if (last && (!logits || c0 + m < n)) continue;
-        const int32_t r0 = last ? m - 1 : 0, mr = m - r0;  // rows r0.. of the chunk
-        const bf16 *qr = qkv.p + (size_t)r0 * QKV_;
-        float *xr = xc + (size_t)r0 * dim_;
-        gpu::attention_prefill<bf16>(qr, QKV_, kv, mr, (int)(pos0 + m), H_, Hkv_, d_,
-                                     (int)(pos0 + r0), att.p, (int64_t)H_ * d_, nullptr, s_);
-        prof.op(l, 4);
-        gpu::matmul<float>(*gemm_, L.wo.p, att.p, (int64_t)H_ * d_, mr, H_ * d_, dim_, xr, dim_,
-                           true);
-        prof.op(l, 5);
-        gpu::rmsnorm<bf16>(xr, L.ffn_norm.p, mr, dim_, c_.rms_eps, xb.p, s_);
-        prof.op(l, 6);
-        gpu::matmul<bf16>(*gemm_, L.wgu.p, xb.p, dim_, mr, dim_, 2 * F_, gu.p, 2 * F_, false);
-        prof.op(l, 7);
-        gpu::swiglu<bf16, bf16>(gu.p, gu.p + F_, mr, F_, 2 * F_, hb.p, F_, s_);
-        prof.op(l, 8);
-        gpu::matmul<float>(*gemm_, L.wd.p, hb.p, F_, mr, F_, dim_, xr, dim_, true);
-        prof.op(l, 9);
+        const int32_t r0 = !last ? 0 : logits && c0 + m == n ? m - 1 : -1;
+        prefill_chunk_ops(L, x.p + (size_t)c0 * dim_, m, pos.p + c0, p0 + c0, K, V, T, r0,
+                          bufs, prof, l);
+        if (l == 0 && c0 == 0) trace("prefill: layer 0, chunk 0 queued");
       }
       // The layer's new rows to the session's host cache, on the copy stream once the
       // layer is computed; ev_pf_[buf] marks the buffer free again. The next layer's earlier
