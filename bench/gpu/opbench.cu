@@ -11,6 +11,9 @@
 // Each section is independent: an exception in one is reported and the next one runs.
 // Output: a table on stdout and one JSON object per line in $OUT/opbench.jsonl (or argv[1]).
 #include <cuda_runtime.h>
+#if __has_include(<cublasLt.h>)
+#include <cublasLt.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -248,6 +251,92 @@ void bench_matmul(cudaStream_t s, Gemm &g, int out, int in, int n, int variant, 
   if (n > 16 && ran == GEMM_CUBLAS) g_tflops = std::max(g_tflops, flops / (ms * 1e9));
 }
 
+#if __has_include(<cublasLt.h>)
+// The prefill's GEMM shapes (n = 8192 rows) through cuBLASLt: every algorithm its heuristic
+// offers (up to 24) timed back to back under sustained load (the power cap's clock), beside
+// cublasGemmEx's default choice (what the engine runs) measured before and after. acc: C in
+// f32 with beta = 1 (the residual adds), else bf16 output.
+void bench_gemm_algos(cudaStream_t s, Gemm &g, int out, int in, int n, bool acc) {
+  const size_t ws_bytes = 32u << 20;
+  DevBuf<bf16> W((size_t)out * in), x((size_t)n * in);
+  DevBuf<float> yf(acc ? (size_t)n * out : 1);
+  DevBuf<bf16> yb(acc ? 1 : (size_t)n * out);
+  DevBuf<uint8_t> ws(ws_bytes);
+  fill_normal<bf16>(W.p, (int64_t)W.n, 31, 0.02f, 0.f, s);
+  fill_normal<bf16>(x.p, (int64_t)x.n, 32, 1.f, 0.f, s);
+  MP_CUDA(cudaMemsetAsync(acc ? (void *)yf.p : (void *)yb.p, 0,
+                          acc ? yf.bytes() : yb.bytes(), s));
+  const double flops = 2.0 * n * in * out;
+  const int reps = std::max(5, (int)(60e-3 / (flops / 650e12)));  // ~60 ms per timing
+  auto engine_gemm = [&](int) {
+    if (acc)
+      matmul<float>(g, W.p, x.p, in, n, in, out, yf.p, out, true, GEMM_CUBLAS);
+    else
+      matmul<bf16>(g, W.p, x.p, in, n, in, out, yb.p, out, false, GEMM_CUBLAS);
+  };
+  char shape[96];
+  std::snprintf(shape, sizeof shape, "n=%d %dx%d%s", n, out, in, acc ? " +=f32" : "");
+  const double t0 = time_ms(s, engine_gemm, reps, reps);
+  emit({"gemmalgo", "gemmex", shape, t0, flops / (t0 * 1e9), "TFLOP/s", g_tflops, -1.0, 0.0,
+        "cublasGemmEx default (the engine's)"});
+
+  cublasLtHandle_t lt = nullptr;
+  if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS) return;
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  const cudaDataType_t ct = acc ? CUDA_R_32F : CUDA_R_16BF;
+  cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+  cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+  cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, in, out, in);
+  cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, in, n, in);
+  cublasLtMatrixLayoutCreate(&lc, ct, out, n, out);
+  cublasLtMatmulPreferenceCreate(&pref);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
+                                       sizeof ws_bytes);
+  cublasLtMatmulHeuristicResult_t res[24];
+  int nres = 0;
+  cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 24, res, &nres);
+  const float alpha = 1.f, beta = acc ? 1.f : 0.f;
+  void *y = acc ? (void *)yf.p : (void *)yb.p;
+  for (int i = 0; i < nres; i++) {
+    if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    bool ok = true;
+    auto run = [&](int) {
+      if (cublasLtMatmul(lt, op, &alpha, W.p, la, x.p, lb, &beta, y, lc, y, lc, &res[i].algo,
+                         ws.p, ws_bytes, s) != CUBLAS_STATUS_SUCCESS)
+        ok = false;
+    };
+    const double ms = time_ms(s, run, 2, reps);
+    int id = -1, tile = -1, stages = -1, cluster = -1;
+    cublasLtMatmulAlgoConfigGetAttribute(&res[i].algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof id,
+                                         nullptr);
+    cublasLtMatmulAlgoConfigGetAttribute(&res[i].algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile,
+                                         sizeof tile, nullptr);
+    cublasLtMatmulAlgoConfigGetAttribute(&res[i].algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages,
+                                         sizeof stages, nullptr);
+    cublasLtMatmulAlgoConfigGetAttribute(&res[i].algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID,
+                                         &cluster, sizeof cluster, nullptr);
+    char vn[32], note[96];
+    std::snprintf(vn, sizeof vn, "lt#%d", i);
+    std::snprintf(note, sizeof note, "algo %d tile %d stages %d cluster %d ws %zu%s", id, tile,
+                  stages, cluster, res[i].workspaceSize, ok ? "" : " FAILED");
+    emit({"gemmalgo", vn, shape, ms, flops / (ms * 1e9), "TFLOP/s", g_tflops, -1.0, 0.0, note});
+  }
+  const double t1 = time_ms(s, engine_gemm, 2, reps);
+  emit({"gemmalgo", "gemmex", shape, t1, flops / (t1 * 1e9), "TFLOP/s", g_tflops, -1.0, 0.0,
+        "cublasGemmEx default, again"});
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatrixLayoutDestroy(la);
+  cublasLtMatrixLayoutDestroy(lb);
+  cublasLtMatrixLayoutDestroy(lc);
+  cublasLtMatmulDescDestroy(op);
+  cublasLtDestroy(lt);
+}
+#endif
+
 // Name of the attention_prefill variant that ran (kernels.h AttnVariant).
 const char *attn_variant_name(int ran) {
   switch (ran) {
@@ -269,6 +358,9 @@ const char *flash_variant_name(int ran) {
          : ran == WGMMA_CFG + WGMMA_PINGPONG_S3    ? "wgmma-pp3"
          : ran == WGMMA_CFG + WGMMA_OVERLAP_SMEM_Q ? "wgmma-sq"
          : ran == WGMMA_CFG + WGMMA_CP_ASYNC       ? "wgmma-cpa"
+         : ran == WGMMA_CFG + WGMMA_TMA_S3         ? "wgmma-s3"
+         : ran == WGMMA_CFG + WGMMA_TMA_PINGPONG   ? "wgmma-tpp"
+         : ran == WGMMA_CFG + WGMMA_TMA_MULTICAST  ? "wgmma-mc"
          : ran >= WGMMA_CFG                        ? "wgmma-?"
          : ran == ATTN_WGMMA                       ? "wgmma"
                                                    : attn_variant_name(ran);
@@ -1017,6 +1109,15 @@ int main(int argc, char **argv) {
     bench_matmul(s, g, 28672, 4096, 8192, GEMM_CUBLAS, "cublas", 3);
     bench_matmul(s, g, 4096, 14336, 8192, GEMM_CUBLAS, "cublas", 4);
   });
+#if __has_include(<cublasLt.h>)
+  // cuBLASLt's algorithms for the prefill GEMMs against cublasGemmEx's choice.
+  section("gemmalgo", [&] {
+    bench_gemm_algos(s, g, 28672, 4096, 8192, false);  // gate/up
+    bench_gemm_algos(s, g, 4096, 14336, 8192, true);   // down (+ residual)
+    bench_gemm_algos(s, g, 6144, 4096, 8192, false);   // qkv
+    bench_gemm_algos(s, g, 4096, 4096, 8192, true);    // o (+ residual)
+  });
+#endif
   section("prefill", [&] {
     bench_flash(s, 1000, 0, 32, 8, 128, ATTN_FLASH);   // partial tiles
     bench_flash(s, 777, 0, 8, 4, 64, ATTN_FLASH);      // d = 64, G = 2
@@ -1044,7 +1145,8 @@ int main(int argc, char **argv) {
   section("wgmma", [&] {
     for (int v : {(int)ATTN_WGMMA, WGMMA_CFG + WGMMA_PINGPONG, WGMMA_CFG + WGMMA_NO_PINGPONG,
                   WGMMA_CFG + WGMMA_PINGPONG_S3, WGMMA_CFG + WGMMA_OVERLAP_SMEM_Q,
-                  WGMMA_CFG + WGMMA_CP_ASYNC}) {
+                  WGMMA_CFG + WGMMA_CP_ASYNC, WGMMA_CFG + WGMMA_TMA_S3,
+                  WGMMA_CFG + WGMMA_TMA_PINGPONG, WGMMA_CFG + WGMMA_TMA_MULTICAST}) {
       bench_flash(s, 200, 0, 4, 2, 128, v);
       bench_flash(s, 1000, 0, 32, 8, 128, v);
       bench_flash(s, 777, 13, 8, 4, 128, v);
@@ -1056,8 +1158,7 @@ int main(int argc, char **argv) {
       bench_flash(s, 300, 4000, 8, 2, 128, v, true);
     }
     for (int pos0 : {0, 24576, 90112})
-      for (int v : {(int)ATTN_FLASH, (int)ATTN_WGMMA, WGMMA_CFG + WGMMA_PINGPONG,
-                    WGMMA_CFG + WGMMA_CP_ASYNC})
+      for (int v : {(int)ATTN_WGMMA, WGMMA_CFG + WGMMA_CP_ASYNC, WGMMA_CFG + WGMMA_TMA_MULTICAST})
         bench_flash(s, 8192, pos0, 32, 8, 128, v);
   });
   // The default and the kernel before it over a whole 96K prompt's chunks, several layers back
@@ -1068,7 +1169,7 @@ int main(int argc, char **argv) {
   });
   section("wgmma96k", [&] {
     for (int rep = 0; rep < 2; rep++)
-      for (int v : {(int)ATTN_WGMMA, WGMMA_CFG + WGMMA_CP_ASYNC, WGMMA_CFG + WGMMA_PINGPONG})
+      for (int v : {(int)ATTN_WGMMA, WGMMA_CFG + WGMMA_TMA_MULTICAST})
         bench_prefill_layers(s, v, 8);
   });
   section("decode", [&] {
