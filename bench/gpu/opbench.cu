@@ -358,9 +358,6 @@ const char *flash_variant_name(int ran) {
          : ran == WGMMA_CFG + WGMMA_PINGPONG_S3    ? "wgmma-pp3"
          : ran == WGMMA_CFG + WGMMA_OVERLAP_SMEM_Q ? "wgmma-sq"
          : ran == WGMMA_CFG + WGMMA_CP_ASYNC       ? "wgmma-cpa"
-         : ran == WGMMA_CFG + WGMMA_TMA_S3         ? "wgmma-s3"
-         : ran == WGMMA_CFG + WGMMA_TMA_PINGPONG   ? "wgmma-tpp"
-         : ran == WGMMA_CFG + WGMMA_TMA_MULTICAST  ? "wgmma-mc"
          : ran >= WGMMA_CFG                        ? "wgmma-?"
          : ran == ATTN_WGMMA                       ? "wgmma"
                                                    : attn_variant_name(ran);
@@ -1145,8 +1142,7 @@ int main(int argc, char **argv) {
   section("wgmma", [&] {
     for (int v : {(int)ATTN_WGMMA, WGMMA_CFG + WGMMA_PINGPONG, WGMMA_CFG + WGMMA_NO_PINGPONG,
                   WGMMA_CFG + WGMMA_PINGPONG_S3, WGMMA_CFG + WGMMA_OVERLAP_SMEM_Q,
-                  WGMMA_CFG + WGMMA_CP_ASYNC, WGMMA_CFG + WGMMA_TMA_S3,
-                  WGMMA_CFG + WGMMA_TMA_PINGPONG, WGMMA_CFG + WGMMA_TMA_MULTICAST}) {
+                  WGMMA_CFG + WGMMA_CP_ASYNC}) {
       bench_flash(s, 200, 0, 4, 2, 128, v);
       bench_flash(s, 1000, 0, 32, 8, 128, v);
       bench_flash(s, 777, 13, 8, 4, 128, v);
@@ -1158,7 +1154,8 @@ int main(int argc, char **argv) {
       bench_flash(s, 300, 4000, 8, 2, 128, v, true);
     }
     for (int pos0 : {0, 24576, 90112})
-      for (int v : {(int)ATTN_WGMMA, WGMMA_CFG + WGMMA_CP_ASYNC, WGMMA_CFG + WGMMA_TMA_MULTICAST})
+      for (int v : {(int)ATTN_FLASH, (int)ATTN_WGMMA, WGMMA_CFG + WGMMA_PINGPONG,
+                    WGMMA_CFG + WGMMA_CP_ASYNC})
         bench_flash(s, 8192, pos0, 32, 8, 128, v);
   });
   // The default and the kernel before it over a whole 96K prompt's chunks, several layers back
@@ -1169,7 +1166,7 @@ int main(int argc, char **argv) {
   });
   section("wgmma96k", [&] {
     for (int rep = 0; rep < 2; rep++)
-      for (int v : {(int)ATTN_WGMMA, WGMMA_CFG + WGMMA_TMA_MULTICAST})
+      for (int v : {(int)ATTN_WGMMA, WGMMA_CFG + WGMMA_CP_ASYNC, WGMMA_CFG + WGMMA_PINGPONG})
         bench_prefill_layers(s, v, 8);
   });
   section("decode", [&] {

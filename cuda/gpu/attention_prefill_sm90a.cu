@@ -28,7 +28,9 @@
 //   WGMMA_NO_PINGPONG) waits for each product and instead lets the two consumer warpgroups
 //   cover each other's softmax: they issue their Q·Kᵀ wgmmas in turn (two "turn" mbarriers).
 //   Under the power cap the default runs a 96K prompt's attention at 606 TFLOP/s, the
-//   ping-pong kernel at 509 (bench/gpu/NOTES.md, round 9).
+//   ping-pong kernel at 509 (bench/gpu/NOTES.md, round 9). Measured and no better with the
+//   TMA producer (round 10; the code is in commit 8efc014): 3 K/V stages, the consumers' turns
+//   through named barriers, and K/V tiles multicast to the two blocks of a cluster.
 //
 // Shared memory (1024-byte aligned): Q [2 warpgroups][2 halves][64 rows][128 B], then
 // K [STAGES][2 halves][128 rows][128 B] and V likewise, then the mbarriers. A 256-byte row of
@@ -121,41 +123,6 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map
       : "memory");
 }
 
-// The same box into the same shared-memory offset of every block of the cluster in cta_mask,
-// completing bytes on each one's barrier at bar's offset.
-__device__ __forceinline__ void tma_load_3d_multicast(uint32_t dst, const CUtensorMap *map,
-                                                      int c0, int c1, int c2, uint32_t bar,
-                                                      uint16_t cta_mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
-      ".multicast::cluster [%0], [%1, {%2, %3, %4}], [%5], %6;\n" ::"r"(dst),
-      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar), "h"(cta_mask)
-      : "memory");
-}
-
-__device__ __forceinline__ uint32_t cluster_rank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-
-// Every thread of every block of the cluster (barrier initialisation before remote use).
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile(
-      "barrier.cluster.arrive.release.aligned;\n"
-      "barrier.cluster.wait.acquire.aligned;\n" ::
-          : "memory");
-}
-
-// Arrival on the barrier at the same offset in block `rank` of the cluster.
-__device__ __forceinline__ void mbar_arrive_remote(uint32_t bar, uint32_t rank) {
-  asm volatile(
-      "{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
-      "r"(rank)
-      : "memory");
-}
-
 __device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
                : "memory");
@@ -232,14 +199,6 @@ template <int N>
 __device__ __forceinline__ void fence_regs(float (&r)[N]) {
 #pragma unroll
   for (int i = 0; i < N; i++) asm volatile("" : "+f"(r[i])::"memory");
-}
-
-// Named barriers (hardware; the waiting warps sleep): id 0 is __syncthreads'.
-__device__ __forceinline__ void named_bar_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-__device__ __forceinline__ void named_bar_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 // D (+)= A·B, m64n128k16, A and B from shared memory (K-major both), f32 accumulators.
@@ -494,17 +453,11 @@ __device__ __forceinline__ void produce_tiles(const bf16 *__restrict__ q, int64_
 // (tile_off), and rows past the end of the tensor arrive as zeros. A full barrier completes
 // when its bytes have landed (one arrival with the byte count, then the copies' transactions).
 // kv_head_inner: the K/V maps' dimension 1 is the KV head (token-major caches), else the token.
-// MC: a cluster of two blocks (query heads 2i and 2i + 1 of one KV head, the same query rows)
-// shares each K/V tile: this block (rank) copies d half `rank` of each tile into both blocks
-// (multicast), so L2 sends each tile once per cluster instead of once per block. A stage is
-// refilled once both blocks' consumers have released it (16 arrivals), and the producer waits
-// for the last releases before it leaves: the other block's arrivals and this block's copies
-// into it are then complete.
-template <int S, bool MC = false>
+template <int S>
 __device__ __forceinline__ void produce_tiles_tma(const CUtensorMap *tq, const CUtensorMap *tk,
                                                   const CUtensorMap *tv, bool kv_head_inner,
                                                   int m0, int h, int hk, int ntiles,
-                                                  uint32_t sb, uint32_t rank = 0) {
+                                                  uint32_t sb) {
   const uint32_t fq = bar_full_q<S>(sb);
   mbar_expect_tx(fq, WG_Q_BYTES);
   for (int cw = 0; cw < 2; cw++)
@@ -513,13 +466,9 @@ __device__ __forceinline__ void produce_tiles_tma(const CUtensorMap *tq, const C
                   m0 + 64 * cw, fq);
   auto load_tile = [&](const CUtensorMap *map, int j, uint32_t dst, uint32_t bar) {
     mbar_expect_tx(bar, WG_T_BYTES);
-    const int c1 = kv_head_inner ? hk : j * WG_BC, c2 = kv_head_inner ? j * WG_BC : hk;
-    if (MC) {
-      const int half = (int)rank;
-      tma_load_3d_multicast(dst + half * (WG_T_BYTES / 2), map, 64 * half, c1, c2, bar, 3);
-    } else {
-      for (int half = 0; half < 2; half++)
-        tma_load_3d(dst + half * (WG_T_BYTES / 2), map, 64 * half, c1, c2, bar);
+    for (int half = 0; half < 2; half++) {
+      const int c1 = kv_head_inner ? hk : j * WG_BC, c2 = kv_head_inner ? j * WG_BC : hk;
+      tma_load_3d(dst + half * (WG_T_BYTES / 2), map, 64 * half, c1, c2, bar);
     }
   };
   for (int j = 0; j < ntiles; j++) {
@@ -529,14 +478,6 @@ __device__ __forceinline__ void produce_tiles_tma(const CUtensorMap *tq, const C
     load_tile(tk, j, sb + WgLayout<S>::off_k + st * WG_T_BYTES, bar_full_k<S>(sb, st));
     if (use > 0) mbar_wait(bar_empty_v<S>(sb, st), (use - 1) & 1);
     load_tile(tv, j, sb + WgLayout<S>::off_v + st * WG_T_BYTES, bar_full_v<S>(sb, st));
-  }
-  if (MC) {
-    for (int j = ntiles > S ? ntiles - S : 0; j < ntiles; j++) {
-      const int st = j % S;
-      const uint32_t ph = (uint32_t)(j / S) & 1;
-      mbar_wait(bar_empty_k<S>(sb, st), ph);
-      mbar_wait(bar_empty_v<S>(sb, st), ph);
-    }
   }
 }
 
@@ -652,14 +593,13 @@ __device__ __forceinline__ void consume_tiles(OutT *__restrict__ out, int64_t ou
 // wait, so that ptxas keeps them asynchronous. The consumers are not ordered against each
 // other: measured with the turns of consume_tiles too, the overlap was 5-6 % slower
 // (bench/gpu/NOTES.md, round 9).
-template <class OutT, int S, bool QREG, bool PP = false, bool MC = false>
+template <class OutT, int S, bool QREG>
 __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
                                                       int64_t out_stride,
                                                       float *__restrict__ lse2, int H, int n,
                                                       int h, int m0, int q_pos0, int kv_end,
                                                       int ntiles, float sl2, uint32_t sb,
-                                                      int cw, int w, int lane,
-                                                      uint32_t peer = 0) {
+                                                      int cw, int w, int lane) {
   const int g = lane >> 2, t = lane & 3;
   const int wg_pmin = q_pos0 + m0 + 64 * cw;
   const int prow0 = wg_pmin + 16 * w + g;
@@ -692,14 +632,6 @@ __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
         qa[kk][3] = ld_shared_u32(qb + tile_off(64, r0 + 8, 2 * kk + 1));
       }
     }
-    // A stage's tile is released to both producers of a cluster (MC: each one's copy also
-    // wrote into this block), else to this block's own.
-    auto release = [&](uint32_t bar) {
-      if (lane == 0) {
-        mbar_arrive(bar);
-        if (MC) mbar_arrive_remote(bar, peer);
-      }
-    };
     auto qk = [&](float (&s)[64], int st) {
       if (QREG) {
         issue_qk_rs<S>(s, qa, dk, st);
@@ -707,33 +639,18 @@ __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
         issue_qk<S>(s, dq, dk, st);
       }
     };
-    // PP (WGMMA_TMA_PINGPONG): the two consumers issue each slot's wgmmas in turn, FA3's warp
-    // scheduler barrier: consumer c waits on named barrier 1 + c (256 threads: its own 128
-    // and the other's 128 arrivals) before it issues, and arrives on the other's after. So
-    // one consumer's softmax runs while the other's products hold the tensor cores. Consumer
-    // 0 goes first (consumer 1's arrival here), and consumer 1 skips its arrival after the
-    // last slot: every barrier ends with as many arrivals as waits.
-    auto turn_wait = [&] {
-      if (PP) named_bar_sync(1 + cw, 256);
-    };
-    auto turn_pass = [&](bool last) {
-      if (PP && !(last && cw == 1)) named_bar_arrive(2 - cw, 256);
-    };
-    if (PP && cw == 1) named_bar_arrive(1, 256);
     // Slot 0: S_0 = Q·K_0ᵀ, P_0 (O is still 0: nothing to rescale).
     uint32_t pa[WG_BC / 16][4];
     {
       mbar_wait(bar_full_k<S>(sb, 0), 0);
       __syncwarp();
       float s[64];
-      turn_wait();
       wgmma_fence();
       qk(s, 0);
       wgmma_commit();
-      turn_pass(false);
       wgmma_wait<0>();
       fence_regs(s);
-      release(bar_empty_k<S>(sb, 0));
+      if (lane == 0) mbar_arrive(bar_empty_k<S>(sb, 0));
       float alpha[2];
       softmax_tile(s, mrow, lrow, alpha, 0, wg_pmin, prow0, prow1, kv_end, t, sl2);
       pack_p(pa, s);
@@ -747,21 +664,19 @@ __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
       mbar_wait(bar_full_v<S>(sb, pst), pph);
       __syncwarp();
       float s[64];
-      turn_wait();
       wgmma_fence();
       qk(s, st);
       wgmma_commit();
       issue_pv(o, pa, dv, pst);
       wgmma_commit();
-      turn_pass(false);
       wgmma_wait<1>();
       fence_regs(s);
-      release(bar_empty_k<S>(sb, st));
+      if (lane == 0) mbar_arrive(bar_empty_k<S>(sb, st));
       float alpha[2];
       softmax_tile(s, mrow, lrow, alpha, j * WG_BC, wg_pmin, prow0, prow1, kv_end, t, sl2);
       wgmma_wait<0>();
       fence_regs(o);
-      release(bar_empty_v<S>(sb, pst));
+      if (lane == 0) mbar_arrive(bar_empty_v<S>(sb, pst));
       rescale_o(o, alpha);
       pack_p(pa, s);
     }
@@ -771,14 +686,12 @@ __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
       const uint32_t pph = (uint32_t)((ntiles - 1) / S) & 1;
       mbar_wait(bar_full_v<S>(sb, pst), pph);
       __syncwarp();
-      turn_wait();
       wgmma_fence();
       issue_pv(o, pa, dv, pst);
       wgmma_commit();
-      turn_pass(true);
       wgmma_wait<0>();
       fence_regs(o);
-      release(bar_empty_v<S>(sb, pst));
+      if (lane == 0) mbar_arrive(bar_empty_v<S>(sb, pst));
     }
   }
   write_rows(out, out_stride, lse2, H, n, h, m0 + 64 * cw + 16 * w + g, t, o, mrow, lrow);
@@ -842,7 +755,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 
 // The default kernel: the TMA producer (one thread) and consume_tiles_overlap with Q in
 // registers. The other 127 producer threads give their registers away and leave.
-template <class OutT, int S, bool PP, bool MC>
+template <class OutT, int S>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     flash_wgmma_tma_kernel(const __grid_constant__ CUtensorMap tq,
                            const __grid_constant__ CUtensorMap tk,
@@ -866,30 +779,22 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     for (int i = 0; i < S; i++) {
       mbar_init(bar_full_k<S>(sb, i), 1);
       mbar_init(bar_full_v<S>(sb, i), 1);
-      mbar_init(bar_empty_k<S>(sb, i), MC ? 16 : 8);
-      mbar_init(bar_empty_v<S>(sb, i), MC ? 16 : 8);
+      mbar_init(bar_empty_k<S>(sb, i), 8);
+      mbar_init(bar_empty_v<S>(sb, i), 8);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  // MC: the other block's barriers are initialised before any copy or arrival reaches them
-  if (MC) {
-    cluster_sync();
-  } else {
-    __syncthreads();
-  }
-  const uint32_t rank = MC ? cluster_rank() : 0;
+  __syncthreads();
 
   const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (tid == 0 && ntiles > 0)
-      produce_tiles_tma<S, MC>(&tq, &tk, &tv, kv_head_inner != 0, m0, h, h / G, ntiles, sb,
-                               rank);
+      produce_tiles_tma<S>(&tq, &tk, &tv, kv_head_inner != 0, m0, h, h / G, ntiles, sb);
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    consume_tiles_overlap<OutT, S, true, PP, MC>(out, out_stride, lse2, H, n, h, m0, q_pos0,
-                                                 kv_end, ntiles, sl2, sb, (warp >> 2) - 1,
-                                                 warp & 3, lane, rank ^ 1u);
+    consume_tiles_overlap<OutT, S, true>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end,
+                                         ntiles, sl2, sb, (warp >> 2) - 1, warp & 3, lane);
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
@@ -919,7 +824,7 @@ static int default_wgmma_config() {
   static const int c = [] {
     const char *v = std::getenv("MP_WGMMA_CONFIG");
     const int x = v ? std::atoi(v) : 0;
-    return x > 0 && x < WGMMA_CONFIGS ? x : (int)WGMMA_DEFAULT;
+    return x > 0 && x <= WGMMA_CP_ASYNC ? x : (int)WGMMA_DEFAULT;
   }();
   return c;
 }
@@ -959,10 +864,11 @@ static bool encode_map(CUtensorMap &m, const bf16 *base, uint64_t dim1, uint64_t
 
 // The default kernel (TMA producer); false, launching nothing, when a tensor map cannot be
 // made. The K/V maps put the smaller of the two strides (head or token) in dimension 1.
-template <class OutT, int S = WGMMA_DEFAULT_STAGES, bool PP = false, bool MC = false>
+template <class OutT>
 static bool launch_wgmma_tma(const bf16 *q, int64_t q_stride, KVView kv, int n, int T, int H,
                              int Hkv, int q_pos0, OutT *out, int64_t out_stride, float *lse2,
                              cudaStream_t s) {
+  constexpr int S = WGMMA_DEFAULT_STAGES;
   CUtensorMap tq, tk, tv;
   const bool head_inner = kv.stride_h <= kv.stride_t;
   const uint64_t sh = (uint64_t)kv.stride_h * 2, st = (uint64_t)kv.stride_t * 2;
@@ -976,28 +882,16 @@ static bool launch_wgmma_tma(const bf16 *q, int64_t q_stride, KVView kv, int n, 
       !encode_map(tv, kv.v, d1, d2, s1, s2, b1, b2))
     return false;
   constexpr size_t smem = WgLayout<S>::smem;
-  auto kernel = flash_wgmma_tma_kernel<OutT, S, PP, MC>;
   static bool configured = false;  // idempotent attribute set; a race only repeats it
   if (!configured) {
-    MP_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    MP_CUDA(cudaFuncSetAttribute(flash_wgmma_tma_kernel<OutT, S>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     configured = true;
   }
   const int ntq = (n + WG_BR - 1) / WG_BR;
   const float sl2 = 1.4426950408889634f / sqrtf((float)WG_D);
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(H, ntq);
-  cfg.blockDim = dim3(WG_THREADS);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = MC ? 2 : 1;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = MC ? 1 : 0;
-  MP_CUDA(cudaLaunchKernelEx(&cfg, kernel, tq, tk, tv, head_inner ? 1 : 0, n, T, H / Hkv, q_pos0,
-                             sl2, out, out_stride, lse2, H));
+  flash_wgmma_tma_kernel<OutT, S><<<dim3(H, ntq), WG_THREADS, smem, s>>>(
+      tq, tk, tv, head_inner ? 1 : 0, n, T, H / Hkv, q_pos0, sl2, out, out_stride, lse2, H);
   MP_CUDA_LAUNCH("flash_wgmma_tma_kernel");
   return true;
 }
@@ -1054,26 +948,6 @@ bool attention_prefill_sm90a(const bf16 *q, int64_t q_stride, KVView kv, int n, 
     case WGMMA_CP_ASYNC:
       launch_wgmma<OutT, false, S2, true, true>(q, q_stride, kv, n, T, H, G, q_pos0, out,
                                                 out_stride, lse2, s);
-      break;
-    case WGMMA_TMA_S3:
-      if (!launch_wgmma_tma<OutT, 3>(q, q_stride, kv, n, T, H, Hkv, q_pos0, out, out_stride,
-                                     lse2, s))
-        launch_wgmma<OutT, false, S2, true, true>(q, q_stride, kv, n, T, H, G, q_pos0, out,
-                                                  out_stride, lse2, s);
-      break;
-    case WGMMA_TMA_MULTICAST:
-      // pairs of query heads of one KV head: G even
-      if (G % 2 != 0 || !launch_wgmma_tma<OutT, S2, false, true>(q, q_stride, kv, n, T, H, Hkv,
-                                                                 q_pos0, out, out_stride, lse2,
-                                                                 s))
-        launch_wgmma<OutT, false, S2, true, true>(q, q_stride, kv, n, T, H, G, q_pos0, out,
-                                                  out_stride, lse2, s);
-      break;
-    case WGMMA_TMA_PINGPONG:
-      if (!launch_wgmma_tma<OutT, S2, true>(q, q_stride, kv, n, T, H, Hkv, q_pos0, out,
-                                            out_stride, lse2, s))
-        launch_wgmma<OutT, false, S2, true, true>(q, q_stride, kv, n, T, H, G, q_pos0, out,
-                                                  out_stride, lse2, s);
       break;
     default:
       if (!launch_wgmma_tma<OutT>(q, q_stride, kv, n, T, H, Hkv, q_pos0, out, out_stride, lse2,

@@ -150,10 +150,6 @@ enum WgmmaConfig : int {
   WGMMA_PINGPONG_S3 = 3,   // the same with 3 K/V stages (224 KB of shared memory)
   WGMMA_OVERLAP_SMEM_Q = 4,  // the default's overlap, Q·Kᵀ with Q from shared memory
   WGMMA_CP_ASYNC = 5,      // the default's consumers, tiles copied by 128 threads' cp.async
-  WGMMA_TMA_S3 = 6,        // the default with 3 K/V stages
-  WGMMA_TMA_PINGPONG = 7,  // the default with the consumers' wgmmas issued in turn (named barriers)
-  WGMMA_TMA_MULTICAST = 8,  // the default, K/V tiles multicast to the 2 blocks of a cluster
-  WGMMA_CONFIGS = 9,       // (the number of configurations)
 };
 constexpr int WGMMA_DEFAULT_STAGES = 2;
 template <class OutT>
