@@ -534,6 +534,24 @@ class CudaBackend final : public ForwardBackend {
     PrefillProfile off(false, -1, s_);
     prefill_chunk_ops(layers_[0], x.p, C, pos.p, 0, K.p, V.p, T, 0,
                       ChunkBufs{xb.p, qkv.p, att.p, gu.p, hb.p}, off, 0);
+    // The four GEMMs of a full chunk, each timed against cuBLASLt's other algorithms on
+    // random activations (zeros draw less power and would rank them at another clock);
+    // $MP_GEMM_TUNE=0 keeps cublasGemmEx's choice (A/B runs).
+    if (!gpu::env_equals("MP_GEMM_TUNE", "0")) {
+      gpu::fill_normal<bf16>(xb.p, (int64_t)C * dim_, 7, 1.f, 0.f, s_);
+      gpu::fill_normal<bf16>(att.p, (int64_t)C * H_ * d_, 8, 1.f, 0.f, s_);
+      gpu::fill_normal<bf16>(hb.p, (int64_t)C * F_, 9, 1.f, 0.f, s_);
+      const LayerDev &L = layers_[0];
+      const double su[4] = {
+          gpu::matmul_tune<bf16>(*gemm_, L.wqkv.p, xb.p, dim_, C, dim_, QKV_, qkv.p, QKV_, false),
+          gpu::matmul_tune<float>(*gemm_, L.wo.p, att.p, (int64_t)H_ * d_, C, H_ * d_, dim_, x.p,
+                                  dim_, true),
+          gpu::matmul_tune<bf16>(*gemm_, L.wgu.p, xb.p, dim_, C, dim_, 2 * F_, gu.p, 2 * F_,
+                                 false),
+          gpu::matmul_tune<float>(*gemm_, L.wd.p, hb.p, F_, C, F_, dim_, x.p, dim_, true)};
+      trace("prefill GEMMs tuned at %d rows: speed-up qkv %.3f, o %.3f, gate/up %.3f, down %.3f",
+            C, su[0], su[1], su[2], su[3]);
+    }
     gpu::stream_wait(s_, "the prefill warm-up");
   }
 

@@ -63,6 +63,8 @@ void rope_kv_append(bf16 *qkv, int n, int H, int Hkv, int head_dim, int64_t row_
 
 // A GEMM context bound to one stream: a cuBLAS handle and workspace where the build has
 // cuBLAS, nothing otherwise. Not thread-safe; one per stream.
+struct GemmTuned;  // matmul.cu: cuBLASLt algorithms chosen by matmul_tune, per shape
+
 struct Gemm {
   explicit Gemm(cudaStream_t s);
   ~Gemm();
@@ -72,6 +74,8 @@ struct Gemm {
   void *handle = nullptr;    // cublasHandle_t
   void *workspace = nullptr; // device workspace for cuBLAS
   size_t workspace_bytes = 0;
+  void *lt = nullptr;           // cublasLtHandle_t (made by the first matmul_tune)
+  GemmTuned *tuned = nullptr;   // written only by matmul_tune
 };
 
 enum GemmVariant : int {
@@ -87,6 +91,16 @@ enum GemmVariant : int {
 template <class OutT>
 int matmul(Gemm &g, const bf16 *W, const bf16 *x, int64_t ldx, int n, int in, int out, OutT *y,
            int64_t ldy, bool accumulate, int variant = GEMM_AUTO);
+
+// Times cublasGemmEx's choice for this cuBLAS GEMM against every algorithm cuBLASLt's
+// heuristic offers for the shape (on these buffers: y is overwritten, or added to with
+// accumulate) and remembers the fastest when it is at least 2 % faster: matmul's cuBLAS
+// calls with the same shape, strides, output type and accumulate then run it. Call before
+// any concurrent use of g (the engine does at finalize); returns the speed-up (1 when
+// cublasGemmEx stays, or without cuBLAS).
+template <class OutT>
+double matmul_tune(Gemm &g, const bf16 *W, const bf16 *x, int64_t ldx, int n, int in, int out,
+                   OutT *y, int64_t ldy, bool accumulate);
 
 // y[n][out] (+)= rmsnorm(x)[n][in] · W[out][in]^T with x f32 [n][in] (contiguous rows) and
 // rmsnorm as rmsnorm<bf16>(x, norm_w, n, in, eps). With the GEMV variant (decode) the norm
