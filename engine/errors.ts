@@ -60,17 +60,19 @@ export class EngineError extends Error {
 
 /**
  * Wraps any thrown value from the native layer as an {@link EngineError}: native
- * out-of-memory becomes `overloaded`, invalid arguments `invalid_request`, the rest
- * `internal`. Other EngineErrors pass through unchanged.
+ * out-of-memory becomes `overloaded`, invalid arguments `invalid_request` (or `internal`
+ * when the call's arguments did not come from the caller: `callerInput` false, e.g. a decode
+ * step, whose tokens and sessions are the engine's own), the rest `internal`. Other
+ * EngineErrors pass through unchanged.
  */
-export function toEngineError(e: unknown, what: string): EngineError {
+export function toEngineError(e: unknown, what: string, callerInput = true): EngineError {
   if (e instanceof EngineError) return e;
   const message = e instanceof Error ? e.message : String(e);
   // MagicpigError (ffi/native.ts) carries a `code` naming its status.
   const code = typeof e === "object" && e !== null && "code" in e ? String(e.code) : "";
   const kind: EngineErrorKind = code === "out_of_memory"
     ? "overloaded"
-    : code === "invalid_argument"
+    : code === "invalid_argument" && callerInput
     ? "invalid_request"
     : "internal";
   return new EngineError(kind, `${what}: ${message}`, null, code || null, { cause: e });

@@ -639,7 +639,7 @@ export class Scheduler {
         await this.#step();
       } catch (e) {
         // A bug in the loop itself: fail what is in flight rather than hang it.
-        const error = toEngineError(e, "The scheduler failed");
+        const error = toEngineError(e, "The scheduler failed", false);
         for (const req of [...this.#active]) await this.#finish(req, "error", error);
       }
       // Let I/O (new requests, disconnects) in between steps.
@@ -733,7 +733,13 @@ export class Scheduler {
       return { kind: "decode", reqs: plan.reqs, logits };
     } catch (e) {
       if (e instanceof AbortedError) return { kind: "idle" }; // shutdown
-      return { kind: "failed", reqs: plan.reqs, error: toEngineError(e, "Decode step failed") };
+      // Every argument of a step is the engine's own (sampled tokens, its sessions): a
+      // native "invalid argument" here is an engine fault, answered 500, not 400.
+      return {
+        kind: "failed",
+        reqs: plan.reqs,
+        error: toEngineError(e, "Decode step failed", false),
+      };
     }
   }
 
@@ -777,7 +783,7 @@ export class Scheduler {
           try {
             await req.session!.commit();
           } catch (e) {
-            await this.#finish(req, "error", toEngineError(e, "Commit failed"));
+            await this.#finish(req, "error", toEngineError(e, "Commit failed", false));
           }
         }
         return;
@@ -846,7 +852,7 @@ export class Scheduler {
         } catch (e) {
           if (reason !== "error") {
             reason = "error";
-            error = toEngineError(e, "Commit failed");
+            error = toEngineError(e, "Commit failed", false);
           }
         }
       }

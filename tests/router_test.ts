@@ -143,7 +143,7 @@ Deno.test("sseResponse() writes data: lines and ends with [DONE]", async () => {
   });
 });
 
-Deno.test("toHttpError() maps native out-of-memory to 503 and other native errors to 500", () => {
+Deno.test("toHttpError() maps native out-of-memory to 503, invalid arguments to 400 (500 from a decode step) and other native errors to 500", () => {
   const oom = toHttpError(toEngineError(new MagicpigError(Status.OOM, "x.cpp:1: 2 GiB"), "Decode"));
   assertEquals(oom.status, 503);
   assertStringIncludes(oom.message, "x.cpp:1: 2 GiB");
@@ -152,6 +152,12 @@ Deno.test("toHttpError() maps native out-of-memory to 503 and other native error
   );
   assertEquals(bug.status, 500);
   assertEquals(bug.toJSON().error.type, "server_error");
+  // invalid arguments are the caller's (400) unless the engine made them (a decode step: 500)
+  const invalid = new MagicpigError(Status.INVALID, "z.cpp:3: another shape");
+  assertEquals(toHttpError(toEngineError(invalid, "Prefill")).status, 400);
+  const step = toHttpError(toEngineError(invalid, "Decode step failed", false));
+  assertEquals(step.status, 500);
+  assertEquals(step.toJSON().error.type, "server_error");
   assertEquals(toHttpError(new EngineError("conflict", "busy")).status, 409);
   assertEquals(toHttpError(new EngineError("not_found", "no session")).status, 404);
 });

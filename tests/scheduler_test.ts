@@ -357,6 +357,20 @@ Deno.test("Scheduler reports a failed decode step to the requests of that batch"
   await scheduler.shutdown();
 });
 
+Deno.test("A decode step's native 'invalid argument' ends its requests as internal errors (500), not the caller's", async () => {
+  const backend = new FakeBackend({ decodeMs: 1 });
+  const scheduler = new Scheduler(backend);
+  const stream = scheduler.submit({ promptIds: [1], maxTokens: 10 });
+  backend.failNextDecode = Object.assign(new Error("index 1 of the batch has another shape"), {
+    code: "invalid_argument",
+  });
+  const end = finish(await collect(stream));
+  assertEquals(end.reason, "error");
+  assertEquals(end.error?.kind, "internal");
+  assert(backend.sessions[0].closed);
+  await scheduler.shutdown();
+});
+
 Deno.test("Scheduler admits at most maxBatch requests; the rest wait", async () => {
   const backend = new FakeBackend({ maxBatch: 2, decodeMs: 1 });
   const scheduler = new Scheduler(backend);
