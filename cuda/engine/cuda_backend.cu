@@ -474,13 +474,9 @@ class CudaBackend final : public ForwardBackend {
   // positions pos (device) = pos0.., their K/V into K and V (head-major, T rows per head),
   // then attention and the MLP for rows r0..m−1 of the chunk, none when r0 < 0. prof marks
   // the ops' boundaries (layer l).
-  //
-  // kmax (device [Hkv], may be null): the attention's bound on the key norms (KVView::kmax),
-  // brought up to date with rows [norm_from, pos0 + m) of K (reset first when norm_from is 0).
   void prefill_chunk_ops(const LayerDev &L, float *xc, int32_t m, const int32_t *pos,
                          int64_t pos0, bf16 *K, bf16 *V, int64_t T, int32_t r0,
-                         const ChunkBufs &b, PrefillProfile &prof, int32_t l, float *kmax,
-                         int64_t norm_from) {
+                         const ChunkBufs &b, PrefillProfile &prof, int32_t l) {
     prof.op(l, 0);
     gpu::rmsnorm<bf16>(xc, L.attn_norm.p, m, dim_, c_.rms_eps, b.xb, s_);
     prof.op(l, 1);
@@ -489,10 +485,6 @@ class CudaBackend final : public ForwardBackend {
     gpu::rope<bf16>(b.qkv, m, H_ + Hkv_, d_, QKV_, pos, inv_freq_.p, c_.rope.style, s_);
     gpu::kv_scatter(b.qkv, QKV_, H_ * d_, (H_ + Hkv_) * d_, m, Hkv_, d_, K, V, T, pos0, s_);
     gpu::KVView kv{K, V, (int64_t)d_, (int64_t)T * d_};
-    if (kmax) {  // every chunk, also those of the last layer that attend nothing
-      gpu::key_norm_max(K, d_, T * d_, norm_from, pos0 + m, Hkv_, d_, kmax, norm_from == 0, s_);
-      kv.kmax = kmax;
-    }
     prof.op(l, 3);
     if (r0 < 0) return;
     const int32_t mr = m - r0;
@@ -514,15 +506,6 @@ class CudaBackend final : public ForwardBackend {
     prof.op(l, 9);
   }
 
-  // The prefill attention's bound on the key norms (KVView::kmax) for n tokens after p0:
-  // head_dim 128 (the Hopper kernel's); a follow-up (p0 > 0) only from 2048 tokens on, where
-  // the bound's pass over the p0 earlier rows stays small beside the attention
-  // ($MP_KEY_BOUND=0: never, for A/B runs).
-  bool use_key_bound(int64_t n, int64_t p0) const {
-    static const bool off = gpu::env_equals("MP_KEY_BOUND", "0");
-    return !off && d_ == 128 && (p0 == 0 || n >= 2048);
-  }
-
   // One chunk of a prefill on zeros, first layer, results dropped (finalize): the first
   // call of each kernel and cuBLAS shape (module loading, cuBLAS's heuristics) then happens
   // here instead of in a user's first prefill, whose layer 0 it held up by 0.12 s at 96K
@@ -534,11 +517,10 @@ class CudaBackend final : public ForwardBackend {
     const size_t need =
         (size_t)C * ((size_t)dim_ * 4 + (size_t)(dim_ + QKV_ + H_ * d_ + 3 * F_ + 2 * Hkv_ * d_) * 2 + 4);
     if (!mem_.fits(need)) return;
-    Arr<float> x, kmax;
+    Arr<float> x;
     Arr<bf16> xb, qkv, att, gu, hb, K, V;
     Arr<int32_t> pos;
     x.ensure(mem_, (size_t)C * dim_, "warm-up activations");
-    kmax.ensure(mem_, (size_t)Hkv_, "warm-up activations");
     xb.ensure(mem_, (size_t)C * dim_, "warm-up activations");
     qkv.ensure(mem_, (size_t)C * QKV_, "warm-up activations");
     att.ensure(mem_, (size_t)C * H_ * d_, "warm-up activations");
@@ -551,8 +533,7 @@ class CudaBackend final : public ForwardBackend {
     MP_CUDA(cudaMemsetAsync(pos.p, 0, (size_t)C * 4, s_));
     PrefillProfile off(false, -1, s_);
     prefill_chunk_ops(layers_[0], x.p, C, pos.p, 0, K.p, V.p, T, 0,
-                      ChunkBufs{xb.p, qkv.p, att.p, gu.p, hb.p}, off, 0,
-                      use_key_bound(C, 0) ? kmax.p : nullptr, 0);
+                      ChunkBufs{xb.p, qkv.p, att.p, gu.p, hb.p}, off, 0);
     // The four GEMMs of a full chunk, each timed against cuBLASLt's other algorithms on
     // random activations (zeros draw less power and would rank them at another clock);
     // $MP_GEMM_TUNE=0 keeps cublasGemmEx's choice (A/B runs).
@@ -597,10 +578,8 @@ class CudaBackend final : public ForwardBackend {
     // the host cache on the copy stream (the write-back is off the critical path).
     Arr<bf16> xb, qkv, att, gu, hb, Kb[2], Vb[2];
     Arr<int32_t> pos, tok;
-    Arr<float> lg, kmax;
+    Arr<float> lg;
     x.ensure(mem_, (size_t)n * dim_, "prefill residual stream");
-    const bool bound = use_key_bound(n, p0);
-    if (bound) kmax.ensure(mem_, (size_t)Hkv_, "prefill key-norm bound");
     const int nbuf = c_.n_layers > 1 ? 2 : 1;
     for (int b = 0; b < nbuf; b++) {
       Kb[b].ensure(mem_, (size_t)Hkv_ * T * d_, "prefill layer keys");
@@ -708,7 +687,7 @@ class CudaBackend final : public ForwardBackend {
         const bool last = l == c_.n_layers - 1;
         const int32_t r0 = !last ? 0 : logits && c0 + m == n ? m - 1 : -1;
         prefill_chunk_ops(L, x.p + (size_t)c0 * dim_, m, pos.p + c0, p0 + c0, K, V, T, r0,
-                          bufs, prof, l, bound ? kmax.p : nullptr, c0 == 0 ? 0 : p0 + c0);
+                          bufs, prof, l);
         if (l == 0 && c0 == 0) trace("prefill: layer 0, chunk 0 queued");
       }
       // The layer's new rows to the session's host cache, on the copy stream once the

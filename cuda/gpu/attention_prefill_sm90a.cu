@@ -60,7 +60,6 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <type_traits>
 
 #include "gpu/gpu.h"
 #include "gpu/kernels.h"
@@ -286,8 +285,9 @@ __device__ __forceinline__ uint32_t bar_turn(uint32_t sb, int c) {
 // log2(e)/√d inside the exp2's FMA), m and l are updated, and alpha[r] is the factor row r of O
 // must be scaled by before P·V_j is added. (Rescaling only when a maximum grows by more than
 // 2^8, FA4's rule, behind a warp vote: 15 % slower here, bench/gpu/NOTES.md round 9.)
-__device__ __forceinline__ void mask_tile(float (&s)[64], int k0, int wg_pmin, int prow0,
-                                          int prow1, int kv_end, int t) {
+__device__ __forceinline__ void softmax_tile(float (&s)[64], float (&mrow)[2], float (&lrow)[2],
+                                             float (&alpha)[2], int k0, int wg_pmin, int prow0,
+                                             int prow1, int kv_end, int t, float sl2) {
   if (k0 + WG_BC - 1 > wg_pmin || k0 + WG_BC > kv_end) {
 #pragma unroll
     for (int jj = 0; jj < WG_BC / 8; jj++) {
@@ -299,12 +299,6 @@ __device__ __forceinline__ void mask_tile(float (&s)[64], int k0, int wg_pmin, i
       }
     }
   }
-}
-
-__device__ __forceinline__ void softmax_tile(float (&s)[64], float (&mrow)[2], float (&lrow)[2],
-                                             float (&alpha)[2], int k0, int wg_pmin, int prow0,
-                                             int prow1, int kv_end, int t, float sl2) {
-  mask_tile(s, k0, wg_pmin, prow0, prow1, kv_end, t);
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     float mx = -INFINITY;
@@ -328,40 +322,6 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], float (&mrow)[2], f
     lrow[r] = lrow[r] * alpha[r] + sum;
     mrow[r] = m_new;
   }
-}
-
-// softmax_tile with the row maxima held fixed (mrow: finite, and no score of the row exceeds
-// it by more than 2^64 — the caller's bound): no maxima, no rescale of O. P may exceed 1
-// (up to 2^64); l and O grow alike, and their ratio is the softmax's.
-__device__ __forceinline__ void softmax_fixed(float (&s)[64], const float (&mrow)[2],
-                                              float (&lrow)[2], int k0, int wg_pmin, int prow0,
-                                              int prow1, int kv_end, int t, float sl2) {
-  mask_tile(s, k0, wg_pmin, prow0, prow1, kv_end, t);
-#pragma unroll
-  for (int r = 0; r < 2; r++) {
-    float sum = 0.f;
-#pragma unroll
-    for (int jj = 0; jj < WG_BC / 8; jj++) {
-      const float p0 = fast_exp2(fmaf(s[4 * jj + 2 * r], sl2, -mrow[r]));
-      const float p1 = fast_exp2(fmaf(s[4 * jj + 2 * r + 1], sl2, -mrow[r]));
-      s[4 * jj + 2 * r] = p0;
-      s[4 * jj + 2 * r + 1] = p1;
-      sum += p0 + p1;
-    }
-    lrow[r] += sum;
-  }
-}
-
-// True when v holds in every thread of the warpgroup (named barrier `id`, its 128 threads).
-__device__ __forceinline__ bool wg_all(bool v, int id) {
-  uint32_t r;
-  asm volatile(
-      "{\n.reg .pred p, q;\nsetp.ne.u32 q, %1, 0;\nbar.red.and.pred p, %2, 128, q;\n"
-      "selp.u32 %0, 1, 0, p;\n}\n"
-      : "=r"(r)
-      : "r"((uint32_t)v), "r"(id)
-      : "memory");
-  return r != 0;
 }
 
 __device__ __forceinline__ void rescale_o(float (&o)[64], const float (&alpha)[2]) {
@@ -639,8 +599,7 @@ __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
                                                       float *__restrict__ lse2, int H, int n,
                                                       int h, int m0, int q_pos0, int kv_end,
                                                       int ntiles, float sl2, uint32_t sb,
-                                                      int cw, int w, int lane,
-                                                      float kmax = -1.f) {
+                                                      int cw, int w, int lane) {
   const int g = lane >> 2, t = lane & 3;
   const int wg_pmin = q_pos0 + m0 + 64 * cw;
   const int prow0 = wg_pmin + 16 * w + g;
@@ -696,70 +655,30 @@ __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
       softmax_tile(s, mrow, lrow, alpha, 0, wg_pmin, prow0, prow1, kv_end, t, sl2);
       pack_p(pa, s);
     }
-    // Fixed maxima (kmax >= 0, QREG: the caller's bound on the key norms): a row's scores
-    // are at most |q|·kmax (Cauchy-Schwarz), so where that bound exceeds the first tile's
-    // maximum by at most 64 (base 2) for every row of the warpgroup, no later score can
-    // exceed it by more than 2^64 and the first tile's maxima stay: the later slots skip the
-    // row maxima and O's rescale (a quarter of their instructions). The result is the
-    // softmax's: P, l and O share the one factor per row. Otherwise, and always without a
-    // bound, the running maxima as before. Decided once per warpgroup (wgmma needs all its
-    // warps on the same instructions).
-    bool fixed = false;
-    if (QREG && kmax >= 0.f && ntiles > 1) {
-      float qn[2] = {0.f, 0.f};
-#pragma unroll
-      for (int kk = 0; kk < WG_D / 16; kk++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-          const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&qa[kk][i]));
-          qn[i & 1] += f.x * f.x + f.y * f.y;
-        }
-      bool ok = true;
-#pragma unroll
-      for (int r = 0; r < 2; r++) {
-        qn[r] += __shfl_xor_sync(0xffffffffu, qn[r], 1);
-        qn[r] += __shfl_xor_sync(0xffffffffu, qn[r], 2);
-        const float bound = sqrtf(qn[r]) * kmax * sl2;  // base 2, as mrow
-        ok = ok && mrow[r] > -INFINITY && bound - mrow[r] <= 64.f;
-      }
-      fixed = wg_all(ok, 1 + cw);
-    }
     // Slots 1 .. ntiles − 1: S_j = Q·K_jᵀ and O += P_{j−1}·V_{j−1} in flight together.
-    auto slots = [&](auto fixed_tag) {
-      constexpr bool FIXED = decltype(fixed_tag)::value;
-      for (int j = 1; j < ntiles; j++) {
-        const int st = j % S, pst = (j - 1) % S;
-        const uint32_t ph = (uint32_t)(j / S) & 1, pph = (uint32_t)((j - 1) / S) & 1;
-        mbar_wait(bar_full_k<S>(sb, st), ph);
-        __syncwarp();
-        mbar_wait(bar_full_v<S>(sb, pst), pph);
-        __syncwarp();
-        float s[64];
-        wgmma_fence();
-        qk(s, st);
-        wgmma_commit();
-        issue_pv(o, pa, dv, pst);
-        wgmma_commit();
-        wgmma_wait<1>();
-        fence_regs(s);
-        if (lane == 0) mbar_arrive(bar_empty_k<S>(sb, st));
-        float alpha[2];
-        if (FIXED) {
-          softmax_fixed(s, mrow, lrow, j * WG_BC, wg_pmin, prow0, prow1, kv_end, t, sl2);
-        } else {
-          softmax_tile(s, mrow, lrow, alpha, j * WG_BC, wg_pmin, prow0, prow1, kv_end, t, sl2);
-        }
-        wgmma_wait<0>();
-        fence_regs(o);
-        if (lane == 0) mbar_arrive(bar_empty_v<S>(sb, pst));
-        if (!FIXED) rescale_o(o, alpha);
-        pack_p(pa, s);
-      }
-    };
-    if (fixed) {
-      slots(std::true_type{});
-    } else {
-      slots(std::false_type{});
+    for (int j = 1; j < ntiles; j++) {
+      const int st = j % S, pst = (j - 1) % S;
+      const uint32_t ph = (uint32_t)(j / S) & 1, pph = (uint32_t)((j - 1) / S) & 1;
+      mbar_wait(bar_full_k<S>(sb, st), ph);
+      __syncwarp();
+      mbar_wait(bar_full_v<S>(sb, pst), pph);
+      __syncwarp();
+      float s[64];
+      wgmma_fence();
+      qk(s, st);
+      wgmma_commit();
+      issue_pv(o, pa, dv, pst);
+      wgmma_commit();
+      wgmma_wait<1>();
+      fence_regs(s);
+      if (lane == 0) mbar_arrive(bar_empty_k<S>(sb, st));
+      float alpha[2];
+      softmax_tile(s, mrow, lrow, alpha, j * WG_BC, wg_pmin, prow0, prow1, kv_end, t, sl2);
+      wgmma_wait<0>();
+      fence_regs(o);
+      if (lane == 0) mbar_arrive(bar_empty_v<S>(sb, pst));
+      rescale_o(o, alpha);
+      pack_p(pa, s);
     }
     // Slot ntiles: the last O += P·V.
     {
@@ -842,8 +761,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
                            const __grid_constant__ CUtensorMap tk,
                            const __grid_constant__ CUtensorMap tv, int kv_head_inner, int n,
                            int T, int G, int q_pos0, float sl2, OutT *__restrict__ out,
-                           int64_t out_stride, float *__restrict__ lse2, int H,
-                           const float *__restrict__ kmax) {
+                           int64_t out_stride, float *__restrict__ lse2, int H) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) uint8_t wg_smem[];
   const uint32_t sb = ((uint32_t)__cvta_generic_to_shared(wg_smem) + 1023u) & ~1023u;
@@ -876,8 +794,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     consume_tiles_overlap<OutT, S, true>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end,
-                                         ntiles, sl2, sb, (warp >> 2) - 1, warp & 3, lane,
-                                         kmax ? kmax[h / G] : -1.f);
+                                         ntiles, sl2, sb, (warp >> 2) - 1, warp & 3, lane);
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
@@ -974,8 +891,7 @@ static bool launch_wgmma_tma(const bf16 *q, int64_t q_stride, KVView kv, int n, 
   const int ntq = (n + WG_BR - 1) / WG_BR;
   const float sl2 = 1.4426950408889634f / sqrtf((float)WG_D);
   flash_wgmma_tma_kernel<OutT, S><<<dim3(H, ntq), WG_THREADS, smem, s>>>(
-      tq, tk, tv, head_inner ? 1 : 0, n, T, H / Hkv, q_pos0, sl2, out, out_stride, lse2, H,
-      kv.kmax);
+      tq, tk, tv, head_inner ? 1 : 0, n, T, H / Hkv, q_pos0, sl2, out, out_stride, lse2, H);
   MP_CUDA_LAUNCH("flash_wgmma_tma_kernel");
   return true;
 }

@@ -128,11 +128,6 @@ struct KVView {
   const bf16 *v;
   int64_t stride_t;
   int64_t stride_h;
-  // Optional (prefill): kmax[h] >= the norm of every key row of KV head h the call attends.
-  // The Hopper kernel then bounds each query row's scores by |q|·kmax (Cauchy-Schwarz) and,
-  // where that bound lies within 2^64 of the first key tile's maximum, keeps that maximum
-  // for the whole row instead of the running one (attention_prefill_sm90a.cu).
-  const float *kmax = nullptr;
 };
 
 enum AttnVariant : int {
@@ -354,11 +349,6 @@ void lsh_sort(const uint16_t *codes, int64_t ld, int64_t m, int L, int K, uint32
 // K, V [Hkv][cap][d] rows pos0 + i. head_dim % 8 == 0.
 void kv_scatter(const bf16 *qkv, int64_t row_stride, int koff, int voff, int m, int Hkv, int d,
                 bf16 *K, bf16 *V, int64_t cap, int64_t pos0, cudaStream_t s);
-// kmax[h] (device, [Hkv]) = the largest L2 norm of head h's key rows r0 <= r < r1 (rows
-// stride_t apart, heads stride_h), or the larger of that and kmax[h] unless reset (reset
-// zeroes kmax first). The prefill's bound for KVView::kmax.
-void key_norm_max(const bf16 *K, int64_t stride_t, int64_t stride_h, int64_t r0, int64_t r1,
-                  int Hkv, int d, float *kmax, bool reset, cudaStream_t s);
 // Decode: qkv row i -> row seqs[i].len − 1 of sequence i's cache (seqs on the device; a
 // null k skips the cache) and -> stage_k/stage_v[i][Hkv][d] (may be null).
 void kv_append(const bf16 *qkv, int64_t row_stride, int koff, int voff, const SeqKV *seqs, int n,
