@@ -364,18 +364,26 @@ const char *flash_variant_name(int ran) {
 }
 
 // head_major: K and V as [Hkv][T][d] (the engine's prefill layout) instead of [T][Hkv][d].
+// bound: the keys' norm bound (KVView::kmax, from key_norm_max) is passed, so that the
+// default Hopper kernel keeps the first tile's maxima where the bound allows; kscale scales
+// K (larger scores: 4 keeps the bound within the kernel's 2^64 of the first maxima with P up to
+// 2^6, 8 puts it beyond, the running maxima then).
 void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int variant,
-                 bool head_major = false) {
+                 bool head_major = false, bool bound = false, float kscale = 1.f) {
   const int T = q_pos0 + n;
   DevBuf<bf16> Q((size_t)n * H * d), K((size_t)T * Hkv * d), V((size_t)T * Hkv * d);
   DevBuf<bf16> O((size_t)n * H * d);
-  DevBuf<float> lse((size_t)n * H);
+  DevBuf<float> lse((size_t)n * H), kmax((size_t)Hkv);
   fill_normal<bf16>(Q.p, (int64_t)Q.n, 11, 1.f, 0.f, s);
-  fill_normal<bf16>(K.p, (int64_t)K.n, 12, 1.f, 0.f, s);
+  fill_normal<bf16>(K.p, (int64_t)K.n, 12, kscale, 0.f, s);
   fill_normal<bf16>(V.p, (int64_t)V.n, 13, 1.f, 0.f, s);
   MP_CUDA(cudaMemsetAsync(O.p, 0xff, O.bytes(), s));
   KVView kv = head_major ? KVView{K.p, V.p, (int64_t)d, (int64_t)T * d}
                          : KVView{K.p, V.p, (int64_t)Hkv * d, (int64_t)d};
+  if (bound) {
+    key_norm_max(K.p, kv.stride_t, kv.stride_h, 0, T, Hkv, d, kmax.p, true, s);
+    kv.kmax = kmax.p;
+  }
   auto krow = [&](int t, int hk) {
     return head_major ? ((size_t)hk * T + t) * d : ((size_t)t * Hkv + hk) * d;
   };
@@ -434,8 +442,8 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
   for (int i = 0; i < n; i++) pairs += std::min(T, q_pos0 + i + 1);
   const double flops = 4.0 * d * H * pairs;
   char shape[96], note[96];
-  std::snprintf(shape, sizeof shape, "n=%d pos0=%d H%d/%d d%d%s", n, q_pos0, H, Hkv, d,
-                head_major ? " hm" : "");
+  std::snprintf(shape, sizeof shape, "n=%d pos0=%d H%d/%d d%d%s%s", n, q_pos0, H, Hkv, d,
+                head_major ? " hm" : "", bound ? (kscale != 1.f ? " bnd k*" : " bnd") : "");
   std::snprintf(note, sizeof note, "lse max abs err %.2e%s", lse_err, bad ? " NaN/unwritten" : "");
   emit({"prefill", flash_variant_name(ran), shape, ms, flops / (ms * 1e9),
         "TFLOP/s", g_tflops, err, 1.5e-2, note});
@@ -446,14 +454,19 @@ void bench_flash(cudaStream_t s, int n, int q_pos0, int H, int Hkv, int d, int v
 // queries after 0, 8192, … 90112 keys, repeated for `layers` layers back to back, so that the
 // clock settles under the power cap as it does in the model (a single chunk's timing runs at
 // the boost clock). Rate over the whole run.
-void bench_prefill_layers(cudaStream_t s, int variant, int layers) {
+void bench_prefill_layers(cudaStream_t s, int variant, int layers, bool bound = false) {
   const int n = 8192, N = 98304, H = 32, Hkv = 8, d = 128;
   DevBuf<bf16> Q((size_t)n * H * d), K((size_t)N * Hkv * d), V((size_t)N * Hkv * d);
   DevBuf<bf16> O((size_t)n * H * d);
+  DevBuf<float> kmax((size_t)Hkv);
   fill_normal<bf16>(Q.p, (int64_t)Q.n, 21, 1.f, 0.f, s);
   fill_normal<bf16>(K.p, (int64_t)K.n, 22, 1.f, 0.f, s);
   fill_normal<bf16>(V.p, (int64_t)V.n, 23, 1.f, 0.f, s);
   KVView kv{K.p, V.p, (int64_t)d, (int64_t)N * d};  // head-major, as the engine's prefill
+  if (bound) {  // over all rows (the engine's is over the rows before each chunk's end)
+    key_norm_max(K.p, kv.stride_t, kv.stride_h, 0, N, Hkv, d, kmax.p, true, s);
+    kv.kmax = kmax.p;
+  }
   int ran = variant;
   auto layer = [&](int) {
     for (int c = 0; c < N / n; c++) {
@@ -473,7 +486,8 @@ void bench_prefill_layers(cudaStream_t s, int variant, int layers) {
   for (int i = 0; i < N; i++) pairs += i + 1;
   const double flops = 4.0 * d * H * pairs;
   char shape[96], note[96];
-  std::snprintf(shape, sizeof shape, "96K prompt, 12 chunks x %d layers", layers);
+  std::snprintf(shape, sizeof shape, "96K prompt, 12 chunks x %d layers%s", layers,
+                bound ? " bnd" : "");
   std::snprintf(note, sizeof note, "ms per layer; clock as under the model's load");
   emit({"prefill96k", flash_variant_name(ran), shape, ms, flops / (ms * 1e9), "TFLOP/s",
         g_tflops, -1.0, 0.0, note});
@@ -1153,6 +1167,15 @@ int main(int argc, char **argv) {
       bench_flash(s, 777, 13, 8, 4, 128, v, true);
       bench_flash(s, 300, 4000, 8, 2, 128, v, true);
     }
+    // the key-norm bound: first-tile maxima kept (P up to 2^6 with K*4), and K*8 beyond it
+    for (bool hm : {false, true}) {
+      bench_flash(s, 1000, 0, 32, 8, 128, ATTN_WGMMA, hm, true);
+      bench_flash(s, 777, 13, 8, 4, 128, ATTN_WGMMA, hm, true);
+      bench_flash(s, 300, 4000, 8, 2, 128, ATTN_WGMMA, hm, true, 4.f);
+      bench_flash(s, 300, 4000, 8, 2, 128, ATTN_WGMMA, hm, true, 8.f);
+      bench_flash(s, 64, 0, 8, 1, 128, ATTN_WGMMA, hm, true);
+    }
+    for (int pos0 : {0, 24576, 90112}) bench_flash(s, 8192, pos0, 32, 8, 128, ATTN_WGMMA, true, true);
     for (int pos0 : {0, 24576, 90112})
       for (int v : {(int)ATTN_FLASH, (int)ATTN_WGMMA, WGMMA_CFG + WGMMA_PINGPONG,
                     WGMMA_CFG + WGMMA_CP_ASYNC})
@@ -1166,8 +1189,7 @@ int main(int argc, char **argv) {
   });
   section("wgmma96k", [&] {
     for (int rep = 0; rep < 2; rep++)
-      for (int v : {(int)ATTN_WGMMA, WGMMA_CFG + WGMMA_CP_ASYNC, WGMMA_CFG + WGMMA_PINGPONG})
-        bench_prefill_layers(s, v, 8);
+      for (bool bound : {false, true}) bench_prefill_layers(s, ATTN_WGMMA, 8, bound);
   });
   section("decode", [&] {
     for (int B : {1, 8})

@@ -469,14 +469,34 @@ class CudaBackend final : public ForwardBackend {
   struct ChunkBufs {
     bf16 *xb, *qkv, *att, *gu, *hb;
   };
+  // ... and their memory, for chunks of up to C rows (the prefill's and the warm-up's).
+  struct ChunkArrs {
+    Arr<bf16> xb, qkv, att, gu, hb;
+    // Bytes per row.
+    static size_t row_bytes(const CudaBackend &b) {
+      return (size_t)(b.dim_ + b.QKV_ + b.H_ * b.d_ + 3 * b.F_) * sizeof(bf16);
+    }
+    void ensure(CudaBackend &b, int32_t C, const char *what) {
+      xb.ensure(b.mem_, (size_t)C * b.dim_, what);
+      qkv.ensure(b.mem_, (size_t)C * b.QKV_, what);
+      att.ensure(b.mem_, (size_t)C * b.H_ * b.d_, what);
+      gu.ensure(b.mem_, (size_t)C * 2 * b.F_, what);
+      hb.ensure(b.mem_, (size_t)C * b.F_, what);
+    }
+    ChunkBufs bufs() const { return ChunkBufs{xb.p, qkv.p, att.p, gu.p, hb.p}; }
+  };
 
   // The ops of one prefill chunk of layer L: m rows of the residual stream xc (f32) at
   // positions pos (device) = pos0.., their K/V into K and V (head-major, T rows per head),
   // then attention and the MLP for rows r0..m−1 of the chunk, none when r0 < 0. prof marks
   // the ops' boundaries (layer l).
+  //
+  // kmax (device [Hkv], may be null): the attention's bound on the key norms (KVView::kmax),
+  // brought up to date with rows [norm_from, pos0 + m) of K (reset first when norm_from is 0).
   void prefill_chunk_ops(const LayerDev &L, float *xc, int32_t m, const int32_t *pos,
                          int64_t pos0, bf16 *K, bf16 *V, int64_t T, int32_t r0,
-                         const ChunkBufs &b, PrefillProfile &prof, int32_t l) {
+                         const ChunkBufs &b, PrefillProfile &prof, int32_t l, float *kmax,
+                         int64_t norm_from) {
     prof.op(l, 0);
     gpu::rmsnorm<bf16>(xc, L.attn_norm.p, m, dim_, c_.rms_eps, b.xb, s_);
     prof.op(l, 1);
@@ -485,6 +505,10 @@ class CudaBackend final : public ForwardBackend {
     gpu::rope<bf16>(b.qkv, m, H_ + Hkv_, d_, QKV_, pos, inv_freq_.p, c_.rope.style, s_);
     gpu::kv_scatter(b.qkv, QKV_, H_ * d_, (H_ + Hkv_) * d_, m, Hkv_, d_, K, V, T, pos0, s_);
     gpu::KVView kv{K, V, (int64_t)d_, (int64_t)T * d_};
+    if (kmax) {  // every chunk, also those of a last layer that attend nothing (its last row will)
+      gpu::key_norm_max(K, d_, T * d_, norm_from, pos0 + m, Hkv_, d_, kmax, norm_from == 0, s_);
+      kv.kmax = kmax;
+    }
     prof.op(l, 3);
     if (r0 < 0) return;
     const int32_t mr = m - r0;
@@ -506,6 +530,14 @@ class CudaBackend final : public ForwardBackend {
     prof.op(l, 9);
   }
 
+  // The prefill attention's bound on the key norms (KVView::kmax) for n tokens after p0:
+  // head_dim 128 (the Hopper kernel's); a follow-up (p0 > 0) only from 2048 tokens on, where
+  // the bound's pass over the p0 earlier rows stays small beside the attention
+  // ($MP_KEY_BOUND=0: never, for A/B runs).
+  bool use_key_bound(int64_t n, int64_t p0) const {
+    return gpu::key_bound_enabled() && d_ == 128 && (p0 == 0 || n >= 2048);
+  }
+
   // One chunk of a prefill on zeros, first layer, results dropped (finalize): the first
   // call of each kernel and cuBLAS shape (module loading, cuBLAS's heuristics) then happens
   // here instead of in a user's first prefill, whose layer 0 it held up by 0.12 s at 96K
@@ -514,41 +546,41 @@ class CudaBackend final : public ForwardBackend {
   void warm_prefill() {
     const int32_t C = e_.prefill_chunk();
     const int64_t T = C;
-    const size_t need =
-        (size_t)C * ((size_t)dim_ * 4 + (size_t)(dim_ + QKV_ + H_ * d_ + 3 * F_ + 2 * Hkv_ * d_) * 2 + 4);
+    // x (f32), the chunk's activations, K and V, positions; and the bound
+    const size_t need = (size_t)C * ((size_t)dim_ * 4 + ChunkArrs::row_bytes(*this) +
+                                     (size_t)2 * Hkv_ * d_ * sizeof(bf16) + 4) +
+                        (size_t)Hkv_ * 4;
     if (!mem_.fits(need)) return;
-    Arr<float> x;
-    Arr<bf16> xb, qkv, att, gu, hb, K, V;
+    Arr<float> x, kmax;
+    ChunkArrs ch;
+    Arr<bf16> K, V;
     Arr<int32_t> pos;
     x.ensure(mem_, (size_t)C * dim_, "warm-up activations");
-    xb.ensure(mem_, (size_t)C * dim_, "warm-up activations");
-    qkv.ensure(mem_, (size_t)C * QKV_, "warm-up activations");
-    att.ensure(mem_, (size_t)C * H_ * d_, "warm-up activations");
-    gu.ensure(mem_, (size_t)C * 2 * F_, "warm-up activations");
-    hb.ensure(mem_, (size_t)C * F_, "warm-up activations");
+    kmax.ensure(mem_, (size_t)Hkv_, "warm-up activations");
+    ch.ensure(*this, C, "warm-up activations");
     K.ensure(mem_, (size_t)Hkv_ * T * d_, "warm-up activations");
     V.ensure(mem_, (size_t)Hkv_ * T * d_, "warm-up activations");
     pos.ensure(mem_, (size_t)C, "warm-up activations");
     MP_CUDA(cudaMemsetAsync(x.p, 0, (size_t)C * dim_ * 4, s_));
     MP_CUDA(cudaMemsetAsync(pos.p, 0, (size_t)C * 4, s_));
     PrefillProfile off(false, -1, s_);
-    prefill_chunk_ops(layers_[0], x.p, C, pos.p, 0, K.p, V.p, T, 0,
-                      ChunkBufs{xb.p, qkv.p, att.p, gu.p, hb.p}, off, 0);
+    prefill_chunk_ops(layers_[0], x.p, C, pos.p, 0, K.p, V.p, T, 0, ch.bufs(), off, 0,
+                      use_key_bound(C, 0) ? kmax.p : nullptr, 0);
     // The four GEMMs of a full chunk, each timed against cuBLASLt's other algorithms on
     // random activations (zeros draw less power and would rank them at another clock);
     // $MP_GEMM_TUNE=0 keeps cublasGemmEx's choice (A/B runs).
     if (!gpu::env_equals("MP_GEMM_TUNE", "0")) {
-      gpu::fill_normal<bf16>(xb.p, (int64_t)C * dim_, 7, 1.f, 0.f, s_);
-      gpu::fill_normal<bf16>(att.p, (int64_t)C * H_ * d_, 8, 1.f, 0.f, s_);
-      gpu::fill_normal<bf16>(hb.p, (int64_t)C * F_, 9, 1.f, 0.f, s_);
+      gpu::fill_normal<bf16>(ch.xb.p, (int64_t)C * dim_, 7, 1.f, 0.f, s_);
+      gpu::fill_normal<bf16>(ch.att.p, (int64_t)C * H_ * d_, 8, 1.f, 0.f, s_);
+      gpu::fill_normal<bf16>(ch.hb.p, (int64_t)C * F_, 9, 1.f, 0.f, s_);
       const LayerDev &L = layers_[0];
       const double su[4] = {
-          gpu::matmul_tune<bf16>(*gemm_, L.wqkv.p, xb.p, dim_, C, dim_, QKV_, qkv.p, QKV_, false),
-          gpu::matmul_tune<float>(*gemm_, L.wo.p, att.p, (int64_t)H_ * d_, C, H_ * d_, dim_, x.p,
+          gpu::matmul_tune<bf16>(*gemm_, L.wqkv.p, ch.xb.p, dim_, C, dim_, QKV_, ch.qkv.p, QKV_, false),
+          gpu::matmul_tune<float>(*gemm_, L.wo.p, ch.att.p, (int64_t)H_ * d_, C, H_ * d_, dim_, x.p,
                                   dim_, true),
-          gpu::matmul_tune<bf16>(*gemm_, L.wgu.p, xb.p, dim_, C, dim_, 2 * F_, gu.p, 2 * F_,
+          gpu::matmul_tune<bf16>(*gemm_, L.wgu.p, ch.xb.p, dim_, C, dim_, 2 * F_, ch.gu.p, 2 * F_,
                                  false),
-          gpu::matmul_tune<float>(*gemm_, L.wd.p, hb.p, F_, C, F_, dim_, x.p, dim_, true)};
+          gpu::matmul_tune<float>(*gemm_, L.wd.p, ch.hb.p, F_, C, F_, dim_, x.p, dim_, true)};
       trace("prefill GEMMs tuned at %d rows: speed-up qkv %.3f, o %.3f, gate/up %.3f, down %.3f",
             C, su[0], su[1], su[2], su[3]);
     }
@@ -576,24 +608,23 @@ class CudaBackend final : public ForwardBackend {
     Arr<float> x;
     // K/V of two layers: layer l computes into buffer l & 1 while layer l − 1's rows go to
     // the host cache on the copy stream (the write-back is off the critical path).
-    Arr<bf16> xb, qkv, att, gu, hb, Kb[2], Vb[2];
+    ChunkArrs ch;
+    Arr<bf16> Kb[2], Vb[2];
     Arr<int32_t> pos, tok;
-    Arr<float> lg;
+    Arr<float> lg, kmax;
     x.ensure(mem_, (size_t)n * dim_, "prefill residual stream");
+    const bool bound = use_key_bound(n, p0);
+    if (bound) kmax.ensure(mem_, (size_t)Hkv_, "prefill key-norm bound");
     const int nbuf = c_.n_layers > 1 ? 2 : 1;
     for (int b = 0; b < nbuf; b++) {
       Kb[b].ensure(mem_, (size_t)Hkv_ * T * d_, "prefill layer keys");
       Vb[b].ensure(mem_, (size_t)Hkv_ * T * d_, "prefill layer values");
     }
-    xb.ensure(mem_, (size_t)C * dim_, "prefill chunk activations");
-    qkv.ensure(mem_, (size_t)C * QKV_, "prefill chunk activations");
-    att.ensure(mem_, (size_t)C * H_ * d_, "prefill chunk activations");
-    gu.ensure(mem_, (size_t)C * 2 * F_, "prefill chunk activations");
-    hb.ensure(mem_, (size_t)C * F_, "prefill chunk activations");
+    ch.ensure(*this, C, "prefill chunk activations");
     pos.ensure(mem_, (size_t)n, "prefill positions");
     tok.ensure(mem_, (size_t)n, "prefill tokens");
     if (logits) lg.ensure(mem_, (size_t)c_.vocab_size, "prefill logits");
-    const ChunkBufs bufs{xb.p, qkv.p, att.p, gu.p, hb.p};
+    const ChunkBufs bufs = ch.bufs();
 
     std::vector<int32_t> hpos((size_t)n);
     for (int32_t i = 0; i < n; i++) hpos[(size_t)i] = (int32_t)(p0 + i);
@@ -686,8 +717,11 @@ class CudaBackend final : public ForwardBackend {
         // never read.
         const bool last = l == c_.n_layers - 1;
         const int32_t r0 = !last ? 0 : logits && c0 + m == n ? m - 1 : -1;
+        // The bound covers every row the layer attends to (a last layer without logits
+        // attends to none, and has no earlier rows uploaded).
+        float *const km = bound && (!last || logits) ? kmax.p : nullptr;
         prefill_chunk_ops(L, x.p + (size_t)c0 * dim_, m, pos.p + c0, p0 + c0, K, V, T, r0,
-                          bufs, prof, l);
+                          bufs, prof, l, km, c0 == 0 ? 0 : p0 + c0);
         if (l == 0 && c0 == 0) trace("prefill: layer 0, chunk 0 queued");
       }
       // The layer's new rows to the session's host cache, on the copy stream once the
@@ -706,9 +740,9 @@ class CudaBackend final : public ForwardBackend {
       if (written) MP_CUDA(cudaLaunchHostFunc(copy_, on_written, &written_args[(size_t)l]));
     }
     if (logits) {
-      gpu::rmsnorm<bf16>(x.p + (size_t)(n - 1) * dim_, out_norm_.p, 1, dim_, c_.rms_eps, xb.p,
+      gpu::rmsnorm<bf16>(x.p + (size_t)(n - 1) * dim_, out_norm_.p, 1, dim_, c_.rms_eps, ch.xb.p,
                          s_);
-      gpu::matmul<float>(*gemm_, head_ptr(), xb.p, dim_, 1, dim_, c_.vocab_size, lg.p,
+      gpu::matmul<float>(*gemm_, head_ptr(), ch.xb.p, dim_, 1, dim_, c_.vocab_size, lg.p,
                          c_.vocab_size, false);
       MP_CUDA(cudaMemcpyAsync(logits, lg.p, (size_t)c_.vocab_size * 4, cudaMemcpyDeviceToHost,
                               s_));

@@ -758,6 +758,13 @@ void op_attention(int32_t kv_dtype, const float *q, const void *k, const void *v
     s.sync();  // seqs and ws must outlive the kernels
   } else {
     KVView kv{d_k.p, d_v.p, (int64_t)Hkv * d, (int64_t)d};
+    // The key-norm bound, as the engine's prefill passes it (the Hopper kernel's fixed
+    // maxima; other kernels ignore it).
+    DevBuf<float> kmax((size_t)std::max(Hkv, 1));
+    if (d == 128 && T > 0 && key_bound_enabled()) {
+      key_norm_max(d_k.p, kv.stride_t, kv.stride_h, 0, T, Hkv, d, kmax.p, true, s);
+      kv.kmax = kmax.p;
+    }
     attention_prefill<float>(d_q.p, (int64_t)H * d, kv, n, T, H, Hkv, d, q_pos0, d_out.p,
                              (int64_t)H * d, d_lse.p, s, variant);
   }

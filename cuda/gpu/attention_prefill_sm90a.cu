@@ -28,7 +28,12 @@
 //   WGMMA_NO_PINGPONG) waits for each product and instead lets the two consumer warpgroups
 //   cover each other's softmax: they issue their Q·Kᵀ wgmmas in turn (two "turn" mbarriers).
 //   Under the power cap the default runs a 96K prompt's attention at 606 TFLOP/s, the
-//   ping-pong kernel at 509 (bench/gpu/NOTES.md, round 9). Measured and no better with the
+//   ping-pong kernel at 509 (bench/gpu/NOTES.md, round 9).
+// Fixed maxima: given a bound on the keys' norms (KVView::kmax), a warp whose 16 rows all
+// have |q|·kmax within 2^48 of the first key tile's maximum keeps those maxima for the later
+// tiles: step 2 then skips the row maxima and O's rescale (exact: softmax is shift-invariant,
+// and no P can exceed 2^48). 96K layers back to back: 681 against 576 TFLOP/s, the 96K
+// prefill 5.78 against 6.44 s (round 11). Measured and no better with the
 //   TMA producer (round 10; the code is in commit 8efc014): 3 K/V stages, the consumers' turns
 //   through named barriers, and K/V tiles multicast to the two blocks of a cluster.
 //
@@ -75,6 +80,9 @@ constexpr int WG_BC = 128;                         // keys per tile
 constexpr int WG_THREADS = 384;                    // producer warpgroup + 2 consumers
 constexpr int WG_Q_BYTES = WG_BR * WG_D * 2;       // 32 KB
 constexpr int WG_T_BYTES = WG_BC * WG_D * 2;       // 32 KB per K or V tile
+// How far (base 2) a row's score bound may lie above its first key tile's maximum for the
+// row to keep that maximum (KVView::kmax): P <= 2^48, and l, O stay far from f32's range.
+constexpr float FIXED_MAX_MARGIN = 48.f;
 
 // Shared-memory layout for a K/V ring of STAGES (2 or 3) stages.
 template <int STAGES>
@@ -285,9 +293,8 @@ __device__ __forceinline__ uint32_t bar_turn(uint32_t sb, int c) {
 // log2(e)/√d inside the exp2's FMA), m and l are updated, and alpha[r] is the factor row r of O
 // must be scaled by before P·V_j is added. (Rescaling only when a maximum grows by more than
 // 2^8, FA4's rule, behind a warp vote: 15 % slower here, bench/gpu/NOTES.md round 9.)
-__device__ __forceinline__ void softmax_tile(float (&s)[64], float (&mrow)[2], float (&lrow)[2],
-                                             float (&alpha)[2], int k0, int wg_pmin, int prow0,
-                                             int prow1, int kv_end, int t, float sl2) {
+__device__ __forceinline__ void mask_tile(float (&s)[64], int k0, int wg_pmin, int prow0,
+                                          int prow1, int kv_end, int t) {
   if (k0 + WG_BC - 1 > wg_pmin || k0 + WG_BC > kv_end) {
 #pragma unroll
     for (int jj = 0; jj < WG_BC / 8; jj++) {
@@ -299,6 +306,12 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], float (&mrow)[2], f
       }
     }
   }
+}
+
+__device__ __forceinline__ void softmax_tile(float (&s)[64], float (&mrow)[2], float (&lrow)[2],
+                                             float (&alpha)[2], int k0, int wg_pmin, int prow0,
+                                             int prow1, int kv_end, int t, float sl2) {
+  mask_tile(s, k0, wg_pmin, prow0, prow1, kv_end, t);
 #pragma unroll
   for (int r = 0; r < 2; r++) {
     float mx = -INFINITY;
@@ -321,6 +334,28 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], float (&mrow)[2], f
     }
     lrow[r] = lrow[r] * alpha[r] + sum;
     mrow[r] = m_new;
+  }
+}
+
+// softmax_tile with the row maxima held (mrow finite, and no score of the row above it by more
+// than the caller's margin, FIXED_MAX_MARGIN): no maxima, no factor for O. P may exceed 1 (up
+// to 2^margin); l and O grow alike, and their ratio is the softmax's (it is shift-invariant).
+__device__ __forceinline__ void softmax_fixed(float (&s)[64], const float (&mrow)[2],
+                                              float (&lrow)[2], int k0, int wg_pmin, int prow0,
+                                              int prow1, int kv_end, int t, float sl2) {
+  mask_tile(s, k0, wg_pmin, prow0, prow1, kv_end, t);
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    float sum = 0.f;
+#pragma unroll
+    for (int jj = 0; jj < WG_BC / 8; jj++) {
+      const float p0 = fast_exp2(fmaf(s[4 * jj + 2 * r], sl2, -mrow[r]));
+      const float p1 = fast_exp2(fmaf(s[4 * jj + 2 * r + 1], sl2, -mrow[r]));
+      s[4 * jj + 2 * r] = p0;
+      s[4 * jj + 2 * r + 1] = p1;
+      sum += p0 + p1;
+    }
+    lrow[r] += sum;
   }
 }
 
@@ -599,7 +634,8 @@ __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
                                                       float *__restrict__ lse2, int H, int n,
                                                       int h, int m0, int q_pos0, int kv_end,
                                                       int ntiles, float sl2, uint32_t sb,
-                                                      int cw, int w, int lane) {
+                                                      int cw, int w, int lane,
+                                                      float kmax = -1.f) {
   const int g = lane >> 2, t = lane & 3;
   const int wg_pmin = q_pos0 + m0 + 64 * cw;
   const int prow0 = wg_pmin + 16 * w + g;
@@ -655,6 +691,36 @@ __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
       softmax_tile(s, mrow, lrow, alpha, 0, wg_pmin, prow0, prow1, kv_end, t, sl2);
       pack_p(pa, s);
     }
+    // Fixed maxima (QREG, and kmax >= 0: the caller's bound on the keys' norms). A row's
+    // scores are at most |q|·kmax (Cauchy-Schwarz): where that bound lies within
+    // FIXED_MAX_MARGIN (base 2) of the first tile's maximum for all 16 rows of this warp, the
+    // later slots keep the first tile's maxima and skip the row maxima and O's rescale (a
+    // quarter of their instructions; exact: P, l and O share one factor per row). The choice
+    // is per warp and uniform in it (a vote, then a broadcast from lane 0, so that ptxas sees
+    // a warp-uniform branch): the wgmmas stay outside the branches, with their descriptors
+    // on the uniform datapath (branching around whole loops put them in vector registers, and
+    // 4f05c77 ran 13% slower for it, bench/gpu/NOTES.md round 11).
+    bool fixed = false;
+    if (QREG && kmax >= 0.f && ntiles > 1) {
+      bool ok = true;
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        float qn = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < WG_D / 16; kk++)
+#pragma unroll
+          for (int i = r; i < 4; i += 2) {
+            const float2 f =
+                __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&qa[kk][i]));
+            qn += f.x * f.x + f.y * f.y;
+          }
+        qn += __shfl_xor_sync(0xffffffffu, qn, 1);
+        qn += __shfl_xor_sync(0xffffffffu, qn, 2);
+        const float bound = sqrtf(qn) * kmax * sl2;  // base 2, as mrow
+        ok = ok && mrow[r] > -INFINITY && bound - mrow[r] <= FIXED_MAX_MARGIN;
+      }
+      fixed = __shfl_sync(0xffffffffu, (int)__all_sync(0xffffffffu, ok), 0) != 0;
+    }
     // Slots 1 .. ntiles − 1: S_j = Q·K_jᵀ and O += P_{j−1}·V_{j−1} in flight together.
     for (int j = 1; j < ntiles; j++) {
       const int st = j % S, pst = (j - 1) % S;
@@ -673,11 +739,15 @@ __device__ __forceinline__ void consume_tiles_overlap(OutT *__restrict__ out,
       fence_regs(s);
       if (lane == 0) mbar_arrive(bar_empty_k<S>(sb, st));
       float alpha[2];
-      softmax_tile(s, mrow, lrow, alpha, j * WG_BC, wg_pmin, prow0, prow1, kv_end, t, sl2);
+      if (fixed) {
+        softmax_fixed(s, mrow, lrow, j * WG_BC, wg_pmin, prow0, prow1, kv_end, t, sl2);
+      } else {
+        softmax_tile(s, mrow, lrow, alpha, j * WG_BC, wg_pmin, prow0, prow1, kv_end, t, sl2);
+      }
       wgmma_wait<0>();
       fence_regs(o);
       if (lane == 0) mbar_arrive(bar_empty_v<S>(sb, pst));
-      rescale_o(o, alpha);
+      if (!fixed) rescale_o(o, alpha);
       pack_p(pa, s);
     }
     // Slot ntiles: the last O += P·V.
@@ -761,7 +831,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
                            const __grid_constant__ CUtensorMap tk,
                            const __grid_constant__ CUtensorMap tv, int kv_head_inner, int n,
                            int T, int G, int q_pos0, float sl2, OutT *__restrict__ out,
-                           int64_t out_stride, float *__restrict__ lse2, int H) {
+                           int64_t out_stride, float *__restrict__ lse2, int H,
+                           const float *__restrict__ kmax) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) uint8_t wg_smem[];
   const uint32_t sb = ((uint32_t)__cvta_generic_to_shared(wg_smem) + 1023u) & ~1023u;
@@ -794,7 +865,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     consume_tiles_overlap<OutT, S, true>(out, out_stride, lse2, H, n, h, m0, q_pos0, kv_end,
-                                         ntiles, sl2, sb, (warp >> 2) - 1, warp & 3, lane);
+                                         ntiles, sl2, sb, (warp >> 2) - 1, warp & 3, lane,
+                                         kmax ? kmax[h / G] : -1.f);
   }
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 }
@@ -891,7 +963,8 @@ static bool launch_wgmma_tma(const bf16 *q, int64_t q_stride, KVView kv, int n, 
   const int ntq = (n + WG_BR - 1) / WG_BR;
   const float sl2 = 1.4426950408889634f / sqrtf((float)WG_D);
   flash_wgmma_tma_kernel<OutT, S><<<dim3(H, ntq), WG_THREADS, smem, s>>>(
-      tq, tk, tv, head_inner ? 1 : 0, n, T, H / Hkv, q_pos0, sl2, out, out_stride, lse2, H);
+      tq, tk, tv, head_inner ? 1 : 0, n, T, H / Hkv, q_pos0, sl2, out, out_stride, lse2, H,
+      kv.kmax);
   MP_CUDA_LAUNCH("flash_wgmma_tma_kernel");
   return true;
 }

@@ -128,6 +128,13 @@ struct KVView {
   const bf16 *v;
   int64_t stride_t;
   int64_t stride_h;
+  // Optional (prefill): kmax[h] >= the norm of every key row of KV head h the call attends.
+  // The Hopper kernel then bounds each query row's scores by |q|·kmax (Cauchy-Schwarz) and,
+  // for a warp whose 16 rows all have that bound within 2^48 of their first key tile's
+  // maximum, keeps those maxima for the rest of the row instead of the running ones: exact
+  // (softmax is shift-invariant), and 18% faster under the power cap
+  // (attention_prefill_sm90a.cu; bench/gpu/NOTES.md, round 11). Other kernels ignore it.
+  const float *kmax = nullptr;
 };
 
 enum AttnVariant : int {
@@ -349,6 +356,14 @@ void lsh_sort(const uint16_t *codes, int64_t ld, int64_t m, int L, int K, uint32
 // K, V [Hkv][cap][d] rows pos0 + i. head_dim % 8 == 0.
 void kv_scatter(const bf16 *qkv, int64_t row_stride, int koff, int voff, int m, int Hkv, int d,
                 bf16 *K, bf16 *V, int64_t cap, int64_t pos0, cudaStream_t s);
+// kmax[h] (device, [Hkv]) = the largest L2 norm of head h's key rows r0 <= r < r1 (rows
+// stride_t apart, heads stride_h), or the larger of that and kmax[h] unless reset (reset
+// zeroes kmax first). The prefill's bound for KVView::kmax.
+void key_norm_max(const bf16 *K, int64_t stride_t, int64_t stride_h, int64_t r0, int64_t r1,
+                  int Hkv, int d, float *kmax, bool reset, cudaStream_t s);
+// Whether prefill attention gets the key-norm bound (KVView::kmax): yes unless
+// $MP_KEY_BOUND=0 (A/B runs of the running maxima).
+bool key_bound_enabled();
 // Decode: qkv row i -> row seqs[i].len − 1 of sequence i's cache (seqs on the device; a
 // null k skips the cache) and -> stage_k/stage_v[i][Hkv][d] (may be null).
 void kv_append(const bf16 *qkv, int64_t row_stride, int koff, int voff, const SeqKV *seqs, int n,

@@ -93,6 +93,41 @@ __global__ void convert_kernel(const From *__restrict__ a, To *__restrict__ b, i
     b[i] = to_out<To>(to_f32(a[i]));
 }
 
+// kmax[h] = max(kmax[h], ||K row r of head h||) over rows r0 <= r < r1, one warp per row and
+// head (16-byte loads), the maximum through an integer atomicMax (norms are >= 0, so their
+// float bits order like integers).
+__global__ void key_norm_max_kernel(const bf16 *__restrict__ K, int64_t stride_t,
+                                    int64_t stride_h, int64_t r0, int64_t rows, int Hkv, int d,
+                                    float *__restrict__ kmax) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  float best = 0.f;
+  int best_h = -1;
+  for (int64_t w = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+       w < rows * Hkv; w += warps) {
+    const int h = (int)(w % Hkv);
+    const bf16 *row = K + (r0 + w / Hkv) * stride_t + (int64_t)h * stride_h;
+    float ss = 0.f;
+    for (int c = 8 * lane; c < d; c += 256) {
+      const uint4 u = *reinterpret_cast<const uint4 *>(row + c);
+      const __nv_bfloat162 *p = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const float2 f = __bfloat1622float2(p[i]);
+        ss += f.x * f.x + f.y * f.y;
+      }
+    }
+    ss = warp_sum(ss);
+    // a warp's rows alternate heads when warps < Hkv; flush on a change of head
+    if (h != best_h) {
+      if (best_h >= 0 && lane == 0) atomicMax(reinterpret_cast<int *>(kmax + best_h), __float_as_int(best));
+      best_h = h, best = 0.f;
+    }
+    best = fmaxf(best, sqrtf(ss));
+  }
+  if (best_h >= 0 && lane == 0) atomicMax(reinterpret_cast<int *>(kmax + best_h), __float_as_int(best));
+}
+
 __global__ void add_kernel(float *__restrict__ x, const float *__restrict__ y, int64_t n) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x)
@@ -114,6 +149,24 @@ void kv_scatter(const bf16 *qkv, int64_t row_stride, int koff, int voff, int m, 
   kv_scatter_kernel<<<grid_for(total, 256), 256, 0, s>>>(qkv, row_stride, koff, voff, m, Hkv, d,
                                                          K, V, cap, pos0);
   MP_CUDA_LAUNCH("kv_scatter_kernel");
+}
+
+void key_norm_max(const bf16 *K, int64_t stride_t, int64_t stride_h, int64_t r0, int64_t r1,
+                  int Hkv, int d, float *kmax, bool reset, cudaStream_t s) {
+  if (reset) MP_CUDA(cudaMemsetAsync(kmax, 0, (size_t)Hkv * sizeof(float), s));
+  if (r1 <= r0 || Hkv <= 0) return;
+  MP_CHECK(d % 8 == 0 && stride_t % 8 == 0 && stride_h % 8 == 0 && ((uintptr_t)K & 15) == 0,
+           MP_ERR_UNSUPPORTED, "key_norm_max: rows must be 16-byte aligned (head_dim %d)", d);
+  const int64_t items = (r1 - r0) * Hkv;
+  // about 64 rows per warp: few atomics, enough warps to fill the GPU for a 8192-row chunk
+  const unsigned blocks = (unsigned)std::max<int64_t>(1, std::min<int64_t>((items + 511) / 512, 132LL * 8));
+  key_norm_max_kernel<<<blocks, 256, 0, s>>>(K, stride_t, stride_h, r0, r1 - r0, Hkv, d, kmax);
+  MP_CUDA_LAUNCH("key_norm_max_kernel");
+}
+
+bool key_bound_enabled() {
+  static const bool off = env_equals("MP_KEY_BOUND", "0");
+  return !off;
 }
 
 void kv_append(const bf16 *qkv, int64_t row_stride, int koff, int voff, const SeqKV *seqs, int n,

@@ -435,18 +435,21 @@ struct TunedGemm {
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
   cublasLtMatmulAlgo_t algo{};
 };
+
+// Frees t's descriptors (those it has).
+static void destroy_descs(TunedGemm &t) {
+  if (t.la) (void)cublasLtMatrixLayoutDestroy(t.la);
+  if (t.lb) (void)cublasLtMatrixLayoutDestroy(t.lb);
+  if (t.lc) (void)cublasLtMatrixLayoutDestroy(t.lc);
+  if (t.op) (void)cublasLtMatmulDescDestroy(t.op);
+}
 #endif
 
 struct GemmTuned {
 #ifdef MP_HAVE_CUBLAS
   std::vector<TunedGemm> shapes;
   ~GemmTuned() {
-    for (TunedGemm &t : shapes) {
-      if (t.la) (void)cublasLtMatrixLayoutDestroy(t.la);
-      if (t.lb) (void)cublasLtMatrixLayoutDestroy(t.lb);
-      if (t.lc) (void)cublasLtMatrixLayoutDestroy(t.lc);
-      if (t.op) (void)cublasLtMatmulDescDestroy(t.op);
-    }
+    for (TunedGemm &t : shapes) destroy_descs(t);
   }
 #endif
 };
@@ -691,11 +694,7 @@ double matmul_tune(Gemm &g, const bf16 *W, const bf16 *x, int64_t ldx, int n, in
   struct Owner {
     TunedGemm *t;
     ~Owner() {
-      if (!t) return;
-      if (t->la) (void)cublasLtMatrixLayoutDestroy(t->la);
-      if (t->lb) (void)cublasLtMatrixLayoutDestroy(t->lb);
-      if (t->lc) (void)cublasLtMatrixLayoutDestroy(t->lc);
-      if (t->op) (void)cublasLtMatmulDescDestroy(t->op);
+      if (t) destroy_descs(*t);
     }
   } owner{&t};
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;

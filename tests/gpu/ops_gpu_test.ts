@@ -221,8 +221,10 @@ Deno.test({
   ignore,
   fn() {
     const f: (string | null)[] = [];
-    // [n, T, H, Hkv, d, qPos0, qScale]
-    const cases: [number, number, number, number, number, number, number][] = [
+    // [n, T, H, Hkv, d, qPos0, qScale, outlier]: outlier > 0 scales key row 700 of every head
+    // by that much (a score far above the first key tile's maximum: the Hopper kernel's
+    // key-norm bound must then keep the running maxima, or P overflows).
+    const cases: [number, number, number, number, number, number, number, number?][] = [
       [70, 70, 32, 8, 128, 0, 1], // one causal chunk, partial tiles
       [130, 500, 32, 8, 128, 370, 1], // chunk at the end of a longer cache
       [1, 1000, 32, 8, 128, 999, 1], // decode
@@ -232,6 +234,8 @@ Deno.test({
       [40, 60, 8, 4, 8, 20, 1], // stories260K head size
       [3, 4097, 8, 2, 128, 4094, 1], // decode over several splits
       [300, 1100, 8, 2, 128, 777, 1], // several key tiles, unaligned chunk start, G = 4
+      [400, 1000, 8, 2, 128, 600, 1, 100], // an outlier key after the first tile
+      [260, 900, 8, 4, 128, 640, 2.5], // bound near the margin: some warps keep their maxima
     ];
     const variants: [string, number][] = [
       ["auto", AttentionKernel.AUTO],
@@ -243,9 +247,13 @@ Deno.test({
       ["wgmma", AttentionKernel.WGMMA],
     ];
     let seed = 100;
-    for (const [n, T, H, Hkv, d, qPos0, qScale] of cases) {
+    for (const [n, T, H, Hkv, d, qPos0, qScale, outlier = 0] of cases) {
       const q = randn(n * H * d, seed++, qScale);
-      const k = toBf16(randn(T * Hkv * d, seed++));
+      const kf = randn(T * Hkv * d, seed++);
+      if (outlier > 0) {
+        kf.subarray(700 * Hkv * d, 701 * Hkv * d).forEach((x, i, a) => a[i] = x * outlier);
+      }
+      const k = toBf16(kf);
       const v = toBf16(randn(T * Hkv * d, seed++));
       const inputs = { q, k, v, n, T, H, Hkv, d, qPos0, kvDtype: DType.BF16 };
       const ref = ops.attention(inputs, CPU);
@@ -253,7 +261,8 @@ Deno.test({
       for (const [vname, variant] of variants) {
         // Flash runs head_dim 64/128 only; other shapes fall back (still checked).
         const got = withKernel("attention", variant, () => ops.attention(inputs, GPU));
-        const shape = `${vname} n ${n} T ${T} H ${H}/${Hkv} d ${d} pos0 ${qPos0}`;
+        const shape = `${vname} n ${n} T ${T} H ${H}/${Hkv} d ${d} pos0 ${qPos0}` +
+          (outlier > 0 ? ` outlier ${outlier}` : "");
         const tol = variant === AttentionKernel.FLASH || variant === AttentionKernel.FLASH2 ||
             variant === AttentionKernel.WGMMA ||
             (variant === AttentionKernel.AUTO && n > 1 && (d === 64 || d === 128))
