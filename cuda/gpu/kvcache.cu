@@ -93,22 +93,31 @@ __global__ void convert_kernel(const From *__restrict__ a, To *__restrict__ b, i
     b[i] = to_out<To>(to_f32(a[i]));
 }
 
-// kmax[h] = max(kmax[h], ||K row r of head h||) over rows r0 <= r < r1, one warp per row and
-// head (16-byte loads), the maximum through an integer atomicMax (norms are >= 0, so their
-// float bits order like integers).
+// kmax[h] = max(kmax[h], ||K row r of head h||) over rows r0 <= r < r1. A group of LPR lanes
+// (LPR · 8 bf16 per 16-byte load: one load per lane for d = 128 with LPR = 16) reads a row, and
+// the grid's groups stride over the rows × heads, a few each, so that the loads of many rows are
+// in flight at once (one warp per row and 64 rows per warp took 55 µs per 8192-row chunk, a
+// latency chain). A group's maximum goes out through an integer atomicMax (norms are >= 0, so
+// their float bits order like integers) whenever its head changes, and at the end.
+template <int LPR>
 __global__ void key_norm_max_kernel(const bf16 *__restrict__ K, int64_t stride_t,
                                     int64_t stride_h, int64_t r0, int64_t rows, int Hkv, int d,
                                     float *__restrict__ kmax) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+  const int sub = threadIdx.x % LPR;
+  const int64_t items = rows * Hkv;
+  const int64_t groups = (int64_t)gridDim.x * (blockDim.x / LPR);
   float best = 0.f;
   int best_h = -1;
-  for (int64_t w = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-       w < rows * Hkv; w += warps) {
+  // The loop runs while the warp's first group has a row (the shuffles need the whole warp);
+  // a group past the end reads nothing.
+  const int64_t first = ((int64_t)blockIdx.x * blockDim.x + (threadIdx.x & ~31)) / LPR;
+  for (int64_t w0 = first; w0 < items; w0 += groups) {
+    const int64_t w = w0 + (threadIdx.x & 31) / LPR;
+    const bool here = w < items;
     const int h = (int)(w % Hkv);
     const bf16 *row = K + (r0 + w / Hkv) * stride_t + (int64_t)h * stride_h;
     float ss = 0.f;
-    for (int c = 8 * lane; c < d; c += 256) {
+    for (int c = 8 * sub; here && c < d; c += 8 * LPR) {
       const uint4 u = *reinterpret_cast<const uint4 *>(row + c);
       const __nv_bfloat162 *p = reinterpret_cast<const __nv_bfloat162 *>(&u);
 #pragma unroll
@@ -117,15 +126,18 @@ __global__ void key_norm_max_kernel(const bf16 *__restrict__ K, int64_t stride_t
         ss += f.x * f.x + f.y * f.y;
       }
     }
-    ss = warp_sum(ss);
-    // a warp's rows alternate heads when warps < Hkv; flush on a change of head
+#pragma unroll
+    for (int o = LPR / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (!here) continue;
     if (h != best_h) {
-      if (best_h >= 0 && lane == 0) atomicMax(reinterpret_cast<int *>(kmax + best_h), __float_as_int(best));
+      if (best_h >= 0 && sub == 0)
+        atomicMax(reinterpret_cast<int *>(kmax + best_h), __float_as_int(best));
       best_h = h, best = 0.f;
     }
     best = fmaxf(best, sqrtf(ss));
   }
-  if (best_h >= 0 && lane == 0) atomicMax(reinterpret_cast<int *>(kmax + best_h), __float_as_int(best));
+  if (best_h >= 0 && sub == 0)
+    atomicMax(reinterpret_cast<int *>(kmax + best_h), __float_as_int(best));
 }
 
 __global__ void add_kernel(float *__restrict__ x, const float *__restrict__ y, int64_t n) {
@@ -158,9 +170,29 @@ void key_norm_max(const bf16 *K, int64_t stride_t, int64_t stride_h, int64_t r0,
   MP_CHECK(d % 8 == 0 && stride_t % 8 == 0 && stride_h % 8 == 0 && ((uintptr_t)K & 15) == 0,
            MP_ERR_UNSUPPORTED, "key_norm_max: rows must be 16-byte aligned (head_dim %d)", d);
   const int64_t items = (r1 - r0) * Hkv;
-  // about 64 rows per warp: few atomics, enough warps to fill the GPU for a 8192-row chunk
-  const unsigned blocks = (unsigned)std::max<int64_t>(1, std::min<int64_t>((items + 511) / 512, 132LL * 8));
-  key_norm_max_kernel<<<blocks, 256, 0, s>>>(K, stride_t, stride_h, r0, r1 - r0, Hkv, d, kmax);
+  // lanes per row: d / 8 up to 16 (a power of two: the group's shuffles stay inside it); about
+  // 8 rows per group, at most 8 blocks of 256 threads per SM. The grid-stride keeps a group on
+  // one head when the number of groups is a multiple of Hkv (Hkv a power of two).
+  const int lpr = d >= 128 ? 16 : d >= 64 ? 8 : d >= 32 ? 4 : d >= 16 ? 2 : 1;
+  const int64_t groups_per_block = 256 / lpr;
+  const unsigned blocks = (unsigned)std::max<int64_t>(
+      1, std::min<int64_t>((items + 8 * groups_per_block - 1) / (8 * groups_per_block), 132LL * 8));
+  switch (lpr) {
+    case 16:
+      key_norm_max_kernel<16><<<blocks, 256, 0, s>>>(K, stride_t, stride_h, r0, r1 - r0, Hkv, d, kmax);
+      break;
+    case 8:
+      key_norm_max_kernel<8><<<blocks, 256, 0, s>>>(K, stride_t, stride_h, r0, r1 - r0, Hkv, d, kmax);
+      break;
+    case 4:
+      key_norm_max_kernel<4><<<blocks, 256, 0, s>>>(K, stride_t, stride_h, r0, r1 - r0, Hkv, d, kmax);
+      break;
+    case 2:
+      key_norm_max_kernel<2><<<blocks, 256, 0, s>>>(K, stride_t, stride_h, r0, r1 - r0, Hkv, d, kmax);
+      break;
+    default:
+      key_norm_max_kernel<1><<<blocks, 256, 0, s>>>(K, stride_t, stride_h, r0, r1 - r0, Hkv, d, kmax);
+  }
   MP_CUDA_LAUNCH("key_norm_max_kernel");
 }
 
