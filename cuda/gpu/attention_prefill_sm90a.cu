@@ -28,14 +28,14 @@
 //   WGMMA_NO_PINGPONG) waits for each product and instead lets the two consumer warpgroups
 //   cover each other's softmax: they issue their Q·Kᵀ wgmmas in turn (two "turn" mbarriers).
 //   Under the power cap the default runs a 96K prompt's attention at 606 TFLOP/s, the
-//   ping-pong kernel at 509 (bench/gpu/NOTES.md, round 9).
+//   ping-pong kernel at 509 (bench/gpu/NOTES.md, round 9). Measured and no better with the
+//   TMA producer (round 10; the code is in commit 8efc014): 3 K/V stages, the consumers' turns
+//   through named barriers, and K/V tiles multicast to the two blocks of a cluster.
 // Fixed maxima: given a bound on the keys' norms (KVView::kmax), a warp whose 16 rows all
 // have |q|·kmax within 2^48 of the first key tile's maximum keeps those maxima for the later
 // tiles: step 2 then skips the row maxima and O's rescale (exact: softmax is shift-invariant,
 // and no P can exceed 2^48). 96K layers back to back: 681 against 576 TFLOP/s, the 96K
-// prefill 5.78 against 6.44 s (round 11). Measured and no better with the
-//   TMA producer (round 10; the code is in commit 8efc014): 3 K/V stages, the consumers' turns
-//   through named barriers, and K/V tiles multicast to the two blocks of a cluster.
+// prefill 5.78 against 6.44 s (round 11).
 //
 // Shared memory (1024-byte aligned): Q [2 warpgroups][2 halves][64 rows][128 B], then
 // K [STAGES][2 halves][128 rows][128 B] and V likewise, then the mbarriers. A 256-byte row of
@@ -293,6 +293,20 @@ __device__ __forceinline__ uint32_t bar_turn(uint32_t sb, int c) {
 // log2(e)/√d inside the exp2's FMA), m and l are updated, and alpha[r] is the factor row r of O
 // must be scaled by before P·V_j is added. (Rescaling only when a maximum grows by more than
 // 2^8, FA4's rule, behind a warp vote: 15 % slower here, bench/gpu/NOTES.md round 9.)
+// S (row r of this lane's two) becomes P = 2^(S·sl2 − m) in place; returns the row's sum.
+__device__ __forceinline__ float exp2_row(float (&s)[64], int r, float m, float sl2) {
+  float sum = 0.f;
+#pragma unroll
+  for (int jj = 0; jj < WG_BC / 8; jj++) {
+    const float p0 = fast_exp2(fmaf(s[4 * jj + 2 * r], sl2, -m));
+    const float p1 = fast_exp2(fmaf(s[4 * jj + 2 * r + 1], sl2, -m));
+    s[4 * jj + 2 * r] = p0;
+    s[4 * jj + 2 * r + 1] = p1;
+    sum += p0 + p1;
+  }
+  return sum;
+}
+
 __device__ __forceinline__ void mask_tile(float (&s)[64], int k0, int wg_pmin, int prow0,
                                           int prow1, int kv_end, int t) {
   if (k0 + WG_BC - 1 > wg_pmin || k0 + WG_BC > kv_end) {
@@ -323,16 +337,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[64], float (&mrow)[2], f
     const float m_new = fmaxf(mrow[r], mx * sl2);
     const float m_use = m_new == -INFINITY ? 0.f : m_new;
     alpha[r] = fast_exp2(mrow[r] - m_use);
-    float sum = 0.f;
-#pragma unroll
-    for (int jj = 0; jj < WG_BC / 8; jj++) {
-      const float p0 = fast_exp2(fmaf(s[4 * jj + 2 * r], sl2, -m_use));
-      const float p1 = fast_exp2(fmaf(s[4 * jj + 2 * r + 1], sl2, -m_use));
-      s[4 * jj + 2 * r] = p0;
-      s[4 * jj + 2 * r + 1] = p1;
-      sum += p0 + p1;
-    }
-    lrow[r] = lrow[r] * alpha[r] + sum;
+    lrow[r] = lrow[r] * alpha[r] + exp2_row(s, r, m_use, sl2);
     mrow[r] = m_new;
   }
 }
@@ -345,18 +350,7 @@ __device__ __forceinline__ void softmax_fixed(float (&s)[64], const float (&mrow
                                               int prow1, int kv_end, int t, float sl2) {
   mask_tile(s, k0, wg_pmin, prow0, prow1, kv_end, t);
 #pragma unroll
-  for (int r = 0; r < 2; r++) {
-    float sum = 0.f;
-#pragma unroll
-    for (int jj = 0; jj < WG_BC / 8; jj++) {
-      const float p0 = fast_exp2(fmaf(s[4 * jj + 2 * r], sl2, -mrow[r]));
-      const float p1 = fast_exp2(fmaf(s[4 * jj + 2 * r + 1], sl2, -mrow[r]));
-      s[4 * jj + 2 * r] = p0;
-      s[4 * jj + 2 * r + 1] = p1;
-      sum += p0 + p1;
-    }
-    lrow[r] += sum;
-  }
+  for (int r = 0; r < 2; r++) lrow[r] += exp2_row(s, r, mrow[r], sl2);
 }
 
 __device__ __forceinline__ void rescale_o(float (&o)[64], const float (&alpha)[2]) {

@@ -177,22 +177,12 @@ void key_norm_max(const bf16 *K, int64_t stride_t, int64_t stride_h, int64_t r0,
   const int64_t groups_per_block = 256 / lpr;
   const unsigned blocks = (unsigned)std::max<int64_t>(
       1, std::min<int64_t>((items + 8 * groups_per_block - 1) / (8 * groups_per_block), 132LL * 8));
-  switch (lpr) {
-    case 16:
-      key_norm_max_kernel<16><<<blocks, 256, 0, s>>>(K, stride_t, stride_h, r0, r1 - r0, Hkv, d, kmax);
-      break;
-    case 8:
-      key_norm_max_kernel<8><<<blocks, 256, 0, s>>>(K, stride_t, stride_h, r0, r1 - r0, Hkv, d, kmax);
-      break;
-    case 4:
-      key_norm_max_kernel<4><<<blocks, 256, 0, s>>>(K, stride_t, stride_h, r0, r1 - r0, Hkv, d, kmax);
-      break;
-    case 2:
-      key_norm_max_kernel<2><<<blocks, 256, 0, s>>>(K, stride_t, stride_h, r0, r1 - r0, Hkv, d, kmax);
-      break;
-    default:
-      key_norm_max_kernel<1><<<blocks, 256, 0, s>>>(K, stride_t, stride_h, r0, r1 - r0, Hkv, d, kmax);
-  }
+  auto *kernel = lpr == 16  ? key_norm_max_kernel<16>
+                 : lpr == 8 ? key_norm_max_kernel<8>
+                 : lpr == 4 ? key_norm_max_kernel<4>
+                 : lpr == 2 ? key_norm_max_kernel<2>
+                            : key_norm_max_kernel<1>;
+  kernel<<<blocks, 256, 0, s>>>(K, stride_t, stride_h, r0, r1 - r0, Hkv, d, kmax);
   MP_CUDA_LAUNCH("key_norm_max_kernel");
 }
 
